@@ -1,0 +1,2 @@
+//! tinyproto over embassy-net (work in progress).
+#![no_std]

@@ -1,0 +1,1 @@
+//! Threaded tinyproto server and client for std (work in progress).

@@ -1,0 +1,292 @@
+//! Blocking driver: a [`Connection`] over any `embedded_io::{Read, Write}`
+//! transport, and with the `std` feature over `std::net::TcpStream`.
+//!
+//! It runs the async driver's code ([`crate::asynch`]) over a transport that
+//! never waits, so one implementation serves both; each call completes in a
+//! single poll. The cancellation and resumption rules are the async ones,
+//! with "a future is dropped" read as "a call returned an `Io` error" — so on
+//! a non-blocking transport that returns `WouldBlock`, simply call the same
+//! operation again later.
+
+use core::future::Future;
+use core::pin::pin;
+use core::task::{Context, Poll, Waker};
+
+use embedded_io::{ErrorType, Read, Write};
+
+use crate::asynch;
+use crate::error::Error;
+
+/// Runs a future whose awaits never pend (all of them end in a blocking
+/// transport) to completion.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+/// A blocking transport seen through the async traits; its futures are
+/// ready on first poll.
+#[derive(Debug)]
+struct Blocking<T>(T);
+
+impl<T: ErrorType> ErrorType for Blocking<T> {
+    type Error = T::Error;
+}
+
+impl<T: Read> embedded_io_async::Read for Blocking<T> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, T::Error> {
+        self.0.read(buf)
+    }
+}
+
+impl<T: Write> embedded_io_async::Write for Blocking<T> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, T::Error> {
+        self.0.write(buf)
+    }
+
+    async fn flush(&mut self) -> Result<(), T::Error> {
+        self.0.flush()
+    }
+}
+
+/// A tinyproto connection over a blocking transport.
+///
+/// ```no_run
+/// # #[cfg(feature = "std")] fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let stream = std::net::TcpStream::connect("127.0.0.1:7000")?;
+/// let mut conn = tinyproto::blocking::Connection::from_std(stream);
+/// conn.transmit(b"hello")?;
+/// let mut buf = [0u8; 256];
+/// let reply = conn.receive(&mut buf)?;
+/// # let _ = reply; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Connection<T>(asynch::Connection<Blocking<T>>);
+
+impl<T> Connection<T> {
+    /// Wraps a connected transport. Nothing is sent until the first call.
+    pub fn new(io: T) -> Self {
+        Self(asynch::Connection::new(Blocking(io)))
+    }
+
+    /// Caps the length of messages this side accepts (see
+    /// [`asynch::Connection::set_max_message_len`]).
+    pub fn set_max_message_len(&mut self, len: u32) {
+        self.0.set_max_message_len(len)
+    }
+
+    /// The cap on accepted message lengths.
+    pub fn max_message_len(&self) -> u32 {
+        self.0.max_message_len()
+    }
+
+    /// True once both greeting bytes have crossed.
+    pub fn is_greeted(&self) -> bool {
+        self.0.is_greeted()
+    }
+
+    /// True after a protocol error: the connection carries nothing more.
+    pub fn is_broken(&self) -> bool {
+        self.0.is_broken()
+    }
+
+    /// True while a message is half sent or half received.
+    pub fn is_in_progress(&self) -> bool {
+        self.0.is_in_progress()
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &T {
+        &self.0.get_ref().0
+    }
+
+    /// The transport, mutably (for socket options; moving bytes through it
+    /// directly puts the connection out of step).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.0.get_mut().0
+    }
+
+    /// Gives the transport back.
+    pub fn into_inner(self) -> T {
+        self.0.into_inner().0
+    }
+}
+
+impl<T: Read + Write> Connection<T> {
+    /// Exchanges the greeting; see [`asynch::Connection::greet`].
+    pub fn greet(&mut self) -> Result<(), Error<T::Error>> {
+        block_on(self.0.greet())
+    }
+
+    /// Sends one whole message; see [`asynch::Connection::transmit`].
+    pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
+        block_on(self.0.transmit(msg))
+    }
+
+    /// Receives one whole message into `buf`; see
+    /// [`asynch::Connection::receive`].
+    pub fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
+        block_on(self.0.receive(buf))
+    }
+
+    /// Starts a chunked receive; see [`asynch::Connection::begin_receive`].
+    pub fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
+        block_on(self.0.begin_receive(limit)).map(IncomingMessage)
+    }
+
+    /// Starts a chunked send; see [`asynch::Connection::begin_transmit`].
+    pub fn begin_transmit(
+        &mut self,
+        len: usize,
+    ) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
+        block_on(self.0.begin_transmit(len)).map(OutgoingMessage)
+    }
+
+    /// Flushes the transport.
+    pub fn flush(&mut self) -> Result<(), Error<T::Error>> {
+        block_on(self.0.flush())
+    }
+}
+
+/// A message being received chunk by chunk; see
+/// [`asynch::IncomingMessage`].
+#[derive(Debug)]
+pub struct IncomingMessage<'c, T>(asynch::IncomingMessage<'c, Blocking<T>>);
+
+impl<T: Read + Write> IncomingMessage<'_, T> {
+    /// The announced (and accepted) length.
+    pub fn len(&self) -> u32 {
+        self.0.len()
+    }
+
+    /// True for an empty message.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> u32 {
+        self.0.remaining()
+    }
+
+    /// Reads the next chunk; `Ok(0)` once the whole message has been read.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
+        block_on(self.0.read(buf))
+    }
+
+    /// Reads until `buf` is full.
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error<T::Error>> {
+        block_on(self.0.read_exact(buf))
+    }
+}
+
+impl<T: Read + Write> ErrorType for IncomingMessage<'_, T>
+where
+    T::Error: 'static,
+{
+    type Error = Error<T::Error>;
+}
+
+impl<T: Read + Write> Read for IncomingMessage<'_, T>
+where
+    T::Error: 'static,
+{
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        IncomingMessage::read(self, buf)
+    }
+}
+
+/// A message being sent chunk by chunk; see [`asynch::OutgoingMessage`].
+#[derive(Debug)]
+pub struct OutgoingMessage<'c, T>(asynch::OutgoingMessage<'c, Blocking<T>>);
+
+impl<T: Read + Write> OutgoingMessage<'_, T> {
+    /// Bytes still owed.
+    pub fn remaining(&self) -> u32 {
+        self.0.remaining()
+    }
+
+    /// Writes some of `chunk`, never past the announced length.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {
+        block_on(self.0.write(chunk))
+    }
+
+    /// Writes all of `chunk`.
+    pub fn write_all(&mut self, chunk: &[u8]) -> Result<(), Error<T::Error>> {
+        block_on(self.0.write_all(chunk))
+    }
+
+    /// Completes the message; [`Error::InProgress`] while bytes are owed.
+    pub fn finish(self) -> Result<(), Error<T::Error>> {
+        block_on(self.0.finish())
+    }
+}
+
+impl<T: Read + Write> ErrorType for OutgoingMessage<'_, T>
+where
+    T::Error: 'static,
+{
+    type Error = Error<T::Error>;
+}
+
+impl<T: Read + Write> Write for OutgoingMessage<'_, T>
+where
+    T::Error: 'static,
+{
+    fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        OutgoingMessage::write(self, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), Self::Error> {
+        block_on(embedded_io_async::Write::flush(&mut self.0))
+    }
+}
+
+/// Refuses a connection at the server's limit: writes the single byte 0xFE
+/// and flushes. Close the transport afterwards.
+pub fn refuse_connection_limit<T: Write>(io: &mut T) -> Result<(), T::Error> {
+    let mut io = Blocking(io);
+    block_on(asynch::refuse_connection_limit(&mut io))
+}
+
+#[cfg(feature = "std")]
+mod std_glue {
+    use super::*;
+    use embedded_io_adapters::std::FromStd;
+
+    impl<S: std::io::Read + std::io::Write> Connection<FromStd<S>> {
+        /// Wraps a `std::io` stream (a connected `std::net::TcpStream`).
+        pub fn from_std(stream: S) -> Self {
+            Self::new(FromStd::new(stream))
+        }
+
+        /// The `std::io` stream.
+        pub fn stream(&self) -> &S {
+            self.get_ref().inner()
+        }
+
+        /// The `std::io` stream, mutably (for socket options).
+        pub fn stream_mut(&mut self) -> &mut S {
+            self.get_mut().inner_mut()
+        }
+    }
+
+    impl From<Error<std::io::Error>> for std::io::Error {
+        /// Keeps a transport error as it was; wraps protocol errors with the
+        /// matching kind.
+        fn from(e: Error<std::io::Error>) -> Self {
+            match e {
+                Error::Io(e) => e,
+                other => {
+                    let kind = embedded_io::Error::kind(&other);
+                    std::io::Error::new(kind.into(), other)
+                }
+            }
+        }
+    }
+}

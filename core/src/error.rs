@@ -1,0 +1,153 @@
+//! The one error type of tinyproto, generic over the transport's error.
+//!
+//! The sans-IO machines never see a transport, so they return
+//! `Error<Infallible>` (the default); drivers widen it with [`Error::Io`].
+
+use core::convert::Infallible;
+use core::fmt;
+
+use crate::wire::Phase;
+
+/// Everything that can go wrong on a tinyproto connection.
+///
+/// After [`Rejected`](Error::Rejected) and [`TooLarge`](Error::TooLarge) the
+/// connection is still in step and may carry the next message. After
+/// [`Io`](Error::Io) the operation may be resumed by calling it again (see the
+/// driver docs). Every other variant leaves the connection
+/// [broken](Error::Broken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Error<E = Infallible> {
+    /// The transport failed; its error is kept as it was.
+    Io(E),
+    /// The peer answered our length with 0x00: it will not take the message.
+    /// Nothing of the payload was sent; the connection stays usable.
+    Rejected {
+        /// The length we announced.
+        len: u32,
+    },
+    /// The server is at its connection limit: it sent 0xFE instead of the
+    /// greeting.
+    ConnectionLimit,
+    /// A byte arrived where the protocol allows no such byte: a greeting other
+    /// than 0xFF/0xFE, or a status other than 0xFF/0x00 (for example both
+    /// sides sending at once). The connection is broken.
+    UnexpectedByte {
+        /// Where the byte arrived.
+        phase: Phase,
+        /// The byte itself.
+        byte: u8,
+    },
+    /// A message larger than we can take or send. On receive, the peer was
+    /// answered 0x00 and the connection stays usable; on send, nothing was sent.
+    TooLarge {
+        /// The announced (or requested) length.
+        len: u64,
+        /// The most we could take: buffer capacity, configured limit or
+        /// [`MAX_MESSAGE_LEN`](crate::MAX_MESSAGE_LEN), whichever is smallest.
+        capacity: u64,
+    },
+    /// The peer closed the connection between messages: a normal end.
+    Closed,
+    /// The peer closed the connection (or the transport took no more bytes)
+    /// in the middle of an exchange. Nothing of a partial message is delivered.
+    UnexpectedEof {
+        /// Where the stream ended.
+        phase: Phase,
+    },
+    /// Another operation on this connection is half done (a cancelled future,
+    /// a `WouldBlock`, a dropped chunk reader or writer). Finish it first by
+    /// calling that operation again.
+    InProgress,
+    /// An earlier error left the connection out of step; it carries nothing
+    /// more. Close it.
+    Broken,
+}
+
+impl<E> Error<E> {
+    /// True when the connection is still in step after this error, so the
+    /// next message may follow on it.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(
+            self,
+            Error::Io(_) | Error::Rejected { .. } | Error::TooLarge { .. } | Error::InProgress
+        )
+    }
+
+    /// Applies `f` to the transport error, keeping every other variant.
+    pub fn map_io<F>(self, f: impl FnOnce(E) -> F) -> Error<F> {
+        match self {
+            Error::Io(e) => Error::Io(f(e)),
+            Error::Rejected { len } => Error::Rejected { len },
+            Error::ConnectionLimit => Error::ConnectionLimit,
+            Error::UnexpectedByte { phase, byte } => Error::UnexpectedByte { phase, byte },
+            Error::TooLarge { len, capacity } => Error::TooLarge { len, capacity },
+            Error::Closed => Error::Closed,
+            Error::UnexpectedEof { phase } => Error::UnexpectedEof { phase },
+            Error::InProgress => Error::InProgress,
+            Error::Broken => Error::Broken,
+        }
+    }
+}
+
+impl Error<Infallible> {
+    /// Widens a protocol error (from a sans-IO machine) to any transport error.
+    pub fn into_io<E>(self) -> Error<E> {
+        self.map_io(|never| match never {})
+    }
+}
+
+impl<E> From<E> for Error<E> {
+    fn from(e: E) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "transport error: {e}"),
+            Error::Rejected { len } => write!(f, "peer rejected a message of {len} bytes"),
+            Error::ConnectionLimit => f.write_str("server is at its connection limit"),
+            Error::UnexpectedByte { phase, byte } => {
+                write!(f, "unexpected byte 0x{byte:02x} in the {phase}")
+            }
+            Error::TooLarge { len, capacity } => {
+                write!(f, "message of {len} bytes is over the limit of {capacity}")
+            }
+            Error::Closed => f.write_str("connection closed by peer"),
+            Error::UnexpectedEof { phase } => {
+                write!(f, "connection ended in the middle of the {phase}")
+            }
+            Error::InProgress => f.write_str("another operation is in progress"),
+            Error::Broken => f.write_str("connection is out of step after an earlier error"),
+        }
+    }
+}
+
+impl<E: core::error::Error + 'static> core::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E: embedded_io::Error + 'static> embedded_io::Error for Error<E> {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        use embedded_io::ErrorKind;
+        match self {
+            Error::Io(e) => e.kind(),
+            Error::Rejected { .. } => ErrorKind::ConnectionRefused,
+            Error::ConnectionLimit => ErrorKind::ConnectionRefused,
+            Error::UnexpectedByte { .. } => ErrorKind::InvalidData,
+            Error::TooLarge { .. } => ErrorKind::OutOfMemory,
+            Error::Closed => ErrorKind::NotConnected,
+            Error::UnexpectedEof { .. } => ErrorKind::ConnectionAborted,
+            Error::InProgress => ErrorKind::Other,
+            Error::Broken => ErrorKind::NotConnected,
+        }
+    }
+}

@@ -1,9 +1,9 @@
 //! The drivers against the reference model, under every split of the stream.
 
-mod script;
+mod support;
 
 use proptest::prelude::*;
-use script::*;
+use support::*;
 use tinyproto::{Error, Phase, MAX_MESSAGE_LEN};
 
 fn op() -> impl Strategy<Value = Op> {

@@ -635,3 +635,17 @@ pub async fn refuse_connection_limit<T: Write>(io: &mut T) -> Result<(), T::Erro
     io.write_all(&CONNECTION_LIMIT_REFUSAL).await?;
     io.flush().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a connection costs beyond its transport: greeting, the message
+    /// in flight, the limit and two flags.
+    #[test]
+    fn test_connection_state_size() {
+        let size = core::mem::size_of::<Connection<()>>();
+        std::println!("asynch::Connection state: {size} bytes");
+        assert!(size <= 24, "{size}");
+    }
+}

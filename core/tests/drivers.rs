@@ -51,6 +51,23 @@ proptest! {
         prop_assert_eq!(&io.output, &ours);
     }
 
+    /// Round trip: what our sender writes, our receiver reads back intact,
+    /// whatever the splits on either side.
+    #[test]
+    fn prop_roundtrip(msgs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10), a in shape(), b in shape()) {
+        let sends: Vec<Op> = msgs.iter().map(|m| Op::Transmit { msg: m.clone(), accept: true }).collect();
+        let statuses = vec![0xFF; msgs.len() + 1];
+        let (sent, sender_io) = run_blocking(&sends, ScriptIo::new(statuses.clone(), a));
+        prop_assert!(sent.iter().all(|o| *o == Outcome::Sent));
+        let mut wire = sender_io.output;
+        wire[0] = 0xFF; // the sender's greeting is the receiver's peer greeting
+        let recvs: Vec<Op> = msgs.iter().map(|m| Op::Receive { msg: m.clone(), capacity: 200 }).collect();
+        let (received, receiver_io) = run_blocking(&recvs, ScriptIo::new(wire, b));
+        let expected: Vec<Outcome> = msgs.iter().map(|m| Outcome::Received(m.clone())).collect();
+        prop_assert_eq!(received, expected);
+        prop_assert_eq!(receiver_io.output, statuses);
+    }
+
     /// The peer closing at every byte offset: each step before the cut
     /// behaves as in the model, the step that meets the cut fails cleanly
     /// (never a partial message), and the connection is then broken.

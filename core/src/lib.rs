@@ -18,6 +18,18 @@ pub use receive::{Receiver, RecvStep};
 pub use send::{SendStep, Sender};
 pub use wire::{Phase, Status, GREETING, LENGTH_FIELD_LEN, MAX_MESSAGE_LEN};
 
+/// Counts `n` more bytes of a field of `owed` bytes (capped there); true
+/// when the field is complete, with the count reset for the next one.
+fn advance(moved: &mut u32, n: usize, owed: u32) -> bool {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    *moved = moved.saturating_add(n).min(owed);
+    let complete = *moved == owed;
+    if complete {
+        *moved = 0;
+    }
+    complete
+}
+
 /// Re-exported so drivers' users name the same trait versions.
 pub use embedded_io;
 /// Re-exported so drivers' users name the same trait versions.

@@ -128,10 +128,7 @@ impl Receiver {
             RecvState::Payload => (u32::from_be_bytes(self.length), RecvState::Delivered),
             _ => return,
         };
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.moved = self.moved.saturating_add(n).min(owed);
-        if self.moved == owed {
-            self.moved = 0;
+        if crate::advance(&mut self.moved, n, owed) {
             self.state = next;
         }
     }

@@ -105,10 +105,7 @@ impl Sender {
             SendState::Payload => (self.len(), SendState::Delivered),
             _ => return,
         };
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.moved = self.moved.saturating_add(n).min(owed);
-        if self.moved == owed {
-            self.moved = 0;
+        if crate::advance(&mut self.moved, n, owed) {
             self.state = next;
         }
     }

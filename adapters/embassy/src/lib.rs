@@ -1,2 +1,29 @@
-//! tinyproto over embassy-net (work in progress).
+#![doc = include_str!("../README.md")]
 #![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+// Must come first: the macros are used by the modules below.
+#[macro_use]
+mod fmt;
+
+mod client;
+mod error;
+mod server;
+mod session;
+mod socket;
+
+pub use client::Client;
+pub use error::{Deadline, Error, NetError};
+pub use server::{
+    serve, Ended, Flow, Handler, Reserve, ReserveStorage, ServerConfig, Slot, SlotStorage,
+};
+pub use session::{ConnInfo, Session};
+pub use socket::{Socket, Timeouts};
+
+/// The core's async connection over a [`Socket`].
+pub type Connection<'a> = tinyproto::asynch::Connection<Socket<'a>>;
+
+/// Re-exported so users name the same versions.
+pub use embassy_net;
+pub use tinyproto;

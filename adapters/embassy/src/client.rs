@@ -1,0 +1,135 @@
+//! [`Client`]: connect to a tinyproto server with deadlines, greet, talk,
+//! close without losing data.
+
+use embassy_net::tcp::TcpSocket;
+use embassy_net::{IpEndpoint, Stack};
+use tinyproto::asynch::{IncomingMessage, OutgoingMessage};
+
+use crate::error::{Deadline, Error, NetError};
+use crate::session::{self, ConnInfo, Session};
+use crate::socket::{bounded, Socket, Timeouts};
+use crate::Connection;
+
+/// A tinyproto client connection over an embassy-net TCP socket whose
+/// buffers the caller owns.
+///
+/// ```no_run
+/// # async fn demo(stack: embassy_net::Stack<'_>) -> Result<(), tinyproto_embassy::Error> {
+/// use embassy_net::{IpEndpoint, Ipv4Address};
+/// let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+/// let server = IpEndpoint::new(Ipv4Address::new(192, 168, 1, 10).into(), 7000);
+/// let timeouts = tinyproto_embassy::Timeouts::DEFAULT;
+/// let mut client =
+///     tinyproto_embassy::Client::connect(stack, &mut rx, &mut tx, server, timeouts).await?;
+/// client.transmit(b"hello").await?;
+/// let mut buf = [0u8; 256];
+/// let reply = client.receive(&mut buf).await?;
+/// # let _ = reply;
+/// client.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Client<'a> {
+    conn: Connection<'a>,
+}
+
+impl<'a> Client<'a> {
+    /// Connects to `remote` within [`Timeouts::connect`] and exchanges the
+    /// greeting within [`Timeouts::greeting`]. A full server shows up here as
+    /// [`Error::ConnectionLimit`](tinyproto::Error::ConnectionLimit).
+    pub async fn connect(
+        stack: Stack<'a>,
+        rx_buffer: &'a mut [u8],
+        tx_buffer: &'a mut [u8],
+        remote: impl Into<IpEndpoint>,
+        timeouts: Timeouts,
+    ) -> Result<Self, Error> {
+        let remote = remote.into();
+        let mut socket = Socket::new(TcpSocket::new(stack, rx_buffer, tx_buffer), timeouts);
+        let limit = Some((
+            embassy_time::Instant::now() + timeouts.connect,
+            Deadline::Connect,
+        ));
+        let connected = bounded(limit, async {
+            socket.tcp_mut().connect(remote).await.map_err(NetError::Connect)
+        })
+        .await;
+        if let Err(e) = connected {
+            debug!("connect to {:?} failed: {:?}", remote, e);
+            socket.tcp_mut().abort();
+            return Err(Error::Io(e));
+        }
+        let mut client = Self {
+            conn: Connection::new(socket),
+        };
+        if let Err(e) = session::greet(&mut client.conn).await {
+            debug!("greeting with {:?} failed: {:?}", remote, e);
+            let _ = client.conn.get_mut().close().await;
+            return Err(e);
+        }
+        Ok(client)
+    }
+
+    /// The operations with their deadlines, as the server's handlers get them.
+    pub fn session(&mut self) -> Session<'_, 'a> {
+        let remote = self.conn.get_ref().remote_endpoint();
+        Session::new(&mut self.conn, ConnInfo { slot: 0, remote })
+    }
+
+    /// Sends one whole message within [`Timeouts::message`].
+    /// [`Error::Rejected`](tinyproto::Error::Rejected) if the server refused
+    /// its length (the connection stays usable).
+    pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
+        session::transmit(&mut self.conn, msg).await
+    }
+
+    /// Receives one whole message into `buf`: waits up to
+    /// [`Timeouts::idle`] for it to start, then [`Timeouts::message`] for
+    /// all of it. A longer message than `buf` is refused with 0x00
+    /// ([`Error::TooLarge`](tinyproto::Error::TooLarge); the connection
+    /// stays usable).
+    pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
+        let wait = self
+            .conn
+            .get_ref()
+            .timeouts()
+            .idle
+            .map(|idle| embassy_time::Instant::now() + idle);
+        session::receive(&mut self.conn, buf, wait).await
+    }
+
+    /// Starts a chunked receive of a message of up to `limit` bytes, larger
+    /// than any buffer: read it with the returned reader (the message
+    /// deadline applies to the reads).
+    pub async fn begin_receive(
+        &mut self,
+        limit: u32,
+    ) -> Result<IncomingMessage<'_, Socket<'a>>, Error> {
+        let wait = self
+            .conn
+            .get_ref()
+            .timeouts()
+            .idle
+            .map(|idle| embassy_time::Instant::now() + idle);
+        session::begin_receive(&mut self.conn, limit, wait).await
+    }
+
+    /// Starts a chunked send of `len` bytes; write them, then `finish`.
+    pub async fn begin_transmit(
+        &mut self,
+        len: usize,
+    ) -> Result<OutgoingMessage<'_, Socket<'a>>, Error> {
+        session::begin_transmit(&mut self.conn, len).await
+    }
+
+    /// The core connection (for `set_max_message_len`, state queries…).
+    pub fn connection(&mut self) -> &mut Connection<'a> {
+        &mut self.conn
+    }
+
+    /// Closes in order (see [`Socket::close`]): `Ok` once the server has
+    /// acknowledged everything written and our FIN.
+    pub async fn close(mut self) -> Result<(), Error> {
+        self.conn.get_mut().close().await.map_err(Error::Io)
+    }
+}

@@ -1,0 +1,418 @@
+//! The server: N caller-owned socket slots serving N connections at once,
+//! each driven by a [`Handler`], plus an optional reserve socket that answers
+//! one peer too many with 0xFE.
+//!
+//! embassy-net has no listen backlog: a connection arriving while no socket
+//! listens on the port is reset by the stack. So while all N slots are busy
+//! the reserve socket listens, and whoever it accepts is refused with the
+//! single byte 0xFE (`tinyproto::asynch::refuse_connection_limit`) and closed.
+//! The reserve only listens while the N slots are all busy; a peer that
+//! arrives while the reserve itself is busy refusing someone is reset.
+
+use core::cell::Cell;
+use core::convert::Infallible;
+
+use embassy_futures::join::{join, join_array};
+use embassy_futures::select::{select, Either};
+use embassy_net::tcp::TcpSocket;
+use embassy_net::Stack;
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::signal::Signal;
+use embassy_time::{Duration, Instant, Timer};
+use tinyproto::MAX_MESSAGE_LEN;
+
+use crate::error::{Deadline, Error, NetError};
+use crate::session::{self, ConnInfo, Session};
+use crate::socket::{bounded, Socket, Timeouts};
+use crate::Connection;
+
+/// What a handler says after each hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Flow {
+    /// Go on serving this connection.
+    Continue,
+    /// Close this connection (in order).
+    Close,
+}
+
+/// Why a connection ended, as `post_loop` and `conn_shutdown` are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Ended {
+    /// The peer closed between messages: the normal end.
+    PeerClosed,
+    /// A hook returned [`Flow::Close`].
+    HandlerClosed,
+    /// The connection failed: a protocol error, a reset, or a deadline
+    /// (`Error::Io(NetError::TimedOut(Deadline::Idle | Deadline::Message | ..))`).
+    Failed(Error),
+}
+
+/// The application side of a server connection: the hooks of the std adapter
+/// and of the Python reference, async and shared by all slots (hence `&self`;
+/// keep per-connection state in a `RefCell`/`Mutex` array indexed by
+/// [`ConnInfo::slot`]).
+///
+/// Order per connection: `conn_init` → greeting → `pre_loop` → (message →
+/// `transmission_received` → `loop_pass`)* → `post_loop` → orderly close →
+/// `conn_shutdown`. `post_loop` runs only if the greeting succeeded;
+/// `conn_shutdown` always runs. A hook that fails to reply in time is bound
+/// by the same deadlines (its `Session` calls carry them).
+///
+/// These are `async fn`s in a trait: their futures are not `Send`, which is
+/// what single-threaded embassy executors want.
+#[allow(async_fn_in_trait)]
+pub trait Handler {
+    /// A peer connected on a slot (before the greeting).
+    /// [`Flow::Close`] closes it at once.
+    async fn conn_init(&self, info: &ConnInfo) -> Flow {
+        let _ = info;
+        Flow::Continue
+    }
+
+    /// The greeting succeeded; the loop is about to start.
+    async fn pre_loop(&self, session: &mut Session<'_, '_>) -> Flow {
+        let _ = session;
+        Flow::Continue
+    }
+
+    /// A whole message arrived. Reply through `session.transmit`.
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, message: &[u8])
+        -> Flow;
+
+    /// Called after each message, and every
+    /// [`ServerConfig::loop_pass_interval`] while the connection is quiet.
+    async fn loop_pass(&self, session: &mut Session<'_, '_>) -> Flow {
+        let _ = session;
+        Flow::Continue
+    }
+
+    /// The loop ended (the connection is still open: a last message may go).
+    async fn post_loop(&self, session: &mut Session<'_, '_>, ended: &Ended) {
+        let _ = (session, ended);
+    }
+
+    /// The connection is closed and its slot is about to listen again.
+    async fn conn_shutdown(&self, info: &ConnInfo, ended: &Ended) {
+        let _ = (info, ended);
+    }
+}
+
+/// Settings of [`serve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ServerConfig {
+    /// TCP port to listen on.
+    pub port: u16,
+    /// Deadlines of each connection. `idle` closes quiet connections.
+    pub timeouts: Timeouts,
+    /// Longest message accepted (besides the slot's message buffer, which
+    /// always bounds it); longer ones are answered 0x00.
+    pub max_message_len: u32,
+    /// Call `loop_pass` this often while a connection is quiet (`None`:
+    /// only after each message).
+    pub loop_pass_interval: Option<Duration>,
+}
+
+impl ServerConfig {
+    /// Defaults: [`Timeouts::DEFAULT`] with a 60 s idle timeout, no extra
+    /// message cap, `loop_pass` only after messages.
+    pub const fn new(port: u16) -> Self {
+        let mut timeouts = Timeouts::DEFAULT;
+        timeouts.idle = Some(Duration::from_secs(60));
+        Self {
+            port,
+            timeouts,
+            max_message_len: MAX_MESSAGE_LEN,
+            loop_pass_interval: None,
+        }
+    }
+}
+
+/// The storage of one connection slot: TCP receive and send buffers, and
+/// the buffer whole messages are received into (its size is the largest
+/// message the server takes).
+#[derive(Debug)]
+pub struct Slot<'b> {
+    rx: &'b mut [u8],
+    tx: &'b mut [u8],
+    message: &'b mut [u8],
+}
+
+impl<'b> Slot<'b> {
+    /// A slot over caller-owned buffers.
+    pub fn new(rx: &'b mut [u8], tx: &'b mut [u8], message: &'b mut [u8]) -> Self {
+        Self { rx, tx, message }
+    }
+}
+
+/// Owned buffers for one [`Slot`], for `static`s or the stack.
+#[derive(Debug)]
+pub struct SlotStorage<const RX: usize, const TX: usize, const MSG: usize> {
+    rx: [u8; RX],
+    tx: [u8; TX],
+    message: [u8; MSG],
+}
+
+impl<const RX: usize, const TX: usize, const MSG: usize> SlotStorage<RX, TX, MSG> {
+    /// Zeroed buffers.
+    pub const fn new() -> Self {
+        Self {
+            rx: [0; RX],
+            tx: [0; TX],
+            message: [0; MSG],
+        }
+    }
+
+    /// The slot over these buffers.
+    pub fn slot(&mut self) -> Slot<'_> {
+        Slot::new(&mut self.rx, &mut self.tx, &mut self.message)
+    }
+}
+
+impl<const RX: usize, const TX: usize, const MSG: usize> Default for SlotStorage<RX, TX, MSG> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Buffers of the reserve socket that refuses peers beyond the limit; a few
+/// dozen bytes each are plenty (it sends one byte).
+#[derive(Debug)]
+pub struct Reserve<'b> {
+    rx: &'b mut [u8],
+    tx: &'b mut [u8],
+}
+
+impl<'b> Reserve<'b> {
+    /// A reserve over caller-owned buffers.
+    pub fn new(rx: &'b mut [u8], tx: &'b mut [u8]) -> Self {
+        Self { rx, tx }
+    }
+}
+
+/// Owned buffers for a [`Reserve`].
+#[derive(Debug)]
+pub struct ReserveStorage {
+    rx: [u8; 64],
+    tx: [u8; 64],
+}
+
+impl ReserveStorage {
+    /// Zeroed buffers.
+    pub const fn new() -> Self {
+        Self {
+            rx: [0; 64],
+            tx: [0; 64],
+        }
+    }
+
+    /// The reserve over these buffers.
+    pub fn reserve(&mut self) -> Reserve<'_> {
+        Reserve::new(&mut self.rx, &mut self.tx)
+    }
+}
+
+impl Default for ReserveStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Shared between the slot loops and the reserve loop (one task: no locks).
+struct Pool {
+    busy: Cell<usize>,
+    changed: Signal<NoopRawMutex, ()>,
+}
+
+impl Pool {
+    fn add(&self, delta: isize) {
+        self.busy.set(self.busy.get().saturating_add_signed(delta));
+        self.changed.signal(());
+    }
+}
+
+/// Serves tinyproto on `config.port` with one connection per slot, all
+/// concurrently in the calling task, and with `reserve` (if any) answering
+/// 0xFE to a peer beyond them. Never returns: drop the future (e.g. in a
+/// `select`) to stop it, which drops every connection without a close.
+///
+/// Nothing needs to be `'static`: the stack, the buffers and the handler
+/// are borrowed.
+pub async fn serve<H: Handler, const N: usize>(
+    stack: Stack<'_>,
+    config: &ServerConfig,
+    slots: [Slot<'_>; N],
+    reserve: Option<Reserve<'_>>,
+    handler: &H,
+) -> Infallible {
+    let pool = Pool {
+        busy: Cell::new(0),
+        changed: Signal::new(),
+    };
+    info!("tinyproto server on port {}, {} slots", config.port, N);
+    let mut next = 0;
+    let loops = slots.map(|slot| {
+        let index = next;
+        next += 1;
+        serve_slot(stack, config, index, slot, handler, &pool)
+    });
+    match reserve {
+        Some(reserve) => {
+            join(join_array(loops), serve_reserve(stack, config, reserve, &pool, N)).await;
+        }
+        None => {
+            join_array(loops).await;
+        }
+    }
+    // Only reached with no slot and no reserve.
+    loop {
+        core::future::pending::<()>().await;
+    }
+}
+
+async fn serve_slot<H: Handler>(
+    stack: Stack<'_>,
+    config: &ServerConfig,
+    index: usize,
+    slot: Slot<'_>,
+    handler: &H,
+    pool: &Pool,
+) {
+    let Slot { rx, tx, message } = slot;
+    loop {
+        let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
+        if let Err(e) = socket.tcp_mut().accept(config.port).await {
+            warn!("slot {}: listen failed: {:?}", index, e);
+            Timer::after(Duration::from_millis(100)).await;
+            continue;
+        }
+        pool.add(1);
+        let info = ConnInfo {
+            slot: index,
+            remote: socket.remote_endpoint(),
+        };
+        debug!("slot {}: connection from {:?}", index, info.remote);
+        let mut conn = Connection::new(socket);
+        conn.set_max_message_len(config.max_message_len);
+        let ended = run_connection(&mut conn, &mut *message, config, info, handler).await;
+        let closed = conn.get_mut().close().await;
+        debug!("slot {}: ended {:?}, close {:?}", index, ended, closed);
+        handler.conn_shutdown(&info, &ended).await;
+        drop(conn);
+        pool.add(-1);
+    }
+}
+
+async fn run_connection<H: Handler>(
+    conn: &mut Connection<'_>,
+    message: &mut [u8],
+    config: &ServerConfig,
+    info: ConnInfo,
+    handler: &H,
+) -> Ended {
+    if handler.conn_init(&info).await == Flow::Close {
+        return Ended::HandlerClosed;
+    }
+    if let Err(e) = session::greet(conn).await {
+        return Ended::Failed(e);
+    }
+    let mut session = Session { conn, info };
+    let ended = serve_loop(&mut session, message, config, handler).await;
+    handler.post_loop(&mut session, &ended).await;
+    ended
+}
+
+async fn serve_loop<H: Handler>(
+    session: &mut Session<'_, '_>,
+    message: &mut [u8],
+    config: &ServerConfig,
+    handler: &H,
+) -> Ended {
+    if handler.pre_loop(session).await == Flow::Close {
+        return Ended::HandlerClosed;
+    }
+    let mut active_at = Instant::now();
+    loop {
+        let idle_at = config.timeouts.idle.map(|d| active_at + d);
+        let tick_at = config.loop_pass_interval.map(|d| Instant::now() + d);
+        let wait = match (idle_at, tick_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match session::receive(session.conn, &mut *message, wait).await {
+            Ok(msg) => {
+                if handler.transmission_received(session, msg).await == Flow::Close {
+                    return Ended::HandlerClosed;
+                }
+                active_at = Instant::now();
+            }
+            Err(Error::Io(NetError::TimedOut(Deadline::Idle))) if !session.conn.is_in_progress() => {
+                if idle_at.is_some_and(|t| Instant::now() >= t) {
+                    info!("slot {}: idle timeout", session.info.slot);
+                    return Ended::Failed(Error::Io(NetError::TimedOut(Deadline::Idle)));
+                }
+            }
+            Err(Error::TooLarge { len, capacity }) => {
+                info!(
+                    "slot {}: refused a message of {} bytes (limit {})",
+                    session.info.slot, len, capacity
+                );
+                active_at = Instant::now();
+            }
+            Err(Error::Closed) => return Ended::PeerClosed,
+            Err(e) => {
+                info!("slot {}: {:?}", session.info.slot, e);
+                return Ended::Failed(e);
+            }
+        }
+        if handler.loop_pass(session).await == Flow::Close {
+            return Ended::HandlerClosed;
+        }
+    }
+}
+
+async fn serve_reserve(
+    stack: Stack<'_>,
+    config: &ServerConfig,
+    reserve: Reserve<'_>,
+    pool: &Pool,
+    limit: usize,
+) {
+    let Reserve { rx, tx } = reserve;
+    loop {
+        while pool.busy.get() < limit {
+            pool.changed.wait().await;
+        }
+        let mut tcp = TcpSocket::new(stack, rx, tx);
+        let freed = async {
+            loop {
+                pool.changed.wait().await;
+                if pool.busy.get() < limit {
+                    break;
+                }
+            }
+        };
+        match select(tcp.accept(config.port), freed).await {
+            Either::First(Ok(())) => {
+                info!("at the limit of {}: refusing {:?}", limit, tcp.remote_endpoint());
+                let mut socket = Socket::new(tcp, config.timeouts);
+                let deadline = Some((Instant::now() + config.timeouts.close, Deadline::Close));
+                let refused = bounded(
+                    deadline,
+                    tinyproto::asynch::refuse_connection_limit(socket.tcp_mut()),
+                )
+                .await;
+                let closed = socket.close().await;
+                debug!("refusal: {:?}, close {:?}", refused, closed);
+            }
+            Either::First(Err(e)) => {
+                warn!("reserve: listen failed: {:?}", e);
+                Timer::after(Duration::from_millis(100)).await;
+            }
+            // A slot listens again: stop listening here.
+            Either::Second(()) => {}
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! [`Session`]: the tinyproto operations of one connection with the
+//! deadlines of its [`Timeouts`](crate::Timeouts) applied, shared by the
+//! client and by the server's handlers.
+
+use embassy_time::Instant;
+use tinyproto::asynch::{IncomingMessage, OutgoingMessage};
+
+use crate::error::{Deadline, Error};
+use crate::socket::Socket;
+use crate::Connection;
+
+/// What a connection is, as the server's hooks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ConnInfo {
+    /// Index of the server's socket slot (0 for a client).
+    pub slot: usize,
+    /// The peer's address.
+    pub remote: Option<embassy_net::IpEndpoint>,
+}
+
+/// One connection's operations, each bounded by the deadlines of its
+/// [`Timeouts`](crate::Timeouts):
+/// - greeting: [`Timeouts::greeting`](crate::Timeouts::greeting);
+/// - `transmit` / `begin_transmit`: [`Timeouts::message`](crate::Timeouts::message)
+///   from the call on;
+/// - `receive` / `begin_receive`: up to [`Timeouts::idle`](crate::Timeouts::idle)
+///   for the first byte, then `message` from that byte on (for a chunked
+///   receive the reader keeps that deadline).
+///
+/// A deadline fails with `Error::Io(NetError::TimedOut(_))`; the message is
+/// then resumable by calling the same operation again (fresh deadline), as
+/// after any transport error — or close the connection.
+#[derive(Debug)]
+pub struct Session<'s, 'a> {
+    pub(crate) conn: &'s mut Connection<'a>,
+    pub(crate) info: ConnInfo,
+}
+
+impl<'s, 'a> Session<'s, 'a> {
+    /// Wraps a connection (for using these operations on your own
+    /// [`Connection`]).
+    pub fn new(conn: &'s mut Connection<'a>, info: ConnInfo) -> Self {
+        Self { conn, info }
+    }
+
+    /// Who the peer is.
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+
+    /// The core connection, for anything not wrapped here.
+    pub fn connection(&mut self) -> &mut Connection<'a> {
+        self.conn
+    }
+
+    /// Exchanges the greeting if it has not happened yet.
+    pub async fn greet(&mut self) -> Result<(), Error> {
+        greet(self.conn).await
+    }
+
+    /// Sends one whole message (see `tinyproto::asynch::Connection::transmit`).
+    pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
+        transmit(self.conn, msg).await
+    }
+
+    /// Receives one whole message into `buf`.
+    pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
+        let wait = idle_limit(self.conn);
+        receive(self.conn, buf, wait).await
+    }
+
+    /// Starts a chunked receive of a message of at most `limit` bytes.
+    pub async fn begin_receive(
+        &mut self,
+        limit: u32,
+    ) -> Result<IncomingMessage<'_, Socket<'a>>, Error> {
+        let wait = idle_limit(self.conn);
+        begin_receive(self.conn, limit, wait).await
+    }
+
+    /// Starts a chunked send of a message of `len` bytes.
+    pub async fn begin_transmit(
+        &mut self,
+        len: usize,
+    ) -> Result<OutgoingMessage<'_, Socket<'a>>, Error> {
+        begin_transmit(self.conn, len).await
+    }
+}
+
+fn idle_limit(conn: &Connection<'_>) -> Option<Instant> {
+    conn.get_ref()
+        .timeouts()
+        .idle
+        .map(|idle| Instant::now() + idle)
+}
+
+pub(crate) async fn greet(conn: &mut Connection<'_>) -> Result<(), Error> {
+    if conn.is_greeted() {
+        return Ok(());
+    }
+    conn.get_mut().begin_exchange(Deadline::Greeting);
+    let r = conn.greet().await;
+    conn.get_mut().end_exchange();
+    r
+}
+
+pub(crate) async fn transmit(conn: &mut Connection<'_>, msg: &[u8]) -> Result<(), Error> {
+    greet(conn).await?;
+    conn.get_mut().begin_exchange(Deadline::Message);
+    let r = conn.transmit(msg).await;
+    conn.get_mut().end_exchange();
+    r
+}
+
+/// Arms the receive deadlines: a message already half in gets the message
+/// deadline at once; otherwise wait until `wait` for its first byte.
+fn arm_receive(conn: &mut Connection<'_>, wait: Option<Instant>) {
+    if conn.is_in_progress() {
+        conn.get_mut().begin_exchange(Deadline::Message);
+    } else {
+        conn.get_mut().await_exchange(wait);
+    }
+}
+
+pub(crate) async fn receive<'b>(
+    conn: &mut Connection<'_>,
+    buf: &'b mut [u8],
+    wait: Option<Instant>,
+) -> Result<&'b [u8], Error> {
+    greet(conn).await?;
+    arm_receive(conn, wait);
+    let r = conn.receive(buf).await;
+    conn.get_mut().end_exchange();
+    r
+}
+
+pub(crate) async fn begin_receive<'c, 'a>(
+    conn: &'c mut Connection<'a>,
+    limit: u32,
+    wait: Option<Instant>,
+) -> Result<IncomingMessage<'c, Socket<'a>>, Error> {
+    greet(conn).await?;
+    arm_receive(conn, wait);
+    conn.begin_receive(limit).await
+}
+
+pub(crate) async fn begin_transmit<'c, 'a>(
+    conn: &'c mut Connection<'a>,
+    len: usize,
+) -> Result<OutgoingMessage<'c, Socket<'a>>, Error> {
+    greet(conn).await?;
+    conn.get_mut().begin_exchange(Deadline::Message);
+    conn.begin_transmit(len).await
+}

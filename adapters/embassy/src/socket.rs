@@ -1,0 +1,232 @@
+//! [`Socket`]: an embassy-net `TcpSocket` that keeps the deadlines of
+//! [`Timeouts`], as the transport under the core's async [`Connection`].
+//!
+//! Deadlines live in the transport, not in the futures of the core: every
+//! read, write and flush is raced against the deadline of the exchange in
+//! progress and fails with [`NetError::TimedOut`] when it passes. The core
+//! advances only by bytes that moved, so such a failure leaves the connection
+//! resumable — the same rule as for a dropped future.
+//!
+//! [`Connection`]: tinyproto::asynch::Connection
+
+use core::future::Future;
+
+use embassy_futures::select::{select, Either};
+use embassy_net::tcp::TcpSocket;
+use embassy_net::IpEndpoint;
+use embassy_time::{Duration, Instant, Timer};
+use tinyproto::embedded_io_async::{ErrorType, Read, Write};
+
+use crate::error::{Deadline, NetError};
+
+/// Time limits of a connection. `None` means "no limit".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Timeouts {
+    /// TCP handshake of [`Client::connect`](crate::Client::connect).
+    pub connect: Duration,
+    /// The greeting (one byte each way).
+    pub greeting: Duration,
+    /// One whole message, from its first byte to its last: a peer that drips
+    /// bytes cannot hold a socket longer than this.
+    pub message: Duration,
+    /// Waiting for the next message to start. The server closes a connection
+    /// idle for this long; a client's `receive` gives up.
+    pub idle: Option<Duration>,
+    /// The orderly close: our data and FIN acknowledged, the peer's FIN in.
+    /// After it the socket is aborted (RST).
+    pub close: Duration,
+    /// embassy-net's own socket timeout (`TcpSocket::set_timeout`): the
+    /// connection is reset when the peer acknowledges nothing for this long.
+    pub tcp: Option<Duration>,
+    /// TCP keep-alive interval (`TcpSocket::set_keep_alive`); pair it with a
+    /// larger [`tcp`](Self::tcp) to find dead peers on idle connections.
+    pub keep_alive: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Connect 10 s, greeting 5 s, message 30 s, idle none, close 2 s,
+    /// keep-alive none.
+    pub const DEFAULT: Self = Self {
+        connect: Duration::from_secs(10),
+        greeting: Duration::from_secs(5),
+        message: Duration::from_secs(30),
+        idle: None,
+        close: Duration::from_secs(2),
+        tcp: None,
+        keep_alive: None,
+    };
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A connected (or connecting) embassy-net TCP socket with deadlines; the
+/// transport of [`Connection`](crate::Connection).
+pub struct Socket<'a> {
+    tcp: TcpSocket<'a>,
+    timeouts: Timeouts,
+    /// The exchange in progress must end by then.
+    deadline: Option<(Instant, Deadline)>,
+    /// Before the first byte of the awaited exchange: stop waiting then.
+    wait_until: Option<(Instant, Deadline)>,
+    /// Start the message deadline at the first byte read.
+    arm_on_first_byte: bool,
+}
+
+impl core::fmt::Debug for Socket<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Socket")
+            .field("state", &self.tcp.state())
+            .field("remote", &self.tcp.remote_endpoint())
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Socket<'a> {
+    /// Wraps a socket and applies the TCP-level settings of `timeouts`
+    /// (socket timeout, keep-alive).
+    pub fn new(mut tcp: TcpSocket<'a>, timeouts: Timeouts) -> Self {
+        tcp.set_timeout(timeouts.tcp);
+        tcp.set_keep_alive(timeouts.keep_alive);
+        Self {
+            tcp,
+            timeouts,
+            deadline: None,
+            wait_until: None,
+            arm_on_first_byte: false,
+        }
+    }
+
+    /// The embassy-net socket.
+    pub fn tcp(&self) -> &TcpSocket<'a> {
+        &self.tcp
+    }
+
+    /// The embassy-net socket, mutably (for options; moving bytes through it
+    /// puts the tinyproto connection out of step).
+    pub fn tcp_mut(&mut self) -> &mut TcpSocket<'a> {
+        &mut self.tcp
+    }
+
+    /// The time limits in force.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Replaces the time limits (and the TCP-level settings).
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.tcp.set_timeout(timeouts.tcp);
+        self.tcp.set_keep_alive(timeouts.keep_alive);
+        self.timeouts = timeouts;
+    }
+
+    /// The peer's address, while connected.
+    pub fn remote_endpoint(&self) -> Option<IpEndpoint> {
+        self.tcp.remote_endpoint()
+    }
+
+    /// An exchange starts now and must end within `which`'s limit.
+    pub(crate) fn begin_exchange(&mut self, which: Deadline) {
+        let limit = match which {
+            Deadline::Greeting => self.timeouts.greeting,
+            Deadline::Connect => self.timeouts.connect,
+            Deadline::Close => self.timeouts.close,
+            Deadline::Message | Deadline::Idle => self.timeouts.message,
+        };
+        self.deadline = Some((Instant::now() + limit, which));
+        self.wait_until = None;
+        self.arm_on_first_byte = false;
+    }
+
+    /// Waits for the peer to start an exchange (until `wait_until`, if any);
+    /// its first byte starts the message deadline.
+    pub(crate) fn await_exchange(&mut self, wait_until: Option<Instant>) {
+        self.deadline = None;
+        self.wait_until = wait_until.map(|t| (t, Deadline::Idle));
+        self.arm_on_first_byte = true;
+    }
+
+    /// No exchange in progress: no deadline.
+    pub(crate) fn end_exchange(&mut self) {
+        self.deadline = None;
+        self.wait_until = None;
+        self.arm_on_first_byte = false;
+    }
+
+    fn limit(&self) -> Option<(Instant, Deadline)> {
+        self.deadline.or(self.wait_until)
+    }
+
+    /// Closes in order: FIN after our data, waits (up to
+    /// [`Timeouts::close`]) for it to be acknowledged and for the peer's FIN,
+    /// discarding whatever the peer still sends. Past the deadline the
+    /// connection is aborted with an RST. Data is never lost silently: an
+    /// `Ok` means the peer acknowledged everything written.
+    pub async fn close(&mut self) -> Result<(), NetError> {
+        let limit = Some((Instant::now() + self.timeouts.close, Deadline::Close));
+        self.end_exchange();
+        self.tcp.close();
+        let flushed = bounded(limit, self.tcp.flush()).await;
+        if flushed.is_ok() {
+            let mut scratch = [0u8; 64];
+            // The peer's FIN (Ok(0)) or a reset ends the wait.
+            while let Ok(n) = bounded(limit, self.tcp.read(&mut scratch)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
+        if flushed.is_err() {
+            debug!("close timed out: aborting");
+            self.tcp.abort();
+            // Let the RST leave before the socket goes.
+            let rst = Some((Instant::now() + Duration::from_millis(100), Deadline::Close));
+            let _ = bounded(rst, self.tcp.flush()).await;
+        }
+        flushed
+    }
+}
+
+/// Races `f` against `limit`.
+pub(crate) async fn bounded<T, E: Into<NetError>>(
+    limit: Option<(Instant, Deadline)>,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, NetError> {
+    match limit {
+        None => f.await.map_err(Into::into),
+        Some((at, which)) => match select(f, Timer::at(at)).await {
+            Either::First(r) => r.map_err(Into::into),
+            Either::Second(()) => Err(NetError::TimedOut(which)),
+        },
+    }
+}
+
+impl ErrorType for Socket<'_> {
+    type Error = NetError;
+}
+
+impl Read for Socket<'_> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
+        let n = bounded(self.limit(), self.tcp.read(buf)).await?;
+        if n > 0 && self.arm_on_first_byte {
+            self.begin_exchange(Deadline::Message);
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Socket<'_> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, NetError> {
+        bounded(self.limit(), self.tcp.write(buf)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), NetError> {
+        bounded(self.limit(), self.tcp.flush()).await
+    }
+}

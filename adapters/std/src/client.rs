@@ -1,0 +1,262 @@
+//! The [`Client`]: plain synchronous connections, or connections run by a
+//! handler on threads of their own, with an optional client loop.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::conn::{Conn, Handler};
+use crate::error::{Deadline, Error};
+use crate::plugin::Plugin;
+use crate::registry::{Connections, Context, Ended, Factory, Pool, Shared, StopHandle};
+use crate::server::{call_hook, DEFAULT_DRAIN_TIMEOUT};
+use crate::{ConnId, Timeouts};
+
+/// The hooks of a client's own loop ([`Client::start`]), mirroring the
+/// reference's `TinyProtoClient`. Every method has a default body.
+pub trait ClientHooks: Send + 'static {
+    /// Runs once at the start of [`Client::start`].
+    fn pre_loop(&mut self, client: &Context) {
+        let _ = client;
+    }
+
+    /// Runs on every pass of the client loop (every [`Timeouts::poll`]).
+    fn loop_pass(&mut self, client: &Context) {
+        let _ = client;
+    }
+
+    /// Runs once when the loop stopped, before the connections are closed.
+    fn post_loop(&mut self, client: &Context) {
+        let _ = client;
+    }
+
+    /// Runs after a [`Client::connect_to`] connection ended, with its result.
+    fn conn_shutdown(
+        &mut self,
+        client: &Context,
+        id: ConnId,
+        peer: SocketAddr,
+        result: &Result<(), Error>,
+    ) {
+        let _ = (client, id, peer, result);
+    }
+}
+
+/// No client hooks.
+impl ClientHooks for () {}
+
+/// A tinyproto client (the reference's `TinyProtoClient`).
+///
+/// Plain synchronous use, without any loop or thread:
+///
+/// ```no_run
+/// let client = tinyproto_std::Client::new();
+/// let mut conn = client.connect("127.0.0.1:7000")?;
+/// conn.transmit(b"hello")?;
+/// let reply = conn.receive()?;
+/// conn.close();
+/// # let _ = reply; Ok::<(), tinyproto_std::Error>(())
+/// ```
+///
+/// With a handler: [`connect_to`](Self::connect_to) runs each connection's
+/// loop on a thread of its own, and [`start`](Self::start) runs the
+/// optional client loop with [`ClientHooks`].
+pub struct Client {
+    cfg: Config,
+    factory: Factory,
+    hooks: Box<dyn ClientHooks>,
+    drain_timeout: Duration,
+    stop: StopHandle,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("cfg", &self.cfg)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Client {
+    /// A client with the do-nothing handler `()`, no hooks and default
+    /// [`Timeouts`].
+    pub fn new() -> Self {
+        let stop = StopHandle::default();
+        Self {
+            cfg: Config::default(),
+            factory: Arc::new(|| Box::new(())),
+            hooks: Box::new(()),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            pool: Pool::new(Arc::new(Shared::default()), stop.clone()),
+            stop,
+        }
+    }
+
+    /// Sets the factory that makes one handler per
+    /// [`connect_to`](Self::connect_to) connection.
+    pub fn set_conn_handler<H, F>(&mut self, factory: F)
+    where
+        H: Handler,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        self.factory = Arc::new(move || Box::new(factory()));
+    }
+
+    /// Sets the client loop's hooks.
+    pub fn set_hooks(&mut self, hooks: impl ClientHooks) {
+        self.hooks = Box::new(hooks);
+    }
+
+    /// Like the reference's `timeout`: sets the connect, greeting and
+    /// receive time limits to `timeout` (see [`Timeouts`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        let t = &mut self.cfg.timeouts;
+        t.connect = timeout;
+        t.greeting = timeout;
+        t.receive = timeout;
+    }
+
+    /// Sets every time limit of new connections.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.cfg.timeouts = timeouts;
+    }
+
+    /// The time limits of new connections.
+    pub fn timeouts(&self) -> Timeouts {
+        self.cfg.timeouts
+    }
+
+    /// Caps the length of accepted messages (default
+    /// [`DEFAULT_MAX_MESSAGE_LEN`](crate::DEFAULT_MAX_MESSAGE_LEN)).
+    pub fn set_max_message_len(&mut self, len: u32) {
+        self.cfg.max_message_len = len;
+    }
+
+    /// `TCP_NODELAY` on new sockets (default `true`).
+    pub fn set_nodelay(&mut self, nodelay: bool) {
+        self.cfg.nodelay = nodelay;
+    }
+
+    /// How many messages [`Connections`] may queue for one connection.
+    pub fn set_queue_len(&mut self, len: usize) {
+        self.cfg.queue_len = len;
+    }
+
+    /// How long stopping waits for connections to end before closing them.
+    pub fn set_drain_timeout(&mut self, timeout: Duration) {
+        self.drain_timeout = timeout;
+    }
+
+    /// Adds a plugin at the end of the chain of new connections.
+    pub fn register_plugin(&mut self, plugin: impl Plugin) {
+        self.cfg.plugins.push(Arc::new(plugin));
+    }
+
+    /// The registry of active [`connect_to`](Self::connect_to) connections.
+    pub fn connections(&self) -> Connections {
+        Connections::new(self.pool.shared.clone())
+    }
+
+    /// A handle that stops [`start`](Self::start).
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Connects and exchanges the greeting, for plain synchronous use: the
+    /// returned connection runs no loop and no handler.
+    /// `Error::Protocol(tinyproto::Error::ConnectionLimit)` when the server
+    /// is full.
+    pub fn connect(&self, addr: impl ToSocketAddrs) -> Result<Conn, Error> {
+        let stream = self.open(addr)?;
+        let id = self.pool.shared.new_id();
+        let mut conn = Conn::new(id, stream, Arc::new(self.cfg.clone()))?;
+        conn.greet()?;
+        log::debug!("{id}: connected to {}", conn.peer_addr());
+        Ok(conn)
+    }
+
+    /// Connects, exchanges the greeting, and runs the connection's loop with
+    /// a new handler on a thread of its own. Returns the connection's id.
+    pub fn connect_to(&mut self, addr: impl ToSocketAddrs) -> Result<ConnId, Error> {
+        let conn = self.connect(addr)?;
+        let id = conn.id();
+        let handler = (self.factory)();
+        self.pool.spawn(conn, handler, self.cfg.queue_len, |_| {})?;
+        Ok(id)
+    }
+
+    /// Waits up to `timeout` for [`connect_to`](Self::connect_to)
+    /// connection `id` to end, and returns how it ended (`None`: still
+    /// running, or unknown).
+    pub fn join(&mut self, id: ConnId, timeout: Duration) -> Option<Result<(), Error>> {
+        self.pool.join(id, timeout)
+    }
+
+    /// Runs the client loop until stopped: `pre_loop`, `loop_pass` every
+    /// [`Timeouts::poll`], `post_loop`, then closes the connections like
+    /// [`close_all`](Self::close_all).
+    pub fn start(&mut self) {
+        let ctx = self.context();
+        let hooks = &mut self.hooks;
+        call_hook("pre_loop", || hooks.pre_loop(&ctx));
+        while !self.stop.is_stopped() {
+            for Ended { id, peer, result } in self.pool.reap(self.cfg.timeouts.poll) {
+                call_hook("conn_shutdown", || {
+                    hooks.conn_shutdown(&ctx, id, peer, &result)
+                });
+            }
+            call_hook("loop_pass", || hooks.loop_pass(&ctx));
+        }
+        call_hook("post_loop", || hooks.post_loop(&ctx));
+        self.close_all();
+    }
+
+    /// Stops every [`connect_to`](Self::connect_to) connection gracefully
+    /// (they finish the message in flight; their `post_loop` runs), closing
+    /// those still running after the drain timeout.
+    pub fn close_all(&mut self) {
+        let ctx = self.context();
+        let hooks = &mut self.hooks;
+        self.pool
+            .drain(self.drain_timeout, &mut |Ended { id, peer, result }| {
+                call_hook("conn_shutdown", || {
+                    hooks.conn_shutdown(&ctx, id, peer, &result)
+                })
+            });
+        // Later connections start afresh.
+        self.pool = Pool::new(Arc::new(Shared::default()), self.stop.clone());
+    }
+
+    fn context(&self) -> Context {
+        Context {
+            connections: self.connections(),
+            stop: self.stop.clone(),
+            local_addrs: Vec::new(),
+        }
+    }
+
+    fn open(&self, addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
+        let mut last = None;
+        for addr in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, self.cfg.timeouts.connect) {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) if e.kind() == io::ErrorKind::TimedOut => Error::Timeout(Deadline::Connect),
+            Some(e) => e.into(),
+            None => io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to").into(),
+        })
+    }
+}

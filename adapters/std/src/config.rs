@@ -1,0 +1,119 @@
+//! Settings shared by the server and the client: time limits, message size
+//! limit, `TCP_NODELAY`, plugins.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::plugin::Plugins;
+
+/// The time limits of a connection. Every one is enforced with socket
+/// timeouts, so no thread waits on a peer longer than these say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Client only: establishing the TCP connection. Default 5 s (the
+    /// reference client's socket timeout).
+    pub connect: Duration,
+    /// Both greeting bytes must have crossed within this much of the
+    /// connection's start. Default 10 s.
+    pub greeting: Duration,
+    /// A whole message, from its first byte to its last, in either direction
+    /// (a peer that drips one byte at a time cannot hold a thread longer).
+    /// Default 60 s.
+    pub message: Duration,
+    /// A single write that makes no progress (the peer stopped reading).
+    /// Default 10 s.
+    pub write: Duration,
+    /// How long [`Conn::receive`](crate::Conn::receive) waits for a message
+    /// to begin. Default 30 s.
+    pub receive: Duration,
+    /// Close a connection on which no message moved either way for this
+    /// long. Default `None` (never).
+    pub idle: Option<Duration>,
+    /// How long a connection loop waits for a message before running
+    /// `loop_pass` (and sending queued messages, and noticing a stop); also
+    /// the server's accept poll. Default 20 ms (the reference selects for 30 ms).
+    pub poll: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            greeting: Duration::from_secs(10),
+            message: Duration::from_secs(60),
+            write: Duration::from_secs(10),
+            receive: Duration::from_secs(30),
+            idle: None,
+            poll: Duration::from_millis(20),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Sets [`connect`](Self::connect).
+    pub fn with_connect(mut self, d: Duration) -> Self {
+        self.connect = d;
+        self
+    }
+    /// Sets [`greeting`](Self::greeting).
+    pub fn with_greeting(mut self, d: Duration) -> Self {
+        self.greeting = d;
+        self
+    }
+    /// Sets [`message`](Self::message).
+    pub fn with_message(mut self, d: Duration) -> Self {
+        self.message = d;
+        self
+    }
+    /// Sets [`write`](Self::write).
+    pub fn with_write(mut self, d: Duration) -> Self {
+        self.write = d;
+        self
+    }
+    /// Sets [`receive`](Self::receive).
+    pub fn with_receive(mut self, d: Duration) -> Self {
+        self.receive = d;
+        self
+    }
+    /// Sets [`idle`](Self::idle).
+    pub fn with_idle(mut self, d: Option<Duration>) -> Self {
+        self.idle = d;
+        self
+    }
+    /// Sets [`poll`](Self::poll).
+    pub fn with_poll(mut self, d: Duration) -> Self {
+        self.poll = d;
+        self
+    }
+}
+
+/// Default cap on the length of an accepted message: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 16 * 1024 * 1024;
+
+/// Default number of messages other connections may queue for one connection.
+pub const DEFAULT_QUEUE_LEN: usize = 1024;
+
+/// Per-connection settings, shared by all connections of a server or client.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub timeouts: Timeouts,
+    pub max_message_len: u32,
+    pub nodelay: bool,
+    pub queue_len: usize,
+    pub plugins: Plugins,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            timeouts: Timeouts::default(),
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            nodelay: true,
+            queue_len: DEFAULT_QUEUE_LEN,
+            plugins: Plugins::default(),
+        }
+    }
+}
+
+pub(crate) type SharedConfig = Arc<Config>;

@@ -1,0 +1,417 @@
+//! One connection: [`Conn`] (transmit and receive whole messages with
+//! deadlines and plugins) and the [`Handler`] hooks its loop runs.
+
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tinyproto::blocking::Connection;
+
+use crate::config::SharedConfig;
+use crate::error::{Deadline, Error, ProtocolError};
+use crate::io::Io;
+use crate::registry::{Connections, Shared, StopHandle};
+use crate::ConnId;
+
+/// Payload bytes read per step of a receive: a message buffer grows by at
+/// most this much beyond the bytes that actually arrived.
+const RECEIVE_CHUNK: usize = 64 * 1024;
+
+/// The hooks of a connection loop, mirroring the reference's
+/// `TinyProtoConnection` subclass methods. Every method has a default body.
+///
+/// Inside a hook the handler may use its connection directly:
+/// [`Conn::transmit`], [`Conn::receive`] (wait for a reply without going
+/// back to the loop), [`Conn::stop`], and through [`Conn::connections`]
+/// send to other connections. Returning an error from a hook ends the
+/// connection with that error; [`post_loop`](Handler::post_loop) still runs.
+///
+/// A panicking hook ends its connection with [`Error::Panicked`]; the
+/// server and everyone else go on.
+pub trait Handler: Send + 'static {
+    /// Runs once, after the greeting, before the first loop pass.
+    fn pre_loop(&mut self, conn: &mut Conn) -> Result<(), Error> {
+        let _ = conn;
+        Ok(())
+    }
+
+    /// Runs on every pass of the loop: after each message, and at least
+    /// every [`Timeouts::poll`](crate::Timeouts::poll) while none arrives.
+    fn loop_pass(&mut self, conn: &mut Conn) -> Result<(), Error> {
+        let _ = conn;
+        Ok(())
+    }
+
+    /// Runs for each whole message received (after the plugins).
+    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+        let _ = (conn, msg);
+        Ok(())
+    }
+
+    /// Runs once when the connection ends, however it ends (the greeting
+    /// failed, the peer closed, an error, a panic, a stop). `result` is
+    /// `Ok(())` for a normal end: the peer closed between messages, or the
+    /// loop was asked to stop.
+    fn post_loop(&mut self, conn: &mut Conn, result: &Result<(), Error>) {
+        let _ = (conn, result);
+    }
+}
+
+/// Does nothing: messages are received and dropped.
+impl Handler for () {}
+
+/// What a connection loop is attached to (absent for a plain client
+/// connection).
+#[derive(Debug)]
+pub(crate) struct Attached {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) inbox: Receiver<Arc<[u8]>>,
+    pub(crate) stop: StopHandle,
+}
+
+/// A connected, tinyproto-speaking TCP connection.
+///
+/// Every call is bounded by the [`Timeouts`](crate::Timeouts) it was
+/// created with. Messages are whole: nothing of a partial message is ever
+/// returned, and the buffer of an incoming message grows only as its bytes
+/// actually arrive (never to a length the peer merely announced).
+#[derive(Debug)]
+pub struct Conn {
+    id: ConnId,
+    inner: Connection<Io>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    cfg: SharedConfig,
+    /// Payload of the message being received.
+    partial: Vec<u8>,
+    started: Instant,
+    last_activity: Instant,
+    /// A deadline ran out mid-message or the protocol broke: carry nothing more.
+    failed: bool,
+    stop: bool,
+    attached: Option<Attached>,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, stream: TcpStream, cfg: SharedConfig) -> std::io::Result<Self> {
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(cfg.nodelay)?;
+        let peer = stream.peer_addr()?;
+        let local = stream.local_addr()?;
+        let mut inner = Connection::new(Io::new(stream, cfg.timeouts.write));
+        inner.set_max_message_len(cfg.max_message_len);
+        let now = Instant::now();
+        Ok(Self {
+            id,
+            inner,
+            peer,
+            local,
+            cfg,
+            partial: Vec::new(),
+            started: now,
+            last_activity: now,
+            failed: false,
+            stop: false,
+            attached: None,
+        })
+    }
+
+    pub(crate) fn attach(&mut self, attached: Attached) {
+        self.attached = Some(attached);
+    }
+
+    /// This connection's id (unique within its server or client).
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// This side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The socket, for options (moving bytes through it directly puts the
+    /// connection out of step).
+    pub fn tcp_stream(&self) -> &TcpStream {
+        self.inner.get_ref().stream()
+    }
+
+    /// The largest message length this side accepts.
+    pub fn max_message_len(&self) -> u32 {
+        self.inner.max_message_len()
+    }
+
+    /// The active connections of the server or client running this
+    /// connection's loop (`None` for a plain [`Client::connect`](crate::Client::connect)
+    /// connection).
+    pub fn connections(&self) -> Option<Connections> {
+        self.attached
+            .as_ref()
+            .map(|a| Connections::new(a.shared.clone()))
+    }
+
+    /// Stops the loop of the server or client this connection belongs to
+    /// (`None` for a plain client connection).
+    pub fn loop_stop_handle(&self) -> Option<StopHandle> {
+        self.attached.as_ref().map(|a| a.stop.clone())
+    }
+
+    /// Asks this connection's loop to end after the current hook (with
+    /// `Ok(())`; `post_loop` runs).
+    pub fn stop(&mut self) {
+        self.stop = true;
+    }
+
+    /// True once [`stop`](Self::stop) was called or the owner is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stop || self.attached.as_ref().is_some_and(|a| a.shared.is_draining())
+    }
+
+    /// Exchanges the greeting, within [`Timeouts::greeting`](crate::Timeouts::greeting)
+    /// of the connection's start. Done by every other call first.
+    pub fn greet(&mut self) -> Result<(), Error> {
+        self.check_usable()?;
+        if self.inner.is_greeted() {
+            return Ok(());
+        }
+        let deadline = self.started + self.cfg.timeouts.greeting;
+        let io = self.inner.get_mut();
+        io.set_read_deadline(deadline, Deadline::Greeting);
+        io.set_write_deadline(Some((deadline, Deadline::Greeting)));
+        let result = self.inner.greet();
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// Sends one whole message (through the plugins), within
+    /// [`Timeouts::message`](crate::Timeouts::message).
+    ///
+    /// `Err(Error::Protocol(tinyproto::Error::Rejected { .. }))` when the
+    /// peer refused its length; the connection stays usable.
+    pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
+        self.greet()?;
+        let wire = self.cfg.plugins.transmit(msg).map_err(Error::Plugin)?;
+        let deadline = Instant::now() + self.cfg.timeouts.message;
+        let io = self.inner.get_mut();
+        io.set_read_deadline(deadline, Deadline::Message);
+        io.set_write_deadline(Some((deadline, Deadline::Message)));
+        let result = self.inner.transmit(&wire);
+        self.inner.get_mut().set_write_deadline(None);
+        match result {
+            Ok(()) => {
+                self.last_activity = Instant::now();
+                log::trace!("{} sent {} bytes", self.id, wire.len());
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Receives one whole message (through the plugins): waits up to
+    /// [`Timeouts::receive`](crate::Timeouts::receive) for it to begin, then
+    /// up to [`Timeouts::message`](crate::Timeouts::message) for all of it.
+    ///
+    /// A length over [`max_message_len`](Self::max_message_len) is answered
+    /// 0x00 and reported as `Error::Protocol(tinyproto::Error::TooLarge { .. })`;
+    /// the connection stays usable. `Error::Protocol(tinyproto::Error::Closed)`
+    /// when the peer closed between messages.
+    pub fn receive(&mut self) -> Result<Vec<u8>, Error> {
+        let wait = self.cfg.timeouts.receive;
+        self.try_receive(wait)?
+            .ok_or(Error::Timeout(Deadline::Receive))
+    }
+
+    /// Like [`receive`](Self::receive), but waits only `wait` for a message
+    /// to begin, and returns `Ok(None)` if none did (the connection stays
+    /// usable). A message that began is always received whole or not at all.
+    pub fn try_receive(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, Error> {
+        self.greet()?;
+        let now = Instant::now();
+        let message = self.cfg.timeouts.message;
+        let in_progress = self.inner.is_in_progress();
+        let io = self.inner.get_mut();
+        if !in_progress {
+            io.mark_idle();
+            io.set_read_deadline(now + wait, Deadline::Receive);
+            io.set_write_deadline(None);
+        } else {
+            // Resuming a message (only after a `Receive` wait ran out on it).
+            let start = io.first_byte().unwrap_or(now);
+            io.set_read_deadline(start + message, Deadline::Message);
+            io.set_write_deadline(Some((start + message, Deadline::Message)));
+        }
+        loop {
+            match self.receive_raw() {
+                Ok(raw) => {
+                    self.last_activity = Instant::now();
+                    log::trace!("{} received {} bytes", self.id, raw.len());
+                    let msg = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
+                    return Ok(Some(msg));
+                }
+                Err(tinyproto::Error::Io(e)) => {
+                    let in_progress = self.inner.is_in_progress();
+                    let io = self.inner.get_mut();
+                    match io.take_expired() {
+                        Some(Deadline::Receive) if !in_progress => return Ok(None),
+                        Some(Deadline::Receive) => {
+                            // The message began: it gets the message deadline
+                            // from its first byte on.
+                            let start = io.first_byte().unwrap_or(now);
+                            io.set_read_deadline(start + message, Deadline::Message);
+                            io.set_write_deadline(Some((start + message, Deadline::Message)));
+                        }
+                        Some(kind) => {
+                            self.break_off();
+                            return Err(Error::Timeout(kind));
+                        }
+                        None => {
+                            self.break_off();
+                            return Err(Error::Protocol(tinyproto::Error::Io(e)));
+                        }
+                    }
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+    }
+
+    /// Receives the raw payload into `self.partial`, growing it only by
+    /// bytes that arrived. Resumable after an `Io` error.
+    fn receive_raw(&mut self) -> Result<Vec<u8>, ProtocolError> {
+        let Self { inner, partial, .. } = self;
+        let limit = inner.max_message_len();
+        let mut msg = inner.begin_receive(limit)?;
+        loop {
+            let remaining = msg.remaining() as usize;
+            if remaining == 0 {
+                return Ok(std::mem::take(partial));
+            }
+            let old = partial.len();
+            partial.resize(old + remaining.min(RECEIVE_CHUNK), 0);
+            match msg.read(&mut partial[old..]) {
+                Ok(n) => partial.truncate(old + n),
+                Err(e) => {
+                    partial.truncate(old);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), Error> {
+        if self.failed {
+            Err(Error::Protocol(tinyproto::Error::Broken))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The connection carries nothing more.
+    fn break_off(&mut self) {
+        self.failed = true;
+        self.partial = Vec::new();
+    }
+
+    /// Maps a core error (a deadline shows as `Io(TimedOut)`), breaking the
+    /// connection unless it is still in step.
+    fn fail(&mut self, e: ProtocolError) -> Error {
+        let expired = self.inner.get_mut().take_expired();
+        let e = match (e, expired) {
+            (tinyproto::Error::Io(_), Some(kind)) => Error::Timeout(kind),
+            (e, _) => Error::Protocol(e),
+        };
+        if !e.is_recoverable() {
+            self.break_off();
+        }
+        e
+    }
+
+    /// Sends the messages other connections queued for this one.
+    fn send_queued(&mut self) -> Result<(), Error> {
+        loop {
+            let Some(attached) = &self.attached else {
+                return Ok(());
+            };
+            let msg = match attached.inbox.try_recv() {
+                Ok(msg) => msg,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(()),
+            };
+            match self.transmit(&msg) {
+                Err(e) if e.is_recoverable() => {
+                    log::warn!("{}: queued message not delivered: {e}", self.id)
+                }
+                other => other?,
+            }
+        }
+    }
+
+    fn check_idle(&self) -> Result<(), Error> {
+        match self.cfg.timeouts.idle {
+            Some(idle) if self.last_activity.elapsed() >= idle => Err(Error::Timeout(Deadline::Idle)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the connection (both directions).
+    pub fn close(self) {
+        let _ = self.tcp_stream().shutdown(Shutdown::Both);
+    }
+
+    pub(crate) fn shutdown(&self) {
+        let _ = self.tcp_stream().shutdown(Shutdown::Both);
+    }
+}
+
+/// The loop of one connection, hooks included; never panics.
+pub(crate) fn run_connection(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
+    let result = catch_unwind(AssertUnwindSafe(|| connection_loop(conn, handler)))
+        .unwrap_or_else(|payload| Err(Error::Panicked(panic_message(&*payload))));
+    match &result {
+        Ok(()) => log::debug!("{} ({}) ended", conn.id, conn.peer),
+        Err(e) => log::info!("{} ({}) ended: {e}", conn.id, conn.peer),
+    }
+    if catch_unwind(AssertUnwindSafe(|| handler.post_loop(conn, &result))).is_err() {
+        log::error!("{}: post_loop panicked", conn.id);
+    }
+    conn.shutdown();
+    result
+}
+
+fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
+    conn.greet()?;
+    handler.pre_loop(conn)?;
+    let poll = conn.cfg.timeouts.poll;
+    while !conn.is_stopping() {
+        conn.send_queued()?;
+        match conn.try_receive(poll) {
+            Ok(Some(msg)) => handler.transmission_received(conn, msg)?,
+            Ok(None) => conn.check_idle()?,
+            Err(e) if e.is_closed() => return Ok(()),
+            Err(Error::Protocol(e @ tinyproto::Error::TooLarge { .. })) => {
+                log::warn!("{}: refused a message: {e}", conn.id);
+            }
+            Err(e) => return Err(e),
+        }
+        if conn.is_stopping() {
+            break;
+        }
+        handler.loop_pass(conn)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

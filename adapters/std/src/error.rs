@@ -1,0 +1,146 @@
+//! The error of the std adapter: the core's protocol errors, plus deadlines,
+//! plugins, panicking hooks and the connection registry.
+
+use std::fmt;
+use std::io;
+
+use crate::ConnId;
+
+/// A protocol error of the core over a `std::io` transport.
+pub type ProtocolError = tinyproto::Error<io::Error>;
+
+/// Which configured time limit ran out (see [`Timeouts`](crate::Timeouts)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Deadline {
+    /// Establishing the TCP connection ([`Timeouts::connect`](crate::Timeouts::connect)).
+    Connect,
+    /// The greeting did not complete in time ([`Timeouts::greeting`](crate::Timeouts::greeting)).
+    Greeting,
+    /// A message that had started did not complete in time
+    /// ([`Timeouts::message`](crate::Timeouts::message)): a slow or stalled peer.
+    Message,
+    /// A single write made no progress in time ([`Timeouts::write`](crate::Timeouts::write)):
+    /// the peer stopped reading.
+    Write,
+    /// [`Conn::receive`](crate::Conn::receive) waited for a message that never
+    /// began ([`Timeouts::receive`](crate::Timeouts::receive)).
+    Receive,
+    /// No message in either direction for [`Timeouts::idle`](crate::Timeouts::idle).
+    Idle,
+    /// The connection was still running when a graceful stop's drain timeout
+    /// ran out; its socket was shut down and its thread left behind.
+    Drain,
+}
+
+impl fmt::Display for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Deadline::Connect => "connect",
+            Deadline::Greeting => "greeting",
+            Deadline::Message => "message",
+            Deadline::Write => "write",
+            Deadline::Receive => "receive",
+            Deadline::Idle => "idle",
+            Deadline::Drain => "drain",
+        })
+    }
+}
+
+/// Everything that can go wrong on a connection of this crate.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The protocol or the transport failed (see [`tinyproto::Error`]):
+    /// a wrong greeting byte, an unexpected status, a close mid-message,
+    /// a length over the limit, an I/O error...
+    Protocol(ProtocolError),
+    /// A configured time limit ran out. After any deadline but
+    /// [`Deadline::Receive`] the connection is closed.
+    Timeout(Deadline),
+    /// A plugin refused to transform a message.
+    Plugin(Box<dyn std::error::Error + Send + Sync>),
+    /// A handler hook panicked; the payload's message, when it was a string.
+    Panicked(String),
+    /// No active connection has this id.
+    UnknownConnection(ConnId),
+    /// The connection's queue of messages from other connections is full.
+    QueueFull(ConnId),
+}
+
+impl Error {
+    /// True when the peer closed the connection between messages: the normal end.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Protocol(tinyproto::Error::Closed))
+    }
+
+    /// True when a configured deadline ran out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
+    }
+
+    /// True when the connection is still in step after this error and may
+    /// carry the next message (a rejected or refused length, a plugin
+    /// failure, a [`Deadline::Receive`] wait, a registry error).
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            Error::Protocol(e) => {
+                matches!(
+                    e,
+                    tinyproto::Error::Rejected { .. } | tinyproto::Error::TooLarge { .. }
+                )
+            }
+            Error::Timeout(d) => *d == Deadline::Receive,
+            Error::Plugin(_) | Error::UnknownConnection(_) | Error::QueueFull(_) => true,
+            Error::Panicked(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Protocol(e) => write!(f, "{e}"),
+            Error::Timeout(d) => write!(f, "{d} deadline ran out"),
+            Error::Plugin(e) => write!(f, "plugin failed: {e}"),
+            Error::Panicked(msg) => write!(f, "handler panicked: {msg}"),
+            Error::UnknownConnection(id) => write!(f, "no active connection {id}"),
+            Error::QueueFull(id) => write!(f, "queue of connection {id} is full"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Protocol(e) => Some(e),
+            Error::Plugin(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Error::Protocol(e)
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Protocol(tinyproto::Error::Io(e))
+    }
+}
+
+impl From<Error> for io::Error {
+    /// Keeps a transport error as it was; wraps the others with a fitting kind.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Protocol(e) => e.into(),
+            Error::Timeout(_) => io::Error::new(io::ErrorKind::TimedOut, e),
+            Error::UnknownConnection(_) => io::Error::new(io::ErrorKind::NotFound, e),
+            Error::QueueFull(_) => io::Error::new(io::ErrorKind::WouldBlock, e),
+            other => io::Error::other(other),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The transport under the core's blocking driver: a `TcpStream` whose every
+//! read and write is bounded by a deadline.
+//!
+//! The core advances only by bytes that moved, so when a deadline runs out
+//! here (an `io::ErrorKind::TimedOut` error) the message in flight stays
+//! resumable; the connection decides whether to resume or to give up.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::error::Deadline;
+
+/// Socket timeouts may not be zero.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// A `TcpStream` with deadlines, as an embedded-io transport.
+#[derive(Debug)]
+pub(crate) struct Io {
+    stream: TcpStream,
+    /// Reads fail with `TimedOut` once this passes.
+    read_deadline: Instant,
+    read_kind: Deadline,
+    /// Each write may wait at most this long for progress.
+    write_timeout: Duration,
+    /// Which deadline made the last call fail, taken by the connection.
+    expired: Option<Deadline>,
+    /// When the first byte arrived since the last [`Io::mark_idle`].
+    first_byte: Option<Instant>,
+    /// Writes fail with this [`Deadline`] after this instant, if set.
+    write_deadline: Option<(Instant, Deadline)>,
+    write_timeout_set: Option<Duration>,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+impl Io {
+    pub(crate) fn new(stream: TcpStream, write_timeout: Duration) -> Self {
+        Self {
+            stream,
+            read_deadline: Instant::now(),
+            read_kind: Deadline::Receive,
+            write_timeout,
+            expired: None,
+            first_byte: None,
+            write_deadline: None,
+            write_timeout_set: None,
+        }
+    }
+
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
+    /// Reads fail with [`Deadline`] `kind` after `deadline`.
+    pub(crate) fn set_read_deadline(&mut self, deadline: Instant, kind: Deadline) {
+        self.read_deadline = deadline;
+        self.read_kind = kind;
+    }
+
+    /// Writes fail with the given [`Deadline`] after its instant (and with
+    /// [`Deadline::Write`] when one write makes no progress for the write
+    /// timeout).
+    pub(crate) fn set_write_deadline(&mut self, deadline: Option<(Instant, Deadline)>) {
+        self.write_deadline = deadline;
+    }
+
+    /// Forgets when the current message started.
+    pub(crate) fn mark_idle(&mut self) {
+        self.first_byte = None;
+    }
+
+    /// When the first byte arrived since [`mark_idle`](Self::mark_idle).
+    pub(crate) fn first_byte(&self) -> Option<Instant> {
+        self.first_byte
+    }
+
+    /// The deadline that made the last failing call fail, if one did.
+    pub(crate) fn take_expired(&mut self) -> Option<Deadline> {
+        self.expired.take()
+    }
+
+    fn expire(&mut self, kind: Deadline) -> io::Error {
+        self.expired = Some(kind);
+        io::Error::new(io::ErrorKind::TimedOut, format!("{kind} deadline ran out"))
+    }
+}
+
+impl embedded_io::ErrorType for Io {
+    type Error = io::Error;
+}
+
+impl embedded_io::Read for Io {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
+        self.expired = None;
+        loop {
+            let now = Instant::now();
+            if now >= self.read_deadline {
+                return Err(self.expire(self.read_kind));
+            }
+            let wait = (self.read_deadline - now).max(MIN_TIMEOUT);
+            self.stream.set_read_timeout(Some(wait))?;
+            match self.stream.read(buf) {
+                Ok(n) => {
+                    if n > 0 && self.first_byte.is_none() {
+                        self.first_byte = Some(Instant::now());
+                    }
+                    return Ok(n);
+                }
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl embedded_io::Write for Io {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, io::Error> {
+        self.expired = None;
+        let mut timeout = self.write_timeout;
+        let mut kind = Deadline::Write;
+        if let Some((deadline, deadline_kind)) = self.write_deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(self.expire(deadline_kind));
+            }
+            if remaining < timeout {
+                timeout = remaining;
+                kind = deadline_kind;
+            }
+        }
+        let timeout = timeout.max(MIN_TIMEOUT);
+        if self.write_timeout_set != Some(timeout) {
+            self.stream.set_write_timeout(Some(timeout))?;
+            self.write_timeout_set = Some(timeout);
+        }
+        loop {
+            match self.stream.write(buf) {
+                Ok(n) => {
+                    if n > 0 && self.first_byte.is_none() {
+                        self.first_byte = Some(Instant::now());
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => return Err(self.expire(kind)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), io::Error> {
+        self.stream.flush()
+    }
+}

@@ -1,0 +1,358 @@
+//! The threaded [`Server`]: listeners, one thread per connection, server
+//! hooks, connection limit, graceful stop.
+
+use std::io::{self, Read as _};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::conn::{panic_message, Conn, Handler};
+use crate::error::Error;
+use crate::io::Io;
+use crate::plugin::Plugin;
+use crate::registry::{Connections, Context, Ended, Factory, Pool, Shared, StopHandle};
+use crate::{ConnId, Timeouts};
+
+/// Default time a graceful stop waits for connections to end: 5 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many refused connections linger at once, waiting for the
+/// peer to read the 0xFE before the close; more are closed at once.
+const MAX_LINGERING_REFUSALS: usize = 32;
+
+/// How long a refused connection lingers for the peer to read 0xFE.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The hooks of a server's own loop, mirroring the reference's
+/// `TinyProtoServer` subclass methods. Every method has a default body;
+/// a panicking hook is logged and the server goes on.
+pub trait ServerHooks: Send + 'static {
+    /// Runs once in [`Server::start`], before the first accept.
+    fn pre_loop(&mut self, server: &Context) {
+        let _ = server;
+    }
+
+    /// Runs on every pass of the accept loop (at least every
+    /// [`Timeouts::poll`]).
+    fn loop_pass(&mut self, server: &Context) {
+        let _ = server;
+    }
+
+    /// Runs once at the end of [`Server::start`], after every connection
+    /// has ended (or the drain timeout ran out).
+    fn post_loop(&mut self, server: &Context) {
+        let _ = server;
+    }
+
+    /// Runs for a new connection (it is registered already) before its
+    /// thread starts; the greeting has not been exchanged yet.
+    fn conn_init(&mut self, server: &Context, id: ConnId, peer: SocketAddr) {
+        let _ = (server, id, peer);
+    }
+
+    /// Runs after a connection's thread ended (its `post_loop` ran), with
+    /// the result its handler saw.
+    fn conn_shutdown(
+        &mut self,
+        server: &Context,
+        id: ConnId,
+        peer: SocketAddr,
+        result: &Result<(), Error>,
+    ) {
+        let _ = (server, id, peer, result);
+    }
+}
+
+/// No server hooks.
+impl ServerHooks for () {}
+
+/// A threaded tinyproto server (the reference's `TinyProtoServer`).
+///
+/// ```no_run
+/// use tinyproto_std::{Conn, Error, Handler, Server};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+///         conn.transmit(&msg)
+///     }
+/// }
+///
+/// let mut server = Server::new();
+/// let addr = server.add_addr("127.0.0.1:0")?;
+/// server.set_conn_handler(|| Echo);
+/// let stop = server.stop_handle();
+/// let thread = std::thread::spawn(move || server.start());
+/// // ... connect to `addr` ...
+/// stop.stop();
+/// thread.join().unwrap()?;
+/// # let _ = addr; Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    cfg: Config,
+    factory: Factory,
+    hooks: Box<dyn ServerHooks>,
+    limit: Option<usize>,
+    drain_timeout: Duration,
+    stop: StopHandle,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.listeners)
+            .field("cfg", &self.cfg)
+            .field("limit", &self.limit)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// A server with no address, the do-nothing handler `()`, no hooks, no
+    /// connection limit and default [`Timeouts`].
+    pub fn new() -> Self {
+        Self {
+            listeners: Vec::new(),
+            cfg: Config::default(),
+            factory: Arc::new(|| Box::new(())),
+            hooks: Box::new(()),
+            limit: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            stop: StopHandle::default(),
+            shared: Arc::new(Shared::default()),
+        }
+    }
+
+    /// Listens on `addr` (IPv4 or IPv6; port 0 picks a free port) and
+    /// returns the address actually bound. May be called several times.
+    pub fn add_addr(&mut self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        log::info!("listening on {local}");
+        self.listeners.push(listener);
+        Ok(local)
+    }
+
+    /// The addresses listened on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Sets the factory that makes one handler per connection.
+    pub fn set_conn_handler<H, F>(&mut self, factory: F)
+    where
+        H: Handler,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        self.factory = Arc::new(move || Box::new(factory()));
+    }
+
+    /// Sets the server's own hooks.
+    pub fn set_hooks(&mut self, hooks: impl ServerHooks) {
+        self.hooks = Box::new(hooks);
+    }
+
+    /// At most `limit` connections at once (`None`: no limit). A connection
+    /// past it is answered the single byte 0xFE and closed.
+    pub fn set_connection_limit(&mut self, limit: Option<usize>) {
+        self.limit = limit;
+    }
+
+    /// Sets the time limits of every connection.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.cfg.timeouts = timeouts;
+    }
+
+    /// The time limits of every connection.
+    pub fn timeouts(&self) -> Timeouts {
+        self.cfg.timeouts
+    }
+
+    /// Caps the length of accepted messages (default
+    /// [`DEFAULT_MAX_MESSAGE_LEN`](crate::DEFAULT_MAX_MESSAGE_LEN)); longer
+    /// ones are answered 0x00 and the connection goes on.
+    pub fn set_max_message_len(&mut self, len: u32) {
+        self.cfg.max_message_len = len;
+    }
+
+    /// `TCP_NODELAY` on accepted sockets (default `true`).
+    pub fn set_nodelay(&mut self, nodelay: bool) {
+        self.cfg.nodelay = nodelay;
+    }
+
+    /// How many messages [`Connections`] may queue for one connection
+    /// (default [`DEFAULT_QUEUE_LEN`](crate::DEFAULT_QUEUE_LEN)).
+    pub fn set_queue_len(&mut self, len: usize) {
+        self.cfg.queue_len = len;
+    }
+
+    /// How long a graceful stop waits for connections to end before closing
+    /// them (default [`DEFAULT_DRAIN_TIMEOUT`]).
+    pub fn set_drain_timeout(&mut self, timeout: Duration) {
+        self.drain_timeout = timeout;
+    }
+
+    /// Adds a plugin at the end of the chain of every connection.
+    pub fn register_plugin(&mut self, plugin: impl Plugin) {
+        self.cfg.plugins.push(Arc::new(plugin));
+    }
+
+    /// The registry of active connections.
+    pub fn connections(&self) -> Connections {
+        Connections::new(self.shared.clone())
+    }
+
+    /// A handle that stops [`start`](Self::start) from another thread (or
+    /// from a hook). Stopping before `start` makes it return at once.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Runs the server until stopped: accepts connections, runs one thread
+    /// per connection, then stops gracefully (no new accepts; connections
+    /// finish the message in flight and end, their `post_loop` and
+    /// `conn_shutdown` run; after the drain timeout the rest are closed).
+    ///
+    /// Fails at once if no address was added.
+    pub fn start(&mut self) -> io::Result<()> {
+        if self.listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no address to listen on (call add_addr)",
+            ));
+        }
+        for listener in &self.listeners {
+            listener.set_nonblocking(true)?;
+        }
+        let cfg = Arc::new(self.cfg.clone());
+        let ctx = Context {
+            connections: self.connections(),
+            stop: self.stop.clone(),
+            local_addrs: self.local_addrs(),
+        };
+        let mut pool = Pool::new(self.shared.clone(), self.stop.clone());
+        let lingering = Arc::new(AtomicUsize::new(0));
+        let hooks = &mut self.hooks;
+        call_hook("pre_loop", || hooks.pre_loop(&ctx));
+        while !self.stop.is_stopped() {
+            for listener in &self.listeners {
+                // Bounded: at most this many accepts per listener per pass.
+                for _ in 0..256 {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            let limit_reached = self.limit.is_some_and(|l| pool.active() >= l);
+                            if limit_reached {
+                                log::warn!("refusing {peer}: at the connection limit");
+                                refuse(stream, &lingering);
+                                continue;
+                            }
+                            let id = self.shared.new_id();
+                            let conn = match Conn::new(id, stream, cfg.clone()) {
+                                Ok(conn) => conn,
+                                Err(e) => {
+                                    log::warn!("dropping {peer}: {e}");
+                                    continue;
+                                }
+                            };
+                            log::debug!("{id}: accepted {peer}");
+                            let factory = &self.factory;
+                            let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {
+                                Ok(handler) => handler,
+                                Err(p) => {
+                                    log::error!("handler factory panicked: {}", panic_message(&*p));
+                                    continue;
+                                }
+                            };
+                            // Registered before conn_init, so the hook sees it.
+                            if let Err(e) = pool.spawn(conn, handler, cfg.queue_len, |id| {
+                                call_hook("conn_init", || hooks.conn_init(&ctx, id, peer))
+                            }) {
+                                log::error!("{id}: cannot start its thread: {e}");
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            // Out of file descriptors and the like: try later.
+                            log::warn!("accept failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            for Ended { id, peer, result } in pool.reap(cfg.timeouts.poll) {
+                call_hook("conn_shutdown", || hooks.conn_shutdown(&ctx, id, peer, &result));
+            }
+            call_hook("loop_pass", || hooks.loop_pass(&ctx));
+        }
+        log::info!("stopping: {} connection(s) to drain", pool.active());
+        self.listeners.clear();
+        pool.drain(self.drain_timeout, &mut |Ended { id, peer, result }| {
+            call_hook("conn_shutdown", || hooks.conn_shutdown(&ctx, id, peer, &result))
+        });
+        call_hook("post_loop", || hooks.post_loop(&ctx));
+        Ok(())
+    }
+}
+
+/// Runs a server or client hook; a panic is logged, not propagated.
+pub(crate) fn call_hook(name: &str, hook: impl FnOnce()) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(hook)) {
+        log::error!("{name} hook panicked: {}", panic_message(&*p));
+    }
+}
+
+/// Answers a connection past the limit with the single byte 0xFE and
+/// closes it, letting it linger briefly so the peer can read the byte
+/// before the close (a close with the peer's greeting unread would reset
+/// the connection and could destroy the 0xFE in flight).
+fn refuse(stream: TcpStream, lingering: &Arc<AtomicUsize>) {
+    let _ = stream.set_nonblocking(false);
+    let mut io = Io::new(stream, Duration::from_secs(1));
+    if let Err(e) = tinyproto::blocking::refuse_connection_limit(&mut io) {
+        log::debug!("refusal not sent: {e}");
+        return;
+    }
+    let mut stream = io.into_stream();
+    let _ = stream.shutdown(Shutdown::Write);
+    if lingering.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING_REFUSALS {
+        lingering.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
+    let lingering2 = lingering.clone();
+    let spawned = thread::Builder::new()
+        .name("tinyproto-refuse".into())
+        .spawn(move || {
+            let deadline = Instant::now() + REFUSAL_LINGER;
+            let mut buf = [0u8; 64];
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            lingering2.fetch_sub(1, Ordering::SeqCst);
+        });
+    if spawned.is_err() {
+        lingering.fetch_sub(1, Ordering::SeqCst);
+    }
+}

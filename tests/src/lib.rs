@@ -1,1 +1,274 @@
 //! Shared helpers of the cross-crate and interop tests.
+//!
+//! The interop tests run the reference Python package (`tinyproto==3.0`)
+//! as real processes. The interpreter is `$TINYPROTO_PYTHON`, else
+//! `<workspace root>/.venv/bin/python`; without one the tests print a skip
+//! message and pass, unless `$CI` is set, where they fail.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tinyproto_std::{
+    ConnId, Conn, Context, Error, Handler, Plugin, PluginError, Server, ServerHooks, StopHandle,
+};
+
+/// `n` bytes of `i % 251`, the same as `pattern()` in `python/common.py`.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The Python interpreter with `tinyproto` 3.0, or `None` (after printing
+/// why) when there is none and `$CI` is not set. Panics under `$CI`.
+pub fn python() -> Option<PathBuf> {
+    let path = std::env::var_os("TINYPROTO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!(
+        "no Python interpreter at {} (set TINYPROTO_PYTHON, or run \
+         `python3 -m venv .venv && .venv/bin/pip install tinyproto==3.0` in the workspace root)",
+        path.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED interop test: {msg}");
+    None
+}
+
+/// A Python helper process from `tests/python/`, killed when dropped.
+pub struct PyProcess {
+    child: Child,
+    lines: Receiver<String>,
+    name: String,
+}
+
+impl PyProcess {
+    /// Runs `tests/python/<script>` with `args`; stdout is read line by line.
+    pub fn spawn(python: &PathBuf, script: &str, args: &[&str]) -> Self {
+        let dir = workspace_root().join("tests/python");
+        let mut child = Command::new(python)
+            .arg("-u")
+            .arg(dir.join(script))
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} {script}: {e}", python.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            name: script.to_owned(),
+        }
+    }
+
+    /// The next stdout line starting with `prefix` (others are skipped),
+    /// within `timeout`.
+    pub fn expect_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) => eprintln!("[{}] {line}", self.name),
+                Err(e) => panic!("{}: no line starting with {prefix:?}: {e}", self.name),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit within {timeout:?}", self.name);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a `py_client.py` run: asserts exit code 0 and returns its
+    /// "PYCLIENT OK <n>" count.
+    pub fn client_ok(&mut self, timeout: Duration) -> usize {
+        let line = self.expect_line("PYCLIENT", timeout);
+        let code = self.wait(Duration::from_secs(30));
+        assert!(line.starts_with("PYCLIENT OK "), "{line}");
+        assert_eq!(code, 0, "{line}");
+        line["PYCLIENT OK ".len()..].trim().parse().expect("count")
+    }
+
+    /// For `py_server.py`: the address it listens on.
+    pub fn server_addr(&mut self) -> SocketAddr {
+        let line = self.expect_line("PORT ", Duration::from_secs(60));
+        let port: u16 = line["PORT ".len()..].trim().parse().expect("port");
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+}
+
+impl Drop for PyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server side of the interop scripts: echoes every message; on
+/// b"req" asks the peer b"question" from inside `transmission_received`,
+/// waits for the answer, and replies b"got:" + answer. Answers a
+/// b"question" with b"answer".
+#[derive(Debug, Default)]
+pub struct EchoHandler;
+
+impl Handler for EchoHandler {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+        match msg.as_slice() {
+            b"req" => {
+                conn.transmit(b"question")?;
+                let answer = conn.receive()?;
+                conn.transmit(&[b"got:".as_slice(), &answer].concat())
+            }
+            b"question" => conn.transmit(b"answer"),
+            _ => conn.transmit(&msg),
+        }
+    }
+}
+
+/// Counts the server's connection hooks.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// `conn_init` calls.
+    pub inits: Arc<AtomicUsize>,
+    /// `conn_shutdown` calls.
+    pub shutdowns: Arc<AtomicUsize>,
+    /// Results passed to `conn_shutdown`, rendered.
+    pub results: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerHooks for Counts {
+    fn conn_init(&mut self, _: &Context, _: ConnId, _: SocketAddr) {
+        self.inits.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn conn_shutdown(&mut self, _: &Context, _: ConnId, _: SocketAddr, r: &Result<(), Error>) {
+        self.results.lock().unwrap().push(format!("{r:?}"));
+        self.shutdowns.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Counts {
+    /// Waits up to `timeout` until `conn_shutdown` ran `n` times.
+    pub fn wait_shutdowns(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.shutdowns.load(Ordering::SeqCst) >= n)
+    }
+}
+
+/// Polls `cond` every 10 ms for up to `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Records the length of every message as it is on the wire (register it
+/// after the plugins whose output it should see).
+#[derive(Debug, Clone, Default)]
+pub struct WireTap {
+    /// Wire lengths of sent messages.
+    pub sent: Arc<Mutex<Vec<usize>>>,
+    /// Wire lengths of received messages.
+    pub received: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Plugin for WireTap {
+    fn msg_transmit(&self, msg: Vec<u8>) -> Result<Vec<u8>, PluginError> {
+        self.sent.lock().unwrap().push(msg.len());
+        Ok(msg)
+    }
+
+    fn msg_receive(&self, msg: Vec<u8>) -> Result<Vec<u8>, PluginError> {
+        self.received.lock().unwrap().push(msg.len());
+        Ok(msg)
+    }
+}
+
+/// A server running on its own thread; stopped and joined when dropped.
+pub struct RunningServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: StopHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningServer {
+    /// Binds `server` to 127.0.0.1:0 and starts it.
+    pub fn start(mut server: Server) -> Self {
+        let addr = server.add_addr("127.0.0.1:0").expect("bind");
+        let stop = server.stop_handle();
+        let thread = thread::spawn(move || server.start());
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server and waits for `start` to return.
+    pub fn stop(&mut self) {
+        self.stop.stop();
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .expect("server thread panicked")
+                .expect("server failed");
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.stop.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

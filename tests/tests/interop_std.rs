@@ -1,0 +1,162 @@
+//! Interoperability of `tinyproto-std` with the reference Python package
+//! (`tinyproto==3.0`), both directions, as real processes over loopback.
+//!
+//! Skipped with a message when no interpreter is found (see
+//! `tinyproto_tests::python`), failed instead when `$CI` is set.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tinyproto_std::{Client, Conn, Error, Handler, Server, ZlibPlugin};
+use tinyproto_tests::{pattern, python, Counts, EchoHandler, PyProcess, RunningServer, WireTap};
+
+const SIZES: [usize; 5] = [0, 1, 5, 64 * 1024, 8 * 1024 * 1024];
+const LONG: Duration = Duration::from_secs(120);
+
+fn rust_server(plugins: bool, counts: &Counts, tap: &WireTap) -> RunningServer {
+    let mut server = Server::new();
+    server.set_conn_handler(|| EchoHandler);
+    server.set_hooks(counts.clone());
+    if plugins {
+        server.register_plugin(ZlibPlugin::default());
+        server.register_plugin(tap.clone());
+    }
+    RunningServer::start(server)
+}
+
+#[test]
+fn rust_client_to_python_server_all_sizes() {
+    let Some(py) = python() else { return };
+    let mut server = PyProcess::spawn(&py, "py_server.py", &[]);
+    let addr = server.server_addr();
+    let mut client = Client::new();
+    client.set_timeout(Duration::from_secs(60));
+    let mut conn = client.connect(addr).expect("connect to the Python server");
+    for size in SIZES {
+        let msg = pattern(size);
+        conn.transmit(&msg).expect("transmit");
+        let echo = conn.receive().expect("receive the echo");
+        assert_eq!(echo.len(), size);
+        assert!(echo == msg, "echo of {size} bytes differs");
+    }
+    conn.close();
+}
+
+/// The Rust client answers the Python server's question from inside its
+/// `transmission_received`, and the Python server's reply arrives.
+#[test]
+fn rust_client_handler_request_reply_with_python_server() {
+    let Some(py) = python() else { return };
+    let mut server = PyProcess::spawn(&py, "py_server.py", &[]);
+    let addr = server.server_addr();
+
+    struct Asker(std::sync::mpsc::Sender<Vec<u8>>);
+    impl Handler for Asker {
+        fn pre_loop(&mut self, conn: &mut Conn) -> Result<(), Error> {
+            conn.transmit(b"req")
+        }
+        fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+            if msg == b"question" {
+                conn.transmit(b"answer")
+            } else {
+                let _ = self.0.send(msg);
+                conn.stop();
+                Ok(())
+            }
+        }
+    }
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut client = Client::new();
+    client.set_conn_handler(move || Asker(tx.clone()));
+    let id = client.connect_to(addr).expect("connect_to");
+    let reply = rx.recv_timeout(LONG).expect("a reply");
+    assert_eq!(reply, b"got:answer");
+    let result = client.join(id, LONG).expect("connection ended");
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[test]
+fn python_client_to_rust_server_all_sizes_and_request_reply() {
+    let Some(py) = python() else { return };
+    let counts = Counts::default();
+    let mut server = rust_server(false, &counts, &WireTap::default());
+    let port = server.addr.port().to_string();
+    let sizes = "0,1,5,65536,8388608";
+    let mut client = PyProcess::spawn(&py, "py_client.py", &["--port", &port, "--sizes", sizes, "--req"]);
+    assert_eq!(client.client_ok(LONG), SIZES.len() + 1);
+    assert!(counts.wait_shutdowns(1, LONG), "conn_shutdown did not run");
+    assert_eq!(counts.inits.load(Ordering::SeqCst), 1);
+    server.stop();
+}
+
+#[test]
+fn several_concurrent_python_clients() {
+    let Some(py) = python() else { return };
+    const CLIENTS: usize = 4;
+    let counts = Counts::default();
+    let mut server = rust_server(false, &counts, &WireTap::default());
+    let port = server.addr.port().to_string();
+    let mut clients: Vec<PyProcess> = (0..CLIENTS)
+        .map(|_| {
+            PyProcess::spawn(&py, "py_client.py", &["--port", &port, "--sizes", "0,1,5,65536", "--req"])
+        })
+        .collect();
+    for client in &mut clients {
+        assert_eq!(client.client_ok(LONG), 5);
+    }
+    assert!(counts.wait_shutdowns(CLIENTS, LONG), "conn_shutdown did not run for all");
+    assert_eq!(counts.inits.load(Ordering::SeqCst), CLIENTS);
+    server.stop();
+}
+
+/// zlib on both sides, Python client against a Rust server: the Python
+/// side decompresses what Rust compressed and the other way round; the
+/// wire tap proves the 64 KiB messages crossed compressed both ways.
+#[test]
+fn zlib_plugin_python_client_rust_server() {
+    let Some(py) = python() else { return };
+    let counts = Counts::default();
+    let tap = WireTap::default();
+    let mut server = rust_server(true, &counts, &tap);
+    let port = server.addr.port().to_string();
+    let mut client = PyProcess::spawn(
+        &py,
+        "py_client.py",
+        &["--port", &port, "--zlib", "--sizes", "0,5,65536", "--req"],
+    );
+    assert_eq!(client.client_ok(LONG), 4);
+    let received = tap.received.lock().unwrap().clone();
+    let sent = tap.sent.lock().unwrap().clone();
+    // 64 KiB of the 251-byte cycle compresses to well under 2 KiB.
+    assert!(received.iter().any(|&n| n > 0 && n < 2048), "{received:?}");
+    assert!(received.iter().all(|&n| n < 2048), "{received:?}");
+    assert!(sent.iter().all(|&n| n < 2048), "{sent:?}");
+    assert_eq!(received.len(), 5, "3 messages, req and answer: {received:?}");
+    server.stop();
+}
+
+/// zlib on both sides, Rust client against a Python server.
+#[test]
+fn zlib_plugin_rust_client_python_server() {
+    let Some(py) = python() else { return };
+    let mut server = PyProcess::spawn(&py, "py_server.py", &["--zlib"]);
+    let addr = server.server_addr();
+    let tap = WireTap::default();
+    let mut client = Client::new();
+    client.set_timeout(Duration::from_secs(60));
+    client.register_plugin(ZlibPlugin::default());
+    client.register_plugin(tap.clone());
+    let mut conn = client.connect(addr).expect("connect");
+    for size in [0, 5, 64 * 1024, 8 * 1024 * 1024] {
+        let msg = pattern(size);
+        conn.transmit(&msg).expect("transmit");
+        assert!(conn.receive().expect("receive") == msg, "echo of {size} differs");
+    }
+    let sent = tap.sent.lock().unwrap().clone();
+    let received = tap.received.lock().unwrap().clone();
+    assert_eq!(sent.len(), 4);
+    // 8 MiB of the cycle compresses to far less than 1 MiB, both ways.
+    assert!(sent[3] < 1 << 20 && received[3] < 1 << 20, "{sent:?} {received:?}");
+    conn.close();
+}

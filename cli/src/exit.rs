@@ -1,0 +1,109 @@
+//! Exit statuses of the `tinyproto` binary and the mapping of errors onto them.
+//!
+//! These numbers are part of the tool's interface (scripts test them); they are
+//! listed in `tinyproto --help` and in the crate README. Never renumber them.
+
+use std::fmt;
+use std::io;
+use std::process::ExitCode;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Any other failure: a local file, stdin or stdout failed, the transport
+/// failed after the connection was up, or the bench itself failed.
+pub const OTHER: u8 = 1;
+/// Bad command line (clap's own status).
+pub const USAGE: u8 = 2;
+/// The address did not resolve, or no connection could be made to it (or, for
+/// `serve`, a listener could not be bound).
+pub const CONNECT: u8 = 3;
+/// The peer answered the message length with 0x00: it will not take it.
+pub const REJECTED: u8 = 4;
+/// The server is at its connection limit: it sent 0xFE instead of the greeting.
+pub const CONNECTION_LIMIT: u8 = 5;
+/// `--timeout` expired while connecting or while waiting on the peer.
+pub const TIMEOUT: u8 = 6;
+/// The peer broke the protocol: a byte the protocol does not allow there, or
+/// the connection ended in the middle of an exchange or before the reply.
+pub const PROTOCOL: u8 = 7;
+
+/// The text for `--help`.
+pub const HELP: &str = "\
+Exit status:
+  0  success
+  1  other failure (local file, stdin/stdout, transport error after connecting)
+  2  bad command line
+  3  could not connect (address does not resolve, connection refused; serve: cannot bind)
+  4  rejected by the peer (it answered the length with 0x00, e.g. over its --max-message)
+  5  server at its connection limit (it sent 0xFE instead of the greeting)
+  6  timeout (--timeout expired)
+  7  protocol error (unexpected byte, connection ended mid-exchange or before the reply)";
+
+/// A failure of a command: one line for stderr and the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    /// One of the constants of this module.
+    pub status: u8,
+    /// What went wrong, in lowercase words.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with the given status.
+    pub fn new(status: u8, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A local I/O failure (`what` says on what).
+    pub fn io(what: impl fmt::Display, e: io::Error) -> Self {
+        Self::new(OTHER, format!("{what}: {e}"))
+    }
+
+    /// Classifies an error of a tinyproto connection.
+    pub fn protocol(e: tinyproto::Error<io::Error>) -> Self {
+        use tinyproto::Error;
+        let status = match &e {
+            Error::Io(io) if is_timeout(io) => TIMEOUT,
+            Error::Io(_) | Error::TooLarge { .. } => OTHER,
+            Error::Rejected { .. } => REJECTED,
+            Error::ConnectionLimit => CONNECTION_LIMIT,
+            Error::Closed => {
+                return Self::new(PROTOCOL, "peer closed the connection without a message");
+            }
+            _ => PROTOCOL,
+        };
+        let message = match &e {
+            Error::Io(io) if is_timeout(io) => "timed out waiting on the peer".to_owned(),
+            Error::Rejected { len } => {
+                format!("rejected by peer: it answered 0x00 to a message of {len} bytes")
+            }
+            Error::ConnectionLimit => {
+                "server is at its connection limit (it answered 0xfe)".to_owned()
+            }
+            other => other.to_string(),
+        };
+        Self::new(status, message)
+    }
+
+    /// The process exit code.
+    pub fn code(&self) -> ExitCode {
+        ExitCode::from(self.status)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// True for the errors a socket read/write timeout produces.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}

@@ -1,0 +1,215 @@
+//! `tinyproto`: talk tinyproto over TCP from the command line.
+//!
+//! - `tinyproto serve --listen ADDR [--listen ADDR]... [--echo | --sink | --print]
+//!   [--max-connections N] [--max-message BYTES] [--timeout SECS]`
+//! - `tinyproto send ADDR [FILE] [--reply] [--timeout SECS]`
+//! - `tinyproto bench [--size BYTES] [--count N] [--connections C] [--json]`
+//!
+//! The exit statuses are listed in [`exit`] and in `tinyproto --help`.
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod exit;
+mod progress;
+mod send;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Talk tinyproto (whole messages over TCP, wire-compatible with the Python
+/// `tinyproto` package) from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "tinyproto", version, after_help = exit::HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Accept connections and handle every message they carry.
+    #[command(after_help = exit::HELP)]
+    Serve(ServeCli),
+    /// Send one message (a file or stdin), streaming it; optionally receive one back.
+    #[command(after_help = exit::HELP)]
+    Send(SendCli),
+    /// Measure tinyproto against raw TCP over loopback, in this one process.
+    Bench(BenchCli),
+}
+
+#[derive(Debug, Args)]
+#[group(id = "mode", multiple = false)]
+struct ModeCli {
+    /// Send every message back to its sender (the default).
+    #[arg(long, group = "mode")]
+    echo: bool,
+    /// Count and discard every message.
+    #[arg(long, group = "mode")]
+    sink: bool,
+    /// Write every message, raw, to stdout.
+    #[arg(long, group = "mode")]
+    print: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServeCli {
+    /// Address to listen on (repeatable); port 0 picks a free port. Each
+    /// listener prints `listening on <address>` on stdout.
+    #[arg(long, value_name = "ADDR", required = true)]
+    listen: Vec<String>,
+    #[command(flatten)]
+    mode: ModeCli,
+    /// Serve at most N connections at once; connection N+1 gets the single
+    /// byte 0xFE and is closed.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Answer 0x00 to messages longer than BYTES.
+    #[arg(long, value_name = "BYTES", value_parser = parse_message_len)]
+    max_message: Option<u32>,
+    /// Close a connection that keeps a read or write waiting this long.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct SendCli {
+    /// Peer address, host:port.
+    addr: String,
+    /// The message; stdin when absent or `-`.
+    file: Option<PathBuf>,
+    /// Then receive one message and write it, raw, to stdout.
+    #[arg(long)]
+    reply: bool,
+    /// Give up when connecting, or any wait on the peer, takes longer.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct BenchCli {
+    /// Message size in bytes [default: two runs, 64 and 1048576].
+    #[arg(long, value_name = "BYTES", value_parser = parse_message_len)]
+    size: Option<u32>,
+    /// Messages per case, in total over all connections [default: 20000 for
+    /// small messages, 1 GiB worth for large ones].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Concurrent connections, each on its own thread pair.
+    #[arg(long, value_name = "C", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    connections: u32,
+    /// One JSON object per line per case instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if secs.is_finite() && secs > 0.0 && secs < 1e9 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err("expected a positive number of seconds".to_owned())
+    }
+}
+
+fn parse_message_len(s: &str) -> Result<u32, String> {
+    let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if n <= u64::from(tinyproto::MAX_MESSAGE_LEN) {
+        Ok(n as u32)
+    } else {
+        Err(format!(
+            "at most {} (the protocol's largest message)",
+            tinyproto::MAX_MESSAGE_LEN
+        ))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version land here too, on stdout.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(s) => serve::run(&serve::ServeArgs {
+            listen: s.listen,
+            mode: if s.mode.sink {
+                serve::Mode::Sink
+            } else if s.mode.print {
+                serve::Mode::Print
+            } else {
+                serve::Mode::Echo
+            },
+            max_connections: s.max_connections,
+            max_message: s.max_message,
+            timeout: s.timeout,
+        }),
+        Command::Send(s) => send::run(&send::SendArgs {
+            addr: s.addr,
+            file: s.file,
+            reply: s.reply,
+            timeout: s.timeout,
+        }),
+        Command::Bench(b) => bench::run(&bench::BenchArgs {
+            size: b.size,
+            count: b.count,
+            connections: b.connections,
+            json: b.json,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            eprintln!("tinyproto: {failure}");
+            failure.code()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn test_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_parse_secs_rejects_nonsense() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("nan").is_err());
+    }
+
+    #[test]
+    fn test_parse_message_len_caps_at_protocol_max() {
+        assert_eq!(parse_message_len("4043309055"), Ok(0xF0FF_FFFF));
+        assert!(parse_message_len("4043309056").is_err());
+    }
+
+    #[test]
+    fn test_serve_modes_are_exclusive() {
+        let err = Cli::try_parse_from(["tinyproto", "serve", "--listen", "x", "--echo", "--sink"]);
+        assert!(err.is_err());
+        let ok = Cli::try_parse_from(["tinyproto", "serve", "--listen", "a", "--listen", "b"]);
+        let Command::Serve(s) = ok.unwrap().command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen, ["a", "b"]);
+    }
+}

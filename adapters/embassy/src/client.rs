@@ -51,7 +51,11 @@ impl<'a> Client<'a> {
             Deadline::Connect,
         ));
         let connected = bounded(limit, async {
-            socket.tcp_mut().connect(remote).await.map_err(NetError::Connect)
+            socket
+                .tcp_mut()
+                .connect(remote)
+                .await
+                .map_err(NetError::Connect)
         })
         .await;
         if let Err(e) = connected {

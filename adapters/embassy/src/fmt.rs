@@ -50,4 +50,3 @@ macro_rules! warn {
         let _ = ($( & $x ),*);
     }};
 }
-

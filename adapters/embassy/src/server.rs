@@ -78,8 +78,7 @@ pub trait Handler {
     }
 
     /// A whole message arrived. Reply through `session.transmit`.
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, message: &[u8])
-        -> Flow;
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, message: &[u8]) -> Flow;
 
     /// Called after each message, and every
     /// [`ServerConfig::loop_pass_interval`] while the connection is quiet.
@@ -260,7 +259,11 @@ pub async fn serve<H: Handler, const N: usize>(
     });
     match reserve {
         Some(reserve) => {
-            join(join_array(loops), serve_reserve(stack, config, reserve, &pool, N)).await;
+            join(
+                join_array(loops),
+                serve_reserve(stack, config, reserve, &pool, N),
+            )
+            .await;
         }
         None => {
             join_array(loops).await;
@@ -348,7 +351,9 @@ async fn serve_loop<H: Handler>(
                 }
                 active_at = Instant::now();
             }
-            Err(Error::Io(NetError::TimedOut(Deadline::Idle))) if !session.conn.is_in_progress() => {
+            Err(Error::Io(NetError::TimedOut(Deadline::Idle)))
+                if !session.conn.is_in_progress() =>
+            {
                 if idle_at.is_some_and(|t| Instant::now() >= t) {
                     info!("slot {}: idle timeout", session.info.slot);
                     return Ended::Failed(Error::Io(NetError::TimedOut(Deadline::Idle)));
@@ -396,7 +401,11 @@ async fn serve_reserve(
         };
         match select(tcp.accept(config.port), freed).await {
             Either::First(Ok(())) => {
-                info!("at the limit of {}: refusing {:?}", limit, tcp.remote_endpoint());
+                info!(
+                    "at the limit of {}: refusing {:?}",
+                    limit,
+                    tcp.remote_endpoint()
+                );
                 let mut socket = Socket::new(tcp, config.timeouts);
                 let deadline = Some((Instant::now() + config.timeouts.close, Deadline::Close));
                 let refused = bounded(

@@ -1,0 +1,565 @@
+//! Host tests, no privileges: a tinyproto-embassy client on stack A and
+//! server on stack B, linked in memory (see `common`).
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+
+use common::{pattern, run_pair, server_endpoint, Faults};
+use embassy_futures::select::{select, Either};
+use embassy_net::tcp::TcpSocket;
+use embassy_net::Stack;
+use embassy_time::{Duration, Instant, Timer};
+use tinyproto_embassy::{
+    serve, Client, ConnInfo, Deadline, Ended, Error, Flow, Handler, NetError, Reserve,
+    ServerConfig, Session, Slot, Timeouts,
+};
+
+const PORT: u16 = 7000;
+
+/// Echoes every message; "send N" answers N pattern bytes sent in chunks.
+#[derive(Default)]
+struct Echo {
+    /// Messages received, in order.
+    received: Cell<usize>,
+    /// Sequence checks of the lossy test: next expected number, violations.
+    next_seq: Cell<u32>,
+    seq_errors: Cell<u32>,
+    check_seq: bool,
+    /// Errors of the handler's own sends.
+    send_errors: RefCell<Vec<Error>>,
+    /// How each connection ended.
+    ended: RefCell<Vec<Ended>>,
+}
+
+impl Echo {
+    fn ended(&self) -> Vec<Ended> {
+        self.ended.borrow().clone()
+    }
+}
+
+impl Handler for Echo {
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+        self.received.set(self.received.get() + 1);
+        if self.check_seq {
+            let seq = u32::from_be_bytes(msg[..4].try_into().unwrap());
+            if seq != self.next_seq.get() {
+                self.seq_errors.set(self.seq_errors.get() + 1);
+            }
+            self.next_seq.set(seq + 1);
+        }
+        let result = if let Some(n) = msg.strip_prefix(b"send ") {
+            let len: usize = std::str::from_utf8(n).unwrap().parse().unwrap();
+            send_chunked(session, len).await
+        } else {
+            session.transmit(msg).await
+        };
+        if let Err(e) = result {
+            self.send_errors.borrow_mut().push(e);
+        }
+        Flow::Continue
+    }
+
+    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+        self.ended.borrow_mut().push(*ended);
+    }
+}
+
+async fn send_chunked(session: &mut Session<'_, '_>, len: usize) -> Result<(), Error> {
+    let data = pattern(len, 9);
+    let mut out = session.begin_transmit(len).await?;
+    for chunk in data.chunks(700) {
+        out.write_all(chunk).await?;
+    }
+    out.finish().await
+}
+
+/// Waits (bounded) until `cond` holds, letting the server run.
+async fn settle(cond: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(3);
+    while !cond() && Instant::now() < until {
+        Timer::after(Duration::from_millis(5)).await;
+    }
+}
+
+fn buffers(rx: usize, tx: usize, msg: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    (vec![0; rx], vec![0; tx], vec![0; msg])
+}
+
+fn quick_timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(5),
+        greeting: Duration::from_secs(5),
+        message: Duration::from_secs(20),
+        idle: None,
+        close: Duration::from_millis(500),
+        tcp: None,
+        keep_alive: None,
+    }
+}
+
+/// Runs `client` against a one-slot echo server on stack B.
+async fn with_server<R>(
+    a: Stack<'_>,
+    b: Stack<'_>,
+    config: &ServerConfig,
+    handler: &Echo,
+    message_buffer: usize,
+    client: impl AsyncFnOnce(Stack<'_>) -> R,
+) -> R {
+    let (mut rx, mut tx, mut msg) = buffers(32 * 1024, 32 * 1024, message_buffer);
+    let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
+    match select(serve(b, config, slots, None, handler), client(a)).await {
+        Either::First(never) => match never {},
+        Either::Second(r) => r,
+    }
+}
+
+#[test]
+fn test_round_trips_0_bytes_to_1_mib() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    let sizes = [
+        0usize,
+        1,
+        2,
+        3,
+        4,
+        5,
+        100,
+        1459,
+        1460,
+        1461,
+        4096,
+        65_535,
+        65_536,
+        100_000,
+        1 << 20,
+    ];
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(60),
+        async |a, b, _| {
+            with_server(a, b, &config, &handler, 1 << 20, async |a| {
+                let (mut rx, mut tx) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let mut buf = vec![0u8; 1 << 20];
+                for (i, &size) in sizes.iter().enumerate() {
+                    let msg = pattern(size, i as u8);
+                    client.transmit(&msg).await.unwrap();
+                    let echo = client.receive(&mut buf).await.unwrap();
+                    assert_eq!(echo.len(), size);
+                    assert!(echo == &msg[..], "echo of {size} bytes differs");
+                }
+                client.close().await.unwrap();
+                settle(|| !handler.ended.borrow().is_empty()).await;
+            })
+            .await;
+        },
+    );
+    assert_eq!(handler.received.get(), sizes.len());
+    assert!(handler.send_errors.borrow().is_empty());
+    assert_eq!(handler.ended(), vec![Ended::PeerClosed]);
+}
+
+#[test]
+fn test_chunked_receive_larger_than_buffer() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(60),
+        async |a, b, _| {
+            with_server(a, b, &config, &handler, 64, async |a| {
+                let (mut rx, mut tx) = (vec![0u8; 4096], vec![0u8; 4096]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                for len in [0usize, 255, 256, 257, 300_000] {
+                    client
+                        .transmit(format!("send {len}").as_bytes())
+                        .await
+                        .unwrap();
+                    let expected = pattern(len, 9);
+                    let mut incoming = client.begin_receive(1 << 20).await.unwrap();
+                    assert_eq!(incoming.len() as usize, len);
+                    let mut chunk = [0u8; 256];
+                    let mut got = 0;
+                    loop {
+                        let n = incoming.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        assert_eq!(&chunk[..n], &expected[got..got + n], "chunk at {got}");
+                        got += n;
+                    }
+                    assert_eq!(got, len);
+                    assert!(!client.connection().is_in_progress());
+                }
+                // Still in step: a plain round trip follows.
+                client.transmit(b"after").await.unwrap();
+                let mut buf = [0u8; 16];
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"after");
+                client.close().await.unwrap();
+            })
+            .await;
+        },
+    );
+    assert!(handler.send_errors.borrow().is_empty());
+}
+
+#[test]
+fn test_oversized_message_rejected_connection_still_usable() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(60),
+        async |a, b, _| {
+            // The server takes at most 1024 bytes (its message buffer).
+            with_server(a, b, &config, &handler, 1024, async |a| {
+                let (mut rx, mut tx) = (vec![0u8; 4096], vec![0u8; 4096]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let big = pattern(2000, 1);
+                assert_eq!(
+                    client.transmit(&big).await,
+                    Err(Error::Rejected { len: 2000 })
+                );
+                let fits = pattern(1024, 2);
+                client.transmit(&fits).await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                assert_eq!(client.receive(&mut buf).await.unwrap(), &fits[..]);
+
+                // The other way: the client's buffer of 16 refuses 100 bytes.
+                client.transmit(b"send 100").await.unwrap();
+                let mut small = [0u8; 16];
+                assert_eq!(
+                    client.receive(&mut small).await,
+                    Err(Error::TooLarge {
+                        len: 100,
+                        capacity: 16
+                    })
+                );
+                client.transmit(b"ping").await.unwrap();
+                assert_eq!(client.receive(&mut small).await.unwrap(), b"ping");
+                client.close().await.unwrap();
+                settle(|| !handler.ended.borrow().is_empty()).await;
+            })
+            .await;
+        },
+    );
+    // The server's send of 100 bytes was rejected, and it carried on.
+    assert_eq!(
+        *handler.send_errors.borrow(),
+        vec![Error::Rejected { len: 100 }]
+    );
+    assert_eq!(handler.received.get(), 3);
+    assert_eq!(handler.ended(), vec![Ended::PeerClosed]);
+}
+
+#[test]
+fn test_connection_limit_answered_0xfe() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(60),
+        async |a, b, _| {
+            let (mut rx0, mut tx0, mut msg0) = buffers(4096, 4096, 256);
+            let (mut rx1, mut tx1, mut msg1) = buffers(4096, 4096, 256);
+            let (mut rrx, mut rtx) = ([0u8; 64], [0u8; 64]);
+            let slots = [
+                Slot::new(&mut rx0, &mut tx0, &mut msg0),
+                Slot::new(&mut rx1, &mut tx1, &mut msg1),
+            ];
+            let reserve = Reserve::new(&mut rrx, &mut rtx);
+            let server = serve(b, &config, slots, Some(reserve), &handler);
+            let clients = async {
+                let to = server_endpoint(PORT);
+                let mut bufs = [[0u8; 2048]; 8];
+                let [b0, b1, b2, b3, b4, b5, b6, b7] = &mut bufs;
+                let mut c1 = Client::connect(a, b0, b1, to, quick_timeouts())
+                    .await
+                    .unwrap();
+                let mut c2 = Client::connect(a, b2, b3, to, quick_timeouts())
+                    .await
+                    .unwrap();
+                // A third peer: refused with ConnectionLimit, not reset.
+                let third = Client::connect(a, b4, b5, to, quick_timeouts()).await;
+                assert_eq!(third.err(), Some(Error::ConnectionLimit));
+                // On the wire: exactly the byte 0xFE, then the end of the stream.
+                {
+                    let mut raw = TcpSocket::new(a, b6, b7);
+                    raw.connect(to).await.unwrap();
+                    let mut got = Vec::new();
+                    let mut byte = [0u8; 8];
+                    loop {
+                        match raw.read(&mut byte).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&byte[..n]),
+                        }
+                    }
+                    assert_eq!(got, [0xFE]);
+                    raw.close();
+                    let _ = raw.flush().await;
+                }
+                // The two admitted clients still work.
+                let mut buf = [0u8; 16];
+                c1.transmit(b"one").await.unwrap();
+                assert_eq!(c1.receive(&mut buf).await.unwrap(), b"one");
+                c2.transmit(b"two").await.unwrap();
+                assert_eq!(c2.receive(&mut buf).await.unwrap(), b"two");
+                // Once one leaves, a newcomer is served (the slot re-listens
+                // right after the close; retry briefly).
+                c1.close().await.unwrap();
+                let mut served = false;
+                for _ in 0..50 {
+                    let (x, y) = (&mut *b4, &mut *b5);
+                    match Client::connect(a, x, y, to, quick_timeouts()).await {
+                        Ok(mut c3) => {
+                            c3.transmit(b"three").await.unwrap();
+                            assert_eq!(c3.receive(&mut buf).await.unwrap(), b"three");
+                            c3.close().await.unwrap();
+                            served = true;
+                            break;
+                        }
+                        Err(Error::ConnectionLimit) => {
+                            Timer::after(Duration::from_millis(20)).await
+                        }
+                        Err(e) => panic!("newcomer failed: {e:?}"),
+                    }
+                }
+                assert!(served, "a freed slot never served a newcomer");
+                c2.close().await.unwrap();
+            };
+            match select(server, clients).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+    assert_eq!(handler.received.get(), 3);
+}
+
+#[test]
+fn test_dripping_peer_timed_out() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = Timeouts {
+        message: Duration::from_millis(300),
+        close: Duration::from_millis(200),
+        ..quick_timeouts()
+    };
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            with_server(a, b, &config, &handler, 1024, async |a| {
+                let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+                let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
+                raw.connect(server_endpoint(PORT)).await.unwrap();
+                let mut byte = [0u8; 1];
+                raw.write(&[0xFF]).await.unwrap();
+                raw.read(&mut byte).await.unwrap();
+                assert_eq!(byte, [0xFF]);
+                raw.write(&10u32.to_be_bytes()).await.unwrap();
+                raw.flush().await.unwrap();
+                raw.read(&mut byte).await.unwrap();
+                assert_eq!(byte, [0xFF], "length accepted");
+                // Drip one payload byte every 100 ms: 10 bytes would take 1 s.
+                let started = Instant::now();
+                let mut cut_off = None;
+                for _ in 0..10 {
+                    if raw.write(&[0x42]).await.is_err() || raw.flush().await.is_err() {
+                        cut_off = Some(started.elapsed());
+                        break;
+                    }
+                    // The server closing shows up as EOF on our side.
+                    if let Either::First(r) = select(
+                        raw.read(&mut byte),
+                        Timer::after(Duration::from_millis(100)),
+                    )
+                    .await
+                    {
+                        assert!(matches!(r, Ok(0) | Err(_)), "no data expected, got {r:?}");
+                        cut_off = Some(started.elapsed());
+                        break;
+                    }
+                }
+                let cut_off = cut_off.expect("the dripping peer was never cut off");
+                assert!(
+                    cut_off >= Duration::from_millis(250) && cut_off < Duration::from_millis(900),
+                    "cut off after {} ms",
+                    cut_off.as_millis()
+                );
+                raw.abort();
+                let _ = raw.flush().await;
+                // Let the server finish its close and report.
+                Timer::after(Duration::from_millis(400)).await;
+            })
+            .await;
+        },
+    );
+    assert_eq!(
+        handler.received.get(),
+        0,
+        "nothing of the partial message is delivered"
+    );
+    assert_eq!(
+        handler.ended(),
+        vec![Ended::Failed(Error::Io(NetError::TimedOut(
+            Deadline::Message
+        )))]
+    );
+}
+
+#[test]
+fn test_silent_peers_timed_out_at_greeting_and_idle() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = Timeouts {
+        greeting: Duration::from_millis(200),
+        idle: Some(Duration::from_millis(300)),
+        close: Duration::from_millis(200),
+        ..quick_timeouts()
+    };
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            with_server(a, b, &config, &handler, 1024, async |a| {
+                // 1. Connects and never greets.
+                {
+                    let (mut rx, mut tx) = ([0u8; 256], [0u8; 256]);
+                    let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
+                    raw.connect(server_endpoint(PORT)).await.unwrap();
+                    let started = Instant::now();
+                    let mut byte = [0u8; 4];
+                    // The server's greeting byte, then its close.
+                    assert_eq!(raw.read(&mut byte).await, Ok(1));
+                    assert_eq!(byte[0], 0xFF);
+                    assert!(matches!(raw.read(&mut byte).await, Ok(0) | Err(_)));
+                    let waited = started.elapsed();
+                    assert!(
+                        waited >= Duration::from_millis(150),
+                        "{} ms",
+                        waited.as_millis()
+                    );
+                    raw.close();
+                    let _ = raw.flush().await;
+                }
+                // 2. Greets, then stays quiet: closed for idleness.
+                let (mut rx, mut tx) = ([0u8; 256], [0u8; 256]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let started = Instant::now();
+                let mut buf = [0u8; 16];
+                assert_eq!(client.receive(&mut buf).await, Err(Error::Closed));
+                let waited = started.elapsed();
+                assert!(
+                    waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+                    "idle close after {} ms",
+                    waited.as_millis()
+                );
+                Timer::after(Duration::from_millis(300)).await;
+            })
+            .await;
+        },
+    );
+    assert_eq!(
+        handler.ended(),
+        vec![
+            Ended::Failed(Error::Io(NetError::TimedOut(Deadline::Greeting))),
+            Ended::Failed(Error::Io(NetError::TimedOut(Deadline::Idle))),
+        ]
+    );
+}
+
+fn fault_share_ppm(var: &str, default: u32) -> u32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn test_lossy_link_1000_messages_exactly_once_in_order() {
+    // Shares in parts per million; smoltcp's minimum retransmission timeout
+    // is 1 s, so each lost data segment costs about a second.
+    let faults = Faults {
+        drop_ppm: fault_share_ppm("TINYPROTO_DROP_PPM", 2_000),
+        corrupt_ppm: fault_share_ppm("TINYPROTO_CORRUPT_PPM", 2_000),
+        seed: 0x5EED,
+    };
+    let handler = Echo {
+        check_seq: true,
+        ..Echo::default()
+    };
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = Timeouts {
+        message: Duration::from_secs(60),
+        ..quick_timeouts()
+    };
+    let count = 1000u32;
+    let stats = run_pair(faults, Duration::from_secs(600), async |a, b, stats| {
+        with_server(a, b, &config, &handler, 8192, async |a| {
+            let (mut rx, mut tx) = (vec![0u8; 16384], vec![0u8; 16384]);
+            let mut timeouts = quick_timeouts();
+            timeouts.message = Duration::from_secs(60);
+            let mut client = Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), timeouts)
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 8192];
+            for seq in 0..count {
+                let mut msg = seq.to_be_bytes().to_vec();
+                msg.extend(pattern((seq as usize * 37) % 4000, seq as u8));
+                client.transmit(&msg).await.unwrap();
+                let echo = client.receive(&mut buf).await.unwrap();
+                assert!(echo == &msg[..], "echo of message {seq} differs");
+            }
+            client.close().await.unwrap();
+        })
+        .await;
+        (
+            stats.frames.get(),
+            stats.dropped.get(),
+            stats.corrupted.get(),
+        )
+    });
+    eprintln!(
+        "lossy link: {} frames, {} dropped, {} corrupted",
+        stats.0, stats.1, stats.2
+    );
+    assert_eq!(
+        handler.received.get(),
+        count as usize,
+        "every message exactly once"
+    );
+    assert_eq!(handler.seq_errors.get(), 0, "in order");
+    assert_eq!(handler.next_seq.get(), count);
+    if faults.drop_ppm > 0 {
+        assert!(
+            stats.1 > 0,
+            "the link dropped nothing: the test proves nothing"
+        );
+    }
+    if faults.corrupt_ppm > 0 {
+        assert!(
+            stats.2 > 0,
+            "the link corrupted nothing: the test proves nothing"
+        );
+    }
+}

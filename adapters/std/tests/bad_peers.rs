@@ -1,0 +1,298 @@
+//! Raw-socket peers, scripted byte by byte, misbehaving against a real
+//! server on 127.0.0.1. Each asserts what the misbehaving peer sees, what
+//! the handler's `post_loop` gets, and that the server serves on.
+
+mod common;
+
+use std::io::Write;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use tinyproto::Phase;
+use tinyproto_std::{Client, Deadline, Error, Timeouts};
+
+/// After each misbehaviour: a well-behaved client still gets its echo.
+fn assert_serves(h: &Harness) {
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"still here"), 0xFF);
+    assert_eq!(recv_msg(&mut s), b"still here");
+}
+
+#[test]
+fn test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs() {
+    let h = Harness::start(|_| {});
+    let mut s = raw(h.addr);
+    s.write_all(&[0x42]).unwrap();
+    // The server greets, then closes on our bad byte.
+    assert_eq!(read_to_close(&mut s), [0xFF]);
+    let (_, outcome) = h.next_post_loop();
+    assert_eq!(outcome, Outcome::UnexpectedByte(Phase::Greeting, 0x42));
+    // pre_loop never ran: the greeting is its precondition.
+    assert!(!h.drain_events().iter().any(|(_, e)| *e == Event::PreLoop));
+    assert_serves(&h);
+}
+
+#[test]
+fn test_unexpected_status_byte_breaks_only_that_connection() {
+    let h = Harness::start(|_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"ping"), 0xFF);
+    // The server echoes: it announces 4 bytes, and we answer 0xFD.
+    assert_eq!(read_n(&mut s, 4), 4u32.to_be_bytes());
+    s.write_all(&[0xFD]).unwrap();
+    assert_eq!(read_to_close(&mut s), b"", "no payload after a bad status");
+    let (_, outcome) = h.next_post_loop();
+    assert_eq!(outcome, Outcome::UnexpectedByte(Phase::Status, 0xFD));
+    assert_serves(&h);
+}
+
+#[test]
+fn test_close_mid_message_delivers_nothing() {
+    let h = Harness::start(|_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    s.write_all(&10u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0xFF]);
+    s.write_all(b"abc").unwrap();
+    drop(s);
+    let (id, outcome) = h.next_post_loop();
+    assert_eq!(outcome, Outcome::Eof(Phase::Payload));
+    let delivered = h
+        .drain_events()
+        .into_iter()
+        .any(|(i, e)| i == id && matches!(e, Event::Received(_)));
+    assert!(!delivered, "a partial message was delivered");
+
+    // Mid-length, too.
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    s.write_all(&[0, 0]).unwrap();
+    drop(s);
+    assert_eq!(h.next_post_loop().1, Outcome::Eof(Phase::Length));
+    assert_serves(&h);
+}
+
+#[test]
+fn test_length_over_limit_answered_zero_and_connection_stays_usable() {
+    let h = Harness::start(|s| s.set_max_message_len(1024));
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, &[7; 1025]), 0x00);
+    s.write_all(&0xFFFF_FFFFu32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0x00]);
+    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0x00]);
+    // Same connection, next message: served.
+    assert_eq!(send_msg(&mut s, &[7; 1024]), 0xFF);
+    assert_eq!(recv_msg(&mut s), [7; 1024]);
+    drop(s);
+    assert_eq!(h.next_post_loop().1, Outcome::Ok);
+
+    // The client API reports the refusal as Rejected and goes on.
+    let mut conn = Client::new().connect(h.addr).unwrap();
+    match conn.transmit(&[1; 2000]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 2000 })) => {}
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    conn.transmit(b"after").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"after");
+}
+
+/// Peak resident memory of this process, in KiB (Linux).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn test_memory_does_not_follow_an_announced_length() {
+    // Accept anything up to the protocol maximum (almost 4 GiB).
+    let h = Harness::start(|s| s.set_max_message_len(tinyproto::MAX_MESSAGE_LEN));
+    let before = peak_rss_kib();
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0xFF], "accepted");
+    s.write_all(&[1; 1000]).unwrap();
+    drop(s);
+    assert_eq!(h.next_post_loop().1, Outcome::Eof(Phase::Payload));
+    if let (Some(before), Some(after)) = (before, peak_rss_kib()) {
+        assert!(
+            after.saturating_sub(before) < 256 * 1024,
+            "peak RSS grew by {} KiB",
+            after - before
+        );
+    }
+    assert_serves(&h);
+}
+
+#[test]
+fn test_connection_limit_answers_exactly_fe() {
+    let h = Harness::start(|s| s.set_connection_limit(Some(2)));
+    let mut a = raw(h.addr);
+    greet(&mut a);
+    let mut b = raw(h.addr);
+    greet(&mut b);
+    assert!(wait_until(LONG, || h.connections.len() == 2));
+
+    // A silent peer gets exactly one byte, 0xFE, then the close.
+    let mut c = raw(h.addr);
+    assert_eq!(read_to_close(&mut c), [0xFE]);
+    // So does a peer that greets first.
+    let mut d = raw(h.addr);
+    d.write_all(&[0xFF]).unwrap();
+    assert_eq!(read_to_close(&mut d), [0xFE]);
+    // The client API reports it typed.
+    match Client::new().connect(h.addr) {
+        Err(Error::Protocol(tinyproto::Error::ConnectionLimit)) => {}
+        other => panic!("expected ConnectionLimit, got {other:?}"),
+    }
+    assert_eq!(h.inits.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A slot frees when a connection ends.
+    drop(a);
+    assert!(wait_until(LONG, || h.connections.len() < 2));
+    let mut e = raw(h.addr);
+    greet(&mut e);
+    assert_eq!(send_msg(&mut e, b"in"), 0xFF);
+    assert_eq!(recv_msg(&mut e), b"in");
+    drop(b);
+}
+
+#[test]
+fn test_slowloris_is_cut_by_the_message_deadline() {
+    let h = Harness::start(|s| {
+        s.set_timeouts(
+            Timeouts::default()
+                .with_message(Duration::from_secs(1))
+                .with_greeting(Duration::from_secs(1)),
+        )
+    });
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    s.write_all(&100u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0xFF]);
+    // Drip one byte every 100 ms: far slower than 100 bytes per second.
+    let mut cut = false;
+    for _ in 0..300 {
+        if s.write_all(&[1]).is_err() {
+            cut = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        if h.connections.is_empty() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the dripping peer was never cut off");
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Message));
+
+    // A peer that never greets is cut by the greeting deadline.
+    let mut g = raw(h.addr);
+    assert_eq!(read_to_close(&mut g), [0xFF]);
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Greeting));
+
+    // A peer stuck inside a length is cut too.
+    let mut l = raw(h.addr);
+    greet(&mut l);
+    l.write_all(&[0]).unwrap();
+    assert_eq!(read_to_close(&mut l), b"");
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Message));
+    assert_serves(&h);
+}
+
+#[test]
+fn test_peer_that_stops_reading_is_cut_by_the_write_timeout() {
+    let h = Harness::start(|s| {
+        s.set_timeouts(Timeouts::default().with_write(Duration::from_millis(500)))
+    });
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"big"), 0xFF);
+    // Accept the 32 MiB answer, then never read it.
+    assert_eq!(read_n(&mut s, 4), (32u32 << 20).to_be_bytes());
+    s.write_all(&[0xFF]).unwrap();
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Write));
+    drop(s);
+    assert_serves(&h);
+}
+
+#[test]
+fn test_idle_timeout_closes_a_silent_connection() {
+    let h = Harness::start(|s| {
+        s.set_timeouts(Timeouts::default().with_idle(Some(Duration::from_millis(300))))
+    });
+    let mut client = Client::new();
+    client.set_timeout(LONG);
+    let mut conn = client.connect(h.addr).unwrap();
+    conn.transmit(b"one").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"one");
+    // Now silent: the server ends the connection.
+    match conn.receive() {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the server to close, got {other:?}"),
+    }
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Idle));
+}
+
+#[test]
+fn test_flood_of_garbage_connections_then_normal_service() {
+    const FLOOD: usize = 300;
+    let h = Harness::start(|s| {
+        s.set_timeouts(Timeouts::default().with_greeting(Duration::from_secs(5)))
+    });
+    let addr = h.addr;
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            thread::spawn(move || {
+                for i in (w..FLOOD).step_by(2) {
+                    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = match i % 5 {
+                        0 => Ok(()),                              // connect, close
+                        1 => s.write_all(&[0x13, 0x37, 0x00]),    // bad greeting
+                        2 => s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF]), // over the maximum
+                        3 => s.write_all(&[0xFF, 0, 0, 3, 0xE8, 1, 2, 3]), // close mid-message
+                        _ => s.write_all(&[0xFF, 0, 0]),          // close mid-length
+                    };
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_serves(&h);
+    let mut conn = Client::new().connect(h.addr).unwrap();
+    conn.transmit(&[9; 100_000]).unwrap();
+    assert_eq!(conn.receive().unwrap(), vec![9; 100_000]);
+    conn.close();
+    h.wait_no_connections();
+    // Every garbage connection ended through post_loop and conn_shutdown.
+    let shutdowns = h
+        .drain_events()
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Shutdown(_)))
+        .count();
+    assert!(shutdowns >= FLOOD, "{shutdowns} conn_shutdown calls");
+}
+
+#[test]
+fn test_panicking_hook_frees_the_slot() {
+    let h = Harness::start(|s| s.set_connection_limit(Some(1)));
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"panic"), 0xFF);
+    assert_eq!(read_to_close(&mut s), b"");
+    assert_eq!(h.next_post_loop().1, Outcome::Panicked);
+    h.wait_event(LONG, |_, e| *e == Event::Shutdown(Outcome::Panicked));
+    h.wait_no_connections();
+    // The only slot is free again.
+    assert_serves(&h);
+}

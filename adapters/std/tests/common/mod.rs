@@ -1,0 +1,274 @@
+//! A real server on 127.0.0.1 with a recording handler, and raw-socket
+//! helpers for peers scripted byte by byte.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tinyproto::Phase;
+use tinyproto_std::{
+    ConnId, Conn, Connections, Context, Deadline, Error, Handler, Server, ServerHooks, StopHandle,
+};
+
+/// Generous bound for anything a loaded machine should do quickly.
+pub const LONG: Duration = Duration::from_secs(30);
+
+/// How a connection ended, as its `post_loop` saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    UnexpectedByte(Phase, u8),
+    Eof(Phase),
+    Timeout(Deadline),
+    Panicked,
+    Other(String),
+}
+
+impl From<&Result<(), Error>> for Outcome {
+    fn from(r: &Result<(), Error>) -> Self {
+        match r {
+            Ok(()) => Outcome::Ok,
+            Err(Error::Protocol(tinyproto::Error::UnexpectedByte { phase, byte })) => {
+                Outcome::UnexpectedByte(*phase, *byte)
+            }
+            Err(Error::Protocol(tinyproto::Error::UnexpectedEof { phase })) => Outcome::Eof(*phase),
+            Err(Error::Timeout(d)) => Outcome::Timeout(*d),
+            Err(Error::Panicked(_)) => Outcome::Panicked,
+            Err(e) => Outcome::Other(format!("{e:?}")),
+        }
+    }
+}
+
+/// What the recording handler saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    PreLoop,
+    Received(Vec<u8>),
+    PostLoop(Outcome),
+    /// From the server hooks.
+    Shutdown(Outcome),
+}
+
+/// Echoes, and obeys a few commands: b"panic" panics, b"big" answers
+/// 32 MiB, b"all:<text>" broadcasts <text> to the others and answers
+/// b"sent", b"sleep" sleeps 8 s.
+pub struct Recorder {
+    pub events: Sender<(ConnId, Event)>,
+}
+
+impl Handler for Recorder {
+    fn pre_loop(&mut self, conn: &mut Conn) -> Result<(), Error> {
+        let _ = self.events.send((conn.id(), Event::PreLoop));
+        Ok(())
+    }
+
+    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+        let _ = self.events.send((conn.id(), Event::Received(msg.clone())));
+        match msg.as_slice() {
+            b"panic" => panic!("a hook panicked on purpose"),
+            b"big" => conn.transmit(&vec![0x5A; 32 << 20]),
+            b"sleep" => {
+                thread::sleep(Duration::from_secs(8));
+                Ok(())
+            }
+            m if m.starts_with(b"all:") => {
+                let connections = conn.connections().expect("server connection");
+                connections.broadcast(&m[4..], Some(conn.id()));
+                conn.transmit(b"sent")
+            }
+            _ => conn.transmit(&msg),
+        }
+    }
+
+    fn post_loop(&mut self, conn: &mut Conn, result: &Result<(), Error>) {
+        let _ = self.events.send((conn.id(), Event::PostLoop(result.into())));
+    }
+}
+
+/// Counts the connection hooks and forwards `conn_shutdown`.
+#[derive(Clone)]
+pub struct Hooks {
+    pub inits: Arc<AtomicUsize>,
+    pub events: Sender<(ConnId, Event)>,
+}
+
+impl ServerHooks for Hooks {
+    fn conn_init(&mut self, _: &Context, _: ConnId, _: SocketAddr) {
+        self.inits.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn conn_shutdown(&mut self, _: &Context, id: ConnId, _: SocketAddr, r: &Result<(), Error>) {
+        let _ = self.events.send((id, Event::Shutdown(r.into())));
+    }
+}
+
+/// A running server and what it records.
+pub struct Harness {
+    pub addr: SocketAddr,
+    pub events: Receiver<(ConnId, Event)>,
+    pub inits: Arc<AtomicUsize>,
+    pub connections: Connections,
+    stop: StopHandle,
+    thread: Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+}
+
+impl Harness {
+    /// Starts a server on 127.0.0.1:0 after `configure`.
+    pub fn start(configure: impl FnOnce(&mut Server)) -> Self {
+        let (tx, events) = mpsc::channel();
+        let inits = Arc::new(AtomicUsize::new(0));
+        let mut server = Server::new();
+        let addr = server.add_addr("127.0.0.1:0").expect("bind");
+        let handler_tx = tx.clone();
+        server.set_conn_handler(move || Recorder {
+            events: handler_tx.clone(),
+        });
+        server.set_hooks(Hooks {
+            inits: inits.clone(),
+            events: tx,
+        });
+        configure(&mut server);
+        let stop = server.stop_handle();
+        let connections = server.connections();
+        let thread = thread::spawn(move || server.start());
+        Self {
+            addr,
+            events,
+            inits,
+            connections,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    /// The next event matching `pred`, within `timeout` (others are skipped).
+    pub fn wait_event(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&ConnId, &Event) -> bool,
+    ) -> (ConnId, Event) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok((id, e)) if pred(&id, &e) => return (id, e),
+                Ok(_) => {}
+                Err(e) => panic!("no matching event within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    /// The outcome of the next connection to end (its `post_loop`).
+    pub fn next_post_loop(&self) -> (ConnId, Outcome) {
+        match self.wait_event(LONG, |_, e| matches!(e, Event::PostLoop(_))) {
+            (id, Event::PostLoop(o)) => (id, o),
+            _ => unreachable!(),
+        }
+    }
+
+    /// All events so far, without waiting.
+    pub fn drain_events(&self) -> Vec<(ConnId, Event)> {
+        self.events.try_iter().collect()
+    }
+
+    /// Waits until no connection is active.
+    pub fn wait_no_connections(&self) {
+        assert!(
+            wait_until(LONG, || self.connections.is_empty()),
+            "{} connection(s) still active",
+            self.connections.len()
+        );
+    }
+
+    /// Stops the server and waits (bounded) for `start` to return.
+    pub fn stop(&self) {
+        self.stop.stop();
+        let thread = self.thread.lock().unwrap().take();
+        if let Some(thread) = thread {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !thread.is_finished() {
+                assert!(Instant::now() < deadline, "server did not stop");
+                thread::sleep(Duration::from_millis(10));
+            }
+            thread.join().expect("server panicked").expect("server failed");
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.stop();
+    }
+}
+
+/// Polls `cond` every 10 ms for up to `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A raw TCP peer with generous timeouts.
+pub fn raw(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.set_write_timeout(Some(LONG)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes.
+pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).expect("read");
+    buf
+}
+
+/// Greets as a well-behaved peer.
+pub fn greet(s: &mut TcpStream) {
+    s.write_all(&[0xFF]).unwrap();
+    assert_eq!(read_n(s, 1), [0xFF], "server greeting");
+}
+
+/// Sends one message as a well-behaved peer; returns the status byte.
+pub fn send_msg(s: &mut TcpStream, msg: &[u8]) -> u8 {
+    s.write_all(&(msg.len() as u32).to_be_bytes()).unwrap();
+    let status = read_n(s, 1)[0];
+    if status == 0xFF {
+        s.write_all(msg).unwrap();
+    }
+    status
+}
+
+/// Receives one message as a well-behaved peer.
+pub fn recv_msg(s: &mut TcpStream) -> Vec<u8> {
+    let len = u32::from_be_bytes(read_n(s, 4).try_into().unwrap()) as usize;
+    s.write_all(&[0xFF]).unwrap();
+    read_n(s, len)
+}
+
+/// Everything the peer sends until it closes (bounded by the read timeout).
+pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+            Err(e) => panic!("read failed before close: {e} (got {all:02x?})"),
+        }
+    }
+}

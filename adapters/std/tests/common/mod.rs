@@ -185,6 +185,11 @@ impl Harness {
         );
     }
 
+    /// Asks the server to stop, without waiting.
+    pub fn request_stop(&self) {
+        self.stop.stop();
+    }
+
     /// Stops the server and waits (bounded) for `start` to return.
     pub fn stop(&self) {
         self.stop.stop();

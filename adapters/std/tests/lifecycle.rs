@@ -1,0 +1,302 @@
+//! Server and client lifecycle: several addresses, graceful stop, the
+//! connection registry, the client loop and plain synchronous use.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use tinyproto_std::{
+    Client, ClientHooks, Conn, Context, Deadline, Error, Handler, Server, ServerHooks,
+};
+
+#[test]
+fn test_several_addresses_ipv4_and_ipv6_port_zero() {
+    let mut server = Server::new();
+    let v4 = server.add_addr("127.0.0.1:0").unwrap();
+    assert_ne!(v4.port(), 0, "the bound port is reported");
+    let v4b = server.add_addr(("127.0.0.1", 0)).unwrap();
+    let v6 = match server.add_addr("[::1]:0") {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            eprintln!("no IPv6 loopback here ({e}); testing IPv4 only");
+            None
+        }
+    };
+    assert_eq!(server.local_addrs().len(), 2 + v6.is_some() as usize);
+    server.set_conn_handler(|| EchoOnce);
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    for addr in [Some(v4), Some(v4b), v6].into_iter().flatten() {
+        let mut conn = Client::new().connect(addr).unwrap();
+        assert_eq!(conn.peer_addr(), addr);
+        conn.transmit(b"hi").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"hi");
+    }
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}
+
+struct EchoOnce;
+impl Handler for EchoOnce {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+        conn.transmit(&msg)
+    }
+}
+
+#[test]
+fn test_start_without_address_fails() {
+    assert!(Server::new().start().is_err());
+}
+
+#[test]
+fn test_graceful_stop_runs_post_loop_and_conn_shutdown_for_everyone() {
+    let h = Harness::start(|_| {});
+    let mut peers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = raw(h.addr);
+            greet(&mut s);
+            s
+        })
+        .collect();
+    // One peer is in the middle of a message when the stop comes.
+    let mut busy = raw(h.addr);
+    greet(&mut busy);
+    busy.write_all(&5u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut busy, 1), [0xFF]);
+    busy.write_all(b"he").unwrap();
+    assert!(wait_until(LONG, || h.connections.len() == 4));
+
+    h.request_stop();
+    // The message in flight is finished and answered.
+    busy.write_all(b"llo").unwrap();
+    assert_eq!(recv_msg(&mut busy), b"hello");
+    h.stop();
+    let events = h.drain_events();
+    let posts = events
+        .iter()
+        .filter(|(_, e)| *e == Event::PostLoop(Outcome::Ok))
+        .count();
+    let shutdowns = events
+        .iter()
+        .filter(|(_, e)| *e == Event::Shutdown(Outcome::Ok))
+        .count();
+    assert_eq!((posts, shutdowns), (4, 4), "{events:?}");
+    // Every peer sees the close.
+    for p in &mut peers {
+        assert_eq!(read_to_close(p), b"");
+    }
+    assert_eq!(read_to_close(&mut busy), b"");
+}
+
+#[test]
+fn test_stop_closes_a_stuck_connection_after_the_drain_timeout() {
+    let h = Harness::start(|s| s.set_drain_timeout(Duration::from_millis(300)));
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"sleep"), 0xFF);
+    h.wait_event(LONG, |_, e| *e == Event::Received(b"sleep".to_vec()));
+    h.stop();
+    // The handler sleeps far longer than the drain timeout plus the grace
+    // period: start() returns anyway, reporting the connection as drained.
+    let (_, e) = h.wait_event(LONG, |_, e| matches!(e, Event::Shutdown(_)));
+    assert_eq!(e, Event::Shutdown(Outcome::Timeout(Deadline::Drain)));
+    assert_eq!(read_to_close(&mut s), b"", "the socket was closed");
+}
+
+#[test]
+fn test_registry_broadcast_and_send_to() {
+    let h = Harness::start(|_| {});
+    let client = Client::new();
+    let mut a = client.connect(h.addr).unwrap();
+    let mut b = client.connect(h.addr).unwrap();
+    let mut c = client.connect(h.addr).unwrap();
+    assert!(wait_until(LONG, || h.connections.len() == 3));
+
+    // From inside a handler: "all:<text>" goes to everyone else.
+    a.transmit(b"all:news").unwrap();
+    assert_eq!(a.receive().unwrap(), b"sent");
+    assert_eq!(b.receive().unwrap(), b"news");
+    assert_eq!(c.receive().unwrap(), b"news");
+
+    // From outside (the server's registry): to one connection by id.
+    let ids = h.connections.ids();
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        h.connections.send_to(*id, b"direct").unwrap();
+    }
+    for conn in [&mut a, &mut b, &mut c] {
+        assert_eq!(conn.receive().unwrap(), b"direct");
+    }
+    assert_eq!(h.connections.broadcast(b"all", None), 3);
+    for conn in [&mut a, &mut b, &mut c] {
+        assert_eq!(conn.receive().unwrap(), b"all");
+    }
+
+    let gone = ids[0];
+    drop((a, b, c));
+    h.wait_no_connections();
+    match h.connections.send_to(gone, b"late") {
+        Err(Error::UnknownConnection(id)) => assert_eq!(id, gone),
+        other => panic!("expected UnknownConnection, got {other:?}"),
+    }
+}
+
+/// Server hooks run in order: pre_loop, loop_pass, conn_init before the
+/// connection's pre_loop, conn_shutdown after its post_loop, post_loop last.
+#[test]
+fn test_server_hook_order() {
+    #[derive(Clone)]
+    struct Log(mpsc::Sender<String>);
+    impl ServerHooks for Log {
+        fn pre_loop(&mut self, _: &Context) {
+            let _ = self.0.send("server pre_loop".into());
+        }
+        fn loop_pass(&mut self, ctx: &Context) {
+            let _ = self.0.send("server loop_pass".into());
+            assert!(!ctx.local_addrs().is_empty());
+        }
+        fn conn_init(&mut self, ctx: &Context, id: tinyproto_std::ConnId, _: SocketAddr) {
+            assert!(ctx.connections().contains(id), "registered before conn_init");
+            let _ = self.0.send("conn_init".into());
+        }
+        fn conn_shutdown(&mut self, _: &Context, _: tinyproto_std::ConnId, _: SocketAddr, _: &Result<(), Error>) {
+            let _ = self.0.send("conn_shutdown".into());
+        }
+        fn post_loop(&mut self, _: &Context) {
+            let _ = self.0.send("server post_loop".into());
+        }
+    }
+    struct ConnLog(mpsc::Sender<String>);
+    impl Handler for ConnLog {
+        fn pre_loop(&mut self, _: &mut Conn) -> Result<(), Error> {
+            let _ = self.0.send("conn pre_loop".into());
+            Ok(())
+        }
+        fn post_loop(&mut self, _: &mut Conn, _: &Result<(), Error>) {
+            let _ = self.0.send("conn post_loop".into());
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_hooks(Log(tx.clone()));
+    server.set_conn_handler(move || ConnLog(tx.clone()));
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    let conn = Client::new().connect(addr).unwrap();
+    conn.close();
+    let mut seen = Vec::new();
+    while !seen.contains(&"conn_shutdown".to_string()) {
+        seen.push(rx.recv_timeout(LONG).expect("hook calls"));
+    }
+    stop.stop();
+    thread.join().unwrap().unwrap();
+    seen.extend(rx.try_iter());
+    seen.retain(|s| s != "server loop_pass");
+    assert_eq!(
+        seen,
+        [
+            "server pre_loop",
+            "conn_init",
+            "conn pre_loop",
+            "conn post_loop",
+            "conn_shutdown",
+            "server post_loop"
+        ]
+    );
+}
+
+/// The client loop with hooks and a handler-driven connection.
+#[test]
+fn test_client_loop_with_handler_and_hooks() {
+    let h = Harness::start(|_| {});
+
+    struct Counter(Arc<AtomicUsize>);
+    impl Handler for Counter {
+        fn pre_loop(&mut self, conn: &mut Conn) -> Result<(), Error> {
+            conn.transmit(b"0")
+        }
+        fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+            let n: usize = String::from_utf8(msg).unwrap().parse().unwrap();
+            self.0.store(n, Ordering::SeqCst);
+            if n == 20 {
+                conn.loop_stop_handle().unwrap().stop();
+                conn.stop();
+                return Ok(());
+            }
+            // Request/reply from inside the hook, without the loop.
+            conn.transmit((n + 1).to_string().as_bytes())?;
+            let echo = conn.receive()?;
+            conn.transmit(&echo)
+        }
+    }
+    struct Hooks(Arc<AtomicUsize>);
+    impl ClientHooks for Hooks {
+        fn pre_loop(&mut self, _: &Context) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn loop_pass(&mut self, ctx: &Context) {
+            assert!(ctx.local_addrs().is_empty());
+        }
+        fn post_loop(&mut self, _: &Context) {
+            self.0.fetch_add(100, Ordering::SeqCst);
+        }
+        fn conn_shutdown(&mut self, _: &Context, _: tinyproto_std::ConnId, _: SocketAddr, r: &Result<(), Error>) {
+            assert!(r.is_ok(), "{r:?}");
+            self.0.fetch_add(10, Ordering::SeqCst);
+        }
+    }
+    let count = Arc::new(AtomicUsize::new(0));
+    let hooks = Arc::new(AtomicUsize::new(0));
+    let mut client = Client::new();
+    let c = count.clone();
+    client.set_conn_handler(move || Counter(c.clone()));
+    client.set_hooks(Hooks(hooks.clone()));
+    let id = client.connect_to(h.addr).unwrap();
+    assert!(client.connections().contains(id));
+    let watchdog = client.stop_handle();
+    let guard = thread::spawn(move || {
+        thread::sleep(LONG);
+        watchdog.stop();
+    });
+    client.start();
+    assert_eq!(count.load(Ordering::SeqCst), 20);
+    assert_eq!(hooks.load(Ordering::SeqCst), 111);
+    drop(guard);
+}
+
+#[test]
+fn test_plain_client_receive_timeout_is_recoverable() {
+    let h = Harness::start(|_| {});
+    let mut client = Client::new();
+    client.set_timeout(Duration::from_millis(200));
+    let mut conn = client.connect(h.addr).unwrap();
+    match conn.receive() {
+        Err(Error::Timeout(Deadline::Receive)) => {}
+        other => panic!("expected a receive timeout, got {other:?}"),
+    }
+    assert_eq!(conn.try_receive(Duration::from_millis(10)).unwrap(), None);
+    conn.transmit(b"still usable").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"still usable");
+}
+
+#[test]
+fn test_connect_to_nothing_fails_typed() {
+    // Bind then drop: the port is (almost certainly) closed now.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    match Client::new().connect(addr) {
+        Err(Error::Protocol(tinyproto::Error::Io(e))) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
+        other => panic!("expected a refused connection, got {other:?}"),
+    }
+}

@@ -16,7 +16,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tinyproto_std::{
-    ConnId, Conn, Context, Error, Handler, Plugin, PluginError, Server, ServerHooks, StopHandle,
+    Conn, ConnId, Context, Error, Handler, Plugin, PluginError, Server, ServerHooks, StopHandle,
 };
 
 /// `n` bytes of `i % 251`, the same as `pattern()` in `python/common.py`.

@@ -83,7 +83,11 @@ fn python_client_to_rust_server_all_sizes_and_request_reply() {
     let mut server = rust_server(false, &counts, &WireTap::default());
     let port = server.addr.port().to_string();
     let sizes = "0,1,5,65536,8388608";
-    let mut client = PyProcess::spawn(&py, "py_client.py", &["--port", &port, "--sizes", sizes, "--req"]);
+    let mut client = PyProcess::spawn(
+        &py,
+        "py_client.py",
+        &["--port", &port, "--sizes", sizes, "--req"],
+    );
     assert_eq!(client.client_ok(LONG), SIZES.len() + 1);
     assert!(counts.wait_shutdowns(1, LONG), "conn_shutdown did not run");
     assert_eq!(counts.inits.load(Ordering::SeqCst), 1);
@@ -99,13 +103,20 @@ fn several_concurrent_python_clients() {
     let port = server.addr.port().to_string();
     let mut clients: Vec<PyProcess> = (0..CLIENTS)
         .map(|_| {
-            PyProcess::spawn(&py, "py_client.py", &["--port", &port, "--sizes", "0,1,5,65536", "--req"])
+            PyProcess::spawn(
+                &py,
+                "py_client.py",
+                &["--port", &port, "--sizes", "0,1,5,65536", "--req"],
+            )
         })
         .collect();
     for client in &mut clients {
         assert_eq!(client.client_ok(LONG), 5);
     }
-    assert!(counts.wait_shutdowns(CLIENTS, LONG), "conn_shutdown did not run for all");
+    assert!(
+        counts.wait_shutdowns(CLIENTS, LONG),
+        "conn_shutdown did not run for all"
+    );
     assert_eq!(counts.inits.load(Ordering::SeqCst), CLIENTS);
     server.stop();
 }
@@ -132,7 +143,11 @@ fn zlib_plugin_python_client_rust_server() {
     assert!(received.iter().any(|&n| n > 0 && n < 2048), "{received:?}");
     assert!(received.iter().all(|&n| n < 2048), "{received:?}");
     assert!(sent.iter().all(|&n| n < 2048), "{sent:?}");
-    assert_eq!(received.len(), 5, "3 messages, req and answer: {received:?}");
+    assert_eq!(
+        received.len(),
+        5,
+        "3 messages, req and answer: {received:?}"
+    );
     server.stop();
 }
 
@@ -151,12 +166,18 @@ fn zlib_plugin_rust_client_python_server() {
     for size in [0, 5, 64 * 1024, 8 * 1024 * 1024] {
         let msg = pattern(size);
         conn.transmit(&msg).expect("transmit");
-        assert!(conn.receive().expect("receive") == msg, "echo of {size} differs");
+        assert!(
+            conn.receive().expect("receive") == msg,
+            "echo of {size} differs"
+        );
     }
     let sent = tap.sent.lock().unwrap().clone();
     let received = tap.received.lock().unwrap().clone();
     assert_eq!(sent.len(), 4);
     // 8 MiB of the cycle compresses to far less than 1 MiB, both ways.
-    assert!(sent[3] < 1 << 20 && received[3] < 1 << 20, "{sent:?} {received:?}");
+    assert!(
+        sent[3] < 1 << 20 && received[3] < 1 << 20,
+        "{sent:?} {received:?}"
+    );
     conn.close();
 }

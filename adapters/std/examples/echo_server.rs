@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tinyproto_std::{ConnId, Conn, Context, Error, Handler, Server, ServerHooks};
+use tinyproto_std::{Conn, ConnId, Context, Error, Handler, Server, ServerHooks};
 
 /// One per connection, like a `TinyProtoConnection` subclass.
 struct EchoConnection {
@@ -27,7 +27,11 @@ impl Handler for EchoConnection {
 
     fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
         self.received += 1;
-        println!("[{}] received {:?}", conn.id(), String::from_utf8_lossy(&msg));
+        println!(
+            "[{}] received {:?}",
+            conn.id(),
+            String::from_utf8_lossy(&msg)
+        );
         if msg == b"shutdown" {
             if let Some(stop) = conn.loop_stop_handle() {
                 stop.stop();

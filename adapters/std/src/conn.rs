@@ -171,7 +171,11 @@ impl Conn {
 
     /// True once [`stop`](Self::stop) was called or the owner is stopping.
     pub fn is_stopping(&self) -> bool {
-        self.stop || self.attached.as_ref().is_some_and(|a| a.shared.is_draining())
+        self.stop
+            || self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.shared.is_draining())
     }
 
     /// Exchanges the greeting, within [`Timeouts::greeting`](crate::Timeouts::greeting)
@@ -353,7 +357,9 @@ impl Conn {
 
     fn check_idle(&self) -> Result<(), Error> {
         match self.cfg.timeouts.idle {
-            Some(idle) if self.last_activity.elapsed() >= idle => Err(Error::Timeout(Deadline::Idle)),
+            Some(idle) if self.last_activity.elapsed() >= idle => {
+                Err(Error::Timeout(Deadline::Idle))
+            }
             _ => Ok(()),
         }
     }

@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn test_empty_chain_borrows() {
         let chain = Plugins::default();
-        assert!(matches!(chain.transmit(b"abc").unwrap(), Cow::Borrowed(b"abc")));
+        assert!(matches!(
+            chain.transmit(b"abc").unwrap(),
+            Cow::Borrowed(b"abc")
+        ));
     }
 
     #[cfg(feature = "zlib")]

@@ -239,9 +239,14 @@ impl Pool {
         let peer = conn.peer_addr();
         let (queue, inbox) = mpsc::sync_channel(queue_len.max(1));
         let stream = conn.tcp_stream().try_clone().ok();
-        self.shared
-            .conns()
-            .insert(id, Entry { queue, stream, peer });
+        self.shared.conns().insert(
+            id,
+            Entry {
+                queue,
+                stream,
+                peer,
+            },
+        );
         conn.attach(Attached {
             shared: self.shared.clone(),
             inbox,
@@ -313,7 +318,10 @@ impl Pool {
             if now >= deadline || !self.threads.contains_key(&id) {
                 return None;
             }
-            match self.ended_rx.recv_timeout((deadline - now).min(Duration::from_millis(50))) {
+            match self
+                .ended_rx
+                .recv_timeout((deadline - now).min(Duration::from_millis(50)))
+            {
                 Ok(e) => self.pending.push_back(e),
                 Err(_) => continue,
             }

@@ -297,14 +297,18 @@ impl Server {
                 }
             }
             for Ended { id, peer, result } in pool.reap(cfg.timeouts.poll) {
-                call_hook("conn_shutdown", || hooks.conn_shutdown(&ctx, id, peer, &result));
+                call_hook("conn_shutdown", || {
+                    hooks.conn_shutdown(&ctx, id, peer, &result)
+                });
             }
             call_hook("loop_pass", || hooks.loop_pass(&ctx));
         }
         log::info!("stopping: {} connection(s) to drain", pool.active());
         self.listeners.clear();
         pool.drain(self.drain_timeout, &mut |Ended { id, peer, result }| {
-            call_hook("conn_shutdown", || hooks.conn_shutdown(&ctx, id, peer, &result))
+            call_hook("conn_shutdown", || {
+                hooks.conn_shutdown(&ctx, id, peer, &result)
+            })
         });
         call_hook("post_loop", || hooks.post_loop(&ctx));
         Ok(())

@@ -83,7 +83,8 @@ fn test_length_over_limit_answered_zero_and_connection_stays_usable() {
     assert_eq!(send_msg(&mut s, &[7; 1025]), 0x00);
     s.write_all(&0xFFFF_FFFFu32.to_be_bytes()).unwrap();
     assert_eq!(read_n(&mut s, 1), [0x00]);
-    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes()).unwrap();
+    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes())
+        .unwrap();
     assert_eq!(read_n(&mut s, 1), [0x00]);
     // Same connection, next message: served.
     assert_eq!(send_msg(&mut s, &[7; 1024]), 0xFF);
@@ -115,7 +116,8 @@ fn test_memory_does_not_follow_an_announced_length() {
     let before = peak_rss_kib();
     let mut s = raw(h.addr);
     greet(&mut s);
-    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes()).unwrap();
+    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes())
+        .unwrap();
     assert_eq!(read_n(&mut s, 1), [0xFF], "accepted");
     s.write_all(&[1; 1000]).unwrap();
     drop(s);
@@ -255,11 +257,11 @@ fn test_flood_of_garbage_connections_then_normal_service() {
                         continue;
                     };
                     let _ = match i % 5 {
-                        0 => Ok(()),                              // connect, close
-                        1 => s.write_all(&[0x13, 0x37, 0x00]),    // bad greeting
+                        0 => Ok(()),                                       // connect, close
+                        1 => s.write_all(&[0x13, 0x37, 0x00]),             // bad greeting
                         2 => s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF]), // over the maximum
                         3 => s.write_all(&[0xFF, 0, 0, 3, 0xE8, 1, 2, 3]), // close mid-message
-                        _ => s.write_all(&[0xFF, 0, 0]),          // close mid-length
+                        _ => s.write_all(&[0xFF, 0, 0]),                   // close mid-length
                     };
                 }
             })

@@ -162,10 +162,19 @@ fn test_server_hook_order() {
             assert!(!ctx.local_addrs().is_empty());
         }
         fn conn_init(&mut self, ctx: &Context, id: tinyproto_std::ConnId, _: SocketAddr) {
-            assert!(ctx.connections().contains(id), "registered before conn_init");
+            assert!(
+                ctx.connections().contains(id),
+                "registered before conn_init"
+            );
             let _ = self.0.send("conn_init".into());
         }
-        fn conn_shutdown(&mut self, _: &Context, _: tinyproto_std::ConnId, _: SocketAddr, _: &Result<(), Error>) {
+        fn conn_shutdown(
+            &mut self,
+            _: &Context,
+            _: tinyproto_std::ConnId,
+            _: SocketAddr,
+            _: &Result<(), Error>,
+        ) {
             let _ = self.0.send("conn_shutdown".into());
         }
         fn post_loop(&mut self, _: &Context) {
@@ -247,7 +256,13 @@ fn test_client_loop_with_handler_and_hooks() {
         fn post_loop(&mut self, _: &Context) {
             self.0.fetch_add(100, Ordering::SeqCst);
         }
-        fn conn_shutdown(&mut self, _: &Context, _: tinyproto_std::ConnId, _: SocketAddr, r: &Result<(), Error>) {
+        fn conn_shutdown(
+            &mut self,
+            _: &Context,
+            _: tinyproto_std::ConnId,
+            _: SocketAddr,
+            r: &Result<(), Error>,
+        ) {
             assert!(r.is_ok(), "{r:?}");
             self.0.fetch_add(10, Ordering::SeqCst);
         }

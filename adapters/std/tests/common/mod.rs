@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tinyproto::Phase;
 use tinyproto_std::{
-    ConnId, Conn, Connections, Context, Deadline, Error, Handler, Server, ServerHooks, StopHandle,
+    Conn, ConnId, Connections, Context, Deadline, Error, Handler, Server, ServerHooks, StopHandle,
 };
 
 /// Generous bound for anything a loaded machine should do quickly.
@@ -86,7 +86,9 @@ impl Handler for Recorder {
     }
 
     fn post_loop(&mut self, conn: &mut Conn, result: &Result<(), Error>) {
-        let _ = self.events.send((conn.id(), Event::PostLoop(result.into())));
+        let _ = self
+            .events
+            .send((conn.id(), Event::PostLoop(result.into())));
     }
 }
 
@@ -200,7 +202,10 @@ impl Harness {
                 assert!(Instant::now() < deadline, "server did not stop");
                 thread::sleep(Duration::from_millis(10));
             }
-            thread.join().expect("server panicked").expect("server failed");
+            thread
+                .join()
+                .expect("server panicked")
+                .expect("server failed");
         }
     }
 }

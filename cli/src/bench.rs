@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tinyproto::blocking::Connection;
 use tinyproto::MAX_MESSAGE_LEN;
 
+use crate::coalesce::Coalesce;
 use crate::exit::{self, Failure};
 use crate::send::configure;
 
@@ -325,7 +326,7 @@ fn tinyproto_client(
     payload: &[u8],
     barrier: &Barrier,
 ) -> Result<(), tinyproto::Error<std::io::Error>> {
-    let mut conn = Connection::from_std(stream);
+    let mut conn = Connection::from_std(Coalesce::new(stream));
     let setup = conn.transmit(&n.to_be_bytes());
     barrier.wait();
     setup?;
@@ -334,6 +335,8 @@ fn tinyproto_client(
     }
     // The server's empty message says it has taken every message.
     conn.receive(&mut [])?;
+    // Our status byte for that empty message is still held back.
+    conn.stream_mut().push()?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod coalesce;
 mod exit;
 mod progress;
 mod send;

@@ -1,0 +1,345 @@
+//! `tinyproto serve` and `tinyproto send` against each other (and against
+//! hand-made misbehaving peers), through the built binary, on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{pattern, run, scratch, status, Serve, WAIT};
+
+#[test]
+fn test_send_reply_echo_round_trip() {
+    let serve = Serve::start(&["--echo"]);
+    let msg = pattern(100_000);
+    let out = run(&["send", &serve.addr(), "--reply"], &msg);
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    assert!(out.stdout == msg, "echo differs from what was sent");
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+}
+
+#[test]
+fn test_send_empty_message_round_trip() {
+    let serve = Serve::start(&["--echo"]);
+    let out = run(&["send", &serve.addr(), "--reply"], b"");
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    // Also from an empty file rather than stdin.
+    let path = scratch("empty.bin");
+    std::fs::write(&path, b"").unwrap();
+    let out = run(
+        &["send", &serve.addr(), path.to_str().unwrap(), "--reply"],
+        b"",
+    );
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn test_send_over_max_message_is_rejected_and_server_serves_on() {
+    let serve = Serve::start(&["--echo", "--max-message", "10"]);
+    let out = run(&["send", &serve.addr(), "--reply"], &pattern(11));
+    assert_eq!(out.code, status::REJECTED, "{}", out.stderr);
+    assert!(out.stderr.contains("rejected"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    // Exactly at the limit is fine, and the server is still there.
+    let out = run(&["send", &serve.addr(), "--reply"], &pattern(10));
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    assert_eq!(out.stdout, pattern(10));
+}
+
+#[test]
+fn test_send_streams_a_file_and_a_piped_stdin_beyond_the_memory_buffer() {
+    let serve = Serve::start(&["--echo", "--max-message", "16777216"]);
+    // A file, read in chunks.
+    let big = pattern(5 * 1024 * 1024 + 7);
+    let path = scratch("five-mib.bin");
+    std::fs::write(&path, &big).unwrap();
+    let out = run(
+        &["send", &serve.addr(), path.to_str().unwrap(), "--reply"],
+        b"",
+    );
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    assert!(out.stdout == big, "file echo differs");
+    // A pipe longer than what `send` keeps in memory (8 MiB): spilled to disk.
+    let bigger = pattern(9 * 1024 * 1024 + 3);
+    let out = run(&["send", &serve.addr(), "-", "--reply"], &bigger);
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    assert!(out.stdout == bigger, "piped echo differs");
+}
+
+#[test]
+fn test_serve_print_writes_each_message_raw_and_sink_counts() {
+    let serve = Serve::start(&["--print"]);
+    for part in [&b"hello "[..], b"", b"world\n"] {
+        let out = run(&["send", &serve.addr()], part);
+        assert_eq!(out.code, status::OK, "{}", out.stderr);
+    }
+    assert_eq!(serve.read_stdout(12), b"hello world\n");
+
+    let sink = Serve::start(&["--sink"]);
+    for part in [&b"abc"[..], b"", b"defgh"] {
+        let out = run(&["send", &sink.addr()], part);
+        assert_eq!(out.code, status::OK, "{}", out.stderr);
+    }
+    let (code, stderr) = sink.terminate();
+    assert_eq!(code, status::OK, "{stderr}");
+    assert!(
+        stderr.contains("received 3 message(s), 8 byte(s)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_serve_listens_on_several_addresses_and_stops_on_sigterm() {
+    let serve = Serve::start_on(&["127.0.0.1:0", "127.0.0.1:0"], &["--echo"]);
+    assert_eq!(serve.addrs.len(), 2);
+    assert_ne!(serve.addrs[0], serve.addrs[1]);
+    for addr in serve.addrs.clone() {
+        let out = run(&["send", &addr.to_string(), "--reply"], b"ping");
+        assert_eq!(out.code, status::OK, "{}", out.stderr);
+        assert_eq!(out.stdout, b"ping");
+    }
+    let addr = serve.addr;
+    let started = Instant::now();
+    let (code, stderr) = serve.terminate();
+    assert_eq!(code, status::OK, "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Stopped means no longer listening.
+    let out = run(&["send", &addr.to_string()], b"x");
+    assert_eq!(out.code, status::CONNECT, "{}", out.stderr);
+}
+
+/// Opens a connection and completes the greeting, so the server counts it.
+fn greeted(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&[0xFF]).unwrap();
+    let mut b = [0u8];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(b[0], 0xFF);
+    s
+}
+
+#[test]
+fn test_connection_limit_gets_0xfe_and_a_distinct_status() {
+    let serve = Serve::start(&["--echo", "--max-connections", "1"]);
+    let held = greeted(&serve.addr());
+    let out = run(&["send", &serve.addr(), "--reply"], b"over the limit");
+    assert_eq!(out.code, status::CONNECTION_LIMIT, "{}", out.stderr);
+    assert!(out.stderr.contains("connection limit"), "{}", out.stderr);
+    // The refused peer sees exactly the byte 0xFE and then the end.
+    let mut raw = TcpStream::connect(serve.addr()).unwrap();
+    raw.set_read_timeout(Some(WAIT)).unwrap();
+    raw.write_all(&[0xFF]).unwrap();
+    let mut got = Vec::new();
+    let _ = raw.read_to_end(&mut got);
+    assert_eq!(got, [0xFE]);
+    // Once the held connection ends, there is room again.
+    drop(held);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = run(&["send", &serve.addr(), "--reply"], b"room");
+        if out.code == status::OK {
+            assert_eq!(out.stdout, b"room");
+            break;
+        }
+        assert_eq!(out.code, status::CONNECTION_LIMIT, "{}", out.stderr);
+        assert!(Instant::now() < deadline, "the slot was never freed");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn test_bad_addresses_exit_with_could_not_connect() {
+    // A port nobody listens on (just freed).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for addr in [
+        format!("127.0.0.1:{port}"),
+        "no-such-host.invalid:7000".to_owned(),
+        "not an address".to_owned(),
+    ] {
+        let out = run(&["send", &addr], b"x");
+        assert_eq!(out.code, status::CONNECT, "{addr}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+    }
+    let out = run(&["serve", "--listen", "256.1.1.1:0"], b"");
+    assert_eq!(out.code, status::CONNECT, "{}", out.stderr);
+    let out = run(&["send"], b"");
+    assert_eq!(out.code, status::USAGE, "{}", out.stderr);
+    let out = run(&["send", "127.0.0.1:1", "/no/such/file"], b"");
+    assert_eq!(out.code, status::OTHER, "{}", out.stderr);
+}
+
+/// A listener whose every connection gets `answer` (if any) and is then
+/// left open until the test ends.
+fn fake_peer(answer: Option<u8>) -> (String, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        if let Some(byte) = answer {
+            let _ = s.write_all(&[byte]);
+        }
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    });
+    (addr, handle)
+}
+
+#[test]
+fn test_timeout_when_the_peer_never_answers() {
+    let (addr, peer) = fake_peer(None);
+    let started = Instant::now();
+    let out = run(&["send", &addr, "--timeout", "0.5"], b"anyone?");
+    assert_eq!(out.code, status::TIMEOUT, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    peer.join().unwrap();
+}
+
+#[test]
+fn test_protocol_error_on_a_wrong_greeting_byte() {
+    let (addr, peer) = fake_peer(Some(0x42));
+    let out = run(&["send", &addr, "--timeout", "10"], b"hello");
+    assert_eq!(out.code, status::PROTOCOL, "{}", out.stderr);
+    assert!(out.stderr.contains("0x42"), "{}", out.stderr);
+    peer.join().unwrap();
+}
+
+#[test]
+fn test_reply_that_never_comes_times_out() {
+    // The sink takes the message and never replies.
+    let serve = Serve::start(&["--sink"]);
+    let started = Instant::now();
+    let out = run(&["send", &serve.addr(), "--reply", "--timeout", "1"], b"x");
+    assert_eq!(out.code, status::TIMEOUT, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn test_protocol_error_when_the_peer_closes_instead_of_answering() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let peer = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&[0xFF]).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        // The greeting and the length, then a close instead of the status.
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(b, [0xFF, 0, 0, 0, 5]);
+    });
+    let out = run(&["send", &addr, "--timeout", "10"], b"hello");
+    assert_eq!(out.code, status::PROTOCOL, "{}", out.stderr);
+    peer.join().unwrap();
+}
+
+/// 1,000 connections open at once on one `serve --echo`, each echoing a
+/// message of its own: zero errors.
+#[test]
+fn test_thousand_concurrent_connections_echo_without_errors() {
+    const CONNS: usize = 1000;
+    let serve = Serve::start(&["--echo"]);
+    let addr = serve.addr();
+    let barrier = Arc::new(Barrier::new(CONNS));
+    let mut threads = Vec::new();
+    for i in 0..CONNS {
+        let addr = addr.clone();
+        let barrier = Arc::clone(&barrier);
+        let t = thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || -> Result<(), String> {
+                let run = || -> Result<(), tinyproto::Error<std::io::Error>> {
+                    let stream = TcpStream::connect(&addr)?;
+                    stream.set_read_timeout(Some(WAIT))?;
+                    stream.set_write_timeout(Some(WAIT))?;
+                    let mut conn = tinyproto::blocking::Connection::from_std(stream);
+                    conn.greet()?;
+                    // Every connection is up before any message moves.
+                    barrier.wait();
+                    let mut buf = [0u8; 64];
+                    for round in 0..3u8 {
+                        let msg = format!("conn {i} round {round}");
+                        conn.transmit(msg.as_bytes())?;
+                        let reply = conn.receive(&mut buf)?;
+                        if reply != msg.as_bytes() {
+                            return Err(tinyproto::Error::Broken);
+                        }
+                    }
+                    Ok(())
+                };
+                run().map_err(|e| format!("conn {i}: {e}"))
+            })
+            .unwrap();
+        threads.push(t);
+    }
+    let errors: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap().err())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors, first: {}",
+        errors.len(),
+        errors[0]
+    );
+}
+
+#[test]
+fn test_bench_json_lines_have_the_contract_shape() {
+    let out = run(
+        &[
+            "bench",
+            "--size",
+            "64",
+            "--count",
+            "200",
+            "--connections",
+            "2",
+            "--json",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (line, case) in lines.iter().zip(["raw", "tinyproto"]) {
+        let prefix = format!(
+            "{{\"case\": \"{case}\", \"size\": 64, \"count\": 200, \"connections\": 2, \"msgs_per_s\": "
+        );
+        assert!(line.starts_with(&prefix), "{line}");
+        let rest = &line[prefix.len()..];
+        let (msgs, rest) = rest.split_once(", \"mb_per_s\": ").expect(line);
+        let mb = rest.strip_suffix('}').expect(line);
+        let msgs: f64 = msgs.parse().unwrap();
+        let mb: f64 = mb.parse().unwrap();
+        assert!(msgs > 0.0);
+        assert!((mb - msgs * 64.0 / 1e6).abs() < 0.01, "{line}");
+    }
+}
+
+#[test]
+fn test_bench_table_has_both_cases_and_a_ratio() {
+    let out = run(&["bench", "--size", "100000", "--count", "20"], b"");
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].contains("msgs/s") && lines[0].contains("MB/s"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("raw "), "{text}");
+    assert!(lines[2].starts_with("tinyproto "), "{text}");
+    let ratio: f64 = lines[2].split_whitespace().last().unwrap().parse().unwrap();
+    assert!(ratio > 0.0, "{text}");
+}

@@ -32,7 +32,7 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
     /// How long a connection loop waits for a message before running
     /// `loop_pass` (and sending queued messages, and noticing a stop); also
-    /// the server's accept poll. Default 20 ms (the reference selects for 30 ms).
+    /// the server's accept poll. Default 30 ms, as the reference's select.
     pub poll: Duration,
 }
 
@@ -45,7 +45,7 @@ impl Default for Timeouts {
             write: Duration::from_secs(10),
             receive: Duration::from_secs(30),
             idle: None,
-            poll: Duration::from_millis(20),
+            poll: Duration::from_millis(30),
         }
     }
 }

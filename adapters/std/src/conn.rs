@@ -19,6 +19,9 @@ use crate::ConnId;
 /// most this much beyond the bytes that actually arrived.
 const RECEIVE_CHUNK: usize = 64 * 1024;
 
+/// The shortest wait of [`Conn::try_receive`].
+const MIN_WAIT: Duration = Duration::from_millis(1);
+
 /// The hooks of a connection loop, mirroring the reference's
 /// `TinyProtoConnection` subclass methods. Every method has a default body.
 ///
@@ -242,7 +245,8 @@ impl Conn {
         let io = self.inner.get_mut();
         if !in_progress {
             io.mark_idle();
-            io.set_read_deadline(now + wait, Deadline::Receive);
+            // At least one short read, even for a zero wait.
+            io.set_read_deadline(now + wait.max(MIN_WAIT), Deadline::Receive);
             io.set_write_deadline(None);
         } else {
             // Resuming a message (only after a `Receive` wait ran out on it).

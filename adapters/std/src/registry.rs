@@ -185,7 +185,7 @@ impl Drop for SlotGuard {
         let result = self
             .result
             .take()
-            .unwrap_or_else(|| Err(Error::Panicked("connection thread panicked".into())));
+            .unwrap_or_else(|| Err(Error::Panicked("connection thread ended abnormally".into())));
         let _ = self.ended.send(Ended {
             id: self.id,
             peer: self.peer,

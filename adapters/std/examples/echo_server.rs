@@ -80,7 +80,7 @@ impl ServerHooks for EchoServer {
     ) {
         println!(
             "[{id}] gone; {} connection(s) left",
-            server.connections().len()
+            server.active_connections().len()
         );
     }
 

@@ -163,7 +163,7 @@ impl Client {
     }
 
     /// The registry of active [`connect_to`](Self::connect_to) connections.
-    pub fn connections(&self) -> Connections {
+    pub fn active_connections(&self) -> Connections {
         Connections::new(self.pool.shared.clone())
     }
 
@@ -239,7 +239,7 @@ impl Client {
 
     fn context(&self) -> Context {
         Context {
-            connections: self.connections(),
+            connections: self.active_connections(),
             stop: self.stop.clone(),
             local_addrs: Vec::new(),
         }

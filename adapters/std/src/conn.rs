@@ -27,7 +27,7 @@ const MIN_WAIT: Duration = Duration::from_millis(1);
 ///
 /// Inside a hook the handler may use its connection directly:
 /// [`Conn::transmit`], [`Conn::receive`] (wait for a reply without going
-/// back to the loop), [`Conn::stop`], and through [`Conn::connections`]
+/// back to the loop), [`Conn::stop`], and through [`Conn::active_connections`]
 /// send to other connections. Returning an error from a hook ends the
 /// connection with that error; [`post_loop`](Handler::post_loop) still runs.
 ///
@@ -154,7 +154,7 @@ impl Conn {
     /// The active connections of the server or client running this
     /// connection's loop (`None` for a plain [`Client::connect`](crate::Client::connect)
     /// connection).
-    pub fn connections(&self) -> Option<Connections> {
+    pub fn active_connections(&self) -> Option<Connections> {
         self.attached
             .as_ref()
             .map(|a| Connections::new(a.shared.clone()))

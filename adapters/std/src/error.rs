@@ -144,3 +144,58 @@ impl From<Error> for io::Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinyproto::Phase;
+
+    #[test]
+    fn test_recoverable_errors_table() {
+        let cases: Vec<(Error, bool)> = vec![
+            (tinyproto::Error::Rejected { len: 9 }.into(), true),
+            (
+                tinyproto::Error::TooLarge {
+                    len: 9,
+                    capacity: 8,
+                }
+                .into(),
+                true,
+            ),
+            (tinyproto::Error::Closed.into(), false),
+            (
+                tinyproto::Error::UnexpectedByte {
+                    phase: Phase::Status,
+                    byte: 0xFD,
+                }
+                .into(),
+                false,
+            ),
+            (
+                io::Error::from(io::ErrorKind::ConnectionReset).into(),
+                false,
+            ),
+            (Error::Timeout(Deadline::Receive), true),
+            (Error::Timeout(Deadline::Message), false),
+            (Error::Plugin("bad".into()), true),
+            (Error::Panicked("boom".into()), false),
+            (Error::QueueFull(ConnId(1)), true),
+        ];
+        for (e, recoverable) in cases {
+            assert_eq!(e.is_recoverable(), recoverable, "{e:?}");
+        }
+        assert!(Error::from(tinyproto::Error::Closed).is_closed());
+    }
+
+    #[test]
+    fn test_into_io_error_keeps_kinds() {
+        let e: io::Error = Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).into();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        let e: io::Error = Error::Timeout(Deadline::Write).into();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(e.to_string(), "write deadline ran out");
+        let e: io::Error = Error::UnknownConnection(ConnId(3)).into();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert_eq!(e.to_string(), "no active connection conn#3");
+    }
+}

@@ -162,3 +162,59 @@ impl embedded_io::Write for Io {
         self.stream.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use embedded_io::{Read, Write};
+    use std::net::TcpListener;
+
+    fn pair() -> (Io, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (Io::new(server, Duration::from_secs(5)), client)
+    }
+
+    #[test]
+    fn test_read_deadline_expires_with_its_kind() {
+        let (mut io, _peer) = pair();
+        io.set_read_deadline(
+            Instant::now() + Duration::from_millis(30),
+            Deadline::Greeting,
+        );
+        let e = io.read(&mut [0u8; 4]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(io.take_expired(), Some(Deadline::Greeting));
+        assert_eq!(io.take_expired(), None);
+    }
+
+    #[test]
+    fn test_read_records_the_first_byte_only() {
+        let (mut io, mut peer) = pair();
+        io.set_read_deadline(Instant::now() + Duration::from_secs(30), Deadline::Message);
+        assert!(io.first_byte().is_none());
+        peer.write_all(b"ab").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(io.read(&mut buf).unwrap(), 1);
+        let first = io.first_byte().expect("recorded");
+        assert_eq!(io.read(&mut buf).unwrap(), 1);
+        assert_eq!(io.first_byte(), Some(first));
+        io.mark_idle();
+        assert!(io.first_byte().is_none());
+        drop(peer);
+        assert_eq!(io.read(&mut buf).unwrap(), 0, "end of stream");
+    }
+
+    #[test]
+    fn test_write_after_its_deadline_expires_without_writing() {
+        let (mut io, _peer) = pair();
+        io.set_write_deadline(Some((Instant::now(), Deadline::Message)));
+        let e = io.write(b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(io.take_expired(), Some(Deadline::Message));
+        io.set_write_deadline(None);
+        assert_eq!(io.write(b"x").unwrap(), 1);
+        assert_eq!(io.take_expired(), None);
+    }
+}

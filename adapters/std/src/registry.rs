@@ -141,7 +141,7 @@ pub struct Context {
 
 impl Context {
     /// The active connections.
-    pub fn connections(&self) -> &Connections {
+    pub fn active_connections(&self) -> &Connections {
         &self.connections
     }
 

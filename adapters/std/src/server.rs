@@ -214,7 +214,7 @@ impl Server {
     }
 
     /// The registry of active connections.
-    pub fn connections(&self) -> Connections {
+    pub fn active_connections(&self) -> Connections {
         Connections::new(self.shared.clone())
     }
 
@@ -242,7 +242,7 @@ impl Server {
         }
         let cfg = Arc::new(self.cfg.clone());
         let ctx = Context {
-            connections: self.connections(),
+            connections: self.active_connections(),
             stop: self.stop.clone(),
             local_addrs: self.local_addrs(),
         };

@@ -163,7 +163,7 @@ fn test_server_hook_order() {
         }
         fn conn_init(&mut self, ctx: &Context, id: tinyproto_std::ConnId, _: SocketAddr) {
             assert!(
-                ctx.connections().contains(id),
+                ctx.active_connections().contains(id),
                 "registered before conn_init"
             );
             let _ = self.0.send("conn_init".into());
@@ -274,7 +274,7 @@ fn test_client_loop_with_handler_and_hooks() {
     client.set_conn_handler(move || Counter(c.clone()));
     client.set_hooks(Hooks(hooks.clone()));
     let id = client.connect_to(h.addr).unwrap();
-    assert!(client.connections().contains(id));
+    assert!(client.active_connections().contains(id));
     let watchdog = client.stop_handle();
     let guard = thread::spawn(move || {
         thread::sleep(LONG);

@@ -77,7 +77,7 @@ impl Handler for Recorder {
                 Ok(())
             }
             m if m.starts_with(b"all:") => {
-                let connections = conn.connections().expect("server connection");
+                let connections = conn.active_connections().expect("server connection");
                 connections.broadcast(&m[4..], Some(conn.id()));
                 conn.transmit(b"sent")
             }
@@ -136,7 +136,7 @@ impl Harness {
         });
         configure(&mut server);
         let stop = server.stop_handle();
-        let connections = server.connections();
+        let connections = server.active_connections();
         let thread = thread::spawn(move || server.start());
         Self {
             addr,

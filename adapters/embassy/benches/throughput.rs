@@ -17,7 +17,15 @@ use tinyproto_embassy::{serve, Client, Flow, Handler, ServerConfig, Session, Slo
 
 const MIB: usize = 1 << 20;
 const SOCKET_BUFFER: usize = 32 * 1024;
-const ROUNDS: usize = 20;
+/// Rounds under `cargo bench`; `cargo test --all-targets` runs the same
+/// code (unoptimised) for 2 rounds as a smoke test.
+fn rounds() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        20
+    } else {
+        2
+    }
+}
 
 struct Sink;
 
@@ -79,7 +87,7 @@ fn main() {
                 let (mut rrx2, mut rtx2) = (vec![0u8; SOCKET_BUFFER], vec![0u8; SOCKET_BUFFER]);
                 let mut sock = TcpSocket::new(a, &mut rrx2, &mut rtx2);
                 sock.connect(server_endpoint(7001)).await.unwrap();
-                for _ in 0..ROUNDS {
+                for _ in 0..rounds() {
                     let t = Instant::now();
                     client.transmit(&payload).await.unwrap();
                     tp.push(t.elapsed());
@@ -109,7 +117,11 @@ fn main() {
     };
     let (tp_med, tp_best, tp_t) = stats(&mut tp);
     let (raw_med, raw_best, raw_t) = stats(&mut raw);
-    println!("1 MiB messages over the in-memory embassy-net link, {ROUNDS} rounds each, {} KiB socket buffers", SOCKET_BUFFER / 1024);
+    println!(
+        "1 MiB messages over the in-memory embassy-net link, {} rounds each, {} KiB socket buffers",
+        tp.len(),
+        SOCKET_BUFFER / 1024
+    );
     println!("| path                         | median ms | median MB/s | best MB/s |");
     println!("|------------------------------|-----------|-------------|-----------|");
     println!(

@@ -37,6 +37,9 @@ impl<'a> Client<'a> {
     /// Connects to `remote` within [`Timeouts::connect`] and exchanges the
     /// greeting within [`Timeouts::greeting`]. A full server shows up here as
     /// [`Error::ConnectionLimit`](tinyproto::Error::ConnectionLimit).
+    ///
+    /// The buffers stay borrowed even on failure; to retry with the same
+    /// buffers use [`Client::connect_socket`], which hands the socket back.
     pub async fn connect(
         stack: Stack<'a>,
         rx_buffer: &'a mut [u8],
@@ -44,10 +47,22 @@ impl<'a> Client<'a> {
         remote: impl Into<IpEndpoint>,
         timeouts: Timeouts,
     ) -> Result<Self, Error> {
+        let socket = Socket::new(TcpSocket::new(stack, rx_buffer, tx_buffer), timeouts);
+        Self::connect_socket(socket, remote)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// Like [`Client::connect`] over a socket you made (with
+    /// [`Socket::new`]); on failure the socket comes back, closed and ready
+    /// for another attempt.
+    pub async fn connect_socket(
+        mut socket: Socket<'a>,
+        remote: impl Into<IpEndpoint>,
+    ) -> Result<Self, (Error, Socket<'a>)> {
         let remote = remote.into();
-        let mut socket = Socket::new(TcpSocket::new(stack, rx_buffer, tx_buffer), timeouts);
         let limit = Some((
-            embassy_time::Instant::now() + timeouts.connect,
+            embassy_time::Instant::now() + socket.timeouts().connect,
             Deadline::Connect,
         ));
         let connected = bounded(limit, async {
@@ -60,18 +75,18 @@ impl<'a> Client<'a> {
         .await;
         if let Err(e) = connected {
             debug!("connect to {:?} failed: {:?}", remote, e);
-            socket.tcp_mut().abort();
-            return Err(Error::Io(e));
+            socket.abort().await;
+            return Err((Error::Io(e), socket));
         }
-        let mut client = Self {
-            conn: Connection::new(socket),
-        };
-        if let Err(e) = session::greet(&mut client.conn).await {
+        let mut conn = Connection::new(socket);
+        if let Err(e) = session::greet(&mut conn).await {
             debug!("greeting with {:?} failed: {:?}", remote, e);
-            let _ = client.conn.get_mut().close().await;
-            return Err(e);
+            let mut socket = conn.into_inner();
+            let _ = socket.close().await;
+            socket.abort().await;
+            return Err((e, socket));
         }
-        Ok(client)
+        Ok(Self { conn })
     }
 
     /// The operations with their deadlines, as the server's handlers get them.

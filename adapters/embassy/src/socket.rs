@@ -184,12 +184,19 @@ impl<'a> Socket<'a> {
         trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
         if flushed.is_err() {
             debug!("close timed out: aborting");
-            self.tcp.abort();
-            // Let the RST leave before the socket goes.
-            let rst = Some((Instant::now() + Duration::from_millis(100), Deadline::Close));
-            let _ = bounded(rst, self.tcp.flush()).await;
+            self.abort().await;
         }
         flushed
+    }
+
+    /// Resets the connection (RST) and waits briefly (100 ms at most) for
+    /// the RST to leave. The socket is closed afterwards and may connect or
+    /// listen again.
+    pub async fn abort(&mut self) {
+        self.end_exchange();
+        self.tcp.abort();
+        let rst = Some((Instant::now() + Duration::from_millis(100), Deadline::Close));
+        let _ = bounded(rst, self.tcp.flush()).await;
     }
 }
 

@@ -15,6 +15,7 @@ mod exit;
 mod progress;
 mod send;
 mod serve;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,7 +70,9 @@ struct ServeCli {
     /// byte 0xFE and is closed.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Answer 0x00 to messages longer than BYTES.
+    /// Answer 0x00 to messages longer than BYTES [default: 16777216 for
+    /// --echo, which holds whole messages; the protocol's 4043309055 for
+    /// --sink and --print, which stream them].
     #[arg(long, value_name = "BYTES", value_parser = parse_message_len)]
     max_message: Option<u32>,
     /// Close a connection that keeps a read or write waiting this long.

@@ -3,7 +3,10 @@
 //!
 //! Listening, one thread per connection, the connection limit (0xFE), the
 //! message limit (0x00), deadlines and the graceful stop are the std
-//! adapter's; this module only maps the command line onto it.
+//! adapter's; this module only maps the command line onto it. `--sink` and
+//! `--print` stream each message in chunks (see [`crate::streaming`], a
+//! stopgap until the adapter has a chunked receive hook); `--echo` holds
+//! whole messages, up to `--max-message` (16 MiB unless given).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +17,8 @@ use std::time::Duration;
 use tinyproto_std::{Conn, Error, Handler, Server, Timeouts};
 
 use crate::exit::{self, Failure};
+use crate::streaming::{Output, Streaming};
+use tinyproto::MAX_MESSAGE_LEN;
 
 /// How often the signal watcher looks at the flag.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
@@ -46,9 +51,11 @@ pub struct ServeArgs {
 
 /// Totals of `--sink`, reported on stop.
 #[derive(Debug, Default)]
-struct Totals {
-    messages: AtomicU64,
-    bytes: AtomicU64,
+pub struct Totals {
+    /// Whole messages received.
+    pub messages: AtomicU64,
+    /// Their payload bytes.
+    pub bytes: AtomicU64,
 }
 
 struct Echo;
@@ -56,28 +63,6 @@ struct Echo;
 impl Handler for Echo {
     fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
         conn.transmit(&msg)
-    }
-}
-
-struct Sink(Arc<Totals>);
-
-impl Handler for Sink {
-    fn transmission_received(&mut self, _conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        self.0.messages.fetch_add(1, Ordering::Relaxed);
-        self.0.bytes.fetch_add(msg.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-struct Print;
-
-impl Handler for Print {
-    fn transmission_received(&mut self, _conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        // One lock per message: messages of several connections never interleave.
-        let mut out = io::stdout().lock();
-        out.write_all(&msg)?;
-        out.flush()?;
-        Ok(())
     }
 }
 
@@ -95,15 +80,27 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
         out.flush().map_err(|e| Failure::io("stdout", e))?;
     }
     let totals = Arc::new(Totals::default());
+    let streamed = |output: Output| {
+        let handler = Streaming {
+            output,
+            max_message: args.max_message.unwrap_or(MAX_MESSAGE_LEN),
+            timeout: args.timeout,
+        };
+        move || Streaming {
+            output: handler.output.clone(),
+            ..handler
+        }
+    };
     match args.mode {
         Mode::Echo => server.set_conn_handler(|| Echo),
-        Mode::Sink => {
-            let totals = Arc::clone(&totals);
-            server.set_conn_handler(move || Sink(Arc::clone(&totals)));
-        }
-        Mode::Print => server.set_conn_handler(|| Print),
+        Mode::Sink => server.set_conn_handler(streamed(Output::Sink(Arc::clone(&totals)))),
+        // Each message holds stdout while it streams: messages of several
+        // connections never interleave.
+        Mode::Print => server.set_conn_handler(streamed(Output::Print)),
     }
     server.set_connection_limit(args.max_connections);
+    // Echo holds whole messages: the adapter's default limit (16 MiB) stands
+    // unless given. Sink and print stream, and take the protocol's largest.
     if let Some(len) = args.max_message {
         server.set_max_message_len(len);
     }

@@ -343,3 +343,65 @@ fn test_bench_table_has_both_cases_and_a_ratio() {
     let ratio: f64 = lines[2].split_whitespace().last().unwrap().parse().unwrap();
     assert!(ratio > 0.0, "{text}");
 }
+
+#[test]
+fn test_sink_streams_messages_over_the_echo_limit_and_honours_max_message() {
+    let sink = Serve::start(&["--sink"]);
+    // Larger than the 16 MiB `--echo` holds by default: streamed, accepted.
+    let path = scratch("twenty-mib.bin");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(20 << 20).unwrap();
+    let out = run(&["send", &sink.addr(), path.to_str().unwrap()], b"");
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    let (code, stderr) = sink.terminate();
+    assert_eq!(code, status::OK, "{stderr}");
+    assert!(
+        stderr.contains(&format!("received 1 message(s), {} byte(s)", 20 << 20)),
+        "{stderr}"
+    );
+
+    let limited = Serve::start(&["--sink", "--max-message", "10"]);
+    let out = run(&["send", &limited.addr()], &pattern(11));
+    assert_eq!(out.code, status::REJECTED, "{}", out.stderr);
+    let out = run(&["send", &limited.addr()], &pattern(10));
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    let (code, stderr) = limited.terminate();
+    assert_eq!(code, status::OK, "{stderr}");
+    assert!(
+        stderr.contains("received 1 message(s), 10 byte(s)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_serve_timeout_closes_idle_connections_in_every_mode() {
+    for mode in ["--echo", "--sink", "--print"] {
+        let serve = Serve::start(&[mode, "--timeout", "0.5"]);
+        let mut held = greeted(&serve.addr());
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        // The server closes: end of stream (or a reset), well before WAIT.
+        let _ = held.read_to_end(&mut rest);
+        let waited = started.elapsed();
+        assert!(rest.is_empty(), "{mode}: {rest:?}");
+        assert!(
+            waited >= Duration::from_millis(400) && waited < Duration::from_secs(10),
+            "{mode}: closed after {waited:?}"
+        );
+    }
+}
+
+#[test]
+fn test_sigterm_stops_serve_with_open_idle_connections() {
+    for mode in ["--echo", "--sink"] {
+        let serve = Serve::start(&[mode, "--max-connections", "1"]);
+        let _held = greeted(&serve.addr());
+        // The streaming sink still counts against the limit.
+        let out = run(&["send", &serve.addr()], b"x");
+        assert_eq!(out.code, status::CONNECTION_LIMIT, "{mode}: {}", out.stderr);
+        let started = Instant::now();
+        let (code, stderr) = serve.terminate();
+        assert_eq!(code, status::OK, "{mode}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{mode}");
+    }
+}

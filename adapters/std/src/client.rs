@@ -177,9 +177,9 @@ impl Client {
     /// `Error::Protocol(tinyproto::Error::ConnectionLimit)` when the server
     /// is full.
     pub fn connect(&self, addr: impl ToSocketAddrs) -> Result<Conn, Error> {
-        let stream = self.open(addr)?;
+        let (stream, peer) = self.open(addr)?;
         let id = self.pool.shared.new_id();
-        let mut conn = Conn::new(id, stream, Arc::new(self.cfg.clone()))?;
+        let mut conn = Conn::new(id, stream, peer, Arc::new(self.cfg.clone()));
         conn.greet()?;
         log::debug!("{id}: connected to {}", conn.peer_addr());
         Ok(conn)
@@ -245,11 +245,11 @@ impl Client {
         }
     }
 
-    fn open(&self, addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
+    fn open(&self, addr: impl ToSocketAddrs) -> Result<(TcpStream, SocketAddr), Error> {
         let mut last = None;
         for addr in addr.to_socket_addrs()? {
             match TcpStream::connect_timeout(&addr, self.cfg.timeouts.connect) {
-                Ok(stream) => return Ok(stream),
+                Ok(stream) => return Ok((stream, addr)),
                 Err(e) => last = Some(e),
             }
         }

@@ -98,15 +98,22 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, stream: TcpStream, cfg: SharedConfig) -> std::io::Result<Self> {
-        stream.set_nonblocking(false)?;
-        stream.set_nodelay(cfg.nodelay)?;
-        let peer = stream.peer_addr()?;
-        let local = stream.local_addr()?;
+    /// Wraps a connected stream. Never fails: a socket that was reset
+    /// already fails at the greeting, with a typed error its handler sees.
+    pub(crate) fn new(id: ConnId, stream: TcpStream, peer: SocketAddr, cfg: SharedConfig) -> Self {
+        if let Err(e) = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_nodelay(cfg.nodelay))
+        {
+            log::debug!("{id}: socket options not set: {e}");
+        }
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let mut inner = Connection::new(Io::new(stream, cfg.timeouts.write));
         inner.set_max_message_len(cfg.max_message_len);
         let now = Instant::now();
-        Ok(Self {
+        Self {
             id,
             inner,
             peer,
@@ -118,7 +125,7 @@ impl Conn {
             failed: false,
             stop: false,
             attached: None,
-        })
+        }
     }
 
     pub(crate) fn attach(&mut self, attached: Attached) {

@@ -263,13 +263,7 @@ impl Server {
                                 continue;
                             }
                             let id = self.shared.new_id();
-                            let conn = match Conn::new(id, stream, cfg.clone()) {
-                                Ok(conn) => conn,
-                                Err(e) => {
-                                    log::warn!("dropping {peer}: {e}");
-                                    continue;
-                                }
-                            };
+                            let conn = Conn::new(id, stream, peer, cfg.clone());
                             log::debug!("{id}: accepted {peer}");
                             let factory = &self.factory;
                             let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {

@@ -252,10 +252,12 @@ fn test_flood_of_garbage_connections_then_normal_service() {
     let workers: Vec<_> = (0..2)
         .map(|w| {
             thread::spawn(move || {
+                let mut connected = 0;
                 for i in (w..FLOOD).step_by(2) {
                     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
                         continue;
                     };
+                    connected += 1;
                     let _ = match i % 5 {
                         0 => Ok(()),                                       // connect, close
                         1 => s.write_all(&[0x13, 0x37, 0x00]),             // bad greeting
@@ -264,25 +266,34 @@ fn test_flood_of_garbage_connections_then_normal_service() {
                         _ => s.write_all(&[0xFF, 0, 0]),                   // close mid-length
                     };
                 }
+                connected
             })
         })
         .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
+    let connected: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(
+        connected > FLOOD / 2,
+        "only {connected} flood connections were made"
+    );
     assert_serves(&h);
     let mut conn = Client::new().connect(h.addr).unwrap();
     conn.transmit(&[9; 100_000]).unwrap();
     assert_eq!(conn.receive().unwrap(), vec![9; 100_000]);
     conn.close();
     h.wait_no_connections();
-    // Every garbage connection ended through post_loop and conn_shutdown.
-    let shutdowns = h
-        .drain_events()
-        .iter()
-        .filter(|(_, e)| matches!(e, Event::Shutdown(_)))
-        .count();
-    assert!(shutdowns >= FLOOD, "{shutdowns} conn_shutdown calls");
+    // Every connection (garbage or not) ended through post_loop and
+    // conn_shutdown.
+    let events = h.drain_events();
+    let count = |f: fn(&Event) -> bool| events.iter().filter(|(_, e)| f(e)).count();
+    let posts = count(|e| matches!(e, Event::PostLoop(_)));
+    let shutdowns = count(|e| matches!(e, Event::Shutdown(_)));
+    let inits = h.inits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        inits >= connected + 2,
+        "{inits} conn_init calls for {connected} + 2 connections"
+    );
+    assert_eq!(shutdowns, inits, "every conn_init has its conn_shutdown");
+    assert_eq!(posts, inits, "every connection ran post_loop");
 }
 
 #[test]

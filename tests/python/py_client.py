@@ -8,8 +8,12 @@ inside transmission_received, and expects b"got:answer". Prints
 "PYCLIENT OK <n>" and exits 0 on success, exits 1 otherwise.
 
     python py_client.py --port P [--zlib] [--sizes 0,1,5] [--req]
+
+With --expect-refusal it only greets, and prints "PYCLIENT REFUSED <error> | rest=<hex>"
+when the server answers the greeting with anything but 0xFF.
 """
 import argparse
+import socket
 import sys
 import time
 
@@ -58,7 +62,28 @@ def main():
     parser.add_argument("--sizes", default="0,1,5")
     parser.add_argument("--req", action="store_true")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--expect-refusal", action="store_true")
     args = parser.parse_args()
+
+    if args.expect_refusal:
+        sock = socket.create_connection(("127.0.0.1", args.port), timeout=30)
+        conn = tinyproto.TinyProtoConnection(sock, socket_already_up=True)
+        try:
+            conn._initialise_connection()
+        except tinyproto.TinyProtoError as e:
+            # The reference names the byte it got instead of 0xFF; anything
+            # after it, up to the close, is reported too.
+            sock.settimeout(10)
+            rest = b""
+            while len(rest) < 1024:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                rest += chunk
+            print(f"PYCLIENT REFUSED {e} | rest={rest.hex()}", flush=True)
+            return 0
+        print("PYCLIENT FAILED greeting accepted", flush=True)
+        return 1
 
     script = []
     for size in filter(None, args.sizes.split(",")):

@@ -57,6 +57,9 @@ pub fn python() -> Option<PathBuf> {
 pub struct PyProcess {
     child: Child,
     lines: Receiver<String>,
+    /// Everything the process wrote to stderr so far (shown on failure only:
+    /// the reference prints a traceback whenever a peer hangs up).
+    stderr: Arc<Mutex<String>>,
     name: String,
 }
 
@@ -71,9 +74,20 @@ impl PyProcess {
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {} {script}: {e}", python.display()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut pipe, &mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -87,8 +101,14 @@ impl PyProcess {
         Self {
             child,
             lines,
+            stderr,
             name: script.to_owned(),
         }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// The next stdout line starting with `prefix` (others are skipped),
@@ -100,7 +120,11 @@ impl PyProcess {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(line) => eprintln!("[{}] {line}", self.name),
-                Err(e) => panic!("{}: no line starting with {prefix:?}: {e}", self.name),
+                Err(e) => panic!(
+                    "{}: no line starting with {prefix:?}: {e}\n--- stderr ---\n{}",
+                    self.name,
+                    self.stderr()
+                ),
             }
         }
     }
@@ -114,7 +138,11 @@ impl PyProcess {
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
-                panic!("{} did not exit within {timeout:?}", self.name);
+                panic!(
+                    "{} did not exit within {timeout:?}\n--- stderr ---\n{}",
+                    self.name,
+                    self.stderr()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -125,8 +153,12 @@ impl PyProcess {
     pub fn client_ok(&mut self, timeout: Duration) -> usize {
         let line = self.expect_line("PYCLIENT", timeout);
         let code = self.wait(Duration::from_secs(30));
-        assert!(line.starts_with("PYCLIENT OK "), "{line}");
-        assert_eq!(code, 0, "{line}");
+        let stderr = self.stderr();
+        assert!(
+            line.starts_with("PYCLIENT OK "),
+            "{line}\n--- stderr ---\n{stderr}"
+        );
+        assert_eq!(code, 0, "{line}\n--- stderr ---\n{stderr}");
         line["PYCLIENT OK ".len()..].trim().parse().expect("count")
     }
 

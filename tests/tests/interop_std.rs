@@ -181,3 +181,28 @@ fn zlib_plugin_rust_client_python_server() {
     );
     conn.close();
 }
+
+/// The reference client meets the Rust server's connection limit: it reads
+/// exactly the one byte 0xFE instead of the greeting, then the close.
+#[test]
+fn python_client_at_the_rust_server_connection_limit() {
+    let Some(py) = python() else { return };
+    let mut server = Server::new();
+    server.set_conn_handler(|| EchoHandler);
+    server.set_connection_limit(Some(1));
+    let mut server = RunningServer::start(server);
+    let mut holder = Client::new()
+        .connect(server.addr)
+        .expect("first connection");
+    let port = server.addr.port().to_string();
+    let mut refused = PyProcess::spawn(&py, "py_client.py", &["--port", &port, "--expect-refusal"]);
+    let line = refused.expect_line("PYCLIENT", LONG);
+    assert_eq!(refused.wait(LONG), 0, "{line}");
+    assert!(line.contains(r"bytearray(b'\xfe')"), "{line}");
+    assert!(line.ends_with("| rest="), "nothing after 0xFE: {line}");
+    // The slot holder is served all along.
+    holder.transmit(b"still mine").unwrap();
+    assert_eq!(holder.receive().unwrap(), b"still mine");
+    holder.close();
+    server.stop();
+}

@@ -227,14 +227,10 @@ fn test_peer_that_stops_reading_is_cut_by_the_write_timeout() {
 #[test]
 fn test_idle_timeout_closes_a_silent_connection() {
     let h = Harness::start(|s| {
-        s.set_timeouts(Timeouts::default().with_idle(Some(Duration::from_millis(300))))
+        s.set_timeouts(Timeouts::default().with_idle(Some(Duration::from_millis(500))))
     });
-    let mut client = Client::new();
-    client.set_timeout(LONG);
-    let mut conn = client.connect(h.addr).unwrap();
-    conn.transmit(b"one").unwrap();
-    assert_eq!(conn.receive().unwrap(), b"one");
-    // Now silent: the server ends the connection.
+    let mut conn = Client::new().connect(h.addr).unwrap();
+    // Greeted, then silent: the server ends the connection.
     match conn.receive() {
         Err(e) if e.is_closed() => {}
         other => panic!("expected the server to close, got {other:?}"),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use tinyproto_std::{
-    Client, ClientHooks, Conn, Context, Deadline, Error, Handler, Server, ServerHooks,
+    Client, ClientHooks, Conn, Context, Deadline, Error, Handler, Server, ServerHooks, Timeouts,
 };
 
 #[test]
@@ -158,8 +158,12 @@ fn test_server_hook_order() {
             let _ = self.0.send("server pre_loop".into());
         }
         fn loop_pass(&mut self, ctx: &Context) {
-            let _ = self.0.send("server loop_pass".into());
-            assert!(!ctx.local_addrs().is_empty());
+            let what = if ctx.local_addrs().is_empty() {
+                "server loop_pass without addresses"
+            } else {
+                "server loop_pass"
+            };
+            let _ = self.0.send(what.into());
         }
         fn conn_init(&mut self, ctx: &Context, id: tinyproto_std::ConnId, _: SocketAddr) {
             assert!(
@@ -251,7 +255,9 @@ fn test_client_loop_with_handler_and_hooks() {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
         fn loop_pass(&mut self, ctx: &Context) {
-            assert!(ctx.local_addrs().is_empty());
+            if !ctx.local_addrs().is_empty() {
+                self.0.fetch_add(10_000, Ordering::SeqCst);
+            }
         }
         fn post_loop(&mut self, _: &Context) {
             self.0.fetch_add(100, Ordering::SeqCst);
@@ -263,8 +269,9 @@ fn test_client_loop_with_handler_and_hooks() {
             _: SocketAddr,
             r: &Result<(), Error>,
         ) {
-            assert!(r.is_ok(), "{r:?}");
-            self.0.fetch_add(10, Ordering::SeqCst);
+            // 10 for a clean end, something else shows up in the sum.
+            let n = if r.is_ok() { 10 } else { 1_000 };
+            self.0.fetch_add(n, Ordering::SeqCst);
         }
     }
     let count = Arc::new(AtomicUsize::new(0));
@@ -290,7 +297,7 @@ fn test_client_loop_with_handler_and_hooks() {
 fn test_plain_client_receive_timeout_is_recoverable() {
     let h = Harness::start(|_| {});
     let mut client = Client::new();
-    client.set_timeout(Duration::from_millis(200));
+    client.set_timeouts(Timeouts::default().with_receive(Duration::from_millis(200)));
     let mut conn = client.connect(h.addr).unwrap();
     match conn.receive() {
         Err(Error::Timeout(Deadline::Receive)) => {}

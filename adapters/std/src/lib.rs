@@ -42,3 +42,30 @@ impl fmt::Display for ConnId {
         write!(f, "conn#{}", self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    /// A server or client moves into the thread that runs it; handles are
+    /// shared between threads.
+    #[test]
+    fn test_types_cross_threads() {
+        assert_send::<Server>();
+        assert_send::<Client>();
+        assert_send::<Conn>();
+        assert_send::<Error>();
+        assert_send_sync::<Connections>();
+        assert_send_sync::<StopHandle>();
+        assert_send_sync::<Context>();
+    }
+
+    #[test]
+    fn test_conn_id_display() {
+        assert_eq!(ConnId(7).to_string(), "conn#7");
+        assert_eq!(ConnId(7).as_u64(), 7);
+    }
+}

@@ -16,7 +16,9 @@
 //! peer parses exactly the bytes the model expects (a message reaches it
 //! whole or not at all; our statuses are the model's); nothing is delivered
 //! partially; the driver never reads a byte the peer would not send and
-//! never touches the transport once broken.
+//! never touches the transport once broken. The peer sees our bytes only
+//! when we flush: the driver must flush before it waits to read, and a
+//! successful `transmit` must return flushed.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -122,6 +124,15 @@ enum PeerState {
     AwaitStatus { payload: Vec<u8> },
 }
 
+/// What the peer does next, once it is between messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PeerAction {
+    /// Take a message from us, answering `accept`.
+    Expect { accept: bool },
+    /// Send `payload` to us.
+    Send { payload: Vec<u8> },
+}
+
 /// A reactive peer that follows the protocol by the letter (written
 /// independently of tinyproto's machines), behind a transport that pends,
 /// splits and stalls as the plan says.
@@ -140,10 +151,14 @@ struct Sim {
     /// Our greeting arrived.
     our_greeting: bool,
     state: PeerState,
+    /// The peer's next exchange, queued until the current one ends.
+    queued: Option<PeerAction>,
     /// Messages that reached the peer whole.
     received: Vec<Vec<u8>>,
     /// Every status byte we answered to the peer's lengths.
     statuses: Vec<u8>,
+    /// Bytes we wrote; the peer sees them only once we flush.
+    outbox: Vec<u8>,
     written: usize,
 }
 
@@ -158,8 +173,10 @@ impl Sim {
             budget: None,
             our_greeting: false,
             state: PeerState::Idle,
+            queued: None,
             received: Vec::new(),
             statuses: Vec::new(),
+            outbox: Vec::new(),
             written: 0,
         }
     }
@@ -231,23 +248,48 @@ impl Sim {
         }
     }
 
-    /// Sets the peer up for our transmit.
+    /// Sets the peer up for our transmit, once it is done with the last
+    /// exchange (a status of ours may still be unflushed).
     fn expect_message(&mut self, accept: bool) {
-        assert_eq!(self.state, PeerState::Idle);
-        self.state = PeerState::AwaitLength {
-            accept,
-            got: Vec::new(),
-        };
+        self.queue(PeerAction::Expect { accept });
     }
 
-    /// Lets the peer start sending `payload`.
+    /// Lets the peer start sending `payload` once it is done with the last
+    /// exchange.
     fn send_message(&mut self, payload: &[u8]) {
-        assert_eq!(self.state, PeerState::Idle);
-        self.inbound
-            .extend((payload.len() as u32).to_be_bytes().iter());
-        self.state = PeerState::AwaitStatus {
+        self.queue(PeerAction::Send {
             payload: payload.to_vec(),
-        };
+        });
+    }
+
+    fn queue(&mut self, action: PeerAction) {
+        assert!(
+            self.queued.is_none(),
+            "the peer never finished the last exchange"
+        );
+        self.queued = Some(action);
+        self.start_next();
+    }
+
+    /// Starts the queued action if the peer is between messages.
+    fn start_next(&mut self) {
+        if self.state != PeerState::Idle {
+            return;
+        }
+        match self.queued.take() {
+            None => {}
+            Some(PeerAction::Expect { accept }) => {
+                self.state = PeerState::AwaitLength {
+                    accept,
+                    got: Vec::new(),
+                };
+            }
+            Some(PeerAction::Send { payload }) => {
+                self.inbound
+                    .extend((payload.len() as u32).to_be_bytes().iter());
+                self.state = PeerState::AwaitStatus { payload };
+            }
+        }
     }
 
     /// A snapshot of everything an operation might change.
@@ -263,6 +305,10 @@ impl ErrorType for Sim {
 impl Read for Sim {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Stall> {
         let max = self.begin_call().await?;
+        assert!(
+            self.outbox.is_empty(),
+            "the driver waits to read with unflushed bytes the peer cannot see"
+        );
         if self.budget == Some(0) {
             return Ok(0);
         }
@@ -289,15 +335,18 @@ impl Write for Sim {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, Stall> {
         let max = self.begin_call().await?;
         let n = buf.len().min(max);
-        for &byte in &buf[..n] {
-            self.on_byte(byte);
-        }
+        self.outbox.extend_from_slice(&buf[..n]);
         self.written += n;
         Ok(n)
     }
 
     async fn flush(&mut self) -> Result<(), Stall> {
-        self.begin_call().await.map(|_| ())
+        self.begin_call().await?;
+        for byte in std::mem::take(&mut self.outbox) {
+            self.on_byte(byte);
+            self.start_next();
+        }
+        Ok(())
     }
 }
 
@@ -501,6 +550,12 @@ pub fn check(input: &Input) {
             }
         };
         assert_eq!(got, want, "{op:?}");
+        if matches!(op, Op::Transmit { .. }) && got.is_ok() {
+            assert!(
+                conn.get_ref().outbox.is_empty(),
+                "transmit returned unflushed"
+            );
+        }
         assert_eq!(conn.is_broken(), model.broken, "broken after {op:?}");
         assert!(!conn.is_in_progress(), "still in progress after {op:?}");
         if was_broken {
@@ -510,6 +565,12 @@ pub fn check(input: &Input) {
                 "touched the transport while broken"
             );
         }
+    }
+    // A refusal's 0x00 may still wait for the next flush; the peer counts
+    // it once it is flushed.
+    if !model.broken {
+        conn.get_mut().stall_in = None;
+        assert_eq!(drive(conn.flush(), MAX_POLLS), Some(Ok(())));
     }
     let sim = conn.get_ref();
     assert_eq!(sim.received, model.received, "messages the peer got");

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# tinyproto-embassy: no_std builds (Cortex-M0 thumbv6m, Cortex-M4F thumbv7em;
+# without logging, with defmt, with log), the firmware examples (with and
+# without defmt) with their flash/RAM report, and the throughput benchmark
+# table (release, in-memory link). Installs what it needs. About 3-4 min.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if ! command -v arm-none-eabi-size >/dev/null 2>&1; then
+    echo "==> installing binutils-arm-none-eabi"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends binutils-arm-none-eabi >/dev/null
+fi
+rustup target add thumbv6m-none-eabi thumbv7em-none-eabihf >/dev/null
+
+for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
+    for features in "" "--features defmt" "--features log" "--no-default-features --features medium-ip"; do
+        echo "==> cargo build -p tinyproto-embassy --target $target $features"
+        # shellcheck disable=SC2086
+        cargo build -q -p tinyproto-embassy --target "$target" $features
+    done
+done
+if cargo build -q -p tinyproto-embassy --features defmt,log 2>/dev/null; then
+    echo "FAIL: defmt and log together must not compile" >&2
+    exit 1
+fi
+
+echo "==> firmware examples (thumbv7em-none-eabihf)"
+(
+    cd examples/firmware
+    cargo build -q --release --locked --features defmt --target-dir target/defmt
+    cargo build -q --release --locked
+    python3 size-report.py target/thumbv7em-none-eabihf/release
+)
+
+echo "==> throughput benchmark (release)"
+cargo bench -q -p tinyproto-embassy --bench throughput

@@ -14,6 +14,9 @@
 //!   for one byte at the end; tinyproto sends `count` messages and waits for
 //!   an empty message at the end.
 //!
+//! Each case runs [`RUNS`] times, raw and tinyproto alternating, and the best
+//! run of each is reported.
+//!
 //! Before the clock starts each client tells its server how many messages to
 //! expect (eight bytes, raw or as a tinyproto message) and all clients meet at
 //! a barrier; the clock stops when every client has its final answer.
@@ -40,6 +43,9 @@ const READ_CHUNK: usize = 128 * 1024;
 const SMALL_COUNT: u64 = 20_000;
 /// Default bytes per case for large messages.
 const LARGE_BYTES: u64 = 1 << 30;
+/// Runs of each case, alternating; the best counts (the machine may be busy
+/// with other work; interference only ever slows a run down).
+const RUNS: usize = 3;
 /// Stack of the bench threads (there may be thousands of them).
 const STACK: usize = 256 * 1024;
 /// Nothing in the bench waits longer than this on a socket.
@@ -86,6 +92,14 @@ struct Measurement {
 }
 
 impl Measurement {
+    fn best(self, other: Self) -> Self {
+        if other.msgs_per_s > self.msgs_per_s {
+            other
+        } else {
+            self
+        }
+    }
+
     fn json(&self) -> String {
         format!(
             "{{\"case\": \"{}\", \"size\": {}, \"count\": {}, \"connections\": {}, \"msgs_per_s\": {:.3}, \"mb_per_s\": {:.3}}}",
@@ -128,8 +142,12 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         } else {
             (LARGE_BYTES / u64::from(size)).max(16)
         });
-        let raw = measure(Case::Raw, size, count, args.connections)?;
-        let tiny = measure(Case::Tinyproto, size, count, args.connections)?;
+        let mut raw = measure(Case::Raw, size, count, args.connections)?;
+        let mut tiny = measure(Case::Tinyproto, size, count, args.connections)?;
+        for _ in 1..RUNS {
+            raw = raw.best(measure(Case::Raw, size, count, args.connections)?);
+            tiny = tiny.best(measure(Case::Tinyproto, size, count, args.connections)?);
+        }
         if args.json {
             println!("{}", raw.json());
             println!("{}", tiny.json());

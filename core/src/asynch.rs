@@ -192,16 +192,22 @@ impl State {
     }
 }
 
+/// Flushes what was written since the last flush, if anything.
+async fn flush_pending<T: Write>(io: &mut T, needs_flush: &mut bool) -> Result<(), T::Error> {
+    if *needs_flush {
+        io.flush().await?;
+        *needs_flush = false;
+    }
+    Ok(())
+}
+
 async fn read_some<T: Read + Write>(
     io: &mut T,
     needs_flush: &mut bool,
     buf: &mut [u8],
 ) -> Result<usize, T::Error> {
     // A peer only answers what it has seen: flush before waiting on it.
-    if *needs_flush {
-        io.flush().await?;
-        *needs_flush = false;
-    }
+    flush_pending(io, needs_flush).await?;
     io.read(buf).await
 }
 
@@ -428,8 +434,14 @@ impl<T: Read + Write> Connection<T> {
                     rx.wrote(n);
                 }
                 RecvStep::ReadPayload { offset, remaining } => return Ok(offset + remaining),
-                RecvStep::Delivered { len } => return Ok(len),
+                // No payload read follows an empty message or a refusal, so
+                // the status must not wait in a buffer for one.
+                RecvStep::Delivered { len } => {
+                    flush_pending(io, &mut state.needs_flush).await?;
+                    return Ok(len);
+                }
                 RecvStep::Refused { len } => {
+                    flush_pending(io, &mut state.needs_flush).await?;
                     state.op = Op::Idle;
                     return Err(Error::TooLarge {
                         len: len.into(),

@@ -381,3 +381,35 @@ fn test_transmit_too_large_sends_nothing() {
     assert_eq!(conn.get_ref().output, [0xFF], "only the greeting");
     assert!(!conn.is_broken());
 }
+
+/// Every call returns with what it wrote flushed, so a peer waiting on a
+/// buffered transport is never left hanging: a refusal, an empty message,
+/// a delivered message, a sent one.
+#[test]
+fn test_every_call_returns_flushed() {
+    let mut peer = vec![0xFF, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, b'x'];
+    peer.push(0xFF); // accepts our message
+    let mut conn = tinyproto::blocking::Connection::new(ScriptIo::new(peer, Shape::WHOLE));
+    let mut buf = [0u8; 4];
+    let flushed = |c: &tinyproto::blocking::Connection<ScriptIo>| {
+        c.get_ref().flushed == c.get_ref().output.len()
+    };
+    assert_eq!(
+        conn.receive(&mut buf).map(|m| m.len()),
+        Err(Error::TooLarge {
+            len: 9,
+            capacity: 4
+        })
+    );
+    assert!(flushed(&conn), "0x00 left unflushed");
+    assert_eq!(conn.receive(&mut buf), Ok(&b""[..]));
+    assert!(flushed(&conn), "0xFF of an empty message left unflushed");
+    assert_eq!(conn.receive(&mut buf), Ok(&b"x"[..]));
+    assert!(flushed(&conn));
+    conn.transmit(b"hey").unwrap();
+    assert!(flushed(&conn));
+    assert_eq!(
+        conn.get_ref().output,
+        [0xFF, 0x00, 0xFF, 0xFF, 0, 0, 0, 3, b'h', b'e', b'y']
+    );
+}

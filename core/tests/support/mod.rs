@@ -60,6 +60,8 @@ pub struct ScriptIo {
     yielded: bool,
     /// At the end of the input: stall (WouldBlock / Pending) instead of EOF.
     pub stall_at_end: bool,
+    /// How much of `output` had been flushed at the last flush.
+    pub flushed: usize,
 }
 
 impl ScriptIo {
@@ -72,6 +74,7 @@ impl ScriptIo {
             rng: shape.seed | 1,
             yielded: false,
             stall_at_end: false,
+            flushed: 0,
         }
     }
 
@@ -161,6 +164,7 @@ impl embedded_io::Write for ScriptIo {
         if self.disturbed() {
             return Err(self.error());
         }
+        self.flushed = self.output.len();
         Ok(())
     }
 }
@@ -200,6 +204,7 @@ impl embedded_io_async::Write for ScriptIo {
 
     async fn flush(&mut self) -> Result<(), MockError> {
         MaybePending(self).await;
+        self.flushed = self.output.len();
         Ok(())
     }
 }

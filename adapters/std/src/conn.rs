@@ -53,6 +53,33 @@ pub trait Handler: Send + 'static {
         Ok(())
     }
 
+    /// Return `Some(limit)` to have the loop take the next message in chunks
+    /// (messages larger than memory) instead of whole: each piece goes to
+    /// [`transmission_chunk`](Handler::transmission_chunk) as it arrives,
+    /// then [`transmission_complete`](Handler::transmission_complete) runs
+    /// instead of `transmission_received`. Lengths over `limit` are answered
+    /// 0x00 and the connection goes on. Asked before every message; by
+    /// default `None` (whole messages). Not with plugins (see
+    /// [`Conn::receive_chunked`]).
+    fn receive_in_chunks(&mut self) -> Option<u32> {
+        None
+    }
+
+    /// Receives each chunk of a message taken in chunks, in order. If the
+    /// message breaks off, `post_loop` gets the error and
+    /// `transmission_complete` never runs: discard what came.
+    fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        let _ = chunk;
+        Ok(())
+    }
+
+    /// Runs when the whole of a message taken in chunks (`len` bytes) has
+    /// arrived.
+    fn transmission_complete(&mut self, conn: &mut Conn, len: u32) -> Result<(), Error> {
+        let _ = (conn, len);
+        Ok(())
+    }
+
     /// Runs once when the connection ends, however it ends (the greeting
     /// failed, the peer closed, an error, a panic, a stop). `result` is
     /// `Ok(())` for a normal end: the peer closed between messages, or the
@@ -64,6 +91,19 @@ pub trait Handler: Send + 'static {
 
 /// Does nothing: messages are received and dropped.
 impl Handler for () {}
+
+/// A failure inside a receive or chunked transmit: the core's, or the
+/// caller's (a chunk consumer or source).
+enum RawError {
+    Core(ProtocolError),
+    Sink(Error),
+}
+
+impl From<ProtocolError> for RawError {
+    fn from(e: ProtocolError) -> Self {
+        RawError::Core(e)
+    }
+}
 
 /// What a connection loop is attached to (absent for a plain client
 /// connection).
@@ -89,6 +129,8 @@ pub struct Conn {
     cfg: SharedConfig,
     /// Payload of the message being received.
     partial: Vec<u8>,
+    /// Buffer of chunked receives and transmits (allocated on first use).
+    scratch: Vec<u8>,
     started: Instant,
     last_activity: Instant,
     /// A deadline ran out mid-message or the protocol broke: carry nothing more.
@@ -120,6 +162,7 @@ impl Conn {
             local,
             cfg,
             partial: Vec::new(),
+            scratch: Vec::new(),
             started: now,
             last_activity: now,
             failed: false,
@@ -155,7 +198,7 @@ impl Conn {
 
     /// The largest message length this side accepts.
     pub fn max_message_len(&self) -> u32 {
-        self.inner.max_message_len()
+        self.cfg.max_message_len
     }
 
     /// The active connections of the server or client running this
@@ -245,6 +288,120 @@ impl Conn {
     /// to begin, and returns `Ok(None)` if none did (the connection stays
     /// usable). A message that began is always received whole or not at all.
     pub fn try_receive(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, Error> {
+        let Some(raw) = self.wait_for_message(wait, |conn| conn.receive_raw())? else {
+            return Ok(None);
+        };
+        log::trace!("{} received {} bytes", self.id, raw.len());
+        let msg = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
+        Ok(Some(msg))
+    }
+
+    /// Receives one message in chunks, for messages larger than memory:
+    /// `on_chunk` gets each piece as it arrives (at most 64 KiB each), in
+    /// order. Waits up to [`Timeouts::receive`](crate::Timeouts::receive)
+    /// for the message to begin and [`Timeouts::message`](crate::Timeouts::message)
+    /// for all of it; returns its length.
+    ///
+    /// Lengths over `limit` are answered 0x00 and reported as `TooLarge`;
+    /// the connection stays usable. (The configured
+    /// [`max_message_len`](Self::max_message_len) caps whole messages only.) If the message breaks off (an error, a deadline, or `on_chunk`
+    /// failing), the chunks already handed over are all there will be:
+    /// discard them. Plugins transform whole messages, so this fails with
+    /// [`Error::Plugin`] when any is registered.
+    pub fn receive_chunked(
+        &mut self,
+        limit: u32,
+        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u32, Error> {
+        let wait = self.cfg.timeouts.receive;
+        self.try_receive_chunked(wait, limit, on_chunk)?
+            .ok_or(Error::Timeout(Deadline::Receive))
+    }
+
+    /// Like [`receive_chunked`](Self::receive_chunked), but waits only
+    /// `wait` for a message to begin, and returns `Ok(None)` if none did.
+    pub fn try_receive_chunked(
+        &mut self,
+        wait: Duration,
+        limit: u32,
+        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<Option<u32>, Error> {
+        if !self.cfg.plugins.is_empty() {
+            return Err(Error::Plugin(
+                "plugins transform whole messages: no chunked receive with plugins".into(),
+            ));
+        }
+        self.wait_for_message(wait, |conn| conn.receive_chunks_raw(limit, on_chunk))
+    }
+
+    /// Sends one message of `len` bytes read from `src` in chunks, without
+    /// holding it whole (a file, a pipe), within
+    /// [`Timeouts::message`](crate::Timeouts::message).
+    ///
+    /// `Rejected` when the peer refused the length (nothing was read from
+    /// `src`; the connection stays usable). If `src` fails or ends before
+    /// `len` bytes, the message cannot be completed and the connection is
+    /// broken. Plugins transform whole messages, so this fails with
+    /// [`Error::Plugin`] when any is registered.
+    pub fn transmit_from(&mut self, len: u32, src: &mut dyn std::io::Read) -> Result<(), Error> {
+        if !self.cfg.plugins.is_empty() {
+            return Err(Error::Plugin(
+                "plugins transform whole messages: no chunked transmit with plugins".into(),
+            ));
+        }
+        self.greet()?;
+        let deadline = Instant::now() + self.cfg.timeouts.message;
+        let io = self.inner.get_mut();
+        io.set_read_deadline(deadline, Deadline::Message);
+        io.set_write_deadline(Some((deadline, Deadline::Message)));
+        let result = self.transmit_from_raw(len, src);
+        self.inner.get_mut().set_write_deadline(None);
+        match result {
+            Ok(()) => {
+                self.last_activity = Instant::now();
+                Ok(())
+            }
+            Err(RawError::Core(e)) => Err(self.fail(e)),
+            Err(RawError::Sink(e)) => {
+                self.break_off();
+                Err(e)
+            }
+        }
+    }
+
+    fn transmit_from_raw(&mut self, len: u32, src: &mut dyn std::io::Read) -> Result<(), RawError> {
+        let Self { inner, scratch, .. } = self;
+        let mut msg = inner.begin_transmit(len as usize)?;
+        scratch.resize(RECEIVE_CHUNK, 0);
+        while msg.remaining() > 0 {
+            let want = scratch.len().min(msg.remaining() as usize);
+            let n = match src.read(&mut scratch[..want]) {
+                Ok(0) => {
+                    return Err(RawError::Sink(
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "source ended before the announced length",
+                        )
+                        .into(),
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RawError::Sink(e.into())),
+            };
+            msg.write_all(&scratch[..n])?;
+        }
+        msg.finish()?;
+        Ok(())
+    }
+
+    /// Waits up to `wait` for a message to begin, then runs `step` (a
+    /// resumable receive) to its end under the message deadline.
+    fn wait_for_message<T>(
+        &mut self,
+        wait: Duration,
+        mut step: impl FnMut(&mut Self) -> Result<T, RawError>,
+    ) -> Result<Option<T>, Error> {
         self.greet()?;
         let now = Instant::now();
         let message = self.cfg.timeouts.message;
@@ -262,14 +419,12 @@ impl Conn {
             io.set_write_deadline(Some((start + message, Deadline::Message)));
         }
         loop {
-            match self.receive_raw() {
-                Ok(raw) => {
+            match step(self) {
+                Ok(value) => {
                     self.last_activity = Instant::now();
-                    log::trace!("{} received {} bytes", self.id, raw.len());
-                    let msg = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
-                    return Ok(Some(msg));
+                    return Ok(Some(value));
                 }
-                Err(tinyproto::Error::Io(e)) => {
+                Err(RawError::Core(tinyproto::Error::Io(e))) => {
                     let in_progress = self.inner.is_in_progress();
                     let io = self.inner.get_mut();
                     match io.take_expired() {
@@ -291,17 +446,30 @@ impl Conn {
                         }
                     }
                 }
-                Err(e) => return Err(self.fail(e)),
+                Err(RawError::Core(e)) => return Err(self.fail(e)),
+                Err(RawError::Sink(e)) => {
+                    // The message is half read: the connection is out of step.
+                    if self.inner.is_in_progress() {
+                        self.break_off();
+                    }
+                    return Err(e);
+                }
             }
         }
     }
 
     /// Receives the raw payload into `self.partial`, growing it only by
     /// bytes that arrived. Resumable after an `Io` error.
-    fn receive_raw(&mut self) -> Result<Vec<u8>, ProtocolError> {
-        let Self { inner, partial, .. } = self;
-        let limit = inner.max_message_len();
-        let mut msg = inner.begin_receive(limit)?;
+    fn receive_raw(&mut self) -> Result<Vec<u8>, RawError> {
+        let Self {
+            inner,
+            partial,
+            cfg,
+            ..
+        } = self;
+        // Whole messages are held in memory: the configured cap applies.
+        inner.set_max_message_len(cfg.max_message_len);
+        let mut msg = inner.begin_receive(cfg.max_message_len)?;
         loop {
             let remaining = msg.remaining() as usize;
             if remaining == 0 {
@@ -313,10 +481,30 @@ impl Conn {
                 Ok(n) => partial.truncate(old + n),
                 Err(e) => {
                     partial.truncate(old);
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
+    }
+
+    /// Receives the payload through a fixed buffer, handing each chunk to
+    /// `on_chunk`. Resumable after an `Io` error.
+    fn receive_chunks_raw(
+        &mut self,
+        limit: u32,
+        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u32, RawError> {
+        let Self { inner, scratch, .. } = self;
+        // Chunks are not held: only the caller's limit applies.
+        inner.set_max_message_len(limit);
+        let mut msg = inner.begin_receive(limit)?;
+        let len = msg.len();
+        scratch.resize(RECEIVE_CHUNK, 0);
+        while msg.remaining() > 0 {
+            let n = msg.read(scratch)?;
+            on_chunk(&scratch[..n]).map_err(RawError::Sink)?;
+        }
+        Ok(len)
     }
 
     fn check_usable(&self) -> Result<(), Error> {
@@ -406,8 +594,15 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
     let poll = conn.cfg.timeouts.poll;
     while !conn.is_stopping() {
         conn.send_queued()?;
-        match conn.try_receive(poll) {
-            Ok(Some(msg)) => handler.transmission_received(conn, msg)?,
+        let received = match handler.receive_in_chunks() {
+            None => conn.try_receive(poll).map(|msg| msg.map(Incoming::Whole)),
+            Some(limit) => conn
+                .try_receive_chunked(poll, limit, &mut |chunk| handler.transmission_chunk(chunk))
+                .map(|len| len.map(Incoming::Chunked)),
+        };
+        match received {
+            Ok(Some(Incoming::Whole(msg))) => handler.transmission_received(conn, msg)?,
+            Ok(Some(Incoming::Chunked(len))) => handler.transmission_complete(conn, len)?,
             Ok(None) => conn.check_idle()?,
             Err(e) if e.is_closed() => return Ok(()),
             Err(Error::Protocol(e @ tinyproto::Error::TooLarge { .. })) => {
@@ -421,6 +616,12 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
         handler.loop_pass(conn)?;
     }
     Ok(())
+}
+
+/// A message the loop received.
+enum Incoming {
+    Whole(Vec<u8>),
+    Chunked(u32),
 }
 
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

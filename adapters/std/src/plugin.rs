@@ -41,6 +41,10 @@ impl fmt::Debug for Plugins {
 }
 
 impl Plugins {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub(crate) fn push(&mut self, plugin: Arc<dyn Plugin>) {
         self.0.push(plugin);
     }

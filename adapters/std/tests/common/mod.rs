@@ -282,3 +282,113 @@ pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
         }
     }
 }
+
+/// `len` bytes of `i % 251`, produced on the fly.
+pub struct Pattern {
+    pos: u64,
+    len: u64,
+    /// Calls to `read` so far.
+    pub reads: usize,
+}
+
+impl Pattern {
+    pub fn new(len: u64) -> Self {
+        Self {
+            pos: 0,
+            len,
+            reads: 0,
+        }
+    }
+}
+
+impl Read for Pattern {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads += 1;
+        let n = buf.len().min((self.len - self.pos) as usize);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = ((self.pos + i as u64) % 251) as u8;
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Checks chunks against the pattern; replies "<len> <chunks>" or
+/// "mismatch at <offset>".
+pub struct Checker {
+    limit: u32,
+    offset: u64,
+    chunks: usize,
+    mismatch: Option<u64>,
+    events: mpsc::Sender<String>,
+}
+
+impl Handler for Checker {
+    fn receive_in_chunks(&mut self) -> Option<u32> {
+        Some(self.limit)
+    }
+
+    fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        assert!(chunk.len() <= 64 * 1024, "chunks are bounded");
+        for (i, b) in chunk.iter().enumerate() {
+            let at = self.offset + i as u64;
+            if *b != (at % 251) as u8 && self.mismatch.is_none() {
+                self.mismatch = Some(at);
+            }
+        }
+        self.offset += chunk.len() as u64;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    fn transmission_complete(&mut self, conn: &mut Conn, len: u32) -> Result<(), Error> {
+        assert_eq!(u64::from(len), self.offset);
+        let reply = match self.mismatch.take() {
+            Some(at) => format!("mismatch at {at}"),
+            None => format!("{len} {}", self.chunks),
+        };
+        self.offset = 0;
+        self.chunks = 0;
+        conn.transmit(reply.as_bytes())
+    }
+
+    fn post_loop(&mut self, _: &mut Conn, result: &Result<(), Error>) {
+        let _ = self.events.send(format!(
+            "post_loop {:?} after {} bytes",
+            Outcome::from(result),
+            self.offset
+        ));
+    }
+}
+
+/// A server whose handler is a [`Checker`] taking chunks up to `limit`.
+pub fn checker_server(
+    limit: u32,
+) -> (
+    std::net::SocketAddr,
+    mpsc::Receiver<String>,
+    tinyproto_std::StopHandle,
+) {
+    let (tx, rx) = mpsc::channel();
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_max_message_len(tinyproto::MAX_MESSAGE_LEN);
+    server.set_conn_handler(move || Checker {
+        limit,
+        offset: 0,
+        chunks: 0,
+        mismatch: None,
+        events: tx.clone(),
+    });
+    let stop = server.stop_handle();
+    thread::spawn(move || server.start());
+    (addr, rx, stop)
+}
+
+/// After each misbehaviour: a well-behaved client still gets its echo.
+pub fn assert_serves(h: &Harness) {
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"still here"), 0xFF);
+    assert_eq!(recv_msg(&mut s), b"still here");
+}

@@ -17,8 +17,8 @@
 //! whole or not at all; our statuses are the model's); nothing is delivered
 //! partially; the driver never reads a byte the peer would not send and
 //! never touches the transport once broken. The peer sees our bytes only
-//! when we flush: the driver must flush before it waits to read, and a
-//! successful `transmit` must return flushed.
+//! when we flush: the driver must flush before it waits to read, and every
+//! call that leaves the connection usable must return flushed.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -249,7 +249,7 @@ impl Sim {
     }
 
     /// Sets the peer up for our transmit, once it is done with the last
-    /// exchange (a status of ours may still be unflushed).
+    /// exchange.
     fn expect_message(&mut self, accept: bool) {
         self.queue(PeerAction::Expect { accept });
     }
@@ -550,10 +550,10 @@ pub fn check(input: &Input) {
             }
         };
         assert_eq!(got, want, "{op:?}");
-        if matches!(op, Op::Transmit { .. }) && got.is_ok() {
+        if !model.broken {
             assert!(
                 conn.get_ref().outbox.is_empty(),
-                "transmit returned unflushed"
+                "{op:?} returned with bytes unflushed"
             );
         }
         assert_eq!(conn.is_broken(), model.broken, "broken after {op:?}");
@@ -565,12 +565,6 @@ pub fn check(input: &Input) {
                 "touched the transport while broken"
             );
         }
-    }
-    // A refusal's 0x00 may still wait for the next flush; the peer counts
-    // it once it is flushed.
-    if !model.broken {
-        conn.get_mut().stall_in = None;
-        assert_eq!(drive(conn.flush(), MAX_POLLS), Some(Ok(())));
     }
     let sim = conn.get_ref();
     assert_eq!(sim.received, model.received, "messages the peer got");

@@ -9,7 +9,9 @@
 //!
 //! [`Connection`]: tinyproto::asynch::Connection
 
-use core::future::Future;
+use core::future::{poll_fn, Future};
+use core::pin::pin;
+use core::task::Poll;
 
 use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
@@ -90,9 +92,16 @@ impl core::fmt::Debug for Socket<'_> {
 impl<'a> Socket<'a> {
     /// Wraps a socket and applies the TCP-level settings of `timeouts`
     /// (socket timeout, keep-alive).
+    ///
+    /// Also turns Nagle's algorithm off: tinyproto flushes at the end of
+    /// every message and then waits for an answer, so Nagle only holds back
+    /// the tail of each send buffer until the peer's delayed ACK (with a
+    /// 2 KiB send buffer, 1 MiB took 3 s instead of 40 ms on the in-memory
+    /// link). Turn it back on with `tcp_mut().set_nagle_enabled(true)`.
     pub fn new(mut tcp: TcpSocket<'a>, timeouts: Timeouts) -> Self {
         tcp.set_timeout(timeouts.tcp);
         tcp.set_keep_alive(timeouts.keep_alive);
+        tcp.set_nagle_enabled(false);
         Self {
             tcp,
             timeouts,
@@ -200,11 +209,17 @@ impl<'a> Socket<'a> {
     }
 }
 
-/// Races `f` against `limit`.
+/// Races `f` against `limit`. An operation that can complete at once does,
+/// without arming a timer (the common case for reads and writes while data
+/// flows); the deadline only ends waiting.
 pub(crate) async fn bounded<T, E: Into<NetError>>(
     limit: Option<(Instant, Deadline)>,
     f: impl Future<Output = Result<T, E>>,
 ) -> Result<T, NetError> {
+    let mut f = pin!(f);
+    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
+        return r.map_err(Into::into);
+    }
     match limit {
         None => f.await.map_err(Into::into),
         Some((at, which)) => match select(f, Timer::at(at)).await {

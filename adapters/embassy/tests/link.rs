@@ -563,3 +563,174 @@ fn test_lossy_link_1000_messages_exactly_once_in_order() {
         );
     }
 }
+
+/// Records the order of the hooks; closes after a message "bye".
+#[derive(Default)]
+struct Recorder {
+    events: RefCell<Vec<String>>,
+}
+
+impl Recorder {
+    fn push(&self, e: impl Into<String>) {
+        self.events.borrow_mut().push(e.into());
+    }
+}
+
+impl Handler for Recorder {
+    async fn conn_init(&self, info: &ConnInfo) -> Flow {
+        self.push(format!("conn_init {}", info.slot));
+        Flow::Continue
+    }
+
+    async fn pre_loop(&self, session: &mut Session<'_, '_>) -> Flow {
+        self.push("pre_loop");
+        // The server may speak first.
+        session.transmit(b"welcome").await.unwrap();
+        Flow::Continue
+    }
+
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+        self.push(format!("received {}", String::from_utf8_lossy(msg)));
+        if msg == b"bye" {
+            return Flow::Close;
+        }
+        session.transmit(msg).await.unwrap();
+        Flow::Continue
+    }
+
+    async fn loop_pass(&self, _session: &mut Session<'_, '_>) -> Flow {
+        let mut events = self.events.borrow_mut();
+        // Collapse the periodic passes of a quiet connection into one entry.
+        if events.last().map(String::as_str) != Some("loop_pass") {
+            events.push("loop_pass".into());
+        }
+        Flow::Continue
+    }
+
+    async fn post_loop(&self, session: &mut Session<'_, '_>, ended: &Ended) {
+        self.push(format!("post_loop {ended:?}"));
+        // A last word is still possible here.
+        session.transmit(b"farewell").await.unwrap();
+    }
+
+    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+        self.push(format!("conn_shutdown {ended:?}"));
+    }
+}
+
+#[test]
+fn test_handler_hooks_in_order_and_flow_close() {
+    let handler = Recorder::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    config.loop_pass_interval = Some(Duration::from_millis(20));
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 1024);
+            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
+            let server = serve(b, &config, slots, None, &handler);
+            let client = async {
+                let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let mut buf = [0u8; 64];
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"welcome");
+                // Quiet for a while: loop_pass runs on its interval.
+                Timer::after(Duration::from_millis(100)).await;
+                client.transmit(b"hello").await.unwrap();
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"hello");
+                client.transmit(b"bye").await.unwrap();
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"farewell");
+                // The server closed after its handler said so.
+                assert_eq!(client.receive(&mut buf).await, Err(Error::Closed));
+                settle(|| {
+                    handler
+                        .events
+                        .borrow()
+                        .iter()
+                        .any(|e| e.starts_with("conn_shutdown"))
+                })
+                .await;
+            };
+            match select(server, client).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+    assert_eq!(
+        *handler.events.borrow(),
+        [
+            "conn_init 0",
+            "pre_loop",
+            "loop_pass",
+            "received hello",
+            "loop_pass",
+            "received bye",
+            "post_loop HandlerClosed",
+            "conn_shutdown HandlerClosed",
+        ]
+    );
+}
+
+#[test]
+fn test_cancelled_and_timed_out_transmit_resumes_exactly_once() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(60),
+        async |a, b, _| {
+            with_server(a, b, &config, &handler, 1 << 20, async |a| {
+                // Small socket buffers: a 1 MiB message takes many writes.
+                let (mut rx, mut tx) = (vec![0u8; 2048], vec![0u8; 2048]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let msg = pattern(1 << 20, 5);
+                let mut buf = vec![0u8; 1 << 20];
+
+                // 1. The future is dropped part way (select against a timer).
+                let cancelled =
+                    embassy_time::with_timeout(Duration::from_millis(2), client.transmit(&msg))
+                        .await;
+                assert!(
+                    cancelled.is_err(),
+                    "1 MiB through 2 KiB buffers took under 2 ms"
+                );
+                assert!(client.connection().is_in_progress(), "stopped mid-message");
+                // Another operation is refused while the message is half sent.
+                assert_eq!(client.transmit(b"other").await, Err(Error::InProgress));
+                // The same call again carries on where the bytes stopped.
+                client.transmit(&msg).await.unwrap();
+                assert!(client.receive(&mut buf).await.unwrap() == &msg[..]);
+
+                // 2. The whole-message deadline passes: the error says so, and
+                //    the message resumes (with a fresh deadline) on the next call.
+                let mut tight = quick_timeouts();
+                tight.message = Duration::from_millis(2);
+                client.connection().get_mut().set_timeouts(tight);
+                assert_eq!(
+                    client.transmit(&msg).await,
+                    Err(Error::Io(NetError::TimedOut(Deadline::Message)))
+                );
+                assert!(client.connection().is_in_progress());
+                client.connection().get_mut().set_timeouts(quick_timeouts());
+                client.transmit(&msg).await.unwrap();
+                assert!(client.receive(&mut buf).await.unwrap() == &msg[..]);
+                client.close().await.unwrap();
+                settle(|| !handler.ended.borrow().is_empty()).await;
+            })
+            .await;
+        },
+    );
+    // Each message arrived exactly once, whole.
+    assert_eq!(handler.received.get(), 2);
+    assert_eq!(handler.ended(), vec![Ended::PeerClosed]);
+}

@@ -9,9 +9,7 @@
 //!
 //! [`Connection`]: tinyproto::asynch::Connection
 
-use core::future::{poll_fn, Future};
-use core::pin::pin;
-use core::task::Poll;
+use core::future::Future;
 
 use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
@@ -209,17 +207,11 @@ impl<'a> Socket<'a> {
     }
 }
 
-/// Races `f` against `limit`. An operation that can complete at once does,
-/// without arming a timer (the common case for reads and writes while data
-/// flows); the deadline only ends waiting.
+/// Races `f` against `limit`.
 pub(crate) async fn bounded<T, E: Into<NetError>>(
     limit: Option<(Instant, Deadline)>,
     f: impl Future<Output = Result<T, E>>,
 ) -> Result<T, NetError> {
-    let mut f = pin!(f);
-    if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
-        return r.map_err(Into::into);
-    }
     match limit {
         None => f.await.map_err(Into::into),
         Some((at, which)) => match select(f, Timer::at(at)).await {

@@ -373,14 +373,14 @@ fn test_dripping_peer_timed_out() {
                 raw.write(&[0xFF]).await.unwrap();
                 raw.read(&mut byte).await.unwrap();
                 assert_eq!(byte, [0xFF]);
-                raw.write(&10u32.to_be_bytes()).await.unwrap();
+                raw.write(&30u32.to_be_bytes()).await.unwrap();
                 raw.flush().await.unwrap();
                 raw.read(&mut byte).await.unwrap();
                 assert_eq!(byte, [0xFF], "length accepted");
-                // Drip one payload byte every 100 ms: 10 bytes would take 1 s.
+                // Drip one payload byte every 100 ms: 30 bytes would take 3 s.
                 let started = Instant::now();
                 let mut cut_off = None;
-                for _ in 0..10 {
+                for _ in 0..30 {
                     if raw.write(&[0x42]).await.is_err() || raw.flush().await.is_err() {
                         cut_off = Some(started.elapsed());
                         break;
@@ -399,7 +399,7 @@ fn test_dripping_peer_timed_out() {
                 }
                 let cut_off = cut_off.expect("the dripping peer was never cut off");
                 assert!(
-                    cut_off >= Duration::from_millis(250) && cut_off < Duration::from_millis(900),
+                    cut_off >= Duration::from_millis(250) && cut_off < Duration::from_millis(2500),
                     "cut off after {} ms",
                     cut_off.as_millis()
                 );

@@ -71,11 +71,10 @@ pub fn network(spawner: Spawner, config: Config, seed: u64) -> Stack<'static> {
     static STATE: StaticCell<ch::State<MTU, 4, 4>> = StaticCell::new();
     // Sockets: up to 2 server slots + 1 reserve + 1 client here.
     static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
-    let (mac_runner, device) = ch::new(
-        STATE.init(ch::State::new()),
-        HardwareAddress::Ethernet(MAC),
-    );
-    let (stack, runner) = embassy_net::new(device, config, RESOURCES.init(StackResources::new()), seed);
+    let (mac_runner, device) =
+        ch::new(STATE.init(ch::State::new()), HardwareAddress::Ethernet(MAC));
+    let (stack, runner) =
+        embassy_net::new(device, config, RESOURCES.init(StackResources::new()), seed);
     spawner.spawn(mac_task(mac_runner).unwrap());
     spawner.spawn(net_task(runner).unwrap());
     stack

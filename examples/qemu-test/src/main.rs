@@ -112,7 +112,10 @@ async fn clients(a: Stack<'_>) {
     // Whole messages, echoed.
     let mut msg = [0u8; 2048];
     let mut buf = [0u8; 2048];
-    for (round, len) in [0usize, 1, 4, 100, 1459, 1460, 1461, 2048].into_iter().enumerate() {
+    for (round, len) in [0usize, 1, 4, 100, 1459, 1460, 1461, 2048]
+        .into_iter()
+        .enumerate()
+    {
         for (i, b) in msg[..len].iter_mut().enumerate() {
             *b = (i + round) as u8;
         }
@@ -127,8 +130,13 @@ async fn clients(a: Stack<'_>) {
         c1.transmit(&[0u8; 3000][..]).await == Err(Error::Rejected { len: 3000 }),
         "oversized message rejected",
     );
-    c1.transmit(b"still here").await.expect("transmit after reject");
-    check(c1.receive(&mut buf).await.expect("receive") == b"still here", "usable after reject");
+    c1.transmit(b"still here")
+        .await
+        .expect("transmit after reject");
+    check(
+        c1.receive(&mut buf).await.expect("receive") == b"still here",
+        "usable after reject",
+    );
     hprintln!("oversized message rejected, connection still usable");
 
     // 1 MiB, received in 256-byte chunks and checked byte by byte.
@@ -173,7 +181,10 @@ async fn clients(a: Stack<'_>) {
     }
     hprintln!("third client refused with ConnectionLimit (0xFE)");
     c2.transmit(b"two").await.expect("client 2 transmit");
-    check(c2.receive(&mut buf).await.expect("receive") == b"two", "client 2 echo");
+    check(
+        c2.receive(&mut buf).await.expect("receive") == b"two",
+        "client 2 echo",
+    );
     c2.close().await.expect("client 2 close");
     c1.close().await.expect("client 1 close");
 }
@@ -190,8 +201,10 @@ async fn main(spawner: Spawner) {
     static RES_B: StaticCell<StackResources<6>> = StaticCell::new();
     let (link_a, dev_a) = ch::new(STATE_A.init(ch::State::new()), HardwareAddress::Ip);
     let (link_b, dev_b) = ch::new(STATE_B.init(ch::State::new()), HardwareAddress::Ip);
-    let (a, runner_a) = embassy_net::new(dev_a, config(CLIENT), RES_A.init(StackResources::new()), 1);
-    let (b, runner_b) = embassy_net::new(dev_b, config(SERVER), RES_B.init(StackResources::new()), 2);
+    let (a, runner_a) =
+        embassy_net::new(dev_a, config(CLIENT), RES_A.init(StackResources::new()), 1);
+    let (b, runner_b) =
+        embassy_net::new(dev_b, config(SERVER), RES_B.init(StackResources::new()), 2);
     // The stack runners in tasks of their own: embassy-net wakes its runner
     // on every socket call, so sharing a task with sockets would spin.
     spawner.spawn(net_task(runner_a).unwrap());
@@ -211,9 +224,16 @@ async fn main(spawner: Spawner) {
         Slot::new(&mut s0rx, &mut s0tx, &mut s0msg),
         Slot::new(&mut s1rx, &mut s1tx, &mut s1msg),
     ];
-    let server = serve(b, &server_config, slots, Some(Reserve::new(&mut rrx, &mut rtx)), &handler);
+    let server = serve(
+        b,
+        &server_config,
+        slots,
+        Some(Reserve::new(&mut rrx, &mut rtx)),
+        &handler,
+    );
     let started = Instant::now();
-    let verdict = embassy_time::with_timeout(Duration::from_secs(60), select(server, clients(a))).await;
+    let verdict =
+        embassy_time::with_timeout(Duration::from_secs(60), select(server, clients(a))).await;
     match verdict {
         Ok(Either::Second(())) => {
             check(handler.received.get() == 11, "server saw every message");

@@ -4,12 +4,12 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "defmt")]
+use defmt_rtt as _;
 use embassy_executor::Spawner;
 use embassy_net::{Config, IpEndpoint, Ipv4Address, Ipv4Cidr, StaticConfigV4};
 use embassy_time::{Duration, Timer};
 use panic_halt as _;
-#[cfg(feature = "defmt")]
-use defmt_rtt as _;
 use tinyproto_embassy::embassy_net::tcp::TcpSocket;
 use tinyproto_embassy::{Client, Socket, Timeouts};
 use tinyproto_embassy_firmware::{board, log};

@@ -4,12 +4,12 @@
 #![no_std]
 #![no_main]
 
+#[cfg(feature = "defmt")]
+use defmt_rtt as _;
 use embassy_executor::Spawner;
 use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
 use embassy_time::Duration;
 use panic_halt as _;
-#[cfg(feature = "defmt")]
-use defmt_rtt as _;
 use tinyproto_embassy::{
     serve, ConnInfo, Ended, Flow, Handler, ReserveStorage, ServerConfig, Session, SlotStorage,
 };
@@ -59,5 +59,12 @@ async fn main(spawner: Spawner) {
     let mut slot1 = SlotStorage::<2048, 2048, 1024>::new();
     let mut reserve = ReserveStorage::new();
     log!("serving tinyproto on :7000");
-    match serve(stack, &config, [slot0.slot(), slot1.slot()], Some(reserve.reserve()), &Echo).await {}
+    match serve(
+        stack,
+        &config,
+        [slot0.slot(), slot1.slot()],
+        Some(reserve.reserve()),
+        &Echo,
+    )
+    .await {}
 }

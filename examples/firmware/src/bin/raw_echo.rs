@@ -4,13 +4,13 @@
 #![no_std]
 #![no_main]
 
-use embassy_executor::Spawner;
-use embassy_net::tcp::TcpSocket;
-use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
-use embassy_futures::join::join;
-use panic_halt as _;
 #[cfg(feature = "defmt")]
 use defmt_rtt as _;
+use embassy_executor::Spawner;
+use embassy_futures::join::join;
+use embassy_net::tcp::TcpSocket;
+use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
+use panic_halt as _;
 use tinyproto_embassy_firmware::board;
 
 async fn echo(stack: embassy_net::Stack<'_>, rx: &mut [u8], tx: &mut [u8], buf: &mut [u8]) -> ! {

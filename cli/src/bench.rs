@@ -22,7 +22,7 @@
 //! a barrier; the clock stops when every client has its final answer.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -172,15 +172,23 @@ fn measure(case: Case, size: u32, count: u64, connections: u32) -> Result<Measur
         .spawn(move || serve_all(listener, connections, case, size, streaming))
         .map_err(|e| fail("spawn", e))?;
 
+    // Connect one after the other: a thousand connects at once would
+    // overflow the listen backlog (128) and wait out SYN retransmissions.
+    let mut streams = Vec::with_capacity(connections as usize);
+    for _ in 0..connections {
+        let stream = TcpStream::connect(addr).map_err(|e| fail("connect", e))?;
+        configure(&stream, Some(SOCKET_TIMEOUT)).map_err(|e| fail("socket options", e))?;
+        streams.push(stream);
+    }
     let barrier = Arc::new(Barrier::new(connections as usize + 1));
     let mut clients = Vec::with_capacity(connections as usize);
-    for i in 0..u64::from(connections) {
+    for (i, stream) in (0..u64::from(connections)).zip(streams) {
         let n = count / u64::from(connections) + u64::from(i < count % u64::from(connections));
         let barrier = Arc::clone(&barrier);
         let payload = Arc::clone(&payload);
         let client = thread::Builder::new()
             .stack_size(STACK)
-            .spawn(move || client(case, addr, n, &payload, &barrier, streaming))
+            .spawn(move || client(case, stream, n, &payload, &barrier, streaming))
             .map_err(|e| fail("spawn", e))?;
         clients.push(client);
     }
@@ -257,24 +265,12 @@ fn serve_all(
 /// One client connection: setup, barrier, the timed messages, the final answer.
 fn client(
     case: Case,
-    addr: SocketAddr,
+    stream: TcpStream,
     n: u64,
     payload: &[u8],
     barrier: &Barrier,
     streaming: bool,
 ) -> Result<(), String> {
-    let connected = TcpStream::connect(addr).and_then(|s| {
-        configure(&s, Some(SOCKET_TIMEOUT))?;
-        Ok(s)
-    });
-    let stream = match connected {
-        Ok(s) => s,
-        Err(e) => {
-            // Still meet the others at the barrier, or they wait forever.
-            barrier.wait();
-            return Err(format!("connect: {e}"));
-        }
-    };
     match case {
         Case::Raw => raw_client(stream, n, payload, barrier, streaming).map_err(|e| e.to_string()),
         Case::Tinyproto => tinyproto_client(stream, n, payload, barrier).map_err(|e| e.to_string()),

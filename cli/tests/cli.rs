@@ -249,22 +249,26 @@ fn test_thousand_concurrent_connections_echo_without_errors() {
     const CONNS: usize = 1000;
     let serve = Serve::start(&["--echo"]);
     let addr = serve.addr();
+    // Connect one after the other (a thousand connects at once overflow the
+    // listen backlog and wait out SYN retransmissions), then talk at once.
+    let streams: Vec<TcpStream> = (0..CONNS)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
     let barrier = Arc::new(Barrier::new(CONNS));
     let mut threads = Vec::new();
-    for i in 0..CONNS {
-        let addr = addr.clone();
+    for (i, stream) in streams.into_iter().enumerate() {
         let barrier = Arc::clone(&barrier);
         let t = thread::Builder::new()
             .stack_size(128 * 1024)
             .spawn(move || -> Result<(), String> {
                 let run = || -> Result<(), tinyproto::Error<std::io::Error>> {
-                    let stream = TcpStream::connect(&addr)?;
                     stream.set_read_timeout(Some(WAIT))?;
                     stream.set_write_timeout(Some(WAIT))?;
                     let mut conn = tinyproto::blocking::Connection::from_std(stream);
-                    conn.greet()?;
+                    let greeted = conn.greet();
                     // Every connection is up before any message moves.
                     barrier.wait();
+                    greeted?;
                     let mut buf = [0u8; 64];
                     for round in 0..3u8 {
                         let msg = format!("conn {i} round {round}");

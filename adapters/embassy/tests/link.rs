@@ -734,3 +734,59 @@ fn test_cancelled_and_timed_out_transmit_resumes_exactly_once() {
     assert_eq!(handler.received.get(), 2);
     assert_eq!(handler.ended(), vec![Ended::PeerClosed]);
 }
+
+#[test]
+fn test_keep_alive_holds_a_live_peer_and_finds_a_vanished_one() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    // No idle timeout: only TCP keep-alive can notice the peer is gone.
+    config.timeouts = Timeouts {
+        idle: None,
+        keep_alive: Some(Duration::from_millis(200)),
+        tcp: Some(Duration::from_millis(1500)),
+        close: Duration::from_millis(200),
+        ..quick_timeouts()
+    };
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, link| {
+            with_server(a, b, &config, &handler, 1024, async |a| {
+                let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                client.transmit(b"hi").await.unwrap();
+                let mut buf = [0u8; 8];
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"hi");
+                // Quiet but alive for 3 s, twice the 1.5 s socket timeout: the
+                // keep-alives (answered by the client's stack) keep it up.
+                Timer::after(Duration::from_secs(3)).await;
+                assert!(
+                    handler.ended.borrow().is_empty(),
+                    "a live idle peer was dropped: {:?}",
+                    handler.ended()
+                );
+                client.transmit(b"still").await.unwrap();
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"still");
+                // The cable is pulled: the client goes silent without a FIN.
+                link.cut.set(true);
+                let started = Instant::now();
+                settle(|| !handler.ended.borrow().is_empty()).await;
+                let noticed = started.elapsed();
+                assert!(
+                    noticed >= Duration::from_millis(1000) && noticed < Duration::from_secs(3),
+                    "noticed after {} ms",
+                    noticed.as_millis()
+                );
+                drop(client);
+            })
+            .await;
+        },
+    );
+    assert_eq!(
+        handler.ended(),
+        vec![Ended::Failed(Error::Io(NetError::ConnectionReset))]
+    );
+}

@@ -108,6 +108,8 @@ pub struct LinkStats {
     pub frames: std::cell::Cell<u64>,
     pub dropped: std::cell::Cell<u64>,
     pub corrupted: std::cell::Cell<u64>,
+    /// While set, the link drops every frame (a cable pulled).
+    pub cut: std::cell::Cell<bool>,
 }
 
 struct Rng(u64);
@@ -140,7 +142,7 @@ async fn link(
     loop {
         let frame = from.tx_buf().await;
         stats.frames.set(stats.frames.get() + 1);
-        if rng.chance(faults.drop_ppm) {
+        if stats.cut.get() || rng.chance(faults.drop_ppm) {
             stats.dropped.set(stats.dropped.get() + 1);
             from.tx_done();
             continue;

@@ -75,7 +75,9 @@ struct ServeCli {
     /// --sink and --print, which stream them].
     #[arg(long, value_name = "BYTES", value_parser = parse_message_len)]
     max_message: Option<u32>,
-    /// Close a connection that keeps a read or write waiting this long.
+    /// Close a connection idle this long between messages, or whose greeting
+    /// or any read or write inside a message waits this long (--echo, which
+    /// holds whole messages: each message must arrive within SECS).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
 }

@@ -105,13 +105,14 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
         server.set_max_message_len(len);
     }
     if let Some(t) = args.timeout {
-        let defaults = Timeouts::default();
+        // The adapter bounds a whole message (`--echo` holds whole ones,
+        // up to --max-message); the streaming modes bound each read instead.
         server.set_timeouts(
-            defaults
+            Timeouts::default()
                 .with_greeting(t)
                 .with_write(t)
                 .with_idle(Some(t))
-                .with_message(defaults.message.max(t)),
+                .with_message(t),
         );
     }
 

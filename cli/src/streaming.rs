@@ -124,18 +124,20 @@ impl Streaming {
             let mut msg = match core.begin_receive(self.max_message) {
                 Ok(msg) => msg,
                 Err(tinyproto::Error::Io(e)) if is_timeout(&e) => {
-                    if core.is_in_progress() {
-                        // The length began: the rest is inside the message.
-                        options.set_read_timeout(self.timeout)?;
-                        continue;
-                    }
+                    // Nothing (or only part of a length) since the last
+                    // message: the idle limit covers both.
                     if self.timeout.is_some_and(|t| idle_since.elapsed() >= t) {
-                        return Err(Error::Timeout(Deadline::Idle));
+                        return Err(Error::Timeout(if core.is_in_progress() {
+                            Deadline::Message
+                        } else {
+                            Deadline::Idle
+                        }));
                     }
                     continue;
                 }
                 Err(e @ tinyproto::Error::TooLarge { .. }) => {
                     log::warn!("{}: refused a message: {e}", conn.id());
+                    idle_since = Instant::now();
                     continue;
                 }
                 Err(e) => return Err(self.fail(e)),

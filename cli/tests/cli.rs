@@ -409,3 +409,18 @@ fn test_sigterm_stops_serve_with_open_idle_connections() {
         assert!(started.elapsed() < Duration::from_secs(10), "{mode}");
     }
 }
+
+#[test]
+fn test_serve_timeout_closes_a_peer_stalled_inside_a_length() {
+    for mode in ["--echo", "--sink"] {
+        let serve = Serve::start(&[mode, "--timeout", "0.5"]);
+        let mut held = greeted(&serve.addr());
+        // Two of the four length bytes, then nothing.
+        held.write_all(&[0, 0]).unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = held.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "{mode}: {rest:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{mode}");
+    }
+}

@@ -424,3 +424,24 @@ fn test_serve_timeout_closes_a_peer_stalled_inside_a_length() {
         assert!(started.elapsed() < Duration::from_secs(10), "{mode}");
     }
 }
+
+#[test]
+fn test_send_refuses_a_file_over_the_protocol_limit_before_connecting() {
+    // Sparse: 4,043,309,056 bytes, one more than a message may have.
+    let path = scratch("over-protocol-max.bin");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(0xF0FF_FFFF + 1).unwrap();
+    // Nobody listens there: had it connected first, the status would be 3.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run(
+        &["send", &format!("127.0.0.1:{port}"), path.to_str().unwrap()],
+        b"",
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.code, status::OTHER, "{}", out.stderr);
+    assert!(out.stderr.contains("largest message"), "{}", out.stderr);
+}

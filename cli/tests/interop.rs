@@ -136,3 +136,36 @@ fn test_python_client_to_cli_serve() {
     let status = wait_exit(&mut client.0, "python client", WAIT);
     assert!(status.success(), "python client: {status}");
 }
+
+/// The reference client sends three messages and closes.
+const PY_SENDER: &str = r#"
+import socket, sys
+from tinyproto import TinyProtoConnection, TinyProtoConnectionDetails
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.settimeout(20)
+conn = TinyProtoConnection(socket_object=sock, socket_already_up=False,
+                           remote_details=TinyProtoConnectionDetails(sys.argv[1], int(sys.argv[2])))
+conn._initialise_connection()
+for msg in [b"one ", b"", b"two " * 50000, b"three\n"]:
+    conn._transmit(msg)
+print("sent", flush=True)
+sock.close()
+"#;
+
+#[test]
+fn test_python_client_to_cli_serve_print_streams_every_message() {
+    let Some(python) = python() else { return };
+    let serve = Serve::start(&["--print"]);
+    let (ip, port) = (serve.addr.ip().to_string(), serve.addr.port().to_string());
+    let (mut client, lines) = spawn_py(&python, PY_SENDER, &[&ip, &port]);
+    assert_eq!(next_line(&lines, "sent"), "sent");
+    assert!(wait_exit(&mut client.0, "python client", WAIT).success());
+    let mut want = b"one ".to_vec();
+    want.extend(b"two ".repeat(50000));
+    want.extend(b"three\n");
+    assert!(
+        serve.read_stdout(want.len()) == want,
+        "printed bytes differ"
+    );
+}

@@ -30,7 +30,7 @@ echo "==> firmware examples (thumbv7em-none-eabihf)"
 (
     cd examples/firmware
     cargo build -q --release --locked --features defmt --target-dir target/defmt
-    cargo build -q --release --locked
+    cargo build -q --release --locked --target-dir target
     python3 size-report.py target/thumbv7em-none-eabihf/release
 )
 

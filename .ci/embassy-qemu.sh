@@ -15,7 +15,9 @@ fi
 rustup target add thumbv7m-none-eabi >/dev/null
 
 cd examples/qemu-test
-cargo build --release --locked 2>&1 | tail -n 3
+# An explicit target dir: a CARGO_TARGET_DIR in the environment must not
+# move the ELF away from where QEMU is pointed.
+cargo build --release --locked --target-dir target 2>&1 | tail -n 3
 elf=target/thumbv7m-none-eabi/release/tinyproto-embassy-qemu-test
 echo "==> running $elf under QEMU (60 s wall limit)"
 set +e

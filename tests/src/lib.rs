@@ -149,7 +149,7 @@ impl PyProcess {
     }
 
     /// Waits for a `py_client.py` run: asserts exit code 0 and returns its
-    /// "PYCLIENT OK <n>" count.
+    /// `PYCLIENT OK <n>` count.
     pub fn client_ok(&mut self, timeout: Duration) -> usize {
         let line = self.expect_line("PYCLIENT", timeout);
         let code = self.wait(Duration::from_secs(30));

@@ -15,7 +15,6 @@ mod exit;
 mod progress;
 mod send;
 mod serve;
-mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,9 +74,9 @@ struct ServeCli {
     /// --sink and --print, which stream them].
     #[arg(long, value_name = "BYTES", value_parser = parse_message_len)]
     max_message: Option<u32>,
-    /// Close a connection idle this long between messages, or whose greeting
-    /// or any read or write inside a message waits this long (--echo, which
-    /// holds whole messages: each message must arrive within SECS).
+    /// Close a connection idle this long between messages, or whose greeting,
+    /// any single write, or any whole message takes longer [default: the std
+    /// adapter's: greeting 10 s, write 10 s, message 60 s, never idle].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
 }

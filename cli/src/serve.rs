@@ -4,20 +4,19 @@
 //! Listening, one thread per connection, the connection limit (0xFE), the
 //! message limit (0x00), deadlines and the graceful stop are the std
 //! adapter's; this module only maps the command line onto it. `--sink` and
-//! `--print` stream each message in chunks (see [`crate::streaming`], a
-//! stopgap until the adapter has a chunked receive hook); `--echo` holds
-//! whole messages, up to `--max-message` (16 MiB unless given).
+//! `--print` take each message in chunks ([`Handler::receive_in_chunks`]), so
+//! memory stays bounded whatever the size; `--echo` holds whole messages, up
+//! to `--max-message` (16 MiB unless given).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use tinyproto_std::{Conn, Error, Handler, Server, Timeouts};
 
 use crate::exit::{self, Failure};
-use crate::streaming::{Output, Streaming};
 use tinyproto::MAX_MESSAGE_LEN;
 
 /// How often the signal watcher looks at the flag.
@@ -49,6 +48,9 @@ pub struct ServeArgs {
     pub timeout: Option<Duration>,
 }
 
+/// Default `--max-message` of `--echo`, which holds whole messages.
+const ECHO_MAX_MESSAGE: u32 = tinyproto_std::DEFAULT_MAX_MESSAGE_LEN;
+
 /// Totals of `--sink`, reported on stop.
 #[derive(Debug, Default)]
 pub struct Totals {
@@ -66,6 +68,92 @@ impl Handler for Echo {
     }
 }
 
+/// Counts and discards, taking messages in chunks.
+struct Sink {
+    totals: Arc<Totals>,
+    limit: u32,
+}
+
+impl Handler for Sink {
+    fn receive_in_chunks(&mut self) -> Option<u32> {
+        Some(self.limit)
+    }
+
+    fn transmission_complete(&mut self, _conn: &mut Conn, len: u32) -> Result<(), Error> {
+        self.totals.messages.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .bytes
+            .fetch_add(u64::from(len), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Whose message is on stdout: one message at a time, so messages of
+/// several connections never interleave (a stdout lock cannot be held across
+/// chunks: it is not `Send`).
+#[derive(Debug, Default)]
+struct Turn {
+    busy: Mutex<bool>,
+    free: Condvar,
+}
+
+impl Turn {
+    fn take(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy {
+            busy = self.free.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy = true;
+    }
+
+    fn give_back(&self) {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.free.notify_one();
+    }
+}
+
+/// Writes each message, raw, to stdout as its chunks arrive.
+struct Print {
+    turn: Arc<Turn>,
+    holding: bool,
+    limit: u32,
+}
+
+impl Print {
+    fn release(&mut self) {
+        if self.holding {
+            self.holding = false;
+            self.turn.give_back();
+        }
+    }
+}
+
+impl Handler for Print {
+    fn receive_in_chunks(&mut self) -> Option<u32> {
+        Some(self.limit)
+    }
+
+    fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        if !self.holding {
+            self.turn.take();
+            self.holding = true;
+        }
+        io::stdout().lock().write_all(chunk)?;
+        Ok(())
+    }
+
+    fn transmission_complete(&mut self, _conn: &mut Conn, _len: u32) -> Result<(), Error> {
+        let flushed = io::stdout().lock().flush();
+        self.release();
+        Ok(flushed?)
+    }
+
+    fn post_loop(&mut self, _conn: &mut Conn, _result: &Result<(), Error>) {
+        // A message that broke off leaves its bytes printed; free stdout.
+        self.release();
+    }
+}
+
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<(), Failure> {
     let mut server = Server::new();
@@ -80,33 +168,32 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
         out.flush().map_err(|e| Failure::io("stdout", e))?;
     }
     let totals = Arc::new(Totals::default());
-    let streamed = |output: Output| {
-        let handler = Streaming {
-            output,
-            max_message: args.max_message.unwrap_or(MAX_MESSAGE_LEN),
-            timeout: args.timeout,
-        };
-        move || Streaming {
-            output: handler.output.clone(),
-            ..handler
-        }
-    };
+    // Sink and print stream, and take up to the protocol's largest message.
+    let limit = args.max_message.unwrap_or(match args.mode {
+        Mode::Echo => ECHO_MAX_MESSAGE,
+        Mode::Sink | Mode::Print => MAX_MESSAGE_LEN,
+    });
+    server.set_max_message_len(limit);
     match args.mode {
         Mode::Echo => server.set_conn_handler(|| Echo),
-        Mode::Sink => server.set_conn_handler(streamed(Output::Sink(Arc::clone(&totals)))),
-        // Each message holds stdout while it streams: messages of several
-        // connections never interleave.
-        Mode::Print => server.set_conn_handler(streamed(Output::Print)),
+        Mode::Sink => {
+            let totals = Arc::clone(&totals);
+            server.set_conn_handler(move || Sink {
+                totals: Arc::clone(&totals),
+                limit,
+            });
+        }
+        Mode::Print => {
+            let turn = Arc::new(Turn::default());
+            server.set_conn_handler(move || Print {
+                turn: Arc::clone(&turn),
+                holding: false,
+                limit,
+            });
+        }
     }
     server.set_connection_limit(args.max_connections);
-    // Echo holds whole messages: the adapter's default limit (16 MiB) stands
-    // unless given. Sink and print stream, and take the protocol's largest.
-    if let Some(len) = args.max_message {
-        server.set_max_message_len(len);
-    }
     if let Some(t) = args.timeout {
-        // The adapter bounds a whole message (`--echo` holds whole ones,
-        // up to --max-message); the streaming modes bound each read instead.
         server.set_timeouts(
             Timeouts::default()
                 .with_greeting(t)

@@ -445,3 +445,32 @@ fn test_send_refuses_a_file_over_the_protocol_limit_before_connecting() {
     assert_eq!(out.code, status::OTHER, "{}", out.stderr);
     assert!(out.stderr.contains("largest message"), "{}", out.stderr);
 }
+
+#[test]
+fn test_print_never_interleaves_messages_of_concurrent_connections() {
+    const LEN: usize = 2 * 1024 * 1024;
+    let serve = Serve::start(&["--print"]);
+    let senders: Vec<_> = [b'a', b'b']
+        .into_iter()
+        .map(|letter| {
+            let addr = serve.addr();
+            thread::spawn(move || run(&["send", &addr], &vec![letter; LEN]))
+        })
+        .collect();
+    for s in senders {
+        let out = s.join().unwrap();
+        assert_eq!(out.code, status::OK, "{}", out.stderr);
+    }
+    let printed = serve.read_stdout(2 * LEN);
+    assert_eq!(printed.len(), 2 * LEN);
+    let (first, second) = printed.split_at(LEN);
+    assert!(
+        first.iter().all(|&b| b == first[0]),
+        "first message interleaved"
+    );
+    assert!(
+        second.iter().all(|&b| b == second[0]),
+        "second message interleaved"
+    );
+    assert_ne!(first[0], second[0]);
+}

@@ -396,15 +396,19 @@ fn test_serve_timeout_closes_idle_connections_in_every_mode() {
 }
 
 #[test]
-fn test_sigterm_stops_serve_with_open_idle_connections() {
-    for mode in ["--echo", "--sink"] {
+fn test_sigint_and_sigterm_stop_serve_with_open_idle_connections() {
+    for (mode, signal) in [
+        ("--echo", "-TERM"),
+        ("--sink", "-INT"),
+        ("--print", "-TERM"),
+    ] {
         let serve = Serve::start(&[mode, "--max-connections", "1"]);
         let _held = greeted(&serve.addr());
-        // The streaming sink still counts against the limit.
+        // Every mode counts against the limit.
         let out = run(&["send", &serve.addr()], b"x");
         assert_eq!(out.code, status::CONNECTION_LIMIT, "{mode}: {}", out.stderr);
         let started = Instant::now();
-        let (code, stderr) = serve.terminate();
+        let (code, stderr) = serve.signal(signal);
         assert_eq!(code, status::OK, "{mode}: {stderr}");
         assert!(started.elapsed() < Duration::from_secs(10), "{mode}");
     }

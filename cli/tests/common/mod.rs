@@ -206,10 +206,16 @@ impl Serve {
     }
 
     /// Sends SIGTERM (to this child, by its id) and waits for the exit.
-    pub fn terminate(mut self) -> (i32, String) {
+    pub fn terminate(self) -> (i32, String) {
+        self.signal("-TERM")
+    }
+
+    /// Sends `signal` (`-TERM`, `-INT`) to this child, by its id, and waits
+    /// for the exit; its status and stderr.
+    pub fn signal(mut self, signal: &str) -> (i32, String) {
         let pid = self.child.id().to_string();
         let killed = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
             .expect("run kill");
         assert!(killed.success());

@@ -172,7 +172,8 @@ fn main() {
     let nagle = stats(&mut raw_nagle);
     let no_nagle = stats(&mut raw_no_nagle);
     println!(
-        "1 MiB messages over the in-memory embassy-net link (release), {rounds} rounds each, {} KiB socket buffers",
+        "1 MiB messages over the in-memory embassy-net link ({}), {rounds} rounds each, {} KiB socket buffers",
+        if cfg!(debug_assertions) { "unoptimised smoke run" } else { "release" },
         SOCKET_BUFFER / 1024
     );
     println!("| path                                  | median ms | median MB/s | best MB/s |");

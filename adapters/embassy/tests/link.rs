@@ -790,3 +790,63 @@ fn test_keep_alive_holds_a_live_peer_and_finds_a_vanished_one() {
         vec![Ended::Failed(Error::Io(NetError::ConnectionReset))]
     );
 }
+
+#[test]
+fn test_cancelled_receive_resumes_with_the_same_buffer() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(60),
+        async |a, b, _| {
+            with_server(a, b, &config, &handler, 64, async |a| {
+                // A small receive buffer: 1 MiB arrives in many reads.
+                let (mut rx, mut tx) = (vec![0u8; 2048], vec![0u8; 2048]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let len = 1 << 20;
+                client
+                    .transmit(format!("send {len}").as_bytes())
+                    .await
+                    .unwrap();
+                let mut buf = vec![0u8; len];
+                // Wait until the message has started, then give up part way.
+                let mut cancelled = 0;
+                let got_len = loop {
+                    match embassy_time::with_timeout(
+                        Duration::from_millis(2),
+                        client.receive(&mut buf),
+                    )
+                    .await
+                    {
+                        Ok(r) => break r.unwrap().len(),
+                        Err(_) => {
+                            cancelled += 1;
+                            assert!(cancelled < 10_000, "never completed");
+                            // Any other operation is refused while half received.
+                            if client.connection().is_in_progress() {
+                                assert_eq!(client.transmit(b"x").await, Err(Error::InProgress));
+                            }
+                        }
+                    }
+                };
+                assert!(cancelled > 0, "the receive was never cut short");
+                assert_eq!(got_len, len);
+                assert!(
+                    buf == pattern(len, 9),
+                    "resumed receive delivers the exact message"
+                );
+                // In step afterwards.
+                client.transmit(b"after").await.unwrap();
+                let mut small = [0u8; 16];
+                assert_eq!(client.receive(&mut small).await.unwrap(), b"after");
+                client.close().await.unwrap();
+            })
+            .await;
+        },
+    );
+    assert!(handler.send_errors.borrow().is_empty());
+}

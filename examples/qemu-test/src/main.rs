@@ -186,6 +186,46 @@ async fn clients(a: Stack<'_>) {
         "client 2 echo",
     );
     c2.close().await.expect("client 2 close");
+
+    // A peer that drips its payload is cut off at the message deadline.
+    {
+        let (mut rx, mut tx) = ([0u8; 256], [0u8; 256]);
+        let mut raw = embassy_net::tcp::TcpSocket::new(a, &mut rx, &mut tx);
+        raw.connect(to).await.expect("raw connect");
+        let mut byte = [0u8; 1];
+        raw.write(&[0xFF]).await.expect("greet");
+        check(
+            raw.read(&mut byte).await == Ok(1) && byte[0] == 0xFF,
+            "greeting",
+        );
+        raw.write(&100u32.to_be_bytes()).await.expect("length");
+        check(
+            raw.read(&mut byte).await == Ok(1) && byte[0] == 0xFF,
+            "length accepted",
+        );
+        let started = Instant::now();
+        let mut cut_off = None;
+        for _ in 0..100 {
+            if raw.write(&[0x42]).await.is_err() {
+                cut_off = Some(started.elapsed());
+                break;
+            }
+            let tick = embassy_time::Timer::after(Duration::from_millis(100));
+            if let Either::First(r) = select(raw.read(&mut byte), tick).await {
+                check(matches!(r, Ok(0) | Err(_)), "no data from the server");
+                cut_off = Some(started.elapsed());
+                break;
+            }
+        }
+        let cut_off = cut_off.expect("dripping peer never cut off");
+        check(
+            cut_off >= Duration::from_millis(900) && cut_off < Duration::from_secs(5),
+            "cut off near the 1 s message deadline",
+        );
+        hprintln!("dripping peer cut off after {} ms", cut_off.as_millis());
+        raw.abort();
+        let _ = raw.flush().await;
+    }
     c1.close().await.expect("client 1 close");
 }
 
@@ -216,7 +256,9 @@ async fn main(spawner: Spawner) {
     let handler = Echo {
         received: Cell::new(0),
     };
-    let server_config = ServerConfig::new(PORT);
+    let mut server_config = ServerConfig::new(PORT);
+    // Whole-message deadline: a dripping peer is cut off after 1 s.
+    server_config.timeouts.message = Duration::from_secs(1);
     let (mut s0rx, mut s0tx, mut s0msg) = ([0u8; 2048], [0u8; 2048], [0u8; 2048]);
     let (mut s1rx, mut s1tx, mut s1msg) = ([0u8; 1024], [0u8; 1024], [0u8; 256]);
     let (mut rrx, mut rtx) = ([0u8; 64], [0u8; 64]);

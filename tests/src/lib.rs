@@ -304,3 +304,9 @@ impl Drop for RunningServer {
         }
     }
 }
+
+/// The code blocks of the workspace README, compiled as doctests so the
+/// first examples a user copies keep building.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

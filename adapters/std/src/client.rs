@@ -6,13 +6,12 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{settings_methods, Settings};
 use crate::conn::{Conn, Handler};
 use crate::error::{Deadline, Error};
-use crate::plugin::Plugin;
 use crate::registry::{Connections, Context, Ended, Factory, Pool, Shared, StopHandle};
-use crate::server::{call_hook, DEFAULT_DRAIN_TIMEOUT};
-use crate::{ConnId, Timeouts};
+use crate::server::call_hook;
+use crate::ConnId;
 
 /// The hooks of a client's own loop ([`Client::start`]), mirroring the
 /// reference's `TinyProtoClient`. Every method has a default body.
@@ -22,7 +21,7 @@ pub trait ClientHooks: Send + 'static {
         let _ = client;
     }
 
-    /// Runs on every pass of the client loop (every [`Timeouts::poll`]).
+    /// Runs on every pass of the client loop (every [`Timeouts::poll`](crate::Timeouts::poll)).
     fn loop_pass(&mut self, client: &Context) {
         let _ = client;
     }
@@ -64,10 +63,9 @@ impl ClientHooks for () {}
 /// loop on a thread of its own, and [`start`](Self::start) runs the
 /// optional client loop with [`ClientHooks`].
 pub struct Client {
-    cfg: Config,
+    settings: Settings,
     factory: Factory,
     hooks: Box<dyn ClientHooks>,
-    drain_timeout: Duration,
     stop: StopHandle,
     pool: Pool,
 }
@@ -75,8 +73,8 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("cfg", &self.cfg)
-            .field("drain_timeout", &self.drain_timeout)
+            .field("cfg", &self.settings.conn)
+            .field("drain_timeout", &self.settings.drain_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -89,14 +87,13 @@ impl Default for Client {
 
 impl Client {
     /// A client with the do-nothing handler `()`, no hooks and default
-    /// [`Timeouts`].
+    /// [`Timeouts`](crate::Timeouts).
     pub fn new() -> Self {
         let stop = StopHandle::default();
         Self {
-            cfg: Config::default(),
+            settings: Settings::default(),
             factory: Arc::new(|| Box::new(())),
             hooks: Box::new(()),
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             pool: Pool::new(Arc::new(Shared::default()), stop.clone()),
             stop,
         }
@@ -118,49 +115,15 @@ impl Client {
     }
 
     /// Like the reference's `timeout`: sets the connect, greeting and
-    /// receive time limits to `timeout` (see [`Timeouts`]).
+    /// receive time limits to `timeout` (see [`Timeouts`](crate::Timeouts)).
     pub fn set_timeout(&mut self, timeout: Duration) {
-        let t = &mut self.cfg.timeouts;
+        let t = &mut self.settings.conn.timeouts;
         t.connect = timeout;
         t.greeting = timeout;
         t.receive = timeout;
     }
 
-    /// Sets every time limit of new connections.
-    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
-        self.cfg.timeouts = timeouts;
-    }
-
-    /// The time limits of new connections.
-    pub fn timeouts(&self) -> Timeouts {
-        self.cfg.timeouts
-    }
-
-    /// Caps the length of accepted messages (default
-    /// [`DEFAULT_MAX_MESSAGE_LEN`](crate::DEFAULT_MAX_MESSAGE_LEN)).
-    pub fn set_max_message_len(&mut self, len: u32) {
-        self.cfg.max_message_len = len;
-    }
-
-    /// `TCP_NODELAY` on new sockets (default `true`).
-    pub fn set_nodelay(&mut self, nodelay: bool) {
-        self.cfg.nodelay = nodelay;
-    }
-
-    /// How many messages [`Connections`] may queue for one connection.
-    pub fn set_queue_len(&mut self, len: usize) {
-        self.cfg.queue_len = len;
-    }
-
-    /// How long stopping waits for connections to end before closing them.
-    pub fn set_drain_timeout(&mut self, timeout: Duration) {
-        self.drain_timeout = timeout;
-    }
-
-    /// Adds a plugin at the end of the chain of new connections.
-    pub fn register_plugin(&mut self, plugin: impl Plugin) {
-        self.cfg.plugins.push(Arc::new(plugin));
-    }
+    settings_methods!();
 
     /// The registry of active [`connect_to`](Self::connect_to) connections.
     pub fn active_connections(&self) -> Connections {
@@ -179,7 +142,7 @@ impl Client {
     pub fn connect(&self, addr: impl ToSocketAddrs) -> Result<Conn, Error> {
         let (stream, peer) = self.open(addr)?;
         let id = self.pool.shared.new_id();
-        let mut conn = Conn::new(id, stream, peer, Arc::new(self.cfg.clone()));
+        let mut conn = Conn::new(id, stream, peer, Arc::new(self.settings.conn.clone()));
         conn.greet()?;
         log::debug!("{id}: connected to {}", conn.peer_addr());
         Ok(conn)
@@ -191,7 +154,8 @@ impl Client {
         let conn = self.connect(addr)?;
         let id = conn.id();
         let handler = (self.factory)();
-        self.pool.spawn(conn, handler, self.cfg.queue_len, |_| {})?;
+        self.pool
+            .spawn(conn, handler, self.settings.conn.queue_len, |_| {})?;
         Ok(id)
     }
 
@@ -203,14 +167,14 @@ impl Client {
     }
 
     /// Runs the client loop until stopped: `pre_loop`, `loop_pass` every
-    /// [`Timeouts::poll`], `post_loop`, then closes the connections like
+    /// [`Timeouts::poll`](crate::Timeouts::poll), `post_loop`, then closes the connections like
     /// [`close_all`](Self::close_all).
     pub fn start(&mut self) {
         let ctx = self.context();
         let hooks = &mut self.hooks;
         call_hook("pre_loop", || hooks.pre_loop(&ctx));
         while !self.stop.is_stopped() {
-            for Ended { id, peer, result } in self.pool.reap(self.cfg.timeouts.poll) {
+            for Ended { id, peer, result } in self.pool.reap(self.settings.conn.timeouts.poll) {
                 call_hook("conn_shutdown", || {
                     hooks.conn_shutdown(&ctx, id, peer, &result)
                 });
@@ -227,12 +191,14 @@ impl Client {
     pub fn close_all(&mut self) {
         let ctx = self.context();
         let hooks = &mut self.hooks;
-        self.pool
-            .drain(self.drain_timeout, &mut |Ended { id, peer, result }| {
+        self.pool.drain(
+            self.settings.drain_timeout,
+            &mut |Ended { id, peer, result }| {
                 call_hook("conn_shutdown", || {
                     hooks.conn_shutdown(&ctx, id, peer, &result)
                 })
-            });
+            },
+        );
         // Later connections start afresh.
         self.pool = Pool::new(Arc::new(Shared::default()), self.stop.clone());
     }
@@ -248,7 +214,7 @@ impl Client {
     fn open(&self, addr: impl ToSocketAddrs) -> Result<(TcpStream, SocketAddr), Error> {
         let mut last = None;
         for addr in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, self.cfg.timeouts.connect) {
+            match TcpStream::connect_timeout(&addr, self.settings.conn.timeouts.connect) {
                 Ok(stream) => return Ok((stream, addr)),
                 Err(e) => last = Some(e),
             }

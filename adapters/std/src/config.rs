@@ -94,6 +94,9 @@ pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 16 * 1024 * 1024;
 /// Default number of messages other connections may queue for one connection.
 pub const DEFAULT_QUEUE_LEN: usize = 1024;
 
+/// Default time a graceful stop waits for connections to end: 5 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Per-connection settings, shared by all connections of a server or client.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -117,3 +120,74 @@ impl Default for Config {
 }
 
 pub(crate) type SharedConfig = Arc<Config>;
+
+/// The settings a [`Server`](crate::Server) and a [`Client`](crate::Client)
+/// share: those of their connections, and how long a stop waits for them.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Copied into every new connection.
+    pub conn: Config,
+    /// How long a graceful stop waits for connections to end.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            conn: Config::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// The public setters of [`Settings`], written once for the server and the
+/// client: invoked inside `impl Server` and `impl Client`, whose `settings`
+/// field they set.
+macro_rules! settings_methods {
+    () => {
+        /// Sets every time limit of new connections.
+        pub fn set_timeouts(&mut self, timeouts: $crate::Timeouts) {
+            self.settings.conn.timeouts = timeouts;
+        }
+
+        /// The time limits of new connections.
+        pub fn timeouts(&self) -> $crate::Timeouts {
+            self.settings.conn.timeouts
+        }
+
+        /// Caps the length of accepted messages (default
+        /// [`DEFAULT_MAX_MESSAGE_LEN`](crate::DEFAULT_MAX_MESSAGE_LEN)); longer
+        /// ones are answered 0x00 and the connection goes on.
+        pub fn set_max_message_len(&mut self, len: u32) {
+            self.settings.conn.max_message_len = len;
+        }
+
+        /// `TCP_NODELAY` on new sockets (default `true`).
+        pub fn set_nodelay(&mut self, nodelay: bool) {
+            self.settings.conn.nodelay = nodelay;
+        }
+
+        /// How many messages [`Connections`](crate::Connections) may queue
+        /// for one connection (default
+        /// [`DEFAULT_QUEUE_LEN`](crate::DEFAULT_QUEUE_LEN)).
+        pub fn set_queue_len(&mut self, len: usize) {
+            self.settings.conn.queue_len = len;
+        }
+
+        /// How long a graceful stop waits for connections to end before
+        /// closing them (default
+        /// [`DEFAULT_DRAIN_TIMEOUT`](crate::DEFAULT_DRAIN_TIMEOUT)).
+        pub fn set_drain_timeout(&mut self, timeout: ::std::time::Duration) {
+            self.settings.drain_timeout = timeout;
+        }
+
+        /// Adds a plugin at the end of the chain of new connections.
+        pub fn register_plugin(&mut self, plugin: impl $crate::Plugin) {
+            self.settings
+                .conn
+                .plugins
+                .push(::std::sync::Arc::new(plugin));
+        }
+    };
+}
+pub(crate) use settings_methods;

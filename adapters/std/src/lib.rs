@@ -14,14 +14,14 @@ mod server;
 use std::fmt;
 
 pub use client::{Client, ClientHooks};
-pub use config::{Timeouts, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_QUEUE_LEN};
+pub use config::{Timeouts, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_QUEUE_LEN};
 pub use conn::{Conn, Handler};
 pub use error::{Deadline, Error, ProtocolError};
 #[cfg(feature = "zlib")]
 pub use plugin::ZlibPlugin;
 pub use plugin::{Plugin, PluginError};
 pub use registry::{Connections, Context, StopHandle};
-pub use server::{Server, ServerHooks, DEFAULT_DRAIN_TIMEOUT};
+pub use server::{Server, ServerHooks};
 
 /// Re-exported: the core crate.
 pub use tinyproto;

@@ -9,16 +9,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{settings_methods, Settings};
 use crate::conn::{panic_message, Conn, Handler};
 use crate::error::Error;
 use crate::io::Io;
-use crate::plugin::Plugin;
 use crate::registry::{Connections, Context, Ended, Factory, Pool, Shared, StopHandle};
-use crate::{ConnId, Timeouts};
-
-/// Default time a graceful stop waits for connections to end: 5 s.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::ConnId;
 
 /// At most this many refused connections linger at once, waiting for the
 /// peer to read the 0xFE before the close; more are closed at once.
@@ -37,7 +33,7 @@ pub trait ServerHooks: Send + 'static {
     }
 
     /// Runs on every pass of the accept loop (at least every
-    /// [`Timeouts::poll`]).
+    /// [`Timeouts::poll`](crate::Timeouts::poll)).
     fn loop_pass(&mut self, server: &Context) {
         let _ = server;
     }
@@ -94,11 +90,10 @@ impl ServerHooks for () {}
 /// ```
 pub struct Server {
     listeners: Vec<TcpListener>,
-    cfg: Config,
+    settings: Settings,
     factory: Factory,
     hooks: Box<dyn ServerHooks>,
     limit: Option<usize>,
-    drain_timeout: Duration,
     stop: StopHandle,
     shared: Arc<Shared>,
 }
@@ -107,9 +102,9 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("listeners", &self.listeners)
-            .field("cfg", &self.cfg)
+            .field("cfg", &self.settings.conn)
             .field("limit", &self.limit)
-            .field("drain_timeout", &self.drain_timeout)
+            .field("drain_timeout", &self.settings.drain_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -122,15 +117,14 @@ impl Default for Server {
 
 impl Server {
     /// A server with no address, the do-nothing handler `()`, no hooks, no
-    /// connection limit and default [`Timeouts`].
+    /// connection limit and default [`Timeouts`](crate::Timeouts).
     pub fn new() -> Self {
         Self {
             listeners: Vec::new(),
-            cfg: Config::default(),
+            settings: Settings::default(),
             factory: Arc::new(|| Box::new(())),
             hooks: Box::new(()),
             limit: None,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             stop: StopHandle::default(),
             shared: Arc::new(Shared::default()),
         }
@@ -174,44 +168,7 @@ impl Server {
         self.limit = limit;
     }
 
-    /// Sets the time limits of every connection.
-    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
-        self.cfg.timeouts = timeouts;
-    }
-
-    /// The time limits of every connection.
-    pub fn timeouts(&self) -> Timeouts {
-        self.cfg.timeouts
-    }
-
-    /// Caps the length of accepted messages (default
-    /// [`DEFAULT_MAX_MESSAGE_LEN`](crate::DEFAULT_MAX_MESSAGE_LEN)); longer
-    /// ones are answered 0x00 and the connection goes on.
-    pub fn set_max_message_len(&mut self, len: u32) {
-        self.cfg.max_message_len = len;
-    }
-
-    /// `TCP_NODELAY` on accepted sockets (default `true`).
-    pub fn set_nodelay(&mut self, nodelay: bool) {
-        self.cfg.nodelay = nodelay;
-    }
-
-    /// How many messages [`Connections`] may queue for one connection
-    /// (default [`DEFAULT_QUEUE_LEN`](crate::DEFAULT_QUEUE_LEN)).
-    pub fn set_queue_len(&mut self, len: usize) {
-        self.cfg.queue_len = len;
-    }
-
-    /// How long a graceful stop waits for connections to end before closing
-    /// them (default [`DEFAULT_DRAIN_TIMEOUT`]).
-    pub fn set_drain_timeout(&mut self, timeout: Duration) {
-        self.drain_timeout = timeout;
-    }
-
-    /// Adds a plugin at the end of the chain of every connection.
-    pub fn register_plugin(&mut self, plugin: impl Plugin) {
-        self.cfg.plugins.push(Arc::new(plugin));
-    }
+    settings_methods!();
 
     /// The registry of active connections.
     pub fn active_connections(&self) -> Connections {
@@ -240,7 +197,7 @@ impl Server {
         for listener in &self.listeners {
             listener.set_nonblocking(true)?;
         }
-        let cfg = Arc::new(self.cfg.clone());
+        let cfg = Arc::new(self.settings.conn.clone());
         let ctx = Context {
             connections: self.active_connections(),
             stop: self.stop.clone(),
@@ -299,11 +256,14 @@ impl Server {
         }
         log::info!("stopping: {} connection(s) to drain", pool.active());
         self.listeners.clear();
-        pool.drain(self.drain_timeout, &mut |Ended { id, peer, result }| {
-            call_hook("conn_shutdown", || {
-                hooks.conn_shutdown(&ctx, id, peer, &result)
-            })
-        });
+        pool.drain(
+            self.settings.drain_timeout,
+            &mut |Ended { id, peer, result }| {
+                call_hook("conn_shutdown", || {
+                    hooks.conn_shutdown(&ctx, id, peer, &result)
+                })
+            },
+        );
         call_hook("post_loop", || hooks.post_loop(&ctx));
         Ok(())
     }

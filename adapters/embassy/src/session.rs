@@ -88,7 +88,9 @@ impl<'s, 'a> Session<'s, 'a> {
     }
 }
 
-fn idle_limit(conn: &Connection<'_>) -> Option<Instant> {
+/// When a receive gives up on a message that has not begun:
+/// [`Timeouts::idle`](crate::Timeouts::idle) from now (`None`: never).
+pub(crate) fn idle_limit(conn: &Connection<'_>) -> Option<Instant> {
     conn.get_ref()
         .timeouts()
         .idle

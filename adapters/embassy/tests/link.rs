@@ -5,7 +5,7 @@ mod common;
 
 use std::cell::{Cell, RefCell};
 
-use common::{pattern, run_pair, server_endpoint, Faults};
+use common::{pattern, run_pair, server_endpoint, Faults, LinkStats};
 use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
@@ -98,28 +98,73 @@ fn quick_timeouts() -> Timeouts {
     }
 }
 
-/// Runs `client` against a one-slot echo server on stack B.
-async fn with_server<R>(
-    a: Stack<'_>,
-    b: Stack<'_>,
-    config: &ServerConfig,
-    handler: &Echo,
+/// One test against a one-slot echo server on stack B: the link, the
+/// server's timeouts and message buffer, and the test client's timeouts.
+/// [`EchoTest::new`] has the usual ones.
+struct EchoTest<'h> {
+    handler: &'h Echo,
+    server_timeouts: Timeouts,
+    /// The server slot's message buffer: the largest message it takes.
     message_buffer: usize,
-    client: impl AsyncFnOnce(Stack<'_>) -> R,
-) -> R {
-    let (mut rx, mut tx, mut msg) = buffers(32 * 1024, 32 * 1024, message_buffer);
-    let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-    match select(serve(b, config, slots, None, handler), client(a)).await {
-        Either::First(never) => match never {},
-        Either::Second(r) => r,
+    client_timeouts: Timeouts,
+    faults: Faults,
+    /// The bound on the whole test.
+    limit: Duration,
+}
+
+impl<'h> EchoTest<'h> {
+    /// A clean link, [`quick_timeouts`] on both sides, 60 s for the test.
+    fn new(handler: &'h Echo, message_buffer: usize) -> Self {
+        Self {
+            handler,
+            server_timeouts: quick_timeouts(),
+            message_buffer,
+            client_timeouts: quick_timeouts(),
+            faults: Faults::default(),
+            limit: Duration::from_secs(60),
+        }
+    }
+
+    /// Runs `test` with stack A while the server serves on stack B.
+    fn serve<R>(&self, test: impl for<'s> AsyncFnOnce(Stack<'s>, &'s LinkStats) -> R) -> R {
+        let mut config = ServerConfig::new(PORT);
+        config.timeouts = self.server_timeouts;
+        run_pair(self.faults, self.limit, async |a, b, link| {
+            let (mut rx, mut tx, mut msg) = buffers(32 * 1024, 32 * 1024, self.message_buffer);
+            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
+            match select(serve(b, &config, slots, None, self.handler), test(a, link)).await {
+                Either::First(never) => match never {},
+                Either::Second(r) => r,
+            }
+        })
+    }
+
+    /// Runs `test` with a client on stack A connected to the server, with
+    /// socket buffers of `socket_buffer` bytes each way.
+    fn connect<R>(
+        &self,
+        socket_buffer: usize,
+        test: impl for<'s> AsyncFnOnce(Client<'s>, &'s LinkStats) -> R,
+    ) -> R {
+        self.serve(async |a, link| {
+            let (mut rx, mut tx) = (vec![0u8; socket_buffer], vec![0u8; socket_buffer]);
+            let client = Client::connect(
+                a,
+                &mut rx,
+                &mut tx,
+                server_endpoint(PORT),
+                self.client_timeouts,
+            )
+            .await
+            .unwrap();
+            test(client, link).await
+        })
     }
 }
 
 #[test]
 fn test_round_trips_0_bytes_to_1_mib() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = quick_timeouts();
     let sizes = [
         0usize,
         1,
@@ -137,30 +182,18 @@ fn test_round_trips_0_bytes_to_1_mib() {
         100_000,
         1 << 20,
     ];
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(60),
-        async |a, b, _| {
-            with_server(a, b, &config, &handler, 1 << 20, async |a| {
-                let (mut rx, mut tx) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                let mut buf = vec![0u8; 1 << 20];
-                for (i, &size) in sizes.iter().enumerate() {
-                    let msg = pattern(size, i as u8);
-                    client.transmit(&msg).await.unwrap();
-                    let echo = client.receive(&mut buf).await.unwrap();
-                    assert_eq!(echo.len(), size);
-                    assert!(echo == &msg[..], "echo of {size} bytes differs");
-                }
-                client.close().await.unwrap();
-                settle(|| !handler.ended.borrow().is_empty()).await;
-            })
-            .await;
-        },
-    );
+    EchoTest::new(&handler, 1 << 20).connect(32 * 1024, async |mut client, _| {
+        let mut buf = vec![0u8; 1 << 20];
+        for (i, &size) in sizes.iter().enumerate() {
+            let msg = pattern(size, i as u8);
+            client.transmit(&msg).await.unwrap();
+            let echo = client.receive(&mut buf).await.unwrap();
+            assert_eq!(echo.len(), size);
+            assert!(echo == &msg[..], "echo of {size} bytes differs");
+        }
+        client.close().await.unwrap();
+        settle(|| !handler.ended.borrow().is_empty()).await;
+    });
     assert_eq!(handler.received.get(), sizes.len());
     assert!(handler.send_errors.borrow().is_empty());
     assert_eq!(handler.ended(), vec![Ended::PeerClosed]);
@@ -169,95 +202,67 @@ fn test_round_trips_0_bytes_to_1_mib() {
 #[test]
 fn test_chunked_receive_larger_than_buffer() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = quick_timeouts();
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(60),
-        async |a, b, _| {
-            with_server(a, b, &config, &handler, 64, async |a| {
-                let (mut rx, mut tx) = (vec![0u8; 4096], vec![0u8; 4096]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                for len in [0usize, 255, 256, 257, 300_000] {
-                    client
-                        .transmit(format!("send {len}").as_bytes())
-                        .await
-                        .unwrap();
-                    let expected = pattern(len, 9);
-                    let mut incoming = client.begin_receive(1 << 20).await.unwrap();
-                    assert_eq!(incoming.len() as usize, len);
-                    let mut chunk = [0u8; 256];
-                    let mut got = 0;
-                    loop {
-                        let n = incoming.read(&mut chunk).await.unwrap();
-                        if n == 0 {
-                            break;
-                        }
-                        assert_eq!(&chunk[..n], &expected[got..got + n], "chunk at {got}");
-                        got += n;
-                    }
-                    assert_eq!(got, len);
-                    assert!(!client.connection().is_in_progress());
+    EchoTest::new(&handler, 64).connect(4096, async |mut client, _| {
+        for len in [0usize, 255, 256, 257, 300_000] {
+            client
+                .transmit(format!("send {len}").as_bytes())
+                .await
+                .unwrap();
+            let expected = pattern(len, 9);
+            let mut incoming = client.begin_receive(1 << 20).await.unwrap();
+            assert_eq!(incoming.len() as usize, len);
+            let mut chunk = [0u8; 256];
+            let mut got = 0;
+            loop {
+                let n = incoming.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
                 }
-                // Still in step: a plain round trip follows.
-                client.transmit(b"after").await.unwrap();
-                let mut buf = [0u8; 16];
-                assert_eq!(client.receive(&mut buf).await.unwrap(), b"after");
-                client.close().await.unwrap();
-            })
-            .await;
-        },
-    );
+                assert_eq!(&chunk[..n], &expected[got..got + n], "chunk at {got}");
+                got += n;
+            }
+            assert_eq!(got, len);
+            assert!(!client.connection().is_in_progress());
+        }
+        // Still in step: a plain round trip follows.
+        client.transmit(b"after").await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(client.receive(&mut buf).await.unwrap(), b"after");
+        client.close().await.unwrap();
+    });
     assert!(handler.send_errors.borrow().is_empty());
 }
 
 #[test]
 fn test_oversized_message_rejected_connection_still_usable() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = quick_timeouts();
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(60),
-        async |a, b, _| {
-            // The server takes at most 1024 bytes (its message buffer).
-            with_server(a, b, &config, &handler, 1024, async |a| {
-                let (mut rx, mut tx) = (vec![0u8; 4096], vec![0u8; 4096]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                let big = pattern(2000, 1);
-                assert_eq!(
-                    client.transmit(&big).await,
-                    Err(Error::Rejected { len: 2000 })
-                );
-                let fits = pattern(1024, 2);
-                client.transmit(&fits).await.unwrap();
-                let mut buf = vec![0u8; 1024];
-                assert_eq!(client.receive(&mut buf).await.unwrap(), &fits[..]);
+    // The server takes at most 1024 bytes (its message buffer).
+    EchoTest::new(&handler, 1024).connect(4096, async |mut client, _| {
+        let big = pattern(2000, 1);
+        assert_eq!(
+            client.transmit(&big).await,
+            Err(Error::Rejected { len: 2000 })
+        );
+        let fits = pattern(1024, 2);
+        client.transmit(&fits).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        assert_eq!(client.receive(&mut buf).await.unwrap(), &fits[..]);
 
-                // The other way: the client's buffer of 16 refuses 100 bytes.
-                client.transmit(b"send 100").await.unwrap();
-                let mut small = [0u8; 16];
-                assert_eq!(
-                    client.receive(&mut small).await,
-                    Err(Error::TooLarge {
-                        len: 100,
-                        capacity: 16
-                    })
-                );
-                client.transmit(b"ping").await.unwrap();
-                assert_eq!(client.receive(&mut small).await.unwrap(), b"ping");
-                client.close().await.unwrap();
-                settle(|| !handler.ended.borrow().is_empty()).await;
+        // The other way: the client's buffer of 16 refuses 100 bytes.
+        client.transmit(b"send 100").await.unwrap();
+        let mut small = [0u8; 16];
+        assert_eq!(
+            client.receive(&mut small).await,
+            Err(Error::TooLarge {
+                len: 100,
+                capacity: 16
             })
-            .await;
-        },
-    );
+        );
+        client.transmit(b"ping").await.unwrap();
+        assert_eq!(client.receive(&mut small).await.unwrap(), b"ping");
+        client.close().await.unwrap();
+        settle(|| !handler.ended.borrow().is_empty()).await;
+    });
     // The server's send of 100 bytes was rejected, and it carried on.
     assert_eq!(
         *handler.send_errors.borrow(),
@@ -355,62 +360,58 @@ fn test_connection_limit_answered_0xfe() {
 #[test]
 fn test_dripping_peer_timed_out() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = Timeouts {
-        message: Duration::from_millis(300),
-        close: Duration::from_millis(200),
-        ..quick_timeouts()
-    };
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(30),
-        async |a, b, _| {
-            with_server(a, b, &config, &handler, 1024, async |a| {
-                let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
-                let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
-                raw.connect(server_endpoint(PORT)).await.unwrap();
-                let mut byte = [0u8; 1];
-                raw.write(&[0xFF]).await.unwrap();
-                raw.read(&mut byte).await.unwrap();
-                assert_eq!(byte, [0xFF]);
-                raw.write(&30u32.to_be_bytes()).await.unwrap();
-                raw.flush().await.unwrap();
-                raw.read(&mut byte).await.unwrap();
-                assert_eq!(byte, [0xFF], "length accepted");
-                // Drip one payload byte every 100 ms: 30 bytes would take 3 s.
-                let started = Instant::now();
-                let mut cut_off = None;
-                for _ in 0..30 {
-                    if raw.write(&[0x42]).await.is_err() || raw.flush().await.is_err() {
-                        cut_off = Some(started.elapsed());
-                        break;
-                    }
-                    // The server closing shows up as EOF on our side.
-                    if let Either::First(r) = select(
-                        raw.read(&mut byte),
-                        Timer::after(Duration::from_millis(100)),
-                    )
-                    .await
-                    {
-                        assert!(matches!(r, Ok(0) | Err(_)), "no data expected, got {r:?}");
-                        cut_off = Some(started.elapsed());
-                        break;
-                    }
-                }
-                let cut_off = cut_off.expect("the dripping peer was never cut off");
-                assert!(
-                    cut_off >= Duration::from_millis(250) && cut_off < Duration::from_millis(2500),
-                    "cut off after {} ms",
-                    cut_off.as_millis()
-                );
-                raw.abort();
-                let _ = raw.flush().await;
-                // Let the server finish its close and report.
-                Timer::after(Duration::from_millis(400)).await;
-            })
-            .await;
+    EchoTest {
+        server_timeouts: Timeouts {
+            message: Duration::from_millis(300),
+            close: Duration::from_millis(200),
+            ..quick_timeouts()
         },
-    );
+        limit: Duration::from_secs(30),
+        ..EchoTest::new(&handler, 1024)
+    }
+    .serve(async |a, _| {
+        let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+        let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
+        raw.connect(server_endpoint(PORT)).await.unwrap();
+        let mut byte = [0u8; 1];
+        raw.write(&[0xFF]).await.unwrap();
+        raw.read(&mut byte).await.unwrap();
+        assert_eq!(byte, [0xFF]);
+        raw.write(&30u32.to_be_bytes()).await.unwrap();
+        raw.flush().await.unwrap();
+        raw.read(&mut byte).await.unwrap();
+        assert_eq!(byte, [0xFF], "length accepted");
+        // Drip one payload byte every 100 ms: 30 bytes would take 3 s.
+        let started = Instant::now();
+        let mut cut_off = None;
+        for _ in 0..30 {
+            if raw.write(&[0x42]).await.is_err() || raw.flush().await.is_err() {
+                cut_off = Some(started.elapsed());
+                break;
+            }
+            // The server closing shows up as EOF on our side.
+            if let Either::First(r) = select(
+                raw.read(&mut byte),
+                Timer::after(Duration::from_millis(100)),
+            )
+            .await
+            {
+                assert!(matches!(r, Ok(0) | Err(_)), "no data expected, got {r:?}");
+                cut_off = Some(started.elapsed());
+                break;
+            }
+        }
+        let cut_off = cut_off.expect("the dripping peer was never cut off");
+        assert!(
+            cut_off >= Duration::from_millis(250) && cut_off < Duration::from_millis(2500),
+            "cut off after {} ms",
+            cut_off.as_millis()
+        );
+        raw.abort();
+        let _ = raw.flush().await;
+        // Let the server finish its close and report.
+        Timer::after(Duration::from_millis(400)).await;
+    });
     assert_eq!(
         handler.received.get(),
         0,
@@ -427,58 +428,54 @@ fn test_dripping_peer_timed_out() {
 #[test]
 fn test_silent_peers_timed_out_at_greeting_and_idle() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = Timeouts {
-        greeting: Duration::from_millis(200),
-        idle: Some(Duration::from_millis(300)),
-        close: Duration::from_millis(200),
-        ..quick_timeouts()
-    };
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(30),
-        async |a, b, _| {
-            with_server(a, b, &config, &handler, 1024, async |a| {
-                // 1. Connects and never greets.
-                {
-                    let (mut rx, mut tx) = ([0u8; 256], [0u8; 256]);
-                    let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
-                    raw.connect(server_endpoint(PORT)).await.unwrap();
-                    let started = Instant::now();
-                    let mut byte = [0u8; 4];
-                    // The server's greeting byte, then its close.
-                    assert_eq!(raw.read(&mut byte).await, Ok(1));
-                    assert_eq!(byte[0], 0xFF);
-                    assert!(matches!(raw.read(&mut byte).await, Ok(0) | Err(_)));
-                    let waited = started.elapsed();
-                    assert!(
-                        waited >= Duration::from_millis(150),
-                        "{} ms",
-                        waited.as_millis()
-                    );
-                    raw.close();
-                    let _ = raw.flush().await;
-                }
-                // 2. Greets, then stays quiet: closed for idleness.
-                let (mut rx, mut tx) = ([0u8; 256], [0u8; 256]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                let started = Instant::now();
-                let mut buf = [0u8; 16];
-                assert_eq!(client.receive(&mut buf).await, Err(Error::Closed));
-                let waited = started.elapsed();
-                assert!(
-                    waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
-                    "idle close after {} ms",
-                    waited.as_millis()
-                );
-                Timer::after(Duration::from_millis(300)).await;
-            })
-            .await;
+    EchoTest {
+        server_timeouts: Timeouts {
+            greeting: Duration::from_millis(200),
+            idle: Some(Duration::from_millis(300)),
+            close: Duration::from_millis(200),
+            ..quick_timeouts()
         },
-    );
+        limit: Duration::from_secs(30),
+        ..EchoTest::new(&handler, 1024)
+    }
+    .serve(async |a, _| {
+        // 1. Connects and never greets.
+        {
+            let (mut rx, mut tx) = ([0u8; 256], [0u8; 256]);
+            let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
+            raw.connect(server_endpoint(PORT)).await.unwrap();
+            let started = Instant::now();
+            let mut byte = [0u8; 4];
+            // The server's greeting byte, then its close.
+            assert_eq!(raw.read(&mut byte).await, Ok(1));
+            assert_eq!(byte[0], 0xFF);
+            assert!(matches!(raw.read(&mut byte).await, Ok(0) | Err(_)));
+            let waited = started.elapsed();
+            assert!(
+                waited >= Duration::from_millis(150),
+                "{} ms",
+                waited.as_millis()
+            );
+            raw.close();
+            let _ = raw.flush().await;
+        }
+        // 2. Greets, then stays quiet: closed for idleness.
+        let (mut rx, mut tx) = ([0u8; 256], [0u8; 256]);
+        let mut client =
+            Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                .await
+                .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        assert_eq!(client.receive(&mut buf).await, Err(Error::Closed));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+            "idle close after {} ms",
+            waited.as_millis()
+        );
+        Timer::after(Duration::from_millis(300)).await;
+    });
     assert_eq!(
         handler.ended(),
         vec![
@@ -508,31 +505,28 @@ fn test_lossy_link_1000_messages_exactly_once_in_order() {
         check_seq: true,
         ..Echo::default()
     };
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = Timeouts {
+    let timeouts = Timeouts {
         message: Duration::from_secs(60),
         ..quick_timeouts()
     };
     let count = 1000u32;
-    let stats = run_pair(faults, Duration::from_secs(600), async |a, b, stats| {
-        with_server(a, b, &config, &handler, 8192, async |a| {
-            let (mut rx, mut tx) = (vec![0u8; 16384], vec![0u8; 16384]);
-            let mut timeouts = quick_timeouts();
-            timeouts.message = Duration::from_secs(60);
-            let mut client = Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), timeouts)
-                .await
-                .unwrap();
-            let mut buf = vec![0u8; 8192];
-            for seq in 0..count {
-                let mut msg = seq.to_be_bytes().to_vec();
-                msg.extend(pattern((seq as usize * 37) % 4000, seq as u8));
-                client.transmit(&msg).await.unwrap();
-                let echo = client.receive(&mut buf).await.unwrap();
-                assert!(echo == &msg[..], "echo of message {seq} differs");
-            }
-            client.close().await.unwrap();
-        })
-        .await;
+    let stats = EchoTest {
+        server_timeouts: timeouts,
+        client_timeouts: timeouts,
+        faults,
+        limit: Duration::from_secs(600),
+        ..EchoTest::new(&handler, 8192)
+    }
+    .connect(16384, async |mut client, stats| {
+        let mut buf = vec![0u8; 8192];
+        for seq in 0..count {
+            let mut msg = seq.to_be_bytes().to_vec();
+            msg.extend(pattern((seq as usize * 37) % 4000, seq as u8));
+            client.transmit(&msg).await.unwrap();
+            let echo = client.receive(&mut buf).await.unwrap();
+            assert!(echo == &msg[..], "echo of message {seq} differs");
+        }
+        client.close().await.unwrap();
         (
             stats.frames.get(),
             stats.dropped.get(),
@@ -680,56 +674,41 @@ fn test_handler_hooks_in_order_and_flow_close() {
 #[test]
 fn test_cancelled_and_timed_out_transmit_resumes_exactly_once() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = quick_timeouts();
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(60),
-        async |a, b, _| {
-            with_server(a, b, &config, &handler, 1 << 20, async |a| {
-                // Small socket buffers: a 1 MiB message takes many writes.
-                let (mut rx, mut tx) = (vec![0u8; 2048], vec![0u8; 2048]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                let msg = pattern(1 << 20, 5);
-                let mut buf = vec![0u8; 1 << 20];
+    // Small socket buffers: a 1 MiB message takes many writes.
+    EchoTest::new(&handler, 1 << 20).connect(2048, async |mut client, _| {
+        let msg = pattern(1 << 20, 5);
+        let mut buf = vec![0u8; 1 << 20];
 
-                // 1. The future is dropped part way (select against a timer).
-                let cancelled =
-                    embassy_time::with_timeout(Duration::from_millis(2), client.transmit(&msg))
-                        .await;
-                assert!(
-                    cancelled.is_err(),
-                    "1 MiB through 2 KiB buffers took under 2 ms"
-                );
-                assert!(client.connection().is_in_progress(), "stopped mid-message");
-                // Another operation is refused while the message is half sent.
-                assert_eq!(client.transmit(b"other").await, Err(Error::InProgress));
-                // The same call again carries on where the bytes stopped.
-                client.transmit(&msg).await.unwrap();
-                assert!(client.receive(&mut buf).await.unwrap() == &msg[..]);
+        // 1. The future is dropped part way (select against a timer).
+        let cancelled =
+            embassy_time::with_timeout(Duration::from_millis(2), client.transmit(&msg)).await;
+        assert!(
+            cancelled.is_err(),
+            "1 MiB through 2 KiB buffers took under 2 ms"
+        );
+        assert!(client.connection().is_in_progress(), "stopped mid-message");
+        // Another operation is refused while the message is half sent.
+        assert_eq!(client.transmit(b"other").await, Err(Error::InProgress));
+        // The same call again carries on where the bytes stopped.
+        client.transmit(&msg).await.unwrap();
+        assert!(client.receive(&mut buf).await.unwrap() == &msg[..]);
 
-                // 2. The whole-message deadline passes: the error says so, and
-                //    the message resumes (with a fresh deadline) on the next call.
-                let mut tight = quick_timeouts();
-                tight.message = Duration::from_millis(2);
-                client.connection().get_mut().set_timeouts(tight);
-                assert_eq!(
-                    client.transmit(&msg).await,
-                    Err(Error::Io(NetError::TimedOut(Deadline::Message)))
-                );
-                assert!(client.connection().is_in_progress());
-                client.connection().get_mut().set_timeouts(quick_timeouts());
-                client.transmit(&msg).await.unwrap();
-                assert!(client.receive(&mut buf).await.unwrap() == &msg[..]);
-                client.close().await.unwrap();
-                settle(|| !handler.ended.borrow().is_empty()).await;
-            })
-            .await;
-        },
-    );
+        // 2. The whole-message deadline passes: the error says so, and
+        //    the message resumes (with a fresh deadline) on the next call.
+        let mut tight = quick_timeouts();
+        tight.message = Duration::from_millis(2);
+        client.connection().get_mut().set_timeouts(tight);
+        assert_eq!(
+            client.transmit(&msg).await,
+            Err(Error::Io(NetError::TimedOut(Deadline::Message)))
+        );
+        assert!(client.connection().is_in_progress());
+        client.connection().get_mut().set_timeouts(quick_timeouts());
+        client.transmit(&msg).await.unwrap();
+        assert!(client.receive(&mut buf).await.unwrap() == &msg[..]);
+        client.close().await.unwrap();
+        settle(|| !handler.ended.borrow().is_empty()).await;
+    });
     // Each message arrived exactly once, whole.
     assert_eq!(handler.received.get(), 2);
     assert_eq!(handler.ended(), vec![Ended::PeerClosed]);
@@ -738,53 +717,44 @@ fn test_cancelled_and_timed_out_transmit_resumes_exactly_once() {
 #[test]
 fn test_keep_alive_holds_a_live_peer_and_finds_a_vanished_one() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
     // No idle timeout: only TCP keep-alive can notice the peer is gone.
-    config.timeouts = Timeouts {
-        idle: None,
-        keep_alive: Some(Duration::from_millis(200)),
-        tcp: Some(Duration::from_millis(1500)),
-        close: Duration::from_millis(200),
-        ..quick_timeouts()
-    };
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(30),
-        async |a, b, link| {
-            with_server(a, b, &config, &handler, 1024, async |a| {
-                let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                client.transmit(b"hi").await.unwrap();
-                let mut buf = [0u8; 8];
-                assert_eq!(client.receive(&mut buf).await.unwrap(), b"hi");
-                // Quiet but alive for 3 s, twice the 1.5 s socket timeout: the
-                // keep-alives (answered by the client's stack) keep it up.
-                Timer::after(Duration::from_secs(3)).await;
-                assert!(
-                    handler.ended.borrow().is_empty(),
-                    "a live idle peer was dropped: {:?}",
-                    handler.ended()
-                );
-                client.transmit(b"still").await.unwrap();
-                assert_eq!(client.receive(&mut buf).await.unwrap(), b"still");
-                // The cable is pulled: the client goes silent without a FIN.
-                link.cut.set(true);
-                let started = Instant::now();
-                settle(|| !handler.ended.borrow().is_empty()).await;
-                let noticed = started.elapsed();
-                assert!(
-                    noticed >= Duration::from_millis(1000) && noticed < Duration::from_secs(3),
-                    "noticed after {} ms",
-                    noticed.as_millis()
-                );
-                drop(client);
-            })
-            .await;
+    EchoTest {
+        server_timeouts: Timeouts {
+            idle: None,
+            keep_alive: Some(Duration::from_millis(200)),
+            tcp: Some(Duration::from_millis(1500)),
+            close: Duration::from_millis(200),
+            ..quick_timeouts()
         },
-    );
+        limit: Duration::from_secs(30),
+        ..EchoTest::new(&handler, 1024)
+    }
+    .connect(1024, async |mut client, link| {
+        client.transmit(b"hi").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(client.receive(&mut buf).await.unwrap(), b"hi");
+        // Quiet but alive for 3 s, twice the 1.5 s socket timeout: the
+        // keep-alives (answered by the client's stack) keep it up.
+        Timer::after(Duration::from_secs(3)).await;
+        assert!(
+            handler.ended.borrow().is_empty(),
+            "a live idle peer was dropped: {:?}",
+            handler.ended()
+        );
+        client.transmit(b"still").await.unwrap();
+        assert_eq!(client.receive(&mut buf).await.unwrap(), b"still");
+        // The cable is pulled: the client goes silent without a FIN.
+        link.cut.set(true);
+        let started = Instant::now();
+        settle(|| !handler.ended.borrow().is_empty()).await;
+        let noticed = started.elapsed();
+        assert!(
+            noticed >= Duration::from_millis(1000) && noticed < Duration::from_secs(3),
+            "noticed after {} ms",
+            noticed.as_millis()
+        );
+        drop(client);
+    });
     assert_eq!(
         handler.ended(),
         vec![Ended::Failed(Error::Io(NetError::ConnectionReset))]
@@ -794,59 +764,42 @@ fn test_keep_alive_holds_a_live_peer_and_finds_a_vanished_one() {
 #[test]
 fn test_cancelled_receive_resumes_with_the_same_buffer() {
     let handler = Echo::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = quick_timeouts();
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(60),
-        async |a, b, _| {
-            with_server(a, b, &config, &handler, 64, async |a| {
-                // A small receive buffer: 1 MiB arrives in many reads.
-                let (mut rx, mut tx) = (vec![0u8; 2048], vec![0u8; 2048]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                let len = 1 << 20;
-                client
-                    .transmit(format!("send {len}").as_bytes())
-                    .await
-                    .unwrap();
-                let mut buf = vec![0u8; len];
-                // Wait until the message has started, then give up part way.
-                let mut cancelled = 0;
-                let got_len = loop {
-                    match embassy_time::with_timeout(
-                        Duration::from_millis(2),
-                        client.receive(&mut buf),
-                    )
-                    .await
-                    {
-                        Ok(r) => break r.unwrap().len(),
-                        Err(_) => {
-                            cancelled += 1;
-                            assert!(cancelled < 10_000, "never completed");
-                            // Any other operation is refused while half received.
-                            if client.connection().is_in_progress() {
-                                assert_eq!(client.transmit(b"x").await, Err(Error::InProgress));
-                            }
-                        }
+    // A small receive buffer: 1 MiB arrives in many reads.
+    EchoTest::new(&handler, 64).connect(2048, async |mut client, _| {
+        let len = 1 << 20;
+        client
+            .transmit(format!("send {len}").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; len];
+        // Wait until the message has started, then give up part way.
+        let mut cancelled = 0;
+        let got_len = loop {
+            match embassy_time::with_timeout(Duration::from_millis(2), client.receive(&mut buf))
+                .await
+            {
+                Ok(r) => break r.unwrap().len(),
+                Err(_) => {
+                    cancelled += 1;
+                    assert!(cancelled < 10_000, "never completed");
+                    // Any other operation is refused while half received.
+                    if client.connection().is_in_progress() {
+                        assert_eq!(client.transmit(b"x").await, Err(Error::InProgress));
                     }
-                };
-                assert!(cancelled > 0, "the receive was never cut short");
-                assert_eq!(got_len, len);
-                assert!(
-                    buf == pattern(len, 9),
-                    "resumed receive delivers the exact message"
-                );
-                // In step afterwards.
-                client.transmit(b"after").await.unwrap();
-                let mut small = [0u8; 16];
-                assert_eq!(client.receive(&mut small).await.unwrap(), b"after");
-                client.close().await.unwrap();
-            })
-            .await;
-        },
-    );
+                }
+            }
+        };
+        assert!(cancelled > 0, "the receive was never cut short");
+        assert_eq!(got_len, len);
+        assert!(
+            buf == pattern(len, 9),
+            "resumed receive delivers the exact message"
+        );
+        // In step afterwards.
+        client.transmit(b"after").await.unwrap();
+        let mut small = [0u8; 16];
+        assert_eq!(client.receive(&mut small).await.unwrap(), b"after");
+        client.close().await.unwrap();
+    });
     assert!(handler.send_errors.borrow().is_empty());
 }

@@ -7,13 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-
-use common::{pattern, python, run, status, wait_exit, Serve, WAIT};
+use common::{pattern, run, status, Serve, WAIT};
+use tinyproto_tests::{python, PyProcess};
 
 /// The reference server with an echo handler on 127.0.0.1, on a free port
 /// (the reference refuses port 0 in its address check, so it is set after).
@@ -64,51 +59,11 @@ print("after", bytes(conn._receive()).decode(), flush=True)
 sock.close()
 "#;
 
-/// A Python process, killed when dropped.
-struct Py(Child);
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_py(python: &Path, script: &str, args: &[&str]) -> (Py, mpsc::Receiver<String>) {
-    let mut child = Command::new(python)
-        .arg("-u")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run python");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Py(child), rx)
-}
-
-fn next_line(lines: &mpsc::Receiver<String>, what: &str) -> String {
-    lines
-        .recv_timeout(WAIT)
-        .unwrap_or_else(|e| panic!("python printed no {what} line: {e}"))
-}
-
 #[test]
 fn test_cli_send_to_python_echo_server() {
     let Some(python) = python() else { return };
-    let (_server, lines) = spawn_py(&python, PY_ECHO_SERVER, &[]);
-    let line = next_line(&lines, "listening");
+    let mut server = PyProcess::spawn_code(&python, "python echo server", PY_ECHO_SERVER, &[]);
+    let line = server.next_line(WAIT);
     let addr = line
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("{line:?}"))
@@ -125,16 +80,17 @@ fn test_python_client_to_cli_serve() {
     let Some(python) = python() else { return };
     let serve = Serve::start(&["--echo", "--max-message", "400000"]);
     let (ip, port) = (serve.addr.ip().to_string(), serve.addr.port().to_string());
-    let (mut client, lines) = spawn_py(&python, PY_CLIENT, &[&ip, &port, "400001"]);
+    let mut client =
+        PyProcess::spawn_code(&python, "python client", PY_CLIENT, &[&ip, &port, "400001"]);
     for len in [17, 0, 300_000] {
-        assert_eq!(next_line(&lines, "echo"), format!("echo {len} ok"));
+        assert_eq!(client.next_line(WAIT), format!("echo {len} ok"));
     }
     // Over --max-message: our 0x00 is the reference's "Transmission rejected".
-    assert_eq!(next_line(&lines, "over"), "over rejected");
+    assert_eq!(client.next_line(WAIT), "over rejected");
     // And the connection is still in step for the next message.
-    assert_eq!(next_line(&lines, "after"), "after again");
-    let status = wait_exit(&mut client.0, "python client", WAIT);
-    assert!(status.success(), "python client: {status}");
+    assert_eq!(client.next_line(WAIT), "after again");
+    let code = client.wait(WAIT);
+    assert_eq!(code, 0, "python client: {}", client.stderr());
 }
 
 /// The reference client sends three messages and closes.
@@ -158,9 +114,10 @@ fn test_python_client_to_cli_serve_print_streams_every_message() {
     let Some(python) = python() else { return };
     let serve = Serve::start(&["--print"]);
     let (ip, port) = (serve.addr.ip().to_string(), serve.addr.port().to_string());
-    let (mut client, lines) = spawn_py(&python, PY_SENDER, &[&ip, &port]);
-    assert_eq!(next_line(&lines, "sent"), "sent");
-    assert!(wait_exit(&mut client.0, "python client", WAIT).success());
+    let mut client = PyProcess::spawn_code(&python, "python client", PY_SENDER, &[&ip, &port]);
+    assert_eq!(client.next_line(WAIT), "sent");
+    let code = client.wait(WAIT);
+    assert_eq!(code, 0, "python client: {}", client.stderr());
     let mut want = b"one ".to_vec();
     want.extend(b"two ".repeat(50000));
     want.extend(b"three\n");

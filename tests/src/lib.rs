@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -34,15 +34,24 @@ pub fn workspace_root() -> PathBuf {
 
 /// The Python interpreter with `tinyproto` 3.0, or `None` (after printing
 /// why) when there is none and `$CI` is not set. Panics under `$CI`.
+///
+/// `$TINYPROTO_PYTHON`, else `<workspace root>/.venv/bin/python`; it counts
+/// only if it can `import tinyproto`.
 pub fn python() -> Option<PathBuf> {
     let path = std::env::var_os("TINYPROTO_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    if path.exists() {
+    let usable = Command::new(&path)
+        .args(["-c", "import tinyproto"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if usable {
         return Some(path);
     }
     let msg = format!(
-        "no Python interpreter at {} (set TINYPROTO_PYTHON, or run \
+        "no Python with the `tinyproto` package at {} (set TINYPROTO_PYTHON, or run \
          `python3 -m venv .venv && .venv/bin/pip install tinyproto==3.0` in the workspace root)",
         path.display()
     );
@@ -53,7 +62,8 @@ pub fn python() -> Option<PathBuf> {
     None
 }
 
-/// A Python helper process from `tests/python/`, killed when dropped.
+/// A Python process (a script from `tests/python/`, or code given inline),
+/// killed when dropped.
 pub struct PyProcess {
     child: Child,
     lines: Receiver<String>,
@@ -65,18 +75,34 @@ pub struct PyProcess {
 
 impl PyProcess {
     /// Runs `tests/python/<script>` with `args`; stdout is read line by line.
-    pub fn spawn(python: &PathBuf, script: &str, args: &[&str]) -> Self {
+    pub fn spawn(python: &Path, script: &str, args: &[&str]) -> Self {
         let dir = workspace_root().join("tests/python");
-        let mut child = Command::new(python)
-            .arg("-u")
+        let mut cmd = Command::new(python);
+        cmd.arg("-u")
             .arg(dir.join(script))
             .args(args)
-            .current_dir(&dir)
+            .current_dir(&dir);
+        Self::start(cmd, script)
+    }
+
+    /// Runs the Python `code` (`python -c`) with `args`, called `name` in
+    /// messages; stdout is read line by line.
+    pub fn spawn_code(python: &Path, name: &str, code: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(python);
+        cmd.arg("-u").arg("-c").arg(code).args(args);
+        Self::start(cmd, name)
+    }
+
+    fn start(mut cmd: Command, name: &str) -> Self {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {} {script}: {e}", python.display()));
+            .unwrap_or_else(|e| {
+                let python = cmd.get_program().to_string_lossy();
+                panic!("cannot run {python} {name}: {e}")
+            });
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("piped stderr");
         let sink = stderr.clone();
@@ -102,13 +128,25 @@ impl PyProcess {
             child,
             lines,
             stderr,
-            name: script.to_owned(),
+            name: name.to_owned(),
         }
     }
 
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next stdout line, whatever it is, within `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> String {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "{}: no line: {e}\n--- stderr ---\n{}",
+                self.name,
+                self.stderr()
+            ),
+        }
     }
 
     /// The next stdout line starting with `prefix` (others are skipped),

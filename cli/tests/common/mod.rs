@@ -11,6 +11,10 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// `n` bytes of `i % 251` (never a run of one byte, never all zeros), as
+/// the workspace's other tests and the Python scripts make them.
+pub use tinyproto_tests::pattern;
+
 /// No single wait of a test is longer than this.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -29,11 +33,6 @@ pub mod status {
 /// The binary under test.
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tinyproto"))
-}
-
-/// `n` bytes of `i % 251` (never a run of one byte, never all zeros).
-pub fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i % 251) as u8).collect()
 }
 
 /// Waits for `child` to exit, killing it (and failing) after `timeout`.
@@ -242,31 +241,4 @@ pub fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir.join(name)
-}
-
-/// The Python interpreter with the reference package, or `None` (after
-/// printing why) when there is none and `$CI` is not set. Panics under `$CI`.
-pub fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("TINYPROTO_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    let usable = Command::new(&path)
-        .args(["-c", "import tinyproto"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if usable {
-        return Some(path);
-    }
-    let msg = format!(
-        "no Python with the `tinyproto` package at {} (set TINYPROTO_PYTHON, or run \
-         `python3 -m venv .venv && .venv/bin/pip install tinyproto==3.0` in the workspace root)",
-        path.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED interop test: {msg}");
-    None
 }

@@ -15,6 +15,8 @@ use tinyproto_std::{
     Conn, ConnId, Connections, Context, Deadline, Error, Handler, Server, ServerHooks, StopHandle,
 };
 
+pub use tinyproto_tests::wait_until;
+
 /// Generous bound for anything a loaded machine should do quickly.
 pub const LONG: Duration = Duration::from_secs(30);
 
@@ -213,20 +215,6 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.stop.stop();
-    }
-}
-
-/// Polls `cond` every 10 ms for up to `timeout`.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
     }
 }
 

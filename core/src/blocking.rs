@@ -1,9 +1,10 @@
 //! Blocking driver: a [`Connection`] over any `embedded_io::{Read, Write}`
 //! transport, and with the `std` feature over `std::net::TcpStream`.
 //!
-//! It runs the async driver's code ([`crate::asynch`]) over a transport that
-//! never waits, so one implementation serves both; each call completes in a
-//! single poll. The cancellation and resumption rules are the async ones,
+//! It is the async driver's code ([`crate::asynch`]) without the `.await`s:
+//! both are expanded from one source, so one implementation serves both, and
+//! this one is plain synchronous code with no futures on the stack. The
+//! cancellation and resumption rules are the async ones,
 //! with "a future is dropped" read as "a call returned an `Io` error" — so on
 //! a non-blocking transport that returns `WouldBlock`, simply call the same
 //! operation again later.
@@ -17,8 +18,17 @@ use embedded_io::{ErrorType, Read, Write};
 use crate::asynch;
 use crate::error::Error;
 
+/// The driver operations, blocking.
+mod ops {
+    use embedded_io::{Read, Write};
+
+    // The transport's calls are made in one place each, not inlined into every
+    // step: the firmware holds one copy of them (flash over speed).
+    crate::driver::driver_ops!([] [] #[inline(never)]);
+}
+
 /// Runs a future whose awaits never pend (all of them end in a blocking
-/// transport) to completion.
+/// transport) to completion; only [`refuse_connection_limit`] needs it.
 fn block_on<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     let mut cx = Context::from_waker(Waker::noop());
@@ -29,8 +39,9 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// A blocking transport seen through the async traits; its futures are
-/// ready on first poll.
+/// The transport of a blocking [`Connection`], passed through to the blocking
+/// traits; seen through the async ones (for [`refuse_connection_limit`]) its
+/// futures are ready on first poll.
 #[derive(Debug)]
 struct Blocking<T>(T);
 
@@ -41,6 +52,22 @@ impl<T: ErrorType> ErrorType for Blocking<T> {
 impl<T: Read> embedded_io_async::Read for Blocking<T> {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, T::Error> {
         self.0.read(buf)
+    }
+}
+
+impl<T: Read> Read for Blocking<T> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, T::Error> {
+        self.0.read(buf)
+    }
+}
+
+impl<T: Write> Write for Blocking<T> {
+    fn write(&mut self, buf: &[u8]) -> Result<usize, T::Error> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> Result<(), T::Error> {
+        self.0.flush()
     }
 }
 
@@ -120,23 +147,25 @@ impl<T> Connection<T> {
 impl<T: Read + Write> Connection<T> {
     /// Exchanges the greeting; see [`asynch::Connection::greet`].
     pub fn greet(&mut self) -> Result<(), Error<T::Error>> {
-        block_on(self.0.greet())
+        ops::greet(&mut self.0)
     }
 
     /// Sends one whole message; see [`asynch::Connection::transmit`].
     pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
-        block_on(self.0.transmit(msg))
+        ops::transmit(&mut self.0, msg)
     }
 
     /// Receives one whole message into `buf`; see
     /// [`asynch::Connection::receive`].
     pub fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
-        block_on(self.0.receive(buf))
+        ops::receive(&mut self.0, buf)
     }
 
     /// Starts a chunked receive; see [`asynch::Connection::begin_receive`].
     pub fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
-        block_on(self.0.begin_receive(limit)).map(IncomingMessage)
+        let c = &mut self.0;
+        let len = ops::begin_receive(c, limit)?;
+        Ok(IncomingMessage(asynch::IncomingMessage { conn: c, len }))
     }
 
     /// Starts a chunked send; see [`asynch::Connection::begin_transmit`].
@@ -144,12 +173,14 @@ impl<T: Read + Write> Connection<T> {
         &mut self,
         len: usize,
     ) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
-        block_on(self.0.begin_transmit(len)).map(OutgoingMessage)
+        let c = &mut self.0;
+        ops::begin_transmit(c, len)?;
+        Ok(OutgoingMessage(asynch::OutgoingMessage { conn: c }))
     }
 
     /// Flushes the transport.
     pub fn flush(&mut self) -> Result<(), Error<T::Error>> {
-        block_on(self.0.flush())
+        ops::flush(&mut self.0)
     }
 }
 
@@ -176,12 +207,12 @@ impl<T: Read + Write> IncomingMessage<'_, T> {
 
     /// Reads the next chunk; `Ok(0)` once the whole message has been read.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
-        block_on(self.0.read(buf))
+        ops::chunk_read(self.0.conn, buf)
     }
 
     /// Reads until `buf` is full.
     pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error<T::Error>> {
-        block_on(self.0.read_exact(buf))
+        ops::chunk_read_exact(self.0.conn, buf)
     }
 }
 
@@ -213,17 +244,17 @@ impl<T: Read + Write> OutgoingMessage<'_, T> {
 
     /// Writes some of `chunk`, never past the announced length.
     pub fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {
-        block_on(self.0.write(chunk))
+        ops::chunk_write(self.0.conn, chunk)
     }
 
     /// Writes all of `chunk`.
     pub fn write_all(&mut self, chunk: &[u8]) -> Result<(), Error<T::Error>> {
-        block_on(self.0.write_all(chunk))
+        ops::chunk_write_all(self.0.conn, chunk)
     }
 
     /// Completes the message; [`Error::InProgress`] while bytes are owed.
     pub fn finish(self) -> Result<(), Error<T::Error>> {
-        block_on(self.0.finish())
+        ops::send_finish(self.0.conn)
     }
 }
 
@@ -243,7 +274,7 @@ where
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
-        block_on(embedded_io_async::Write::flush(&mut self.0))
+        ops::flush(self.0.conn)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod asynch;
 pub mod blocking;
+mod driver;
 mod error;
 mod greeting;
 mod receive;

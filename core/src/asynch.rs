@@ -181,7 +181,7 @@ pub struct IncomingMessage<'c, T> {
     pub(crate) len: u32,
 }
 
-impl<T: Read + Write> IncomingMessage<'_, T> {
+impl<T> IncomingMessage<'_, T> {
     /// The announced (and accepted) length.
     pub fn len(&self) -> u32 {
         self.len
@@ -196,7 +196,9 @@ impl<T: Read + Write> IncomingMessage<'_, T> {
     pub fn remaining(&self) -> u32 {
         self.conn.state.payload_remaining()
     }
+}
 
+impl<T: Read + Write> IncomingMessage<'_, T> {
     /// Reads the next chunk into `buf`; `Ok(0)` once the whole message has
     /// been read.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
@@ -235,12 +237,14 @@ pub struct OutgoingMessage<'c, T> {
     pub(crate) conn: &'c mut Connection<T>,
 }
 
-impl<T: Read + Write> OutgoingMessage<'_, T> {
+impl<T> OutgoingMessage<'_, T> {
     /// Bytes still owed.
     pub fn remaining(&self) -> u32 {
         self.conn.state.payload_remaining()
     }
+}
 
+impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// Writes some of `chunk` (never past the announced length) and returns
     /// how many bytes went. Writing past the end is [`Error::TooLarge`].
     pub async fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {

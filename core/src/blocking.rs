@@ -9,14 +9,11 @@
 //! a non-blocking transport that returns `WouldBlock`, simply call the same
 //! operation again later.
 
-use core::future::Future;
-use core::pin::pin;
-use core::task::{Context, Poll, Waker};
-
 use embedded_io::{ErrorType, Read, Write};
 
 use crate::asynch;
 use crate::error::Error;
+use crate::greeting::CONNECTION_LIMIT_REFUSAL;
 
 /// The driver operations, blocking.
 mod ops {
@@ -25,60 +22,6 @@ mod ops {
     // The transport's calls are made in one place each, not inlined into every
     // step: the firmware holds one copy of them (flash over speed).
     crate::driver::driver_ops!([] [] #[inline(never)]);
-}
-
-/// Runs a future whose awaits never pend (all of them end in a blocking
-/// transport) to completion; only [`refuse_connection_limit`] needs it.
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
-}
-
-/// The transport of a blocking [`Connection`], passed through to the blocking
-/// traits; seen through the async ones (for [`refuse_connection_limit`]) its
-/// futures are ready on first poll.
-#[derive(Debug)]
-struct Blocking<T>(T);
-
-impl<T: ErrorType> ErrorType for Blocking<T> {
-    type Error = T::Error;
-}
-
-impl<T: Read> embedded_io_async::Read for Blocking<T> {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, T::Error> {
-        self.0.read(buf)
-    }
-}
-
-impl<T: Read> Read for Blocking<T> {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, T::Error> {
-        self.0.read(buf)
-    }
-}
-
-impl<T: Write> Write for Blocking<T> {
-    fn write(&mut self, buf: &[u8]) -> Result<usize, T::Error> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> Result<(), T::Error> {
-        self.0.flush()
-    }
-}
-
-impl<T: Write> embedded_io_async::Write for Blocking<T> {
-    async fn write(&mut self, buf: &[u8]) -> Result<usize, T::Error> {
-        self.0.write(buf)
-    }
-
-    async fn flush(&mut self) -> Result<(), T::Error> {
-        self.0.flush()
-    }
 }
 
 /// A tinyproto connection over a blocking transport.
@@ -93,12 +36,12 @@ impl<T: Write> embedded_io_async::Write for Blocking<T> {
 /// # let _ = reply; Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Connection<T>(asynch::Connection<Blocking<T>>);
+pub struct Connection<T>(asynch::Connection<T>);
 
 impl<T> Connection<T> {
     /// Wraps a connected transport. Nothing is sent until the first call.
     pub fn new(io: T) -> Self {
-        Self(asynch::Connection::new(Blocking(io)))
+        Self(asynch::Connection::new(io))
     }
 
     /// Caps the length of messages this side accepts (see
@@ -129,18 +72,18 @@ impl<T> Connection<T> {
 
     /// The transport.
     pub fn get_ref(&self) -> &T {
-        &self.0.get_ref().0
+        self.0.get_ref()
     }
 
     /// The transport, mutably (for socket options; moving bytes through it
     /// directly puts the connection out of step).
     pub fn get_mut(&mut self) -> &mut T {
-        &mut self.0.get_mut().0
+        self.0.get_mut()
     }
 
     /// Gives the transport back.
     pub fn into_inner(self) -> T {
-        self.0.into_inner().0
+        self.0.into_inner()
     }
 }
 
@@ -187,7 +130,7 @@ impl<T: Read + Write> Connection<T> {
 /// A message being received chunk by chunk; see
 /// [`asynch::IncomingMessage`].
 #[derive(Debug)]
-pub struct IncomingMessage<'c, T>(asynch::IncomingMessage<'c, Blocking<T>>);
+pub struct IncomingMessage<'c, T>(asynch::IncomingMessage<'c, T>);
 
 impl<T: Read + Write> IncomingMessage<'_, T> {
     /// The announced (and accepted) length.
@@ -234,7 +177,7 @@ where
 
 /// A message being sent chunk by chunk; see [`asynch::OutgoingMessage`].
 #[derive(Debug)]
-pub struct OutgoingMessage<'c, T>(asynch::OutgoingMessage<'c, Blocking<T>>);
+pub struct OutgoingMessage<'c, T>(asynch::OutgoingMessage<'c, T>);
 
 impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// Bytes still owed.
@@ -281,8 +224,8 @@ where
 /// Refuses a connection at the server's limit: writes the single byte 0xFE
 /// and flushes. Close the transport afterwards.
 pub fn refuse_connection_limit<T: Write>(io: &mut T) -> Result<(), T::Error> {
-    let mut io = Blocking(io);
-    block_on(asynch::refuse_connection_limit(&mut io))
+    io.write_all(&CONNECTION_LIMIT_REFUSAL)?;
+    io.flush()
 }
 
 #[cfg(feature = "std")]

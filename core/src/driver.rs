@@ -135,9 +135,9 @@ impl State {
 }
 
 /// Expands to the driver operations as free functions over a
-/// `conn: &mut asynch::Connection<T>`, where `T: Read + Write` are whatever
-/// traits of that name the invoking module has in scope (the blocking driver
-/// wraps its transport in a `Blocking` that has the blocking ones).
+/// `conn: &mut asynch::Connection<T>`, where `Read + Write` are whatever
+/// traits of that name the invoking module has in scope (`embedded_io_async`'s
+/// or `embedded_io`'s).
 ///
 /// `driver_ops!([async] [.await])` gives the async driver's; `driver_ops!([]
 /// [])` gives the blocking one's, the same code without the futures.

@@ -7,7 +7,7 @@
 #[cfg(feature = "defmt")]
 use defmt_rtt as _;
 use embassy_executor::Spawner;
-use embassy_net::{Config, IpEndpoint, Ipv4Address, Ipv4Cidr, StaticConfigV4};
+use embassy_net::{IpEndpoint, Ipv4Address};
 use embassy_time::{Duration, Timer};
 use panic_halt as _;
 use tinyproto_embassy::embassy_net::tcp::TcpSocket;
@@ -18,15 +18,7 @@ use tinyproto_embassy_firmware::{board, log};
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
     board::init_time(core.SYST);
-    let stack = board::network(
-        spawner,
-        Config::ipv4_static(StaticConfigV4 {
-            address: Ipv4Cidr::new(Ipv4Address::new(192, 168, 1, 20), 24),
-            gateway: Some(Ipv4Address::new(192, 168, 1, 1)),
-            dns_servers: Default::default(),
-        }),
-        0xC11E,
-    );
+    let stack = board::network(spawner, board::lan_address(20), 0xC11E);
     stack.wait_config_up().await;
 
     let server = IpEndpoint::new(Ipv4Address::new(192, 168, 1, 10).into(), 7000);

@@ -7,7 +7,6 @@
 #[cfg(feature = "defmt")]
 use defmt_rtt as _;
 use embassy_executor::Spawner;
-use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
 use embassy_time::Duration;
 use panic_halt as _;
 use tinyproto_embassy::{
@@ -39,15 +38,7 @@ impl Handler for Echo {
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
     board::init_time(core.SYST);
-    let stack = board::network(
-        spawner,
-        Config::ipv4_static(StaticConfigV4 {
-            address: Ipv4Cidr::new(Ipv4Address::new(192, 168, 1, 10), 24),
-            gateway: Some(Ipv4Address::new(192, 168, 1, 1)),
-            dns_servers: Default::default(),
-        }),
-        0x5EED,
-    );
+    let stack = board::network(spawner, board::lan_address(10), 0x5EED);
     stack.wait_config_up().await;
 
     let mut config = ServerConfig::new(7000);

@@ -9,7 +9,6 @@ use defmt_rtt as _;
 use embassy_executor::Spawner;
 use embassy_futures::join::join;
 use embassy_net::tcp::TcpSocket;
-use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
 use panic_halt as _;
 use tinyproto_embassy_firmware::board;
 
@@ -33,15 +32,7 @@ async fn echo(stack: embassy_net::Stack<'_>, rx: &mut [u8], tx: &mut [u8], buf: 
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
     board::init_time(core.SYST);
-    let stack = board::network(
-        spawner,
-        Config::ipv4_static(StaticConfigV4 {
-            address: Ipv4Cidr::new(Ipv4Address::new(192, 168, 1, 10), 24),
-            gateway: Some(Ipv4Address::new(192, 168, 1, 1)),
-            dns_servers: Default::default(),
-        }),
-        0x5EED,
-    );
+    let stack = board::network(spawner, board::lan_address(10), 0x5EED);
     stack.wait_config_up().await;
     let (mut rx0, mut tx0, mut b0) = ([0u8; 2048], [0u8; 2048], [0u8; 1024]);
     let (mut rx1, mut tx1, mut b1) = ([0u8; 2048], [0u8; 2048], [0u8; 1024]);

@@ -12,11 +12,7 @@ if ! command -v ip >/dev/null 2>&1; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
 fi
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import tinyproto' 2>/dev/null; then
-    echo "==> setting up the Python reference peer (tinyproto==3.0) in .venv"
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check tinyproto==3.0
-fi
+bash .ci/python-peer.sh
 export TINYPROTO_PYTHON="$PWD/.venv/bin/python"
 
 if [ "$(id -u)" != 0 ]; then

@@ -52,7 +52,7 @@ pub fn python() -> Option<PathBuf> {
     }
     let msg = format!(
         "no Python with the `tinyproto` package at {} (set TINYPROTO_PYTHON, or run \
-         `python3 -m venv .venv && .venv/bin/pip install tinyproto==3.0` in the workspace root)",
+         `bash .ci/python-peer.sh` in the workspace root)",
         path.display()
     );
     if std::env::var_os("CI").is_some() {

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use tinyproto::blocking::Connection;
 use tinyproto::MAX_MESSAGE_LEN;
 
-use crate::coalesce::Coalesce;
 use crate::exit::{self, Failure};
 use crate::send::configure;
 
@@ -340,7 +339,9 @@ fn tinyproto_client(
     payload: &[u8],
     barrier: &Barrier,
 ) -> Result<(), tinyproto::Error<std::io::Error>> {
-    let mut conn = Connection::from_std(Coalesce::new(stream));
+    // Writes wait for the next read: the end of one message and the length
+    // of the next leave in one segment (FlushPolicy::BeforeRead).
+    let mut conn = Connection::from_std_buffered(stream);
     let setup = conn.transmit(&n.to_be_bytes());
     barrier.wait();
     setup?;
@@ -350,7 +351,7 @@ fn tinyproto_client(
     // The server's empty message says it has taken every message.
     conn.receive(&mut [])?;
     // Our status byte for that empty message is still held back.
-    conn.stream_mut().push()?;
+    conn.flush()?;
     Ok(())
 }
 

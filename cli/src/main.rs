@@ -10,7 +10,6 @@
 #![forbid(unsafe_code)]
 
 mod bench;
-mod coalesce;
 mod exit;
 mod progress;
 mod send;

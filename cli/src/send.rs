@@ -208,11 +208,13 @@ pub fn configure(stream: &TcpStream, timeout: Option<Duration>) -> io::Result<()
 }
 
 fn transmit(conn: &mut Conn, source: &mut Source) -> Result<(), Failure> {
-    let len = source.len as usize;
+    // Checked against MAX_MESSAGE_LEN before connecting; a larger length
+    // saturates, and the core refuses it without sending anything.
+    let len = u32::try_from(source.len).unwrap_or(u32::MAX);
     let mut msg = conn.begin_transmit(len).map_err(Failure::protocol)?;
     let mut progress = (source.len >= PROGRESS_FROM && io::stderr().is_terminal())
         .then(|| Progress::new(source.len));
-    let mut buf = vec![0u8; CHUNK.min(len.max(1))];
+    let mut buf = vec![0u8; CHUNK.min(len.max(1) as usize)];
     let mut sent = 0u64;
     while sent < source.len {
         let want = (source.len - sent).min(buf.len() as u64) as usize;

@@ -1,9 +1,11 @@
 //! Async driver: a [`Connection`] over any `embedded_io_async::{Read, Write}`
-//! transport (an embassy-net `TcpSocket`, a UART, an in-memory pipe).
+//! transport (an embassy-net `TcpSocket`, a UART, an in-memory pipe, a tokio
+//! `TcpStream` through `embedded-io-adapters`).
 //!
-//! The driver is a thin loop around the sans-IO machines. The blocking driver
-//! in [`crate::blocking`] is the very same code without the `.await`s: both
-//! are expanded from one source (the crate's private `driver` module).
+//! Every operation is the same short loop over the [`Machine`]: ask it for
+//! the next step, do that I/O (its private `perform`), report what moved, until it is
+//! done. The blocking driver ([`crate::blocking`]) is the same loop without
+//! `.await`.
 //!
 //! # Cancellation and resumption
 //! Every machine advances only by bytes that actually moved, and its state
@@ -25,20 +27,18 @@
 //!
 //! A protocol error (unexpected byte, end of stream mid-message) leaves the
 //! connection out of step; every later call then fails with [`Error::Broken`].
+//! A caller's mistake (a shorter buffer on resume, a chunk past the end) is
+//! [`Error::Misuse`] and moves nothing.
+//!
+//! This relies on the transport's own calls being cancel-safe: a `read` or
+//! `write` future dropped before it completes has moved no bytes (true of
+//! embassy-net's `TcpSocket`).
 
 use embedded_io_async::{ErrorType, Read, Write};
 
-use crate::driver::State;
-use crate::error::Error;
+use crate::error::{Error, Misuse};
 use crate::greeting::CONNECTION_LIMIT_REFUSAL;
-use crate::wire::MAX_MESSAGE_LEN;
-
-/// The driver operations, `async`.
-pub(crate) mod ops {
-    use embedded_io_async::{Read, Write};
-
-    crate::driver::driver_ops!([async] [.await]);
-}
+use crate::machine::{FlushPolicy, Io, Machine, Moved, Step};
 
 /// A tinyproto connection over an async transport.
 ///
@@ -54,8 +54,21 @@ pub(crate) mod ops {
 /// ```
 #[derive(Debug)]
 pub struct Connection<T> {
-    pub(crate) io: T,
-    pub(crate) state: State,
+    io: T,
+    machine: Machine,
+}
+
+/// Does the one piece of I/O the machine asked for and says what moved. The
+/// only place this driver touches the transport (one copy in a firmware).
+async fn perform<T: Read + Write>(io: &mut T, request: Io<'_>) -> Result<Moved, T::Error> {
+    Ok(match request {
+        Io::Write(bytes) => Moved::Wrote(io.write(bytes).await?),
+        Io::Read(buf) => Moved::Read(io.read(buf).await?),
+        Io::Flush => {
+            io.flush().await?;
+            Moved::Flushed
+        }
+    })
 }
 
 impl<T> Connection<T> {
@@ -63,35 +76,45 @@ impl<T> Connection<T> {
     pub fn new(io: T) -> Self {
         Self {
             io,
-            state: State::new(),
+            machine: Machine::new(),
         }
     }
 
-    /// Caps the length of messages this side accepts, below the buffer
-    /// given to each receive (longer ones are answered 0x00).
-    pub fn set_max_message_len(&mut self, len: u32) {
-        self.state.max_message_len = len.min(MAX_MESSAGE_LEN);
+    /// The protocol state, for queries and settings
+    /// ([`Machine::set_max_message_len`], [`Machine::set_flush_policy`], ...).
+    pub fn machine(&self) -> &Machine {
+        &self.machine
     }
 
-    /// The cap set by [`set_max_message_len`](Self::set_max_message_len)
-    /// ([`MAX_MESSAGE_LEN`] by default).
+    /// Caps the length of messages this side accepts (see
+    /// [`Machine::set_max_message_len`]).
+    pub fn set_max_message_len(&mut self, len: u32) {
+        self.machine.set_max_message_len(len);
+    }
+
+    /// The cap on accepted message lengths.
     pub fn max_message_len(&self) -> u32 {
-        self.state.max_message_len
+        self.machine.max_message_len()
+    }
+
+    /// Chooses when written bytes are flushed (see [`FlushPolicy`]).
+    pub fn set_flush_policy(&mut self, policy: FlushPolicy) {
+        self.machine.set_flush_policy(policy);
     }
 
     /// True once both greeting bytes have crossed.
     pub fn is_greeted(&self) -> bool {
-        self.state.greeting.is_done()
+        self.machine.is_greeted()
     }
 
     /// True after a protocol error: the connection carries nothing more.
     pub fn is_broken(&self) -> bool {
-        self.state.broken
+        self.machine.is_broken()
     }
 
     /// True while a message is half sent or half received.
     pub fn is_in_progress(&self) -> bool {
-        !self.state.op_is_replaceable()
+        self.machine.is_in_progress()
     }
 
     /// The transport.
@@ -99,8 +122,8 @@ impl<T> Connection<T> {
         &self.io
     }
 
-    /// The transport, mutably. Moving bytes through it directly puts the
-    /// connection out of step.
+    /// The transport, mutably (for socket options; moving bytes through it
+    /// directly puts the connection out of step).
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.io
     }
@@ -112,76 +135,107 @@ impl<T> Connection<T> {
 }
 
 impl<T: Read + Write> Connection<T> {
-    /// Exchanges the greeting (0xFF each way). Called by every other
-    /// operation first, so calling it is optional; it is the place where a
-    /// full server's [`Error::ConnectionLimit`] shows up.
+    /// Exchanges the greeting; see [`Machine::greet`].
     pub async fn greet(&mut self) -> Result<(), Error<T::Error>> {
-        ops::greet(self).await
+        self.run(&mut (), |machine, ()| machine.greet()).await
     }
 
-    /// Sends one whole message and returns once every byte is written and
-    /// flushed. [`Error::Rejected`] if the peer refused its length (the
-    /// connection stays usable).
-    pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
-        ops::transmit(self, msg).await
+    /// Sends one whole message; see [`Machine::transmit`]. Returns once every
+    /// byte is written (and flushed, under the default [`FlushPolicy`]).
+    pub async fn transmit(&mut self, mut msg: &[u8]) -> Result<(), Error<T::Error>> {
+        self.run(&mut msg, |machine, msg| machine.transmit(msg))
+            .await
     }
 
-    /// Receives one whole message into `buf` and returns it.
-    ///
-    /// A length over `buf.len()` or [`max_message_len`](Self::max_message_len)
-    /// is answered 0x00 and reported as [`Error::TooLarge`]; the connection
-    /// stays usable. [`Error::Closed`] when the peer closed between messages.
+    /// Receives one whole message into `buf` and returns it; see
+    /// [`Machine::receive`].
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
-        ops::receive(self, buf).await
+        let len = self.run(buf, |machine, buf| machine.receive(buf)).await?;
+        // `len` is within `buf` (the machine checked it); `get` keeps a panic path out.
+        buf.get(..len)
+            .ok_or(Error::Misuse(Misuse::ShorterBuffer { len: len as u32 }))
     }
 
-    /// Starts receiving a message to be read in chunks, for messages larger
-    /// than memory (a firmware image written to flash through 1 KiB).
-    ///
-    /// Lengths over `limit` (or [`max_message_len`](Self::max_message_len))
-    /// are answered 0x00 and reported as [`Error::TooLarge`]. The returned
-    /// reader yields exactly the announced number of bytes. If the stream ends
-    /// early it reports [`Error::UnexpectedEof`]: whatever was already consumed
-    /// must then be discarded.
+    /// Starts a chunked receive, for messages larger than memory; see
+    /// [`Machine::begin_receive`].
     pub async fn begin_receive(
         &mut self,
         limit: u32,
     ) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
-        let len = ops::begin_receive(self, limit).await?;
+        let len = self
+            .run(&mut (), |machine, ()| machine.begin_receive(limit))
+            .await?;
         Ok(IncomingMessage { conn: self, len })
     }
 
-    /// Starts sending a message of `len` bytes to be written in chunks (from
-    /// a file, a sensor, flash), without holding it whole.
-    ///
-    /// Returns once the peer accepted the length; [`Error::Rejected`] if it
-    /// did not. Write exactly `len` bytes to the writer, then call
-    /// [`OutgoingMessage::finish`].
+    /// Starts a chunked send of `len` bytes; see [`Machine::begin_transmit`].
     pub async fn begin_transmit(
         &mut self,
-        len: usize,
+        len: u32,
     ) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
-        ops::begin_transmit(self, len).await?;
+        self.run(&mut (), |machine, ()| machine.begin_transmit(len))
+            .await?;
         Ok(OutgoingMessage { conn: self })
     }
 
-    /// Flushes the transport.
+    /// Flushes what was written, whatever the [`FlushPolicy`].
     pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
-        ops::flush(self).await
+        self.run(&mut (), |machine, ()| machine.flush()).await
+    }
+
+    /// The driver: asks the machine for the operation's next step, does that
+    /// I/O and reports what moved, until the operation is done. `buf` is the
+    /// caller's message or buffer, lent to `op` at each step.
+    async fn run<B: ?Sized, R>(
+        &mut self,
+        buf: &mut B,
+        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, R>,
+    ) -> Result<R, Error<T::Error>> {
+        loop {
+            match op(&mut self.machine, buf) {
+                Step::Io(request) => {
+                    let moved = perform(&mut self.io, request).await?;
+                    self.machine.moved(moved).map_err(Error::into_io)?;
+                }
+                Step::Done(result) => return result.map_err(Error::into_io),
+            }
+        }
+    }
+
+    /// [`run`](Self::run) for a chunk: done by its one payload transfer.
+    async fn run_chunk<B: ?Sized>(
+        &mut self,
+        buf: &mut B,
+        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, usize>,
+    ) -> Result<usize, Error<T::Error>> {
+        loop {
+            match op(&mut self.machine, buf) {
+                Step::Io(request) => {
+                    let moved = perform(&mut self.io, request).await?;
+                    self.machine.moved(moved).map_err(Error::into_io)?;
+                    // The one read or write a chunk asks for is the chunk itself.
+                    if let Moved::Read(n) | Moved::Wrote(n) = moved {
+                        return Ok(n);
+                    }
+                }
+                Step::Done(result) => return result.map_err(Error::into_io),
+            }
+        }
     }
 }
 
-/// A message being received chunk by chunk; see [`Connection::begin_receive`].
+/// A message being received chunk by chunk; see
+/// [`Connection::begin_receive`]. It implements `embedded_io_async::Read`.
 ///
 /// Dropping it before the end leaves the message in progress: call
 /// `begin_receive` again to continue.
 #[derive(Debug)]
 pub struct IncomingMessage<'c, T> {
-    pub(crate) conn: &'c mut Connection<T>,
-    pub(crate) len: u32,
+    conn: &'c mut Connection<T>,
+    len: u32,
 }
 
-impl<T> IncomingMessage<'_, T> {
+impl<T: Read + Write> IncomingMessage<'_, T> {
     /// The announced (and accepted) length.
     pub fn len(&self) -> u32 {
         self.len
@@ -194,21 +248,27 @@ impl<T> IncomingMessage<'_, T> {
 
     /// Bytes not read yet.
     pub fn remaining(&self) -> u32 {
-        self.conn.state.payload_remaining()
+        self.conn.machine.remaining()
     }
-}
 
-impl<T: Read + Write> IncomingMessage<'_, T> {
     /// Reads the next chunk into `buf`; `Ok(0)` once the whole message has
     /// been read.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
-        ops::chunk_read(self.conn, buf).await
+        self.conn
+            .run_chunk(buf, |machine, buf| machine.read_chunk(buf))
+            .await
     }
 
-    /// Reads until `buf` is full. [`Error::UnexpectedEof`] if the message is
-    /// shorter than `buf`.
-    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error<T::Error>> {
-        ops::chunk_read_exact(self.conn, buf).await
+    /// Reads until `buf` is full; [`Misuse::PastEnd`]
+    /// if the message is shorter than `buf`.
+    pub async fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error<T::Error>> {
+        while !buf.is_empty() {
+            match self.read(buf).await? {
+                0 => return Err(Error::Misuse(Misuse::PastEnd)),
+                n => buf = &mut buf[n..],
+            }
+        }
+        Ok(())
     }
 }
 
@@ -229,37 +289,44 @@ where
 }
 
 /// A message being sent chunk by chunk; see [`Connection::begin_transmit`].
+/// It implements `embedded_io_async::Write`.
 ///
 /// Dropping it before [`finish`](Self::finish) leaves the message in
 /// progress: call `begin_transmit` with the same length to continue.
 #[derive(Debug)]
 pub struct OutgoingMessage<'c, T> {
-    pub(crate) conn: &'c mut Connection<T>,
-}
-
-impl<T> OutgoingMessage<'_, T> {
-    /// Bytes still owed.
-    pub fn remaining(&self) -> u32 {
-        self.conn.state.payload_remaining()
-    }
+    conn: &'c mut Connection<T>,
 }
 
 impl<T: Read + Write> OutgoingMessage<'_, T> {
+    /// Bytes still owed.
+    pub fn remaining(&self) -> u32 {
+        self.conn.machine.remaining()
+    }
+
     /// Writes some of `chunk` (never past the announced length) and returns
-    /// how many bytes went. Writing past the end is [`Error::TooLarge`].
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {
-        ops::chunk_write(self.conn, chunk).await
+    /// how many bytes went; [`Misuse::PastEnd`]
+    /// once nothing more is owed.
+    pub async fn write(&mut self, mut chunk: &[u8]) -> Result<usize, Error<T::Error>> {
+        self.conn
+            .run_chunk(&mut chunk, |machine, chunk| machine.write_chunk(chunk))
+            .await
     }
 
     /// Writes all of `chunk`.
-    pub async fn write_all(&mut self, chunk: &[u8]) -> Result<(), Error<T::Error>> {
-        ops::chunk_write_all(self.conn, chunk).await
+    pub async fn write_all(&mut self, mut chunk: &[u8]) -> Result<(), Error<T::Error>> {
+        while !chunk.is_empty() {
+            let n = self.write(chunk).await?;
+            chunk = &chunk[n..];
+        }
+        Ok(())
     }
 
-    /// Completes the message: flushes and frees the connection for the next
-    /// one. [`Error::InProgress`] while bytes are still owed.
+    /// Completes the message (flushed, under the default [`FlushPolicy`])
+    /// and frees the connection for the next one;
+    /// [`Misuse::Unfinished`] while bytes are owed.
     pub async fn finish(self) -> Result<(), Error<T::Error>> {
-        ops::send_finish(self.conn).await
+        self.conn.run(&mut (), |machine, ()| machine.finish()).await
     }
 }
 
@@ -294,8 +361,7 @@ pub async fn refuse_connection_limit<T: Write>(io: &mut T) -> Result<(), T::Erro
 mod tests {
     use super::*;
 
-    /// What a connection costs beyond its transport: greeting, the message
-    /// in flight, the limit and two flags.
+    /// What a connection costs beyond its transport: the machine.
     #[test]
     fn test_connection_state_size() {
         let size = core::mem::size_of::<Connection<()>>();

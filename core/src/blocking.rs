@@ -1,28 +1,19 @@
 //! Blocking driver: a [`Connection`] over any `embedded_io::{Read, Write}`
 //! transport, and with the `std` feature over `std::net::TcpStream`.
 //!
-//! It is the async driver's code ([`crate::asynch`]) without the `.await`s:
-//! both are expanded from one source, so one implementation serves both, and
-//! this one is plain synchronous code with no futures on the stack. The
-//! cancellation and resumption rules are the async ones,
-//! with "a future is dropped" read as "a call returned an `Io` error" — so on
-//! a non-blocking transport that returns `WouldBlock`, simply call the same
-//! operation again later.
+//! Every operation is the same short loop over the [`Machine`]: ask it for
+//! the next step, do that I/O (its private `perform`), report what moved, until it is
+//! done. The async driver ([`crate::asynch`]) is the same loop with `.await`.
+//! The cancellation and resumption rules are the async ones, with "a future
+//! is dropped" read as "a call returned an `Io` error": on a non-blocking
+//! transport that returns `WouldBlock`, simply call the same operation again
+//! later.
 
 use embedded_io::{ErrorType, Read, Write};
 
-use crate::asynch;
-use crate::error::Error;
+use crate::error::{Error, Misuse};
 use crate::greeting::CONNECTION_LIMIT_REFUSAL;
-
-/// The driver operations, blocking.
-mod ops {
-    use embedded_io::{Read, Write};
-
-    // The transport's calls are made in one place each, not inlined into every
-    // step: the firmware holds one copy of them (flash over speed).
-    crate::driver::driver_ops!([] [] #[inline(never)]);
-}
+use crate::machine::{FlushPolicy, Io, Machine, Moved, Step};
 
 /// A tinyproto connection over a blocking transport.
 ///
@@ -36,126 +27,212 @@ mod ops {
 /// # let _ = reply; Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Connection<T>(asynch::Connection<T>);
+pub struct Connection<T> {
+    io: T,
+    machine: Machine,
+}
+
+/// Does the one piece of I/O the machine asked for and says what moved. The
+/// only place this driver touches the transport (one copy in a firmware).
+#[inline(never)]
+fn perform<T: Read + Write>(io: &mut T, request: Io<'_>) -> Result<Moved, T::Error> {
+    Ok(match request {
+        Io::Write(bytes) => Moved::Wrote(io.write(bytes)?),
+        Io::Read(buf) => Moved::Read(io.read(buf)?),
+        Io::Flush => {
+            io.flush()?;
+            Moved::Flushed
+        }
+    })
+}
 
 impl<T> Connection<T> {
     /// Wraps a connected transport. Nothing is sent until the first call.
     pub fn new(io: T) -> Self {
-        Self(asynch::Connection::new(io))
+        Self {
+            io,
+            machine: Machine::new(),
+        }
+    }
+
+    /// The protocol state, for queries and settings
+    /// ([`Machine::set_max_message_len`], [`Machine::set_flush_policy`], ...).
+    pub fn machine(&self) -> &Machine {
+        &self.machine
     }
 
     /// Caps the length of messages this side accepts (see
-    /// [`asynch::Connection::set_max_message_len`]).
+    /// [`Machine::set_max_message_len`]).
     pub fn set_max_message_len(&mut self, len: u32) {
-        self.0.set_max_message_len(len)
+        self.machine.set_max_message_len(len);
     }
 
     /// The cap on accepted message lengths.
     pub fn max_message_len(&self) -> u32 {
-        self.0.max_message_len()
+        self.machine.max_message_len()
+    }
+
+    /// Chooses when written bytes are flushed (see [`FlushPolicy`]).
+    pub fn set_flush_policy(&mut self, policy: FlushPolicy) {
+        self.machine.set_flush_policy(policy);
     }
 
     /// True once both greeting bytes have crossed.
     pub fn is_greeted(&self) -> bool {
-        self.0.is_greeted()
+        self.machine.is_greeted()
     }
 
     /// True after a protocol error: the connection carries nothing more.
     pub fn is_broken(&self) -> bool {
-        self.0.is_broken()
+        self.machine.is_broken()
     }
 
     /// True while a message is half sent or half received.
     pub fn is_in_progress(&self) -> bool {
-        self.0.is_in_progress()
+        self.machine.is_in_progress()
     }
 
     /// The transport.
     pub fn get_ref(&self) -> &T {
-        self.0.get_ref()
+        &self.io
     }
 
     /// The transport, mutably (for socket options; moving bytes through it
     /// directly puts the connection out of step).
     pub fn get_mut(&mut self) -> &mut T {
-        self.0.get_mut()
+        &mut self.io
     }
 
     /// Gives the transport back.
     pub fn into_inner(self) -> T {
-        self.0.into_inner()
+        self.io
     }
 }
 
 impl<T: Read + Write> Connection<T> {
-    /// Exchanges the greeting; see [`asynch::Connection::greet`].
+    /// Exchanges the greeting; see [`Machine::greet`].
     pub fn greet(&mut self) -> Result<(), Error<T::Error>> {
-        ops::greet(&mut self.0)
+        self.run(&mut (), |machine, ()| machine.greet())
     }
 
-    /// Sends one whole message; see [`asynch::Connection::transmit`].
-    pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
-        ops::transmit(&mut self.0, msg)
+    /// Sends one whole message; see [`Machine::transmit`]. Returns once every
+    /// byte is written (and flushed, under the default [`FlushPolicy`]).
+    pub fn transmit(&mut self, mut msg: &[u8]) -> Result<(), Error<T::Error>> {
+        self.run(&mut msg, |machine, msg| machine.transmit(msg))
     }
 
-    /// Receives one whole message into `buf`; see
-    /// [`asynch::Connection::receive`].
+    /// Receives one whole message into `buf` and returns it; see
+    /// [`Machine::receive`].
     pub fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
-        ops::receive(&mut self.0, buf)
+        let len = self.run(buf, |machine, buf| machine.receive(buf))?;
+        // `len` is within `buf` (the machine checked it); `get` keeps a panic path out.
+        buf.get(..len)
+            .ok_or(Error::Misuse(Misuse::ShorterBuffer { len: len as u32 }))
     }
 
-    /// Starts a chunked receive; see [`asynch::Connection::begin_receive`].
+    /// Starts a chunked receive, for messages larger than memory; see
+    /// [`Machine::begin_receive`].
     pub fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
-        let c = &mut self.0;
-        let len = ops::begin_receive(c, limit)?;
-        Ok(IncomingMessage(asynch::IncomingMessage { conn: c, len }))
+        let len = self.run(&mut (), |machine, ()| machine.begin_receive(limit))?;
+        Ok(IncomingMessage { conn: self, len })
     }
 
-    /// Starts a chunked send; see [`asynch::Connection::begin_transmit`].
-    pub fn begin_transmit(
-        &mut self,
-        len: usize,
-    ) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
-        let c = &mut self.0;
-        ops::begin_transmit(c, len)?;
-        Ok(OutgoingMessage(asynch::OutgoingMessage { conn: c }))
+    /// Starts a chunked send of `len` bytes; see [`Machine::begin_transmit`].
+    pub fn begin_transmit(&mut self, len: u32) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
+        self.run(&mut (), |machine, ()| machine.begin_transmit(len))?;
+        Ok(OutgoingMessage { conn: self })
     }
 
-    /// Flushes the transport.
+    /// Flushes what was written, whatever the [`FlushPolicy`].
     pub fn flush(&mut self) -> Result<(), Error<T::Error>> {
-        ops::flush(&mut self.0)
+        self.run(&mut (), |machine, ()| machine.flush())
+    }
+
+    /// The driver: asks the machine for the operation's next step, does that
+    /// I/O and reports what moved, until the operation is done. `buf` is the
+    /// caller's message or buffer, lent to `op` at each step.
+    fn run<B: ?Sized, R>(
+        &mut self,
+        buf: &mut B,
+        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, R>,
+    ) -> Result<R, Error<T::Error>> {
+        loop {
+            match op(&mut self.machine, buf) {
+                Step::Io(request) => {
+                    let moved = perform(&mut self.io, request)?;
+                    self.machine.moved(moved).map_err(Error::into_io)?;
+                }
+                Step::Done(result) => return result.map_err(Error::into_io),
+            }
+        }
+    }
+
+    /// [`run`](Self::run) for a chunk: done by its one payload transfer.
+    fn run_chunk<B: ?Sized>(
+        &mut self,
+        buf: &mut B,
+        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, usize>,
+    ) -> Result<usize, Error<T::Error>> {
+        loop {
+            match op(&mut self.machine, buf) {
+                Step::Io(request) => {
+                    let moved = perform(&mut self.io, request)?;
+                    self.machine.moved(moved).map_err(Error::into_io)?;
+                    // The one read or write a chunk asks for is the chunk itself.
+                    if let Moved::Read(n) | Moved::Wrote(n) = moved {
+                        return Ok(n);
+                    }
+                }
+                Step::Done(result) => return result.map_err(Error::into_io),
+            }
+        }
     }
 }
 
 /// A message being received chunk by chunk; see
-/// [`asynch::IncomingMessage`].
+/// [`Connection::begin_receive`]. It implements `embedded_io::Read`.
+///
+/// Dropping it before the end leaves the message in progress: call
+/// `begin_receive` again to continue.
 #[derive(Debug)]
-pub struct IncomingMessage<'c, T>(asynch::IncomingMessage<'c, T>);
+pub struct IncomingMessage<'c, T> {
+    conn: &'c mut Connection<T>,
+    len: u32,
+}
 
 impl<T: Read + Write> IncomingMessage<'_, T> {
     /// The announced (and accepted) length.
     pub fn len(&self) -> u32 {
-        self.0.len()
+        self.len
     }
 
     /// True for an empty message.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 
     /// Bytes not read yet.
     pub fn remaining(&self) -> u32 {
-        self.0.remaining()
+        self.conn.machine.remaining()
     }
 
-    /// Reads the next chunk; `Ok(0)` once the whole message has been read.
+    /// Reads the next chunk into `buf`; `Ok(0)` once the whole message has
+    /// been read.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
-        ops::chunk_read(self.0.conn, buf)
+        self.conn
+            .run_chunk(buf, |machine, buf| machine.read_chunk(buf))
     }
 
-    /// Reads until `buf` is full.
-    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), Error<T::Error>> {
-        ops::chunk_read_exact(self.0.conn, buf)
+    /// Reads until `buf` is full; [`Misuse::PastEnd`]
+    /// if the message is shorter than `buf`.
+    pub fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error<T::Error>> {
+        while !buf.is_empty() {
+            match self.read(buf)? {
+                0 => return Err(Error::Misuse(Misuse::PastEnd)),
+                n => buf = &mut buf[n..],
+            }
+        }
+        Ok(())
     }
 }
 
@@ -175,29 +252,44 @@ where
     }
 }
 
-/// A message being sent chunk by chunk; see [`asynch::OutgoingMessage`].
+/// A message being sent chunk by chunk; see [`Connection::begin_transmit`].
+/// It implements `embedded_io::Write`.
+///
+/// Dropping it before [`finish`](Self::finish) leaves the message in
+/// progress: call `begin_transmit` with the same length to continue.
 #[derive(Debug)]
-pub struct OutgoingMessage<'c, T>(asynch::OutgoingMessage<'c, T>);
+pub struct OutgoingMessage<'c, T> {
+    conn: &'c mut Connection<T>,
+}
 
 impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// Bytes still owed.
     pub fn remaining(&self) -> u32 {
-        self.0.remaining()
+        self.conn.machine.remaining()
     }
 
-    /// Writes some of `chunk`, never past the announced length.
-    pub fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {
-        ops::chunk_write(self.0.conn, chunk)
+    /// Writes some of `chunk` (never past the announced length) and returns
+    /// how many bytes went; [`Misuse::PastEnd`]
+    /// once nothing more is owed.
+    pub fn write(&mut self, mut chunk: &[u8]) -> Result<usize, Error<T::Error>> {
+        self.conn
+            .run_chunk(&mut chunk, |machine, chunk| machine.write_chunk(chunk))
     }
 
     /// Writes all of `chunk`.
-    pub fn write_all(&mut self, chunk: &[u8]) -> Result<(), Error<T::Error>> {
-        ops::chunk_write_all(self.0.conn, chunk)
+    pub fn write_all(&mut self, mut chunk: &[u8]) -> Result<(), Error<T::Error>> {
+        while !chunk.is_empty() {
+            let n = self.write(chunk)?;
+            chunk = &chunk[n..];
+        }
+        Ok(())
     }
 
-    /// Completes the message; [`Error::InProgress`] while bytes are owed.
+    /// Completes the message (flushed, under the default [`FlushPolicy`])
+    /// and frees the connection for the next one;
+    /// [`Misuse::Unfinished`] while bytes are owed.
     pub fn finish(self) -> Result<(), Error<T::Error>> {
-        ops::send_finish(self.0.conn)
+        self.conn.run(&mut (), |machine, ()| machine.finish())
     }
 }
 
@@ -217,12 +309,12 @@ where
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
-        ops::flush(self.0.conn)
+        self.conn.flush()
     }
 }
 
 /// Refuses a connection at the server's limit: writes the single byte 0xFE
-/// and flushes. Close the transport afterwards.
+/// (instead of the greeting) and flushes. Close the transport afterwards.
 pub fn refuse_connection_limit<T: Write>(io: &mut T) -> Result<(), T::Error> {
     io.write_all(&CONNECTION_LIMIT_REFUSAL)?;
     io.flush()
@@ -247,20 +339,6 @@ mod std_glue {
         /// The `std::io` stream, mutably (for socket options).
         pub fn stream_mut(&mut self) -> &mut S {
             self.get_mut().inner_mut()
-        }
-    }
-
-    impl From<Error<std::io::Error>> for std::io::Error {
-        /// Keeps a transport error as it was; wraps protocol errors with the
-        /// matching kind.
-        fn from(e: Error<std::io::Error>) -> Self {
-            match e {
-                Error::Io(e) => e,
-                other => {
-                    let kind = embedded_io::Error::kind(&other);
-                    std::io::Error::new(kind.into(), other)
-                }
-            }
         }
     }
 }

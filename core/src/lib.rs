@@ -6,15 +6,18 @@
 
 pub mod asynch;
 pub mod blocking;
-mod driver;
 mod error;
 mod greeting;
+mod machine;
 mod receive;
 mod send;
+#[cfg(feature = "std")]
+pub mod std_io;
 mod wire;
 
-pub use error::Error;
+pub use error::{Error, Misuse};
 pub use greeting::{Greeting, GreetingStep, CONNECTION_LIMIT_REFUSAL};
+pub use machine::{FlushPolicy, Io, Machine, Moved, Step};
 pub use receive::{Receiver, RecvStep};
 pub use send::{SendStep, Sender};
 pub use wire::{Phase, Status, GREETING, LENGTH_FIELD_LEN, MAX_MESSAGE_LEN};

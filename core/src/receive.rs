@@ -165,9 +165,8 @@ impl Receiver {
 
     /// The usual rule: accept when the length is at most `capacity` (and
     /// [`MAX_MESSAGE_LEN`]), reject otherwise. Returns whether it accepted.
-    pub fn decide(&mut self, capacity: usize) -> bool {
-        let len = u32::from_be_bytes(self.length);
-        if usize::try_from(len).is_ok_and(|len| len <= capacity) {
+    pub fn decide(&mut self, capacity: u32) -> bool {
+        if u32::from_be_bytes(self.length) <= capacity {
             self.accept();
         } else {
             self.reject();
@@ -325,17 +324,17 @@ mod tests {
     /// The boundary table: length against a 16-byte capacity.
     #[test]
     fn test_decide_boundaries() {
-        let cap = 16usize;
-        let cases: [(u32, usize, bool); 9] = [
+        let cap = 16u32;
+        let cases: [(u32, u32, bool); 9] = [
             (0, cap, true),
             (1, cap, true),
             (16, cap, true),
             (17, cap, false),
-            (MAX_MESSAGE_LEN, usize::MAX, true),
-            (MAX_MESSAGE_LEN, MAX_MESSAGE_LEN as usize, true),
-            (MAX_MESSAGE_LEN, MAX_MESSAGE_LEN as usize - 1, false),
-            (MAX_MESSAGE_LEN + 1, usize::MAX, false),
-            (0xFFFF_FFFF, usize::MAX, false),
+            (MAX_MESSAGE_LEN, u32::MAX, true),
+            (MAX_MESSAGE_LEN, MAX_MESSAGE_LEN, true),
+            (MAX_MESSAGE_LEN, MAX_MESSAGE_LEN - 1, false),
+            (MAX_MESSAGE_LEN + 1, u32::MAX, false),
+            (0xFFFF_FFFF, u32::MAX, false),
         ];
         for (len, capacity, accepted) in cases {
             let mut rx = with_length(len);

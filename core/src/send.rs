@@ -56,17 +56,18 @@ impl Sender {
     /// Starts a message of `len` payload bytes.
     ///
     /// Fails with [`Error::TooLarge`] above [`MAX_MESSAGE_LEN`].
-    pub fn new(len: usize) -> Result<Self, Error> {
-        match u32::try_from(len) {
-            Ok(len) if len <= MAX_MESSAGE_LEN => Ok(Self {
+    pub fn new(len: u32) -> Result<Self, Error> {
+        if len <= MAX_MESSAGE_LEN {
+            Ok(Self {
                 length: len.to_be_bytes(),
                 moved: 0,
                 state: SendState::Length,
-            }),
-            _ => Err(Error::TooLarge {
-                len: len as u64,
-                capacity: MAX_MESSAGE_LEN as u64,
-            }),
+            })
+        } else {
+            Err(Error::TooLarge {
+                len,
+                capacity: MAX_MESSAGE_LEN,
+            })
         }
     }
 
@@ -174,7 +175,7 @@ impl Sender {
 mod tests {
     use super::*;
 
-    fn accepted(len: usize) -> Sender {
+    fn accepted(len: u32) -> Sender {
         let mut tx = Sender::new(len).unwrap();
         tx.wrote(4);
         tx.received_status(0xFF).unwrap();
@@ -283,21 +284,16 @@ mod tests {
     #[test]
     fn test_length_boundaries() {
         assert!(Sender::new(0).is_ok());
-        assert_eq!(
-            Sender::new(MAX_MESSAGE_LEN as usize).unwrap().len(),
-            MAX_MESSAGE_LEN
-        );
-        let over = MAX_MESSAGE_LEN as usize + 1;
+        assert_eq!(Sender::new(MAX_MESSAGE_LEN).unwrap().len(), MAX_MESSAGE_LEN);
+        let over = MAX_MESSAGE_LEN + 1;
         assert_eq!(
             Sender::new(over),
             Err(Error::TooLarge {
-                len: over as u64,
-                capacity: MAX_MESSAGE_LEN as u64
+                len: over,
+                capacity: MAX_MESSAGE_LEN
             })
         );
         assert!(Sender::new(0xFFFF_FFFF).is_err());
-        #[cfg(target_pointer_width = "64")]
-        assert!(Sender::new(usize::MAX).is_err());
     }
 
     #[test]

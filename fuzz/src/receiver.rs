@@ -40,8 +40,8 @@ type Outcome = (Result<Range<usize>, Error>, usize);
 /// can take at most `cap` bytes. Returns the outcome of each successive
 /// receive call (the last one is the error that ends the stream) and the
 /// bytes the receiver writes.
-pub fn reference(data: &[u8], cap: u64) -> (Vec<Outcome>, Vec<u8>) {
-    let cap = cap.min(u64::from(MAX_MESSAGE_LEN));
+pub fn reference(data: &[u8], cap: u32) -> (Vec<Outcome>, Vec<u8>) {
+    let cap = cap.min(MAX_MESSAGE_LEN);
     let mut written = vec![0xFF];
     let mut out = Vec::new();
     let greeting_error = match data.first() {
@@ -77,11 +77,11 @@ pub fn reference(data: &[u8], cap: u64) -> (Vec<Outcome>, Vec<u8>) {
         }
         let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap());
         pos += 4;
-        if u64::from(len) > cap {
+        if len > cap {
             written.push(0x00);
             out.push((
                 Err(Error::TooLarge {
-                    len: len.into(),
+                    len,
                     capacity: cap,
                 }),
                 pos,
@@ -131,7 +131,7 @@ pub fn run(input: &[u8]) {
 
 /// The sans-IO machines driven by hand over the input.
 fn machines(data: &[u8], cap: u32, manual_decision: bool, plan: &[u8]) {
-    let (expected, expected_written) = reference(data, cap.into());
+    let (expected, expected_written) = reference(data, cap);
     let mut next_size = sizes(plan);
     let mut written = Vec::new();
     let mut pos = 0;
@@ -195,13 +195,13 @@ fn machines(data: &[u8], cap: u32, manual_decision: bool, plan: &[u8]) {
                     assert_eq!(len, u32::from_be_bytes(length));
                     assert_eq!(rx.announced_len(), Some(len));
                     if manual_decision {
-                        if u64::from(len) <= u64::from(cap) {
+                        if len <= cap {
                             rx.accept();
                         } else {
                             rx.reject();
                         }
                     } else {
-                        rx.decide(cap as usize);
+                        rx.decide(cap);
                     }
                 }
                 RecvStep::WriteStatus(status) => {
@@ -231,8 +231,8 @@ fn machines(data: &[u8], cap: u32, manual_decision: bool, plan: &[u8]) {
                 }
                 RecvStep::Refused { len } => {
                     break Err(Error::TooLarge {
-                        len: len.into(),
-                        capacity: u64::from(cap.min(MAX_MESSAGE_LEN)),
+                        len,
+                        capacity: cap.min(MAX_MESSAGE_LEN),
                     });
                 }
             }
@@ -252,7 +252,7 @@ fn is_final(r: &Result<Range<usize>, Error>) -> bool {
 fn whole(data: &[u8], buf_len: u32, max_len: u32, plan: &[u8]) {
     let mut conn = Connection::new(Script::new(data, Plan::new(plan, true)));
     conn.set_max_message_len(max_len);
-    let cap = u64::from(buf_len.min(conn.max_message_len()));
+    let cap = buf_len.min(conn.max_message_len());
     let (expected, expected_written) = reference(data, cap);
     let mut buf = vec![0u8; buf_len as usize];
     for (want, consumed) in &expected {
@@ -277,7 +277,7 @@ fn whole(data: &[u8], buf_len: u32, max_len: u32, plan: &[u8]) {
 fn chunked(data: &[u8], limit: u32, max_len: u32, plan: &[u8]) {
     let mut conn = Connection::new(Script::new(data, Plan::new(plan, true)));
     conn.set_max_message_len(max_len);
-    let cap = u64::from(limit.min(conn.max_message_len()));
+    let cap = limit.min(conn.max_message_len());
     let (expected, expected_written) = reference(data, cap);
     let mut next_size = sizes(plan);
     for (want, consumed) in &expected {

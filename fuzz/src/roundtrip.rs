@@ -128,8 +128,8 @@ pub fn check(input: &Input) {
             Ok(m.payload.clone())
         } else {
             Err(Error::TooLarge {
-                len: m.payload.len() as u64,
-                capacity: capacity as u64,
+                len: m.payload.len() as u32,
+                capacity: capacity as u32,
             })
         };
         assert_eq!(got, want);

@@ -224,7 +224,7 @@ pub fn transmit_chunked(
     next_size: &mut impl FnMut() -> usize,
 ) -> Result<(), crate::Error> {
     for _ in 0..crate::MAX_RETRIES {
-        let mut writer = match conn.begin_transmit(msg.len()) {
+        let mut writer = match conn.begin_transmit(msg.len() as u32) {
             Ok(writer) => writer,
             Err(tinyproto::Error::Io(Stall)) => continue,
             Err(e) => return Err(e),

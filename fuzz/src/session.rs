@@ -470,8 +470,8 @@ impl Model {
         if payload.len() > cap {
             self.statuses.push(0x00);
             return self.fail(Error::TooLarge {
-                len: payload.len() as u64,
-                capacity: cap as u64,
+                len: payload.len() as u32,
+                capacity: cap as u32,
             });
         }
         self.statuses.push(0xFF);

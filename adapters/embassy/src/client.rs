@@ -126,7 +126,7 @@ impl<'a> Client<'a> {
     /// Starts a chunked send of `len` bytes; write them, then `finish`.
     pub async fn begin_transmit(
         &mut self,
-        len: usize,
+        len: u32,
     ) -> Result<OutgoingMessage<'_, Socket<'a>>, Error> {
         session::begin_transmit(&mut self.conn, len).await
     }

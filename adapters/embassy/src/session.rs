@@ -82,7 +82,7 @@ impl<'s, 'a> Session<'s, 'a> {
     /// Starts a chunked send of a message of `len` bytes.
     pub async fn begin_transmit(
         &mut self,
-        len: usize,
+        len: u32,
     ) -> Result<OutgoingMessage<'_, Socket<'a>>, Error> {
         begin_transmit(self.conn, len).await
     }
@@ -149,7 +149,7 @@ pub(crate) async fn begin_receive<'c, 'a>(
 
 pub(crate) async fn begin_transmit<'c, 'a>(
     conn: &'c mut Connection<'a>,
-    len: usize,
+    len: u32,
 ) -> Result<OutgoingMessage<'c, Socket<'a>>, Error> {
     greet(conn).await?;
     conn.get_mut().begin_exchange(Deadline::Message);

@@ -67,7 +67,7 @@ impl Handler for Echo {
 
 async fn send_chunked(session: &mut Session<'_, '_>, len: usize) -> Result<(), Error> {
     let data = pattern(len, 9);
-    let mut out = session.begin_transmit(len).await?;
+    let mut out = session.begin_transmit(len as u32).await?;
     for chunk in data.chunks(700) {
         out.write_all(chunk).await?;
     }

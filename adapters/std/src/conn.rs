@@ -371,7 +371,7 @@ impl Conn {
 
     fn transmit_from_raw(&mut self, len: u32, src: &mut dyn std::io::Read) -> Result<(), RawError> {
         let Self { inner, scratch, .. } = self;
-        let mut msg = inner.begin_transmit(len as usize)?;
+        let mut msg = inner.begin_transmit(len)?;
         scratch.resize(RECEIVE_CHUNK, 0);
         while msg.remaining() > 0 {
             let want = scratch.len().min(msg.remaining() as usize);

@@ -269,8 +269,8 @@ pub fn model(ops: &[Op]) -> (Vec<u8>, Vec<u8>, Vec<Outcome>) {
                 } else {
                     ours.push(0x00);
                     outcomes.push(Outcome::Failed(tinyproto::Error::TooLarge {
-                        len: msg.len() as u64,
-                        capacity: *capacity as u64,
+                        len: msg.len() as u32,
+                        capacity: *capacity as u32,
                     }));
                 }
             }

@@ -215,7 +215,7 @@ mod app {
                         rx.read(n);
                     }
                     RecvStep::Decide { .. } => {
-                        rx.decide(buf.len());
+                        rx.decide(u32::try_from(buf.len()).unwrap_or(u32::MAX));
                     }
                     RecvStep::WriteStatus(status) => rx.wrote(uart::try_write(&[status.to_byte()])),
                     RecvStep::ReadPayload { offset, remaining } => {
@@ -226,7 +226,7 @@ mod app {
                         };
                         rx.read(uart::try_read(dest));
                     }
-                    RecvStep::Delivered { len } => break Some(len as usize),
+                    RecvStep::Delivered { len } => break Some(len),
                     RecvStep::Refused { .. } => break None,
                 }
             };

@@ -73,7 +73,7 @@ impl Handler for Echo {
 }
 
 async fn send_big(session: &mut Session<'_, '_>) -> Result<(), Error> {
-    let mut out = session.begin_transmit(BIG).await?;
+    let mut out = session.begin_transmit(BIG as u32).await?;
     let mut chunk = [0u8; 512];
     let mut at = 0;
     while at < BIG {

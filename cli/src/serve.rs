@@ -4,7 +4,7 @@
 //! Listening, one thread per connection, the connection limit (0xFE), the
 //! message limit (0x00), deadlines and the graceful stop are the std
 //! adapter's; this module only maps the command line onto it. `--sink` and
-//! `--print` take each message in chunks ([`Handler::receive_in_chunks`]), so
+//! `--print` take each message in chunks ([`Take::Chunks`]), so
 //! memory stays bounded whatever the size; `--echo` holds whole messages, up
 //! to `--max-message` (16 MiB unless given).
 
@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use tinyproto_std::{Conn, Error, Handler, Server, Timeouts};
+use tinyproto_std::{Conn, Error, Handler, Server, Take, Timeouts};
 
 use crate::exit::{self, Failure};
 use tinyproto::MAX_MESSAGE_LEN;
@@ -63,8 +63,8 @@ pub struct Totals {
 struct Echo;
 
 impl Handler for Echo {
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        conn.transmit(&msg)
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        conn.transmit(msg)
     }
 }
 
@@ -75,8 +75,12 @@ struct Sink {
 }
 
 impl Handler for Sink {
-    fn receive_in_chunks(&mut self) -> Option<u32> {
-        Some(self.limit)
+    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
+        if len <= self.limit {
+            Take::Chunks
+        } else {
+            Take::Reject
+        }
     }
 
     fn transmission_complete(&mut self, _conn: &mut Conn, len: u32) -> Result<(), Error> {
@@ -129,8 +133,12 @@ impl Print {
 }
 
 impl Handler for Print {
-    fn receive_in_chunks(&mut self) -> Option<u32> {
-        Some(self.limit)
+    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
+        if len <= self.limit {
+            Take::Chunks
+        } else {
+            Take::Reject
+        }
     }
 
     fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {

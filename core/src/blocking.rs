@@ -130,6 +130,19 @@ impl<T: Read + Write> Connection<T> {
             .ok_or(Error::Misuse(Misuse::ShorterBuffer { len: len as u32 }))
     }
 
+    /// Reads the length of the next message without answering it; follow
+    /// with `receive`, `begin_receive` or [`reject`](Self::reject). See
+    /// [`Machine::next_length`].
+    pub fn next_length(&mut self) -> Result<u32, Error<T::Error>> {
+        self.run(&mut (), |machine, ()| machine.next_length())
+    }
+
+    /// Answers 0x00 to the length read by [`next_length`](Self::next_length);
+    /// the connection goes on. See [`Machine::reject`].
+    pub fn reject(&mut self) -> Result<u32, Error<T::Error>> {
+        self.run(&mut (), |machine, ()| machine.reject())
+    }
+
     /// Starts a chunked receive, for messages larger than memory; see
     /// [`Machine::begin_receive`].
     pub fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {

@@ -223,15 +223,15 @@ impl Drop for PyProcess {
 pub struct EchoHandler;
 
 impl Handler for EchoHandler {
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        match msg.as_slice() {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        match msg {
             b"req" => {
                 conn.transmit(b"question")?;
                 let answer = conn.receive()?;
                 conn.transmit(&[b"got:".as_slice(), &answer].concat())
             }
             b"question" => conn.transmit(b"answer"),
-            _ => conn.transmit(&msg),
+            _ => conn.transmit(msg),
         }
     }
 }

@@ -55,11 +55,11 @@ fn rust_client_handler_request_reply_with_python_server() {
         fn pre_loop(&mut self, conn: &mut Conn) -> Result<(), Error> {
             conn.transmit(b"req")
         }
-        fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+        fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
             if msg == b"question" {
                 conn.transmit(b"answer")
             } else {
-                let _ = self.0.send(msg);
+                let _ = self.0.send(msg.to_vec());
                 conn.stop();
                 Ok(())
             }

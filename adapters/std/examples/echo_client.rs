@@ -21,8 +21,8 @@ impl Handler for Sender {
         self.send_next(conn)
     }
 
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        println!("echo: {:?}", String::from_utf8_lossy(&msg));
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        println!("echo: {:?}", String::from_utf8_lossy(msg));
         self.send_next(conn)
     }
 

@@ -25,19 +25,19 @@ impl Handler for EchoConnection {
         Ok(())
     }
 
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
         self.received += 1;
         println!(
             "[{}] received {:?}",
             conn.id(),
-            String::from_utf8_lossy(&msg)
+            String::from_utf8_lossy(msg)
         );
         if msg == b"shutdown" {
             if let Some(stop) = conn.loop_stop_handle() {
                 stop.stop();
             }
         }
-        conn.transmit(&msg)
+        conn.transmit(msg)
     }
 
     fn post_loop(&mut self, conn: &mut Conn, result: &Result<(), Error>) {

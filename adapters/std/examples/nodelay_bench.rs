@@ -17,9 +17,9 @@ use tinyproto_std::{Client, Conn, Error, Handler, Server};
 struct Echo(bool);
 
 impl Handler for Echo {
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
         if self.0 {
-            conn.transmit(&msg)
+            conn.transmit(msg)
         } else {
             Ok(())
         }

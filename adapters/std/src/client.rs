@@ -4,14 +4,15 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{settings_methods, Settings};
-use crate::conn::{Conn, Handler};
+use crate::conn::Conn;
+use crate::connections::{Connections, Context, Ended, LoopEvent, StopHandle};
 use crate::error::{Deadline, Error};
-use crate::registry::{Connections, Context, Ended, Factory, Pool, Shared, StopHandle};
-use crate::server::call_hook;
-use crate::ConnId;
+use crate::handler::{call_hook, Handler};
+use crate::id::ConnId;
+use crate::pool::{Factory, Pool};
 
 /// The hooks of a client's own loop ([`Client::start`]), mirroring the
 /// reference's `TinyProtoClient`. Every method has a default body.
@@ -21,7 +22,9 @@ pub trait ClientHooks: Send + 'static {
         let _ = client;
     }
 
-    /// Runs on every pass of the client loop (every [`Timeouts::poll`](crate::Timeouts::poll)).
+    /// Runs after each pass of the client loop (a connection ended, a
+    /// stop), and every [`loop_pass_interval`](Client::set_loop_pass_interval)
+    /// if one is set.
     fn loop_pass(&mut self, client: &Context) {
         let _ = client;
     }
@@ -66,7 +69,6 @@ pub struct Client {
     settings: Settings,
     factory: Factory,
     hooks: Box<dyn ClientHooks>,
-    stop: StopHandle,
     pool: Pool,
 }
 
@@ -89,13 +91,11 @@ impl Client {
     /// A client with the do-nothing handler `()`, no hooks and default
     /// [`Timeouts`](crate::Timeouts).
     pub fn new() -> Self {
-        let stop = StopHandle::default();
         Self {
             settings: Settings::default(),
             factory: Arc::new(|| Box::new(())),
             hooks: Box::new(()),
-            pool: Pool::new(Arc::new(Shared::default()), stop.clone()),
-            stop,
+            pool: Pool::new(),
         }
     }
 
@@ -132,7 +132,7 @@ impl Client {
 
     /// A handle that stops [`start`](Self::start).
     pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
+        self.pool.stop_handle()
     }
 
     /// Connects and exchanges the greeting, for plain synchronous use: the
@@ -166,18 +166,27 @@ impl Client {
         self.pool.join(id, timeout)
     }
 
-    /// Runs the client loop until stopped: `pre_loop`, `loop_pass` every
-    /// [`Timeouts::poll`](crate::Timeouts::poll), `post_loop`, then closes the connections like
-    /// [`close_all`](Self::close_all).
+    /// Runs the client loop until stopped: `pre_loop`; `conn_shutdown` and
+    /// `loop_pass` as connections end (and every
+    /// [`loop_pass_interval`](Self::set_loop_pass_interval) if one is set);
+    /// `post_loop`; then closes the connections like
+    /// [`close_all`](Self::close_all). Sleeps in between.
     pub fn start(&mut self) {
         let ctx = self.context();
+        let stop = self.stop_handle();
+        let interval = self.settings.conn.loop_pass_interval;
         let hooks = &mut self.hooks;
         call_hook("pre_loop", || hooks.pre_loop(&ctx));
-        while !self.stop.is_stopped() {
-            for Ended { id, peer, result } in self.pool.reap(self.settings.conn.timeouts.poll) {
-                call_hook("conn_shutdown", || {
-                    hooks.conn_shutdown(&ctx, id, peer, &result)
-                });
+        while !stop.is_stopped() {
+            let until = interval.map(|i| Instant::now() + i);
+            let mut next = self.pool.next_event(until);
+            while let Some(event) = next {
+                if let LoopEvent::Ended(Ended { id, peer, result }) = event {
+                    call_hook("conn_shutdown", || {
+                        hooks.conn_shutdown(&ctx, id, peer, &result)
+                    });
+                }
+                next = self.pool.next_event(Some(Instant::now()));
             }
             call_hook("loop_pass", || hooks.loop_pass(&ctx));
         }
@@ -200,13 +209,13 @@ impl Client {
             },
         );
         // Later connections start afresh.
-        self.pool = Pool::new(Arc::new(Shared::default()), self.stop.clone());
+        self.pool.renew();
     }
 
     fn context(&self) -> Context {
         Context {
             connections: self.active_connections(),
-            stop: self.stop.clone(),
+            stop: self.stop_handle(),
             local_addrs: Vec::new(),
         }
     }

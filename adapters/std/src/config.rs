@@ -30,10 +30,6 @@ pub struct Timeouts {
     /// Close a connection on which no message moved either way for this
     /// long. Default `None` (never).
     pub idle: Option<Duration>,
-    /// How long a connection loop waits for a message before running
-    /// `loop_pass` (and sending queued messages, and noticing a stop); also
-    /// the server's accept poll. Default 30 ms, as the reference's select.
-    pub poll: Duration,
 }
 
 impl Default for Timeouts {
@@ -45,7 +41,6 @@ impl Default for Timeouts {
             write: Duration::from_secs(10),
             receive: Duration::from_secs(30),
             idle: None,
-            poll: Duration::from_millis(30),
         }
     }
 }
@@ -81,11 +76,6 @@ impl Timeouts {
         self.idle = d;
         self
     }
-    /// Sets [`poll`](Self::poll).
-    pub fn with_poll(mut self, d: Duration) -> Self {
-        self.poll = d;
-        self
-    }
 }
 
 /// Default cap on the length of an accepted message: 16 MiB.
@@ -105,6 +95,9 @@ pub(crate) struct Config {
     pub nodelay: bool,
     pub queue_len: usize,
     pub plugins: Plugins,
+    /// `loop_pass` also runs this long after the last one when nothing else
+    /// woke the loop (`None`: never on a timer).
+    pub loop_pass_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -115,6 +108,7 @@ impl Default for Config {
             nodelay: true,
             queue_len: DEFAULT_QUEUE_LEN,
             plugins: Plugins::default(),
+            loop_pass_interval: None,
         }
     }
 }
@@ -179,6 +173,14 @@ macro_rules! settings_methods {
         /// [`DEFAULT_DRAIN_TIMEOUT`](crate::DEFAULT_DRAIN_TIMEOUT)).
         pub fn set_drain_timeout(&mut self, timeout: ::std::time::Duration) {
             self.settings.drain_timeout = timeout;
+        }
+
+        /// Runs the `loop_pass` hooks (the connections' and the loop's own)
+        /// also every `interval` when nothing else happened (default `None`:
+        /// they run after each message and event only, and idle connections
+        /// sleep). The Python package polls every 30 ms instead.
+        pub fn set_loop_pass_interval(&mut self, interval: Option<::std::time::Duration>) {
+            self.settings.conn.loop_pass_interval = interval;
         }
 
         /// Adds a plugin at the end of the chain of new connections.

@@ -1,96 +1,34 @@
-//! One connection: [`Conn`] (transmit and receive whole messages with
-//! deadlines and plugins) and the [`Handler`] hooks its loop runs.
+//! One connection: [`Conn`], whole messages in and out with deadlines and
+//! plugins, over the core's blocking driver.
+//!
+//! Writes wait in a buffer under the core's
+//! [`FlushPolicy::BeforeRead`](tinyproto::FlushPolicy::BeforeRead): every
+//! read flushes first, [`Conn::transmit`] flushes before it returns, and
+//! inside a connection loop's hooks (and [`Conn::transmit_all`]) the end of
+//! one message and the length of the next leave together; the loop flushes
+//! whenever a hook returns.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use embedded_io_adapters::std::FromStd;
 use tinyproto::blocking::Connection;
+use tinyproto::std_io::WriteBuffered;
 
 use crate::config::SharedConfig;
+use crate::connections::{Connections, Mailbox, Shared, StopHandle};
 use crate::error::{Deadline, Error, ProtocolError};
+use crate::id::ConnId;
 use crate::io::Io;
-use crate::registry::{Connections, Shared, StopHandle};
-use crate::ConnId;
+use crate::reactor::Readiness;
 
 /// Payload bytes read per step of a receive: a message buffer grows by at
 /// most this much beyond the bytes that actually arrived.
-const RECEIVE_CHUNK: usize = 64 * 1024;
+pub(crate) const RECEIVE_CHUNK: usize = 64 * 1024;
 
 /// The shortest wait of [`Conn::try_receive`].
 const MIN_WAIT: Duration = Duration::from_millis(1);
-
-/// The hooks of a connection loop, mirroring the reference's
-/// `TinyProtoConnection` subclass methods. Every method has a default body.
-///
-/// Inside a hook the handler may use its connection directly:
-/// [`Conn::transmit`], [`Conn::receive`] (wait for a reply without going
-/// back to the loop), [`Conn::stop`], and through [`Conn::active_connections`]
-/// send to other connections. Returning an error from a hook ends the
-/// connection with that error; [`post_loop`](Handler::post_loop) still runs.
-///
-/// A panicking hook ends its connection with [`Error::Panicked`]; the
-/// server and everyone else go on.
-pub trait Handler: Send + 'static {
-    /// Runs once, after the greeting, before the first loop pass.
-    fn pre_loop(&mut self, conn: &mut Conn) -> Result<(), Error> {
-        let _ = conn;
-        Ok(())
-    }
-
-    /// Runs on every pass of the loop: after each message, and at least
-    /// every [`Timeouts::poll`](crate::Timeouts::poll) while none arrives.
-    fn loop_pass(&mut self, conn: &mut Conn) -> Result<(), Error> {
-        let _ = conn;
-        Ok(())
-    }
-
-    /// Runs for each whole message received (after the plugins).
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        let _ = (conn, msg);
-        Ok(())
-    }
-
-    /// Return `Some(limit)` to have the loop take the next message in chunks
-    /// (messages larger than memory) instead of whole: each piece goes to
-    /// [`transmission_chunk`](Handler::transmission_chunk) as it arrives,
-    /// then [`transmission_complete`](Handler::transmission_complete) runs
-    /// instead of `transmission_received`. Lengths over `limit` are answered
-    /// 0x00 and the connection goes on. Asked before every message; by
-    /// default `None` (whole messages). Not with plugins (see
-    /// [`Conn::receive_chunked`]).
-    fn receive_in_chunks(&mut self) -> Option<u32> {
-        None
-    }
-
-    /// Receives each chunk of a message taken in chunks, in order. If the
-    /// message breaks off, `post_loop` gets the error and
-    /// `transmission_complete` never runs: discard what came.
-    fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        let _ = chunk;
-        Ok(())
-    }
-
-    /// Runs when the whole of a message taken in chunks (`len` bytes) has
-    /// arrived.
-    fn transmission_complete(&mut self, conn: &mut Conn, len: u32) -> Result<(), Error> {
-        let _ = (conn, len);
-        Ok(())
-    }
-
-    /// Runs once when the connection ends, however it ends (the greeting
-    /// failed, the peer closed, an error, a panic, a stop). `result` is
-    /// `Ok(())` for a normal end: the peer closed between messages, or the
-    /// loop was asked to stop.
-    fn post_loop(&mut self, conn: &mut Conn, result: &Result<(), Error>) {
-        let _ = (conn, result);
-    }
-}
-
-/// Does nothing: messages are received and dropped.
-impl Handler for () {}
 
 /// A failure inside a receive or chunked transmit: the core's, or the
 /// caller's (a chunk consumer or source).
@@ -110,7 +48,8 @@ impl From<ProtocolError> for RawError {
 #[derive(Debug)]
 pub(crate) struct Attached {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) inbox: Receiver<Arc<[u8]>>,
+    pub(crate) mailbox: Arc<Mailbox>,
+    pub(crate) readiness: Arc<Readiness>,
     pub(crate) stop: StopHandle,
 }
 
@@ -120,14 +59,13 @@ pub(crate) struct Attached {
 /// created with. Messages are whole: nothing of a partial message is ever
 /// returned, and the buffer of an incoming message grows only as its bytes
 /// actually arrive (never to a length the peer merely announced).
-#[derive(Debug)]
 pub struct Conn {
     id: ConnId,
-    inner: Connection<Io>,
+    inner: Connection<FromStd<WriteBuffered<Io>>>,
     peer: SocketAddr,
     local: SocketAddr,
     cfg: SharedConfig,
-    /// Payload of the message being received.
+    /// Payload of the message being received by `receive`.
     partial: Vec<u8>,
     /// Buffer of chunked receives and transmits (allocated on first use).
     scratch: Vec<u8>,
@@ -136,7 +74,22 @@ pub struct Conn {
     /// A deadline ran out mid-message or the protocol broke: carry nothing more.
     failed: bool,
     stop: bool,
+    /// Leave the end of a message in the buffer: more follow (a loop's hook,
+    /// `transmit_all`); whoever set this flushes.
+    batching: bool,
     attached: Option<Attached>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("protocol", self.inner.machine())
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Conn {
@@ -152,7 +105,8 @@ impl Conn {
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let mut inner = Connection::new(Io::new(stream, cfg.timeouts.write));
+        let io = Io::new(Arc::new(stream), cfg.timeouts.write);
+        let mut inner = Connection::from_std_buffered(io);
         inner.set_max_message_len(cfg.max_message_len);
         let now = Instant::now();
         Self {
@@ -167,12 +121,26 @@ impl Conn {
             last_activity: now,
             failed: false,
             stop: false,
+            batching: false,
             attached: None,
         }
     }
 
     pub(crate) fn attach(&mut self, attached: Attached) {
         self.attached = Some(attached);
+    }
+
+    pub(crate) fn attached(&self) -> Option<&Attached> {
+        self.attached.as_ref()
+    }
+
+    fn io(&mut self) -> &mut Io {
+        self.inner.get_mut().inner_mut().get_mut()
+    }
+
+    /// The socket, shared with the registry.
+    pub(crate) fn shared_stream(&self) -> Arc<TcpStream> {
+        self.inner.get_ref().inner().get_ref().stream().clone()
     }
 
     /// This connection's id (unique within its server or client).
@@ -193,12 +161,31 @@ impl Conn {
     /// The socket, for options (moving bytes through it directly puts the
     /// connection out of step).
     pub fn tcp_stream(&self) -> &TcpStream {
-        self.inner.get_ref().stream()
+        self.inner.get_ref().inner().get_ref().stream()
     }
 
-    /// The largest message length this side accepts.
+    /// True after a deadline ran out mid-message or the protocol broke:
+    /// the connection carries nothing more.
+    pub fn is_broken(&self) -> bool {
+        self.failed
+    }
+
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.cfg
+    }
+
+    pub(crate) fn has_plugins(&self) -> bool {
+        !self.cfg.plugins.is_empty()
+    }
+
+    /// The largest message length this side accepts whole.
     pub fn max_message_len(&self) -> u32 {
         self.cfg.max_message_len
+    }
+
+    /// When the last message moved either way (or the connection started).
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
     }
 
     /// The active connections of the server or client running this
@@ -239,27 +226,29 @@ impl Conn {
             return Ok(());
         }
         let deadline = self.started + self.cfg.timeouts.greeting;
-        let io = self.inner.get_mut();
+        let io = self.io();
         io.set_read_deadline(deadline, Deadline::Greeting);
         io.set_write_deadline(Some((deadline, Deadline::Greeting)));
-        let result = self.inner.greet();
+        let result = self.inner.greet().and_then(|()| self.inner.flush());
         result.map_err(|e| self.fail(e))
     }
 
     /// Sends one whole message (through the plugins), within
-    /// [`Timeouts::message`](crate::Timeouts::message).
+    /// [`Timeouts::message`](crate::Timeouts::message), and returns once it
+    /// is written out (inside a loop's hook: once it is in the buffer the
+    /// loop flushes when the hook returns).
     ///
     /// `Err(Error::Protocol(tinyproto::Error::Rejected { .. }))` when the
-    /// peer refused its length; the connection stays usable.
+    /// peer refused its length: a normal answer; the connection stays usable.
     pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
         self.greet()?;
         let wire = self.cfg.plugins.transmit(msg).map_err(Error::Plugin)?;
-        let deadline = Instant::now() + self.cfg.timeouts.message;
-        let io = self.inner.get_mut();
-        io.set_read_deadline(deadline, Deadline::Message);
-        io.set_write_deadline(Some((deadline, Deadline::Message)));
-        let result = self.inner.transmit(&wire);
-        self.inner.get_mut().set_write_deadline(None);
+        self.arm_message_deadline();
+        let mut result = self.inner.transmit(&wire);
+        if result.is_ok() && !self.batching {
+            result = self.inner.flush();
+        }
+        self.io().set_write_deadline(None);
         match result {
             Ok(()) => {
                 self.last_activity = Instant::now();
@@ -268,6 +257,47 @@ impl Conn {
             }
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// Sends messages back to back, each whole, and returns how many went:
+    /// the end of one and the length of the next leave together (a stream of
+    /// small messages at the protocol's limit). Stops at the first error,
+    /// after flushing what went (a rejection is an error here too: its
+    /// count says which message it was).
+    pub fn transmit_all<'m>(
+        &mut self,
+        msgs: impl IntoIterator<Item = &'m [u8]>,
+    ) -> Result<usize, (usize, Error)> {
+        let batching = std::mem::replace(&mut self.batching, true);
+        let mut sent = 0;
+        let mut result = Ok(());
+        for msg in msgs {
+            result = self.transmit(msg);
+            if result.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        self.batching = batching;
+        let flushed = if self.failed { Ok(()) } else { self.flush() };
+        result.and(flushed).map(|()| sent).map_err(|e| (sent, e))
+    }
+
+    /// Writes out whatever waits in the connection's buffer.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if !self.inner.machine().needs_flush() || self.failed {
+            return Ok(());
+        }
+        self.arm_message_deadline();
+        let result = self.inner.flush();
+        self.io().set_write_deadline(None);
+        result.map_err(|e| self.fail(e))
+    }
+
+    /// Lets the end of a message wait for the next one (or the next
+    /// flush): the loop sets this around its hooks.
+    pub(crate) fn set_batching(&mut self, batching: bool) {
+        self.batching = batching;
     }
 
     /// Receives one whole message (through the plugins): waits up to
@@ -288,9 +318,20 @@ impl Conn {
     /// to begin, and returns `Ok(None)` if none did (the connection stays
     /// usable). A message that began is always received whole or not at all.
     pub fn try_receive(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, Error> {
-        let Some(raw) = self.wait_for_message(wait, |conn| conn.receive_raw())? else {
+        if !self.inner.is_in_progress() {
+            self.partial.clear();
+        }
+        let Some(_len) = self.wait_for_message(wait, |conn| {
+            let mut partial = std::mem::take(&mut conn.partial);
+            let limit = conn.cfg.max_message_len;
+            let result = conn.receive_raw(limit, &mut partial);
+            conn.partial = partial;
+            result
+        })?
+        else {
             return Ok(None);
         };
+        let raw = std::mem::take(&mut self.partial);
         log::trace!("{} received {} bytes", self.id, raw.len());
         let msg = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
         Ok(Some(msg))
@@ -304,7 +345,8 @@ impl Conn {
     ///
     /// Lengths over `limit` are answered 0x00 and reported as `TooLarge`;
     /// the connection stays usable. (The configured
-    /// [`max_message_len`](Self::max_message_len) caps whole messages only.) If the message breaks off (an error, a deadline, or `on_chunk`
+    /// [`max_message_len`](Self::max_message_len) caps whole messages only.)
+    /// If the message breaks off (an error, a deadline, or `on_chunk`
     /// failing), the chunks already handed over are all there will be:
     /// discard them. Plugins transform whole messages, so this fails with
     /// [`Error::Plugin`] when any is registered.
@@ -326,11 +368,7 @@ impl Conn {
         limit: u32,
         on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<Option<u32>, Error> {
-        if !self.cfg.plugins.is_empty() {
-            return Err(Error::Plugin(
-                "plugins transform whole messages: no chunked receive with plugins".into(),
-            ));
-        }
+        self.check_no_plugins("receive")?;
         self.wait_for_message(wait, |conn| conn.receive_chunks_raw(limit, on_chunk))
     }
 
@@ -344,18 +382,14 @@ impl Conn {
     /// broken. Plugins transform whole messages, so this fails with
     /// [`Error::Plugin`] when any is registered.
     pub fn transmit_from(&mut self, len: u32, src: &mut dyn std::io::Read) -> Result<(), Error> {
-        if !self.cfg.plugins.is_empty() {
-            return Err(Error::Plugin(
-                "plugins transform whole messages: no chunked transmit with plugins".into(),
-            ));
-        }
+        self.check_no_plugins("transmit")?;
         self.greet()?;
-        let deadline = Instant::now() + self.cfg.timeouts.message;
-        let io = self.inner.get_mut();
-        io.set_read_deadline(deadline, Deadline::Message);
-        io.set_write_deadline(Some((deadline, Deadline::Message)));
-        let result = self.transmit_from_raw(len, src);
-        self.inner.get_mut().set_write_deadline(None);
+        self.arm_message_deadline();
+        let mut result = self.transmit_from_raw(len, src);
+        if result.is_ok() && !self.batching {
+            result = self.inner.flush().map_err(RawError::Core);
+        }
+        self.io().set_write_deadline(None);
         match result {
             Ok(()) => {
                 self.last_activity = Instant::now();
@@ -395,6 +429,75 @@ impl Conn {
         Ok(())
     }
 
+    // ---- the loop's side: a message whose first bytes are known to be here ----
+
+    /// Reads the length of the message that woke the loop, under the message
+    /// deadline from now.
+    pub(crate) fn next_length(&mut self) -> Result<u32, Error> {
+        self.check_usable()?;
+        self.arm_message_deadline();
+        self.inner.next_length().map_err(|e| self.fail(e))
+    }
+
+    /// Takes the announced message whole into `buf` (reused: it grows only
+    /// as bytes arrive), through the plugins; returns the message.
+    pub(crate) fn take_whole<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<&'b [u8], Error> {
+        let limit = self.cfg.max_message_len;
+        buf.clear();
+        match self.receive_raw(limit, buf) {
+            Ok(_) => {}
+            Err(RawError::Core(e)) => return Err(self.fail(e)),
+            Err(RawError::Sink(e)) => return Err(e),
+        }
+        self.last_activity = Instant::now();
+        if !self.cfg.plugins.is_empty() {
+            let raw = std::mem::take(buf);
+            *buf = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
+        }
+        Ok(buf)
+    }
+
+    /// Takes the announced message in chunks to `on_chunk`; its length.
+    pub(crate) fn take_chunks(
+        &mut self,
+        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u32, Error> {
+        match self.receive_chunks_raw(tinyproto::MAX_MESSAGE_LEN, on_chunk) {
+            Ok(len) => {
+                self.last_activity = Instant::now();
+                Ok(len)
+            }
+            Err(RawError::Core(e)) => Err(self.fail(e)),
+            Err(RawError::Sink(e)) => {
+                self.break_off();
+                Err(e)
+            }
+        }
+    }
+
+    /// Answers 0x00 to the announced message; its length.
+    pub(crate) fn reject_announced(&mut self) -> Result<u32, Error> {
+        self.inner.reject().map_err(|e| self.fail(e))
+    }
+
+    /// Sets the read and write deadlines of a message starting now.
+    fn arm_message_deadline(&mut self) {
+        let deadline = Instant::now() + self.cfg.timeouts.message;
+        let io = self.io();
+        io.set_read_deadline(deadline, Deadline::Message);
+        io.set_write_deadline(Some((deadline, Deadline::Message)));
+    }
+
+    fn check_no_plugins(&self, what: &str) -> Result<(), Error> {
+        if self.cfg.plugins.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Plugin(
+                format!("plugins transform whole messages: no chunked {what} with plugins").into(),
+            ))
+        }
+    }
+
     /// Waits up to `wait` for a message to begin, then runs `step` (a
     /// resumable receive) to its end under the message deadline.
     fn wait_for_message<T>(
@@ -406,7 +509,7 @@ impl Conn {
         let now = Instant::now();
         let message = self.cfg.timeouts.message;
         let in_progress = self.inner.is_in_progress();
-        let io = self.inner.get_mut();
+        let io = self.io();
         if !in_progress {
             io.mark_idle();
             // At least one short read, even for a zero wait.
@@ -426,7 +529,7 @@ impl Conn {
                 }
                 Err(RawError::Core(tinyproto::Error::Io(e))) => {
                     let in_progress = self.inner.is_in_progress();
-                    let io = self.inner.get_mut();
+                    let io = self.io();
                     match io.take_expired() {
                         Some(Deadline::Receive) if !in_progress => return Ok(None),
                         Some(Deadline::Receive) => {
@@ -458,29 +561,25 @@ impl Conn {
         }
     }
 
-    /// Receives the raw payload into `self.partial`, growing it only by
-    /// bytes that arrived. Resumable after an `Io` error.
-    fn receive_raw(&mut self) -> Result<Vec<u8>, RawError> {
-        let Self {
-            inner,
-            partial,
-            cfg,
-            ..
-        } = self;
+    /// Receives the payload into `buf`, growing it only by bytes that
+    /// arrived (a resume keeps what `buf` holds). Lengths over `limit` are
+    /// answered 0x00. Resumable after an `Io` error.
+    fn receive_raw(&mut self, limit: u32, buf: &mut Vec<u8>) -> Result<u32, RawError> {
         // Whole messages are held in memory: the configured cap applies.
-        inner.set_max_message_len(cfg.max_message_len);
-        let mut msg = inner.begin_receive(cfg.max_message_len)?;
+        self.inner.set_max_message_len(limit);
+        let mut msg = self.inner.begin_receive(limit)?;
+        let len = msg.len();
         loop {
             let remaining = msg.remaining() as usize;
             if remaining == 0 {
-                return Ok(std::mem::take(partial));
+                return Ok(len);
             }
-            let old = partial.len();
-            partial.resize(old + remaining.min(RECEIVE_CHUNK), 0);
-            match msg.read(&mut partial[old..]) {
-                Ok(n) => partial.truncate(old + n),
+            let old = buf.len();
+            buf.resize(old + remaining.min(RECEIVE_CHUNK), 0);
+            match msg.read(&mut buf[old..]) {
+                Ok(n) => buf.truncate(old + n),
                 Err(e) => {
-                    partial.truncate(old);
+                    buf.truncate(old);
                     return Err(e.into());
                 }
             }
@@ -516,7 +615,7 @@ impl Conn {
     }
 
     /// The connection carries nothing more.
-    fn break_off(&mut self) {
+    pub(crate) fn break_off(&mut self) {
         self.failed = true;
         self.partial = Vec::new();
     }
@@ -524,7 +623,7 @@ impl Conn {
     /// Maps a core error (a deadline shows as `Io(TimedOut)`), breaking the
     /// connection unless it is still in step.
     fn fail(&mut self, e: ProtocolError) -> Error {
-        let expired = self.inner.get_mut().take_expired();
+        let expired = self.io().take_expired();
         let e = match (e, expired) {
             (tinyproto::Error::Io(_), Some(kind)) => Error::Timeout(kind),
             (e, _) => Error::Protocol(e),
@@ -535,101 +634,14 @@ impl Conn {
         e
     }
 
-    /// Sends the messages other connections queued for this one.
-    fn send_queued(&mut self) -> Result<(), Error> {
-        loop {
-            let Some(attached) = &self.attached else {
-                return Ok(());
-            };
-            let msg = match attached.inbox.try_recv() {
-                Ok(msg) => msg,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(()),
-            };
-            match self.transmit(&msg) {
-                Err(e) if e.is_recoverable() => {
-                    log::warn!("{}: queued message not delivered: {e}", self.id)
-                }
-                other => other?,
-            }
-        }
-    }
-
-    fn check_idle(&self) -> Result<(), Error> {
-        match self.cfg.timeouts.idle {
-            Some(idle) if self.last_activity.elapsed() >= idle => {
-                Err(Error::Timeout(Deadline::Idle))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Closes the connection (both directions).
-    pub fn close(self) {
-        let _ = self.tcp_stream().shutdown(Shutdown::Both);
+    /// Closes the connection (both directions), after writing out what
+    /// waits in its buffer.
+    pub fn close(mut self) {
+        let _ = self.flush();
+        self.shutdown();
     }
 
     pub(crate) fn shutdown(&self) {
         let _ = self.tcp_stream().shutdown(Shutdown::Both);
-    }
-}
-
-/// The loop of one connection, hooks included; never panics.
-pub(crate) fn run_connection(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
-    let result = catch_unwind(AssertUnwindSafe(|| connection_loop(conn, handler)))
-        .unwrap_or_else(|payload| Err(Error::Panicked(panic_message(&*payload))));
-    match &result {
-        Ok(()) => log::debug!("{} ({}) ended", conn.id, conn.peer),
-        Err(e) => log::info!("{} ({}) ended: {e}", conn.id, conn.peer),
-    }
-    if catch_unwind(AssertUnwindSafe(|| handler.post_loop(conn, &result))).is_err() {
-        log::error!("{}: post_loop panicked", conn.id);
-    }
-    conn.shutdown();
-    result
-}
-
-fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
-    conn.greet()?;
-    handler.pre_loop(conn)?;
-    let poll = conn.cfg.timeouts.poll;
-    while !conn.is_stopping() {
-        conn.send_queued()?;
-        let received = match handler.receive_in_chunks() {
-            None => conn.try_receive(poll).map(|msg| msg.map(Incoming::Whole)),
-            Some(limit) => conn
-                .try_receive_chunked(poll, limit, &mut |chunk| handler.transmission_chunk(chunk))
-                .map(|len| len.map(Incoming::Chunked)),
-        };
-        match received {
-            Ok(Some(Incoming::Whole(msg))) => handler.transmission_received(conn, msg)?,
-            Ok(Some(Incoming::Chunked(len))) => handler.transmission_complete(conn, len)?,
-            Ok(None) => conn.check_idle()?,
-            Err(e) if e.is_closed() => return Ok(()),
-            Err(Error::Protocol(e @ tinyproto::Error::TooLarge { .. })) => {
-                log::warn!("{}: refused a message: {e}", conn.id);
-            }
-            Err(e) => return Err(e),
-        }
-        if conn.is_stopping() {
-            break;
-        }
-        handler.loop_pass(conn)?;
-    }
-    Ok(())
-}
-
-/// A message the loop received.
-enum Incoming {
-    Whole(Vec<u8>),
-    Chunked(u32),
-}
-
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 
-use crate::ConnId;
+use crate::id::ConnId;
 
 /// A protocol error of the core over a `std::io` transport.
 pub type ProtocolError = tinyproto::Error<io::Error>;

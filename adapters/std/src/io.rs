@@ -4,9 +4,14 @@
 //! The core advances only by bytes that moved, so when a deadline runs out
 //! here (an `io::ErrorKind::TimedOut` error) the message in flight stays
 //! resumable; the connection decides whether to resume or to give up.
+//!
+//! Socket timeouts are system calls: they are set only when the wait wanted
+//! differs from the one set by more than a sixteenth (so a deadline is kept
+//! to within about 6 %), not before every read and write.
 
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Deadline;
@@ -14,10 +19,12 @@ use crate::error::Deadline;
 /// Socket timeouts may not be zero.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
-/// A `TcpStream` with deadlines, as an embedded-io transport.
+/// A `TcpStream` with deadlines, as a `std::io` stream.
 #[derive(Debug)]
 pub(crate) struct Io {
-    stream: TcpStream,
+    /// Shared with the registry (the reactor, a forced stop): one file
+    /// descriptor per connection.
+    stream: Arc<TcpStream>,
     /// Reads fail with `TimedOut` once this passes.
     read_deadline: Instant,
     read_kind: Deadline,
@@ -30,6 +37,15 @@ pub(crate) struct Io {
     /// Writes fail with this [`Deadline`] after this instant, if set.
     write_deadline: Option<(Instant, Deadline)>,
     write_timeout_set: Option<Duration>,
+    read_timeout_set: Option<Duration>,
+}
+
+/// True when a socket timeout set to `set` may be kept for a wait of
+/// `wanted`: within a sixteenth of it either way. Longer, a deadline is
+/// overshot by at most that much; shorter, the read wakes early and waits
+/// again.
+fn keeps(set: Option<Duration>, wanted: Duration) -> bool {
+    set.is_some_and(|set| set.abs_diff(wanted) <= wanted / 16)
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -40,7 +56,7 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 impl Io {
-    pub(crate) fn new(stream: TcpStream, write_timeout: Duration) -> Self {
+    pub(crate) fn new(stream: Arc<TcpStream>, write_timeout: Duration) -> Self {
         Self {
             stream,
             read_deadline: Instant::now(),
@@ -50,15 +66,12 @@ impl Io {
             first_byte: None,
             write_deadline: None,
             write_timeout_set: None,
+            read_timeout_set: None,
         }
     }
 
-    pub(crate) fn stream(&self) -> &TcpStream {
+    pub(crate) fn stream(&self) -> &Arc<TcpStream> {
         &self.stream
-    }
-
-    pub(crate) fn into_stream(self) -> TcpStream {
-        self.stream
     }
 
     /// Reads fail with [`Deadline`] `kind` after `deadline`.
@@ -95,11 +108,7 @@ impl Io {
     }
 }
 
-impl embedded_io::ErrorType for Io {
-    type Error = io::Error;
-}
-
-impl embedded_io::Read for Io {
+impl io::Read for Io {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
         self.expired = None;
         loop {
@@ -108,8 +117,11 @@ impl embedded_io::Read for Io {
                 return Err(self.expire(self.read_kind));
             }
             let wait = (self.read_deadline - now).max(MIN_TIMEOUT);
-            self.stream.set_read_timeout(Some(wait))?;
-            match self.stream.read(buf) {
+            if !keeps(self.read_timeout_set, wait) {
+                self.stream.set_read_timeout(Some(wait))?;
+                self.read_timeout_set = Some(wait);
+            }
+            match (&*self.stream).read(buf) {
                 Ok(n) => {
                     if n > 0 && self.first_byte.is_none() {
                         self.first_byte = Some(Instant::now());
@@ -123,7 +135,7 @@ impl embedded_io::Read for Io {
     }
 }
 
-impl embedded_io::Write for Io {
+impl io::Write for Io {
     fn write(&mut self, buf: &[u8]) -> Result<usize, io::Error> {
         self.expired = None;
         let mut timeout = self.write_timeout;
@@ -139,12 +151,12 @@ impl embedded_io::Write for Io {
             }
         }
         let timeout = timeout.max(MIN_TIMEOUT);
-        if self.write_timeout_set != Some(timeout) {
+        if !keeps(self.write_timeout_set, timeout) {
             self.stream.set_write_timeout(Some(timeout))?;
             self.write_timeout_set = Some(timeout);
         }
         loop {
-            match self.stream.write(buf) {
+            match (&*self.stream).write(buf) {
                 Ok(n) => {
                     if n > 0 && self.first_byte.is_none() {
                         self.first_byte = Some(Instant::now());
@@ -159,21 +171,38 @@ impl embedded_io::Write for Io {
     }
 
     fn flush(&mut self) -> Result<(), io::Error> {
-        self.stream.flush()
+        Ok(()) // a socket has no buffer of its own to flush
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use embedded_io::{Read, Write};
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     fn pair() -> (Io, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (Io::new(server, Duration::from_secs(5)), client)
+        (Io::new(Arc::new(server), Duration::from_secs(5)), client)
+    }
+
+    #[test]
+    fn test_timeouts_are_kept_within_a_sixteenth() {
+        let s = Duration::from_secs(16);
+        assert!(!keeps(None, s));
+        assert!(keeps(Some(s), s));
+        assert!(
+            keeps(Some(Duration::from_secs(15)), s),
+            "a sixteenth shorter"
+        );
+        assert!(
+            keeps(Some(Duration::from_secs(17)), s),
+            "a sixteenth longer"
+        );
+        assert!(!keeps(Some(Duration::from_millis(14_900)), s));
+        assert!(!keeps(Some(Duration::from_millis(17_100)), s));
     }
 
     #[test]

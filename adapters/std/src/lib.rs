@@ -2,46 +2,37 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Top-down: the server and the client run connection threads (pool) woken
+// by the reactor; each runs the loop (conn_loop) of its handler over a Conn,
+// which speaks the protocol over io.
 mod client;
 mod config;
 mod conn;
+mod conn_loop;
+mod connections;
 mod error;
+mod handler;
+mod id;
 mod io;
 mod plugin;
-mod registry;
+mod pool;
+mod reactor;
 mod server;
-
-use std::fmt;
 
 pub use client::{Client, ClientHooks};
 pub use config::{Timeouts, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_QUEUE_LEN};
-pub use conn::{Conn, Handler};
+pub use conn::Conn;
+pub use connections::{Connections, Context, StopHandle};
 pub use error::{Deadline, Error, ProtocolError};
+pub use handler::{on_message, Handler, OnMessage, Take};
+pub use id::ConnId;
 #[cfg(feature = "zlib")]
 pub use plugin::ZlibPlugin;
 pub use plugin::{Plugin, PluginError};
-pub use registry::{Connections, Context, StopHandle};
 pub use server::{Server, ServerHooks};
 
 /// Re-exported: the core crate.
 pub use tinyproto;
-
-/// The id of a connection, unique within its server or client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    /// The number behind the id.
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "conn#{}", self.0)
-    }
-}
 
 #[cfg(test)]
 mod tests {

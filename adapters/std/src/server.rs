@@ -1,7 +1,11 @@
 //! The threaded [`Server`]: listeners, one thread per connection, server
 //! hooks, connection limit, graceful stop.
+//!
+//! The server's loop sleeps until something happens: a listener has
+//! connections (the reactor says so), a connection ended, a stop, or the
+//! `loop_pass` interval if one is set. Accepting is immediate.
 
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,11 +14,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::{settings_methods, Settings};
-use crate::conn::{panic_message, Conn, Handler};
+use crate::conn::Conn;
+use crate::connections::{Connections, Context, Ended, LoopEvent, StopHandle};
 use crate::error::Error;
-use crate::io::Io;
-use crate::registry::{Connections, Context, Ended, Factory, Pool, Shared, StopHandle};
-use crate::ConnId;
+use crate::handler::{call_hook, panic_message, Handler};
+use crate::id::ConnId;
+use crate::pool::{Factory, Pool};
 
 /// At most this many refused connections linger at once, waiting for the
 /// peer to read the 0xFE before the close; more are closed at once.
@@ -22,6 +27,13 @@ const MAX_LINGERING_REFUSALS: usize = 32;
 
 /// How long a refused connection lingers for the peer to read 0xFE.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// At most this many accepts per listener before the loop looks at its
+/// other events (the rest follow at once).
+const ACCEPT_BATCH: usize = 256;
+
+/// When accepting fails for want of file descriptors, try again after this.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// The hooks of a server's own loop, mirroring the reference's
 /// `TinyProtoServer` subclass methods. Every method has a default body;
@@ -32,8 +44,10 @@ pub trait ServerHooks: Send + 'static {
         let _ = server;
     }
 
-    /// Runs on every pass of the accept loop (at least every
-    /// [`Timeouts::poll`](crate::Timeouts::poll)).
+    /// Runs after each pass of the server's loop: when connections were
+    /// accepted, when connections ended, at a stop; and every
+    /// [`loop_pass_interval`](Server::set_loop_pass_interval) if one is set.
+    /// (The Python package runs it every 30 ms: it polls.)
     fn loop_pass(&mut self, server: &Context) {
         let _ = server;
     }
@@ -73,8 +87,8 @@ impl ServerHooks for () {}
 ///
 /// struct Echo;
 /// impl Handler for Echo {
-///     fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-///         conn.transmit(&msg)
+///     fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+///         conn.transmit(msg)
 ///     }
 /// }
 ///
@@ -94,8 +108,7 @@ pub struct Server {
     factory: Factory,
     hooks: Box<dyn ServerHooks>,
     limit: Option<usize>,
-    stop: StopHandle,
-    shared: Arc<Shared>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for Server {
@@ -125,8 +138,7 @@ impl Server {
             factory: Arc::new(|| Box::new(())),
             hooks: Box::new(()),
             limit: None,
-            stop: StopHandle::default(),
-            shared: Arc::new(Shared::default()),
+            pool: Pool::new(),
         }
     }
 
@@ -172,13 +184,13 @@ impl Server {
 
     /// The registry of active connections.
     pub fn active_connections(&self) -> Connections {
-        Connections::new(self.shared.clone())
+        Connections::new(self.pool.shared.clone())
     }
 
     /// A handle that stops [`start`](Self::start) from another thread (or
     /// from a hook). Stopping before `start` makes it return at once.
     pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
+        self.pool.stop_handle()
     }
 
     /// Runs the server until stopped: accepts connections, runs one thread
@@ -194,69 +206,88 @@ impl Server {
                 "no address to listen on (call add_addr)",
             ));
         }
-        for listener in &self.listeners {
+        raise_open_file_limit();
+        for (index, listener) in self.listeners.iter().enumerate() {
             listener.set_nonblocking(true)?;
+            self.pool.reactor()?.add_listener(index, listener)?;
         }
         let cfg = Arc::new(self.settings.conn.clone());
+        let stop = self.stop_handle();
         let ctx = Context {
             connections: self.active_connections(),
-            stop: self.stop.clone(),
+            stop: stop.clone(),
             local_addrs: self.local_addrs(),
         };
-        let mut pool = Pool::new(self.shared.clone(), self.stop.clone());
         let lingering = Arc::new(AtomicUsize::new(0));
+        let interval = cfg.loop_pass_interval;
         let hooks = &mut self.hooks;
         call_hook("pre_loop", || hooks.pre_loop(&ctx));
-        while !self.stop.is_stopped() {
-            for listener in &self.listeners {
-                // Bounded: at most this many accepts per listener per pass.
-                for _ in 0..256 {
-                    match listener.accept() {
-                        Ok((stream, peer)) => {
-                            let limit_reached = self.limit.is_some_and(|l| pool.active() >= l);
-                            if limit_reached {
-                                log::warn!("refusing {peer}: at the connection limit");
-                                refuse(stream, &lingering);
-                                continue;
-                            }
-                            let id = self.shared.new_id();
-                            let conn = Conn::new(id, stream, peer, cfg.clone());
-                            log::debug!("{id}: accepted {peer}");
-                            let factory = &self.factory;
-                            let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {
-                                Ok(handler) => handler,
-                                Err(p) => {
-                                    log::error!("handler factory panicked: {}", panic_message(&*p));
-                                    continue;
-                                }
-                            };
-                            // Registered before conn_init, so the hook sees it.
-                            if let Err(e) = pool.spawn(conn, handler, cfg.queue_len, |id| {
-                                call_hook("conn_init", || hooks.conn_init(&ctx, id, peer))
-                            }) {
-                                log::error!("{id}: cannot start its thread: {e}");
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            // Out of file descriptors and the like: try later.
-                            log::warn!("accept failed: {e}");
-                            break;
-                        }
+        // Connections that came before `start` are waiting: accept them now.
+        let mut acceptable: Vec<usize> = (0..self.listeners.len()).collect();
+        let mut retry_accept = None;
+        while !stop.is_stopped() {
+            for index in acceptable.drain(..) {
+                let Some(listener) = self.listeners.get(index) else {
+                    continue;
+                };
+                match accept_some(listener, |stream, peer| {
+                    if self.limit.is_some_and(|l| self.pool.active() >= l) {
+                        log::warn!("refusing {peer}: at the connection limit");
+                        refuse(stream, &lingering);
+                        return;
                     }
+                    let id = self.pool.shared.new_id();
+                    let conn = Conn::new(id, stream, peer, cfg.clone());
+                    log::debug!("{id}: accepted {peer}");
+                    let factory = &self.factory;
+                    let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {
+                        Ok(handler) => handler,
+                        Err(p) => {
+                            log::error!("handler factory panicked: {}", panic_message(&*p));
+                            return;
+                        }
+                    };
+                    // Registered before conn_init, so the hook sees it.
+                    if let Err(e) = self.pool.spawn(conn, handler, cfg.queue_len, |id| {
+                        call_hook("conn_init", || hooks.conn_init(&ctx, id, peer))
+                    }) {
+                        log::error!("{id}: cannot start its thread: {e}");
+                    }
+                }) {
+                    Accepted::All => {}
+                    // More are waiting: come back to them after the other events.
+                    Accepted::Some => retry_accept = Some(Instant::now()),
+                    // Out of file descriptors and the like: the one timer.
+                    Accepted::Failed => retry_accept = Some(Instant::now() + ACCEPT_RETRY),
                 }
             }
-            for Ended { id, peer, result } in pool.reap(cfg.timeouts.poll) {
-                call_hook("conn_shutdown", || {
-                    hooks.conn_shutdown(&ctx, id, peer, &result)
-                });
+            let until = match (retry_accept, interval.map(|i| Instant::now() + i)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            // Everything that is there now, or the first thing to come.
+            let mut next = self.pool.next_event(until);
+            while let Some(event) = next {
+                match event {
+                    LoopEvent::Acceptable(index) => acceptable.push(index),
+                    LoopEvent::Ended(Ended { id, peer, result }) => {
+                        call_hook("conn_shutdown", || {
+                            hooks.conn_shutdown(&ctx, id, peer, &result)
+                        })
+                    }
+                    LoopEvent::Stop => {}
+                }
+                next = self.pool.next_event(Some(Instant::now()));
+            }
+            if retry_accept.is_some_and(|at| Instant::now() >= at) {
+                retry_accept = None;
+                acceptable.extend(0..self.listeners.len());
             }
             call_hook("loop_pass", || hooks.loop_pass(&ctx));
         }
-        log::info!("stopping: {} connection(s) to drain", pool.active());
+        log::info!("stopping: {} connection(s) to drain", self.pool.active());
         self.listeners.clear();
-        pool.drain(
+        self.pool.drain(
             self.settings.drain_timeout,
             &mut |Ended { id, peer, result }| {
                 call_hook("conn_shutdown", || {
@@ -269,10 +300,38 @@ impl Server {
     }
 }
 
-/// Runs a server or client hook; a panic is logged, not propagated.
-pub(crate) fn call_hook(name: &str, hook: impl FnOnce()) {
-    if let Err(p) = catch_unwind(AssertUnwindSafe(hook)) {
-        log::error!("{name} hook panicked: {}", panic_message(&*p));
+/// How a round of accepting went.
+enum Accepted {
+    /// Until `WouldBlock`: nothing waits any more.
+    All,
+    /// A batch, with more waiting.
+    Some,
+    /// An error (out of file descriptors and the like).
+    Failed,
+}
+
+/// Accepts up to a batch of connections from a non-blocking listener.
+fn accept_some(listener: &TcpListener, mut take: impl FnMut(TcpStream, SocketAddr)) -> Accepted {
+    for _ in 0..ACCEPT_BATCH {
+        match listener.accept() {
+            Ok((stream, peer)) => take(stream, peer),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::All,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                return Accepted::Failed;
+            }
+        }
+    }
+    Accepted::Some
+}
+
+/// Raises the open-file soft limit to the hard limit: each connection holds
+/// one file descriptor.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::debug!("open-file limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 
@@ -280,14 +339,15 @@ pub(crate) fn call_hook(name: &str, hook: impl FnOnce()) {
 /// closes it, letting it linger briefly so the peer can read the byte
 /// before the close (a close with the peer's greeting unread would reset
 /// the connection and could destroy the 0xFE in flight).
-fn refuse(stream: TcpStream, lingering: &Arc<AtomicUsize>) {
-    let _ = stream.set_nonblocking(false);
-    let mut io = Io::new(stream, Duration::from_secs(1));
-    if let Err(e) = tinyproto::blocking::refuse_connection_limit(&mut io) {
+fn refuse(mut stream: TcpStream, lingering: &Arc<AtomicUsize>) {
+    let sent = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(1))))
+        .and_then(|()| stream.write_all(&tinyproto::CONNECTION_LIMIT_REFUSAL));
+    if let Err(e) = sent {
         log::debug!("refusal not sent: {e}");
         return;
     }
-    let mut stream = io.into_stream();
     let _ = stream.shutdown(Shutdown::Write);
     if lingering.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING_REFUSALS {
         lingering.fetch_sub(1, Ordering::SeqCst);

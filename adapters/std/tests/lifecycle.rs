@@ -44,8 +44,8 @@ fn test_several_addresses_ipv4_and_ipv6_port_zero() {
 
 struct EchoOnce;
 impl Handler for EchoOnce {
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        conn.transmit(&msg)
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        conn.transmit(msg)
     }
 }
 
@@ -235,8 +235,8 @@ fn test_client_loop_with_handler_and_hooks() {
         fn pre_loop(&mut self, conn: &mut Conn) -> Result<(), Error> {
             conn.transmit(b"0")
         }
-        fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-            let n: usize = String::from_utf8(msg).unwrap().parse().unwrap();
+        fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+            let n: usize = String::from_utf8(msg.to_vec()).unwrap().parse().unwrap();
             self.0.store(n, Ordering::SeqCst);
             if n == 20 {
                 conn.loop_stop_handle().unwrap().stop();

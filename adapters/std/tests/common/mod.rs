@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tinyproto::Phase;
 use tinyproto_std::{
     Conn, ConnId, Connections, Context, Deadline, Error, Handler, Server, ServerHooks, StopHandle,
+    Take,
 };
 
 pub use tinyproto_tests::wait_until;
@@ -69,9 +70,9 @@ impl Handler for Recorder {
         Ok(())
     }
 
-    fn transmission_received(&mut self, conn: &mut Conn, msg: Vec<u8>) -> Result<(), Error> {
-        let _ = self.events.send((conn.id(), Event::Received(msg.clone())));
-        match msg.as_slice() {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        let _ = self.events.send((conn.id(), Event::Received(msg.to_vec())));
+        match msg {
             b"panic" => panic!("a hook panicked on purpose"),
             b"big" => conn.transmit(&vec![0x5A; 32 << 20]),
             b"sleep" => {
@@ -83,7 +84,7 @@ impl Handler for Recorder {
                 connections.broadcast(&m[4..], Some(conn.id()));
                 conn.transmit(b"sent")
             }
-            _ => conn.transmit(&msg),
+            _ => conn.transmit(msg),
         }
     }
 
@@ -312,8 +313,12 @@ pub struct Checker {
 }
 
 impl Handler for Checker {
-    fn receive_in_chunks(&mut self) -> Option<u32> {
-        Some(self.limit)
+    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
+        if len <= self.limit {
+            Take::Chunks
+        } else {
+            Take::Reject
+        }
     }
 
     fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {

@@ -1,0 +1,179 @@
+//! The loop of one connection thread: the greeting, the [`Handler`] hooks in
+//! the reference's order, and between messages a sleep that only the socket
+//! (a message begins, the peer closes), a queued message or a stop ends;
+//! never a timer, unless the handler asked for a `loop_pass` interval or an
+//! idle deadline is set.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::conn::Conn;
+use crate::error::{Deadline, Error};
+use crate::handler::{panic_message, Handler, Take};
+
+/// What ended a connection thread's sleep.
+enum Wake {
+    /// A message began (or the peer closed).
+    Readable,
+    /// Other connections queued these messages.
+    Queued(VecDeque<Arc<[u8]>>),
+    /// The `loop_pass` interval came round.
+    Interval,
+    /// The server or client is stopping.
+    Stop,
+}
+
+/// The loop of one connection, hooks included; never panics. Runs
+/// `post_loop` however the loop ends, then closes the socket.
+pub(crate) fn run_connection(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
+    let result = catch_unwind(AssertUnwindSafe(|| connection_loop(conn, handler)))
+        .unwrap_or_else(|payload| Err(Error::Panicked(panic_message(&*payload))));
+    match &result {
+        Ok(()) => log::debug!("{} ({}) ended", conn.id(), conn.peer_addr()),
+        Err(e) => log::info!("{} ({}) ended: {e}", conn.id(), conn.peer_addr()),
+    }
+    if catch_unwind(AssertUnwindSafe(|| handler.post_loop(conn, &result))).is_err() {
+        log::error!("{}: post_loop panicked", conn.id());
+    }
+    let _ = conn.flush();
+    conn.shutdown();
+    result
+}
+
+fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
+    conn.greet()?;
+    hook(conn, |conn| handler.pre_loop(conn))?;
+    let interval = conn.config().loop_pass_interval;
+    let mut next_pass = interval.map(|i| Instant::now() + i);
+    // One buffer for every whole message: no allocation when sizes repeat.
+    let mut buf = Vec::new();
+    while !conn.is_stopping() {
+        match wait(conn, next_pass)? {
+            Wake::Readable => {
+                match receive_one(conn, handler, &mut buf) {
+                    Ok(()) => {}
+                    Err(e) if e.is_closed() => return Ok(()),
+                    Err(e) if e.is_recoverable() && !conn.is_broken() => {
+                        log::warn!("{}: message not taken: {e}", conn.id());
+                    }
+                    Err(e) => return Err(e),
+                }
+                if conn.is_stopping() {
+                    break;
+                }
+                hook(conn, |conn| handler.loop_pass(conn))?;
+            }
+            Wake::Queued(queued) => {
+                hook(conn, |conn| {
+                    for msg in queued {
+                        match conn.transmit(&msg) {
+                            Err(e) if e.is_recoverable() => {
+                                log::warn!("{}: queued message not delivered: {e}", conn.id())
+                            }
+                            other => other?,
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
+            Wake::Interval => {
+                next_pass = interval.map(|i| Instant::now() + i);
+                hook(conn, |conn| handler.loop_pass(conn))?;
+            }
+            Wake::Stop => break,
+        }
+    }
+    Ok(())
+}
+
+/// Takes the message that woke the loop as the handler decides on its
+/// announced length: whole, in chunks, or rejected.
+fn receive_one(conn: &mut Conn, handler: &mut dyn Handler, buf: &mut Vec<u8>) -> Result<(), Error> {
+    let len = conn.next_length()?;
+    let take = match handler.message_announced(conn, len) {
+        Take::Chunks if conn.has_plugins() => {
+            log::warn!(
+                "{}: plugins need whole messages: rejecting {len} bytes",
+                conn.id()
+            );
+            Take::Reject
+        }
+        take => take,
+    };
+    match take {
+        Take::Whole => {
+            let msg = conn.take_whole(buf)?;
+            hook(conn, |conn| handler.transmission_received(conn, msg))
+        }
+        Take::Chunks => {
+            let len = conn.take_chunks(&mut |chunk| handler.transmission_chunk(chunk))?;
+            hook(conn, |conn| handler.transmission_complete(conn, len))
+        }
+        Take::Reject => {
+            conn.reject_announced()?;
+            log::debug!("{}: rejected a message of {len} bytes", conn.id());
+            Ok(())
+        }
+    }
+}
+
+/// Runs a hook. Inside it the end of one message may wait for the next
+/// (back-to-back transmits leave together); when it returns, everything is
+/// written out. An error after which the connection is still in step (a
+/// rejection, a plugin's refusal, a `receive` wait) is logged and the loop
+/// goes on.
+fn hook(conn: &mut Conn, f: impl FnOnce(&mut Conn) -> Result<(), Error>) -> Result<(), Error> {
+    conn.set_batching(true);
+    let result = f(conn);
+    conn.set_batching(false);
+    let flushed = conn.flush();
+    match result.and(flushed) {
+        Err(e) if e.is_recoverable() && !conn.is_broken() => {
+            log::info!("{}: {e} (the connection goes on)", conn.id());
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Sleeps until the socket has bytes, a message is queued, a stop, or
+/// `next_pass`; fails when the idle deadline passes first.
+fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Wake, Error> {
+    let Some(attached) = conn.attached() else {
+        return Ok(Wake::Stop);
+    };
+    let (mailbox, readiness) = (attached.mailbox.clone(), attached.readiness.clone());
+    let stream = conn.shared_stream();
+    let idle = conn
+        .config()
+        .timeouts
+        .idle
+        .map(|idle| conn.last_activity() + idle);
+    let until = match (next_pass, idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut inbox = mailbox.lock();
+    if !inbox.readable && !inbox.stop && inbox.queued.is_empty() {
+        readiness.arm(&mut inbox, conn.id(), &stream)?;
+        inbox = mailbox.wait(inbox, until);
+    }
+    // From here on this thread moves the bytes: no wake-up for them.
+    readiness.disarm(&mut inbox, &stream);
+    if inbox.stop {
+        return Ok(Wake::Stop);
+    }
+    if std::mem::take(&mut inbox.readable) {
+        return Ok(Wake::Readable);
+    }
+    if !inbox.queued.is_empty() {
+        return Ok(Wake::Queued(std::mem::take(&mut inbox.queued)));
+    }
+    drop(inbox);
+    if idle.is_some_and(|idle| Instant::now() >= idle) {
+        return Err(Error::Timeout(Deadline::Idle));
+    }
+    Ok(Wake::Interval)
+}

@@ -1,0 +1,282 @@
+//! The active connections of a server or client: the registry through which
+//! connections reach each other ([`Connections`]), each connection's mailbox
+//! (what wakes its thread), the hooks' [`Context`] and the [`StopHandle`].
+//!
+//! A connection thread between messages sleeps on its [`Mailbox`]. Three
+//! things wake it: its socket became readable (the reactor says so), another
+//! connection queued a message for it, or a stop. Nothing else: no timer
+//! unless the handler asked for a `loop_pass` interval or an idle deadline.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::error::Error;
+use crate::id::ConnId;
+
+/// Locks a mutex; a panic while it was held leaves our data consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a server's or client's own loop is woken by.
+#[derive(Debug)]
+pub(crate) enum LoopEvent {
+    /// A listener has connections to accept (its index).
+    Acceptable(usize),
+    /// A connection thread ended.
+    Ended(Ended),
+    /// [`StopHandle::stop`] was called.
+    Stop,
+}
+
+/// A connection thread's end.
+#[derive(Debug)]
+pub(crate) struct Ended {
+    pub(crate) id: ConnId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) result: Result<(), Error>,
+}
+
+/// A cloneable handle that asks a server's or client's loop to stop.
+#[derive(Debug, Clone)]
+pub struct StopHandle {
+    stopped: Arc<AtomicBool>,
+    wake: Sender<LoopEvent>,
+}
+
+impl StopHandle {
+    pub(crate) fn new(wake: Sender<LoopEvent>) -> Self {
+        Self {
+            stopped: Arc::new(AtomicBool::new(false)),
+            wake,
+        }
+    }
+
+    /// Asks the loop to stop; `start` then stops gracefully and returns.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = self.wake.send(LoopEvent::Stop);
+    }
+
+    /// True once [`stop`](Self::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// What a sleeping connection thread finds when it wakes.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    /// Its socket became readable (a message began, or the peer closed).
+    pub(crate) readable: bool,
+    /// Its socket is registered with the reactor: the next byte wakes it.
+    pub(crate) armed: bool,
+    /// Messages other connections queued for it.
+    pub(crate) queued: VecDeque<Arc<[u8]>>,
+    /// Its server or client is stopping.
+    pub(crate) stop: bool,
+}
+
+/// Where a connection thread sleeps between messages, and what wakes it.
+#[derive(Debug)]
+pub(crate) struct Mailbox {
+    inbox: Mutex<Inbox>,
+    changed: Condvar,
+    capacity: usize,
+}
+
+impl Mailbox {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            inbox: Mutex::new(Inbox::default()),
+            changed: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inbox> {
+        lock(&self.inbox)
+    }
+
+    /// Changes the inbox and wakes the thread.
+    pub(crate) fn post(&self, change: impl FnOnce(&mut Inbox)) {
+        change(&mut self.lock());
+        self.changed.notify_one();
+    }
+
+    /// Queues a message; false when the queue is full.
+    fn queue(&self, msg: Arc<[u8]>) -> bool {
+        let mut inbox = self.lock();
+        if inbox.queued.len() >= self.capacity {
+            return false;
+        }
+        inbox.queued.push_back(msg);
+        drop(inbox);
+        self.changed.notify_one();
+        true
+    }
+
+    /// Sleeps until something is in the inbox, or `until` passes.
+    pub(crate) fn wait<'m>(
+        &'m self,
+        mut inbox: MutexGuard<'m, Inbox>,
+        until: Option<Instant>,
+    ) -> MutexGuard<'m, Inbox> {
+        while !inbox.readable && !inbox.stop && inbox.queued.is_empty() {
+            inbox = match until {
+                None => self.changed.wait(inbox).unwrap_or_else(|e| e.into_inner()),
+                Some(until) => {
+                    let Some(left) = until.checked_duration_since(Instant::now()) else {
+                        break;
+                    };
+                    self.changed
+                        .wait_timeout(inbox, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+        inbox
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) mailbox: Arc<Mailbox>,
+    /// The connection's socket, shared with its thread (no second file
+    /// descriptor): the reactor reads its readiness, a forced stop shuts it.
+    pub(crate) stream: Arc<TcpStream>,
+    pub(crate) peer: SocketAddr,
+}
+
+/// State shared by a server or client, its reactor and its connection threads.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    conns: Mutex<HashMap<ConnId, Entry>>,
+    draining: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn conns(&self) -> MutexGuard<'_, HashMap<ConnId, Entry>> {
+        lock(&self.conns)
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Tells every connection to finish and end.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for entry in self.conns().values() {
+            entry.mailbox.post(|inbox| inbox.stop = true);
+        }
+    }
+
+    pub(crate) fn new_id(&self) -> ConnId {
+        ConnId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+/// The registry of active connections of a server or client (the
+/// reference's `active_connections`), by id. Cloneable; usable from any
+/// thread, hooks included.
+///
+/// Messages sent through it are queued (up to
+/// [`set_queue_len`](crate::Server::set_queue_len) per connection) and wake
+/// the receiving connection's thread, which transmits them between its
+/// messages, in order.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    shared: Arc<Shared>,
+}
+
+impl Connections {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The ids of the active connections, in no particular order.
+    pub fn ids(&self) -> Vec<ConnId> {
+        self.shared.conns().keys().copied().collect()
+    }
+
+    /// How many connections are active (each one holds a slot of the
+    /// connection limit until its thread ends).
+    pub fn len(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    /// True when no connection is active.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when connection `id` is active.
+    pub fn contains(&self, id: ConnId) -> bool {
+        self.shared.conns().contains_key(&id)
+    }
+
+    /// The peer address of connection `id`.
+    pub fn peer_addr(&self, id: ConnId) -> Option<SocketAddr> {
+        self.shared.conns().get(&id).map(|e| e.peer)
+    }
+
+    /// Queues `msg` for connection `id`.
+    pub fn send_to(&self, id: ConnId, msg: &[u8]) -> Result<(), Error> {
+        let conns = self.shared.conns();
+        let entry = conns.get(&id).ok_or(Error::UnknownConnection(id))?;
+        if entry.mailbox.queue(Arc::from(msg)) {
+            Ok(())
+        } else {
+            Err(Error::QueueFull(id))
+        }
+    }
+
+    /// Queues `msg` for every active connection but `except`; returns how
+    /// many took it (a connection with a full queue is skipped).
+    pub fn broadcast(&self, msg: &[u8], except: Option<ConnId>) -> usize {
+        let msg: Arc<[u8]> = Arc::from(msg);
+        let conns = self.shared.conns();
+        conns
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter(|(_, e)| e.mailbox.queue(msg.clone()))
+            .count()
+    }
+}
+
+/// What a server's or client's hooks can reach.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub(crate) connections: Connections,
+    pub(crate) stop: StopHandle,
+    pub(crate) local_addrs: Vec<SocketAddr>,
+}
+
+impl Context {
+    /// The active connections.
+    pub fn active_connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// A handle that stops the loop.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Asks the loop to stop (gracefully) after the current hook.
+    pub fn stop(&self) {
+        self.stop.stop()
+    }
+
+    /// The addresses the server listens on (empty for a client).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+}

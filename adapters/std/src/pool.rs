@@ -1,0 +1,277 @@
+//! The connection threads of a server or client: one thread per connection,
+//! its registration, its end (reported on the loop's channel, a panic
+//! included) and the graceful stop.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::conn::{Attached, Conn};
+use crate::conn_loop::run_connection;
+use crate::connections::{Ended, Entry, LoopEvent, Mailbox, Shared, StopHandle};
+use crate::error::{Deadline, Error};
+use crate::handler::Handler;
+use crate::id::ConnId;
+use crate::reactor::Reactor;
+
+/// How long a forced close waits for threads to notice their closed sockets.
+const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The factory of handlers, one per connection.
+pub(crate) type Factory = Arc<dyn Fn() -> Box<dyn Handler> + Send + Sync>;
+
+/// Frees the connection's slot and reports its end on every exit path of
+/// its thread, a panic included.
+struct SlotGuard {
+    shared: Arc<Shared>,
+    events: Sender<LoopEvent>,
+    id: ConnId,
+    peer: SocketAddr,
+    result: Option<Result<(), Error>>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.shared.conns().remove(&self.id);
+        let result = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err(Error::Panicked("connection thread ended abnormally".into())));
+        let _ = self.events.send(LoopEvent::Ended(Ended {
+            id: self.id,
+            peer: self.peer,
+            result,
+        }));
+    }
+}
+
+/// The connection threads of a server or client, and the channel on which
+/// its loop is woken (threads ending, listeners readable, a stop).
+pub(crate) struct Pool {
+    pub(crate) shared: Arc<Shared>,
+    stop: StopHandle,
+    threads: HashMap<ConnId, JoinHandle<()>>,
+    events_tx: Sender<LoopEvent>,
+    events_rx: Receiver<LoopEvent>,
+    /// Events taken while looking for something else.
+    pending: VecDeque<LoopEvent>,
+    /// Started with the first connection.
+    reactor: Option<Reactor>,
+}
+
+impl Pool {
+    pub(crate) fn new() -> Self {
+        let (events_tx, events_rx) = mpsc::channel();
+        Self {
+            shared: Arc::new(Shared::default()),
+            stop: StopHandle::new(events_tx.clone()),
+            threads: HashMap::new(),
+            events_tx,
+            events_rx,
+            pending: VecDeque::new(),
+            reactor: None,
+        }
+    }
+
+    pub(crate) fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// The reactor, started on first use.
+    pub(crate) fn reactor(&mut self) -> std::io::Result<&Reactor> {
+        if self.reactor.is_none() {
+            self.reactor = Some(Reactor::start(self.shared.clone(), self.events_tx.clone())?);
+        }
+        Ok(self.reactor.as_ref().expect("started above"))
+    }
+
+    /// Active connections (registered and not yet ended).
+    pub(crate) fn active(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    /// Registers `conn`, calls `before_start`, and runs `conn`'s loop with
+    /// `handler` on a thread of its own.
+    pub(crate) fn spawn(
+        &mut self,
+        mut conn: Conn,
+        mut handler: Box<dyn Handler>,
+        queue_len: usize,
+        before_start: impl FnOnce(ConnId),
+    ) -> std::io::Result<()> {
+        let readiness = self.reactor()?.readiness();
+        let id = conn.id();
+        let peer = conn.peer_addr();
+        let mailbox = Arc::new(Mailbox::new(queue_len));
+        self.shared.conns().insert(
+            id,
+            Entry {
+                mailbox: mailbox.clone(),
+                stream: conn.shared_stream(),
+                peer,
+            },
+        );
+        conn.attach(Attached {
+            shared: self.shared.clone(),
+            mailbox,
+            readiness,
+            stop: self.stop.clone(),
+        });
+        let guard = SlotGuard {
+            shared: self.shared.clone(),
+            events: self.events_tx.clone(),
+            id,
+            peer,
+            result: None,
+        };
+        before_start(id);
+        let spawned = thread::Builder::new()
+            .name(format!("tinyproto-conn-{}", id.0))
+            .spawn(move || {
+                // Moves the whole guard in (not just the field assigned below).
+                let mut guard = guard;
+                let result = run_connection(&mut conn, &mut *handler);
+                drop(conn);
+                drop(handler);
+                guard.result = Some(result);
+            });
+        match spawned {
+            Ok(handle) => {
+                self.threads.insert(id, handle);
+                Ok(())
+            }
+            // The closure (and its guard) was dropped: the slot is free again.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next event, waiting until `until` (`None`: until one comes). An
+    /// ended connection's thread is joined before its end is handed out.
+    pub(crate) fn next_event(&mut self, until: Option<Instant>) -> Option<LoopEvent> {
+        let event = match self.pending.pop_front() {
+            Some(event) => event,
+            None => match until {
+                None => self.events_rx.recv().ok()?,
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match self.events_rx.recv_timeout(left) {
+                        Ok(event) => event,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                            return None
+                        }
+                    }
+                }
+            },
+        };
+        if let LoopEvent::Ended(ended) = &event {
+            if let Some(handle) = self.threads.remove(&ended.id) {
+                // The thread has reported its end; it only has to return.
+                let _ = handle.join();
+            }
+        }
+        Some(event)
+    }
+
+    /// Waits up to `timeout` for connection `id` to end; its result. Other
+    /// events are kept for the loop.
+    pub(crate) fn join(&mut self, id: ConnId, timeout: Duration) -> Option<Result<(), Error>> {
+        let deadline = Instant::now() + timeout;
+        let mut kept = VecDeque::new();
+        let mut found = None;
+        while found.is_none() && (self.threads.contains_key(&id) || self.has_pending_end(id)) {
+            let Some(event) = self.next_event(Some(deadline)) else {
+                break;
+            };
+            match event {
+                LoopEvent::Ended(e) if e.id == id => found = Some(e.result),
+                other => kept.push_back(other),
+            }
+        }
+        kept.extend(self.pending.drain(..));
+        self.pending = kept;
+        found
+    }
+
+    fn has_pending_end(&self, id: ConnId) -> bool {
+        self.pending
+            .iter()
+            .any(|e| matches!(e, LoopEvent::Ended(e) if e.id == id))
+    }
+
+    /// Graceful stop: connections finish the message in flight and end
+    /// (their `post_loop` runs); after `timeout` the rest are closed.
+    /// `on_end` sees every connection's end.
+    pub(crate) fn drain(&mut self, timeout: Duration, on_end: &mut dyn FnMut(Ended)) {
+        self.shared.start_draining();
+        let deadline = Instant::now() + timeout;
+        self.collect_ends(deadline, on_end);
+        if self.threads.is_empty() {
+            return;
+        }
+        log::warn!(
+            "{} connection(s) still running after the drain timeout: closing them",
+            self.threads.len()
+        );
+        self.close_all_sockets();
+        self.collect_ends(Instant::now() + FORCED_CLOSE_GRACE, on_end);
+        let stuck: Vec<ConnId> = self.threads.keys().copied().collect();
+        for id in stuck {
+            log::error!("{id}: thread did not end; leaving it behind");
+            self.threads.remove(&id);
+            let peer = self
+                .shared
+                .conns()
+                .get(&id)
+                .map(|e| e.peer)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            on_end(Ended {
+                id,
+                peer,
+                result: Err(Error::Timeout(Deadline::Drain)),
+            });
+        }
+    }
+
+    /// After a drain: a new registry (and reactor, when next needed) for
+    /// later connections; the stop handle stays.
+    pub(crate) fn renew(&mut self) {
+        self.reactor = None;
+        self.shared = Arc::new(Shared::default());
+        self.pending.retain(|e| !matches!(e, LoopEvent::Ended(_)));
+    }
+
+    /// Hands every end to `on_end` until no thread is left or `deadline`.
+    fn collect_ends(&mut self, deadline: Instant, on_end: &mut dyn FnMut(Ended)) {
+        while !self.threads.is_empty()
+            || self
+                .pending
+                .iter()
+                .any(|e| matches!(e, LoopEvent::Ended(_)))
+        {
+            match self.next_event(Some(deadline)) {
+                Some(LoopEvent::Ended(e)) => on_end(e),
+                Some(_) => {} // stopping: no accepts, no second stop
+                None => break,
+            }
+        }
+    }
+
+    /// Shuts down every active connection's socket (their threads then end).
+    pub(crate) fn close_all_sockets(&self) {
+        for entry in self.shared.conns().values() {
+            let _ = entry.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shared.start_draining();
+            self.close_all_sockets();
+        }
+    }
+}

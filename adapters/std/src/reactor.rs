@@ -1,0 +1,180 @@
+//! The reactor: one readiness set (epoll on Linux, kqueue on macOS and the
+//! BSDs, through `mio`) per server or client, and the one thread that waits
+//! on it.
+//!
+//! A connection thread that has nothing to do **arms** its socket (registers
+//! it) and sleeps on its [`Mailbox`](crate::connections::Mailbox). When bytes
+//! arrive (or the peer closes), the reactor disarms the socket and marks the
+//! mailbox readable, which wakes the thread; the thread reads the message
+//! with ordinary blocking calls under its deadlines, and arms again before
+//! it sleeps. Arming and disarming happen under the mailbox's lock, so each
+//! arming wakes the thread at most once and a wake-up is never lost:
+//! registering a socket that already has bytes reports it at once.
+//!
+//! Listeners stay registered; their readiness goes to the server's loop as
+//! [`LoopEvent::Acceptable`]. File descriptors: one per connection (the
+//! socket, shared by its thread and the registry), plus two for the
+//! readiness set and one for the reactor's waker.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
+use crate::connections::{Inbox, LoopEvent, Shared};
+use crate::id::ConnId;
+
+/// Wakes the reactor thread to stop.
+const WAKER: Token = Token(usize::MAX);
+
+/// Listener `i` has token `LISTENERS - i`; connection ids count up from 1.
+const LISTENERS: usize = usize::MAX - 1;
+
+/// At most this many listeners per server.
+const MAX_LISTENERS: usize = 1 << 16;
+
+/// How connection threads register and deregister their sockets.
+#[derive(Debug)]
+pub(crate) struct Readiness {
+    registry: Registry,
+}
+
+impl Readiness {
+    /// Registers `stream` so that its next readiness wakes connection `id`
+    /// (once). Call with the connection's inbox locked.
+    pub(crate) fn arm(&self, inbox: &mut Inbox, id: ConnId, stream: &TcpStream) -> io::Result<()> {
+        if !inbox.armed {
+            let token = Token(usize::try_from(id.as_u64()).unwrap_or(0));
+            self.registry.register(
+                &mut SourceFd(&stream.as_raw_fd()),
+                token,
+                Interest::READABLE,
+            )?;
+            inbox.armed = true;
+        }
+        Ok(())
+    }
+
+    /// Deregisters `stream` if it is armed: the thread is about to move bytes
+    /// itself. Call with the connection's inbox locked.
+    pub(crate) fn disarm(&self, inbox: &mut Inbox, stream: &TcpStream) {
+        if inbox.armed {
+            inbox.armed = false;
+            if let Err(e) = self.registry.deregister(&mut SourceFd(&stream.as_raw_fd())) {
+                log::debug!("deregistering a socket: {e}");
+            }
+        }
+    }
+}
+
+/// The readiness set of a server or client and the thread that waits on it.
+#[derive(Debug)]
+pub(crate) struct Reactor {
+    readiness: Arc<Readiness>,
+    waker: Waker,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reactor {
+    /// Starts the reactor thread. Listener readiness goes to `events`.
+    pub(crate) fn start(shared: Arc<Shared>, events: Sender<LoopEvent>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let readiness = Arc::new(Readiness {
+            registry: poll.registry().try_clone()?,
+        });
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stopping = stopping.clone();
+            thread::Builder::new()
+                .name("tinyproto-reactor".into())
+                .spawn(move || run(poll, &shared, &events, &stopping))?
+        };
+        Ok(Self {
+            readiness,
+            waker,
+            stopping,
+            thread: Some(thread),
+        })
+    }
+
+    /// What connection threads arm and disarm their sockets with.
+    pub(crate) fn readiness(&self) -> Arc<Readiness> {
+        self.readiness.clone()
+    }
+
+    /// Reports the readiness of `listener` (number `index`, non-blocking)
+    /// to the loop, edge-triggered: accept until `WouldBlock` each time.
+    pub(crate) fn add_listener(&self, index: usize, listener: &TcpListener) -> io::Result<()> {
+        if index >= MAX_LISTENERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many listeners",
+            ));
+        }
+        self.readiness.registry.register(
+            &mut SourceFd(&listener.as_raw_fd()),
+            Token(LISTENERS - index),
+            Interest::READABLE,
+        )
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the reactor to stop it: {e}");
+            return;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The reactor thread: waits for readiness and hands it on. No timeout: it
+/// sleeps until a socket or the waker has something.
+fn run(mut poll: Poll, shared: &Shared, events: &Sender<LoopEvent>, stopping: &AtomicBool) {
+    let mut ready = Events::with_capacity(1024);
+    loop {
+        if let Err(e) = poll.poll(&mut ready, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("reactor: waiting for readiness failed: {e}");
+            return;
+        }
+        for event in ready.iter() {
+            match event.token() {
+                WAKER if stopping.load(Ordering::SeqCst) => return,
+                WAKER => {}
+                Token(t) if t > LISTENERS - MAX_LISTENERS => {
+                    let _ = events.send(LoopEvent::Acceptable(LISTENERS - t));
+                }
+                Token(t) => {
+                    let id = ConnId(t as u64);
+                    let conns = shared.conns();
+                    let Some(entry) = conns.get(&id) else {
+                        continue; // ended meanwhile
+                    };
+                    entry.mailbox.post(|inbox| {
+                        if inbox.armed {
+                            inbox.armed = false;
+                            let fd = entry.stream.as_raw_fd();
+                            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                            inbox.readable = true;
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

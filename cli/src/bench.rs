@@ -8,14 +8,19 @@
 //! - **small messages** (up to [`STREAM_ABOVE`] bytes): the raw case is a
 //!   ping-pong — the client writes the payload (one byte if it is empty) and
 //!   waits for a one-byte answer — which is what tinyproto's status byte costs
-//!   per message (one round trip). tinyproto: the client sends the messages one
-//!   after the other; the server takes each as `serve --sink` does.
+//!   per message (one round trip). tinyproto: the client sends the messages
+//!   back to back with `Conn::transmit_all`; the server takes each in chunks
+//!   as `serve --sink` does.
 //! - **large messages**: the raw case streams `count × size` bytes and waits
 //!   for one byte at the end; tinyproto sends `count` messages and waits for
 //!   an empty message at the end.
 //!
 //! Each case runs [`RUNS`] times, raw and tinyproto alternating, and the best
 //! run of each is reported.
+//!
+//! The tinyproto case is `tinyproto-std`'s public API on both ends (its
+//! `Client` and a `Server` with a handler), exactly what a user writes; the
+//! raw case is a thread per connection on each end.
 //!
 //! Before the clock starts each client tells its server how many messages to
 //! expect (eight bytes, raw or as a tinyproto message) and all clients meet at
@@ -27,11 +32,9 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tinyproto::blocking::Connection;
-use tinyproto::MAX_MESSAGE_LEN;
+use tinyproto_std::{Client, Conn, Error, Handler, Server, StopHandle, Take, Timeouts};
 
 use crate::exit::{self, Failure};
-use crate::send::configure;
 
 /// Messages above this size are measured against raw streaming, smaller ones
 /// against a raw ping-pong.
@@ -161,23 +164,52 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
 /// Runs one case and times it.
 fn measure(case: Case, size: u32, count: u64, connections: u32) -> Result<Measurement, Failure> {
     let fail = |what: &str, e: std::io::Error| Failure::io(format!("bench: {what}"), e);
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("bind", e))?;
-    let addr = listener.local_addr().map_err(|e| fail("bind", e))?;
     let streaming = size > STREAM_ABOVE;
     let payload: Arc<[u8]> = (0..size).map(|i| i as u8).collect::<Vec<u8>>().into();
-
-    let server = thread::Builder::new()
-        .stack_size(STACK)
-        .spawn(move || serve_all(listener, connections, case, size, streaming))
-        .map_err(|e| fail("spawn", e))?;
+    let (addr, server) = match case {
+        Case::Raw => {
+            let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("bind", e))?;
+            let addr = listener.local_addr().map_err(|e| fail("bind", e))?;
+            let thread = thread::Builder::new()
+                .stack_size(STACK)
+                .spawn(move || serve_all(listener, connections, size, streaming))
+                .map_err(|e| fail("spawn", e))?;
+            (addr, ServerSide::Raw(thread))
+        }
+        Case::Tinyproto => {
+            let mut server = Server::new();
+            let addr = server
+                .add_addr("127.0.0.1:0")
+                .map_err(|e| fail("bind", e))?;
+            server.set_timeouts(bench_timeouts());
+            server.set_conn_handler(Counter::default);
+            let stop = server.stop_handle();
+            let thread = thread::Builder::new()
+                .stack_size(STACK)
+                .spawn(move || server.start().map_err(|e| format!("server: {e}")))
+                .map_err(|e| fail("spawn", e))?;
+            (addr, ServerSide::Tinyproto(stop, thread))
+        }
+    };
 
     // Connect one after the other: a thousand connects at once would
-    // overflow the listen backlog (128) and wait out SYN retransmissions.
+    // overflow the listen backlog and wait out SYN retransmissions.
+    let mut connector = Client::new();
+    connector.set_timeouts(bench_timeouts());
     let mut streams = Vec::with_capacity(connections as usize);
     for _ in 0..connections {
-        let stream = TcpStream::connect(addr).map_err(|e| fail("connect", e))?;
-        configure(&stream, Some(SOCKET_TIMEOUT)).map_err(|e| fail("socket options", e))?;
-        streams.push(stream);
+        streams.push(match case {
+            Case::Raw => {
+                let stream = TcpStream::connect(addr).map_err(|e| fail("connect", e))?;
+                configure(&stream, Some(SOCKET_TIMEOUT)).map_err(|e| fail("socket options", e))?;
+                Peer::Raw(stream)
+            }
+            Case::Tinyproto => Peer::Tinyproto(Box::new(
+                connector
+                    .connect(addr)
+                    .map_err(|e| fail("connect", e.into()))?,
+            )),
+        });
     }
     let barrier = Arc::new(Barrier::new(connections as usize + 1));
     let mut clients = Vec::with_capacity(connections as usize);
@@ -187,7 +219,7 @@ fn measure(case: Case, size: u32, count: u64, connections: u32) -> Result<Measur
         let payload = Arc::clone(&payload);
         let client = thread::Builder::new()
             .stack_size(STACK)
-            .spawn(move || client(case, stream, n, &payload, &barrier, streaming))
+            .spawn(move || client(stream, n, &payload, &barrier, streaming))
             .map_err(|e| fail("spawn", e))?;
         clients.push(client);
     }
@@ -202,6 +234,13 @@ fn measure(case: Case, size: u32, count: u64, connections: u32) -> Result<Measur
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let server = match server {
+        ServerSide::Raw(thread) => thread,
+        ServerSide::Tinyproto(stop, thread) => {
+            stop.stop();
+            thread
+        }
+    };
     match server.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => errors.push(e),
@@ -228,11 +267,40 @@ fn measure(case: Case, size: u32, count: u64, connections: u32) -> Result<Measur
     })
 }
 
-/// Accepts `connections` connections and serves each on its own thread.
+/// The socket options of the raw case: no Nagle delay, and the timeout on
+/// every read and write.
+fn configure(stream: &TcpStream, timeout: Option<Duration>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)
+}
+
+/// The server of a case.
+enum ServerSide {
+    Raw(thread::JoinHandle<Result<(), String>>),
+    Tinyproto(StopHandle, thread::JoinHandle<Result<(), String>>),
+}
+
+/// The client end of a connection.
+enum Peer {
+    Raw(TcpStream),
+    Tinyproto(Box<Conn>),
+}
+
+/// Every deadline of the tinyproto case: as long as the raw sockets'.
+fn bench_timeouts() -> Timeouts {
+    Timeouts::default()
+        .with_connect(SOCKET_TIMEOUT)
+        .with_greeting(SOCKET_TIMEOUT)
+        .with_message(SOCKET_TIMEOUT)
+        .with_write(SOCKET_TIMEOUT)
+        .with_receive(SOCKET_TIMEOUT)
+}
+
+/// Accepts `connections` raw connections and serves each on its own thread.
 fn serve_all(
     listener: TcpListener,
     connections: u32,
-    case: Case,
     size: u32,
     streaming: bool,
 ) -> Result<(), String> {
@@ -242,10 +310,7 @@ fn serve_all(
         configure(&stream, Some(SOCKET_TIMEOUT)).map_err(|e| format!("socket: {e}"))?;
         let handler = thread::Builder::new()
             .stack_size(STACK)
-            .spawn(move || match case {
-                Case::Raw => raw_server(stream, size, streaming).map_err(|e| e.to_string()),
-                Case::Tinyproto => tinyproto_server(stream).map_err(|e| e.to_string()),
-            })
+            .spawn(move || raw_server(stream, size, streaming).map_err(|e| e.to_string()))
             .map_err(|e| format!("spawn: {e}"))?;
         handlers.push(handler);
     }
@@ -263,16 +328,19 @@ fn serve_all(
 
 /// One client connection: setup, barrier, the timed messages, the final answer.
 fn client(
-    case: Case,
-    stream: TcpStream,
+    peer: Peer,
     n: u64,
     payload: &[u8],
     barrier: &Barrier,
     streaming: bool,
 ) -> Result<(), String> {
-    match case {
-        Case::Raw => raw_client(stream, n, payload, barrier, streaming).map_err(|e| e.to_string()),
-        Case::Tinyproto => tinyproto_client(stream, n, payload, barrier).map_err(|e| e.to_string()),
+    match peer {
+        Peer::Raw(stream) => {
+            raw_client(stream, n, payload, barrier, streaming).map_err(|e| e.to_string())
+        }
+        Peer::Tinyproto(conn) => {
+            tinyproto_client(*conn, n, payload, barrier).map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -333,44 +401,63 @@ fn drain(stream: &mut TcpStream, buf: &mut [u8], mut total: u64) -> std::io::Res
     Ok(())
 }
 
+/// What a library user writes for a stream of messages: `transmit_all`
+/// sends them back to back (the end of one and the length of the next leave
+/// together).
 fn tinyproto_client(
-    stream: TcpStream,
+    mut conn: Conn,
     n: u64,
     payload: &[u8],
     barrier: &Barrier,
-) -> Result<(), tinyproto::Error<std::io::Error>> {
-    // Writes wait for the next read: the end of one message and the length
-    // of the next leave in one segment (FlushPolicy::BeforeRead).
-    let mut conn = Connection::from_std_buffered(stream);
+) -> Result<(), Error> {
     let setup = conn.transmit(&n.to_be_bytes());
     barrier.wait();
     setup?;
-    for _ in 0..n {
-        conn.transmit(payload)?;
-    }
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    conn.transmit_all(std::iter::repeat_n(payload, n))
+        .map_err(|(_, e)| e)?;
     // The server's empty message says it has taken every message.
-    conn.receive(&mut [])?;
-    // Our status byte for that empty message is still held back.
-    conn.flush()?;
+    conn.receive()?;
+    conn.close();
     Ok(())
 }
 
-fn tinyproto_server(stream: TcpStream) -> Result<(), tinyproto::Error<std::io::Error>> {
-    let mut conn = Connection::from_std(stream);
-    let mut count = [0u8; 8];
-    conn.receive(&mut count)?;
-    let n = u64::from_be_bytes(count);
-    let mut buf = vec![0u8; READ_CHUNK];
-    for _ in 0..n {
-        // What `serve --sink` does: chunks, never the whole message.
-        let mut msg = conn.begin_receive(MAX_MESSAGE_LEN)?;
-        while msg.read(&mut buf)? > 0 {}
+/// The tinyproto server's handler: the first message says how many follow;
+/// it takes them in chunks (what `serve --sink` does) and answers an empty
+/// message when all are in.
+#[derive(Debug, Default)]
+struct Counter {
+    expected: Option<u64>,
+    seen: u64,
+}
+
+impl Counter {
+    fn answer_when_done(&mut self, conn: &mut Conn) -> Result<(), Error> {
+        if self.expected == Some(self.seen) {
+            conn.transmit(&[])?;
+        }
+        Ok(())
     }
-    conn.transmit(&[])?;
-    match conn.receive(&mut []) {
-        Err(tinyproto::Error::Closed) => Ok(()),
-        Err(e) => Err(e),
-        Ok(_) => Ok(()),
+}
+
+impl Handler for Counter {
+    fn message_announced(&mut self, _conn: &Conn, _len: u32) -> Take {
+        if self.expected.is_none() {
+            Take::Whole
+        } else {
+            Take::Chunks
+        }
+    }
+
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        let count = msg.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        self.expected = Some(count);
+        self.answer_when_done(conn)
+    }
+
+    fn transmission_complete(&mut self, conn: &mut Conn, _len: u32) -> Result<(), Error> {
+        self.seen += 1;
+        self.answer_when_done(conn)
     }
 }
 

@@ -21,7 +21,8 @@ pub const CONNECT: u8 = 3;
 pub const REJECTED: u8 = 4;
 /// The server is at its connection limit: it sent 0xFE instead of the greeting.
 pub const CONNECTION_LIMIT: u8 = 5;
-/// `--timeout` expired while connecting or while waiting on the peer.
+/// A deadline ran out: connecting, the greeting, a whole message, or a wait
+/// for the peer (`--timeout`, `--message-timeout`).
 pub const TIMEOUT: u8 = 6;
 /// The peer broke the protocol: a byte the protocol does not allow there, or
 /// the connection ended in the middle of an exchange or before the reply.
@@ -36,7 +37,7 @@ Exit status:
   3  could not connect (address does not resolve, connection refused; serve: cannot bind)
   4  rejected by the peer (it answered the length with 0x00, e.g. over its --max-message)
   5  server at its connection limit (it sent 0xFE instead of the greeting)
-  6  timeout (--timeout expired)
+  6  timeout (a deadline ran out: --timeout, --message-timeout)
   7  protocol error (unexpected byte, connection ended mid-exchange or before the reply)";
 
 /// A failure of a command: one line for stderr and the exit status.
@@ -62,11 +63,22 @@ impl Failure {
         Self::new(OTHER, format!("{what}: {e}"))
     }
 
-    /// Classifies an error of a tinyproto connection.
+    /// Classifies an error of a `tinyproto-std` connection.
+    pub fn std(e: tinyproto_std::Error) -> Self {
+        match e {
+            tinyproto_std::Error::Protocol(e) => Self::protocol(e),
+            tinyproto_std::Error::Timeout(deadline) => Self::new(
+                TIMEOUT,
+                format!("timed out: the {deadline} deadline ran out"),
+            ),
+            other => Self::new(OTHER, other.to_string()),
+        }
+    }
+
+    /// Classifies a protocol error of a tinyproto connection.
     pub fn protocol(e: tinyproto::Error<io::Error>) -> Self {
         use tinyproto::Error;
         let status = match &e {
-            Error::Io(io) if is_timeout(io) => TIMEOUT,
             Error::Io(_) | Error::TooLarge { .. } => OTHER,
             Error::Rejected { .. } => REJECTED,
             Error::ConnectionLimit => CONNECTION_LIMIT,
@@ -76,7 +88,6 @@ impl Failure {
             _ => PROTOCOL,
         };
         let message = match &e {
-            Error::Io(io) if is_timeout(io) => "timed out waiting on the peer".to_owned(),
             Error::Rejected { len } => {
                 format!("rejected by peer: it answered 0x00 to a message of {len} bytes")
             }
@@ -98,12 +109,4 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
-}
-
-/// True for the errors a socket read/write timeout produces.
-pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }

@@ -2,7 +2,7 @@
 //!
 //! - `tinyproto serve --listen ADDR [--listen ADDR]... [--echo | --sink | --print]
 //!   [--max-connections N] [--max-message BYTES] [--timeout SECS]`
-//! - `tinyproto send ADDR [FILE] [--reply] [--timeout SECS]`
+//! - `tinyproto send ADDR [FILE]... [--lines] [--reply] [--timeout SECS] [--message-timeout SECS]`
 //! - `tinyproto bench [--size BYTES] [--count N] [--connections C] [--json]`
 //!
 //! The exit statuses are listed in [`exit`] and in `tinyproto --help`.
@@ -11,9 +11,9 @@
 
 mod bench;
 mod exit;
-mod progress;
 mod send;
 mod serve;
+mod spool;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +35,8 @@ enum Command {
     /// Accept connections and handle every message they carry.
     #[command(after_help = exit::HELP)]
     Serve(ServeCli),
-    /// Send one message (a file or stdin), streaming it; optionally receive one back.
+    /// Send messages over one connection (files, stdin, or stdin's lines),
+    /// streaming them; optionally receive a reply to each.
     #[command(after_help = exit::HELP)]
     Send(SendCli),
     /// Measure tinyproto against raw TCP over loopback, in this one process.
@@ -81,17 +82,45 @@ struct ServeCli {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  tinyproto send 127.0.0.1:7000 firmware.bin --reply > answer.bin
+  tinyproto send 127.0.0.1:7000 a.json b.json c.json --reply
+  printf 'status\\nreboot\\n' | tinyproto send 127.0.0.1:7000 --lines --reply")]
 struct SendCli {
     /// Peer address, host:port.
     addr: String,
-    /// The message; stdin when absent or `-`.
-    file: Option<PathBuf>,
-    /// Then receive one message and write it, raw, to stdout.
+    /// The messages, one per file, sent in order over one connection; stdin
+    /// when none is given (or `-`).
+    #[arg(conflicts_with = "lines")]
+    files: Vec<PathBuf>,
+    /// Each line of stdin is one message, without its newline.
+    #[arg(long)]
+    lines: bool,
+    /// After each message receive one back and write it, raw and only once
+    /// whole, to stdout (under --lines followed by a newline).
     #[arg(long)]
     reply: bool,
-    /// Give up when connecting, or any wait on the peer, takes longer.
+    /// Give up when connecting, the greeting, or a wait for a reply to begin
+    /// takes longer [default: connect 5 s, greeting 10 s, wait 30 s].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
+    /// Give up when one whole message, either way, takes longer from its
+    /// first byte to its last (a peer dripping its reply) [default: 60 s].
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    message_timeout: Option<Duration>,
+}
+
+impl SendCli {
+    fn timeouts(&self) -> tinyproto_std::Timeouts {
+        let mut t = tinyproto_std::Timeouts::default();
+        if let Some(d) = self.timeout {
+            t = t.with_connect(d).with_greeting(d).with_receive(d);
+        }
+        if let Some(d) = self.message_timeout {
+            t = t.with_message(d);
+        }
+        t
+    }
 }
 
 #[derive(Debug, Args)]
@@ -161,10 +190,11 @@ fn main() -> ExitCode {
             timeout: s.timeout,
         }),
         Command::Send(s) => send::run(&send::SendArgs {
+            timeouts: s.timeouts(),
             addr: s.addr,
-            file: s.file,
+            files: s.files,
+            lines: s.lines,
             reply: s.reply,
-            timeout: s.timeout,
         }),
         Command::Bench(b) => bench::run(&bench::BenchArgs {
             size: b.size,

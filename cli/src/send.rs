@@ -1,75 +1,150 @@
-//! `tinyproto send`: one message from a file or stdin, streamed, and with
-//! `--reply` one message back to stdout.
+//! `tinyproto send`: messages over one connection, on `tinyproto-std`'s
+//! client, and with `--reply` each message's reply on stdout, whole.
+//!
+//! - `send ADDR [FILE|-]`: one message, a file or stdin;
+//! - `send ADDR FILE...`: one message per file, in order;
+//! - `send ADDR --lines`: each line of stdin is a message, without its newline.
 //!
 //! Memory stays bounded whatever the size: a file (or stdin redirected from a
 //! file) is read in chunks as it is sent; a pipe on stdin, whose length is only
 //! known at its end, is kept in memory up to [`SPILL_AT`] and spilled to an
-//! unlinked temporary file beyond that.
+//! unlinked temporary file beyond that. A reply is held the same way
+//! ([`Spool`]) and reaches stdout only once all of it has arrived: a reply
+//! that breaks off writes nothing.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, IsTerminal, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::fs::File;
+use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::Instant;
 
-use embedded_io_adapters::std::FromStd;
-use tinyproto::blocking::Connection;
+use indicatif::{ProgressBar, ProgressStyle};
 use tinyproto::MAX_MESSAGE_LEN;
+use tinyproto_std::{Client, Conn, Timeouts};
 
 use crate::exit::{self, Failure};
-use crate::progress::Progress;
+use crate::spool::Spool;
 
-/// Size of the chunks read from the source and written to the connection.
-const CHUNK: usize = 256 * 1024;
 /// Stdin from a pipe is held in memory up to this many bytes.
 const SPILL_AT: usize = 8 * 1024 * 1024;
 /// Messages from this size on get a progress bar (when stderr is a terminal).
 const PROGRESS_FROM: u64 = 16 * 1024 * 1024;
-
-/// A tinyproto connection over a TCP stream.
-pub type Conn = Connection<FromStd<TcpStream>>;
 
 /// What `send` was asked to do.
 #[derive(Debug)]
 pub struct SendArgs {
     /// `host:port` of the peer.
     pub addr: String,
-    /// The message; stdin when `None` or `-`.
-    pub file: Option<PathBuf>,
-    /// Receive one message back and write it to stdout.
+    /// One message per file, in order; stdin when empty (or `-`).
+    pub files: Vec<PathBuf>,
+    /// Each line of stdin is a message.
+    pub lines: bool,
+    /// Receive one message back after each, and write it to stdout.
     pub reply: bool,
-    /// Limit on connecting and on each wait for the peer.
-    pub timeout: Option<Duration>,
+    /// The deadlines of the connection.
+    pub timeouts: Timeouts,
 }
 
-/// Where the message comes from, with its length known up front.
+/// Where a message comes from, with its length known up front.
 struct Source {
     reader: Box<dyn Read>,
     len: u64,
     name: String,
 }
 
+/// What went, for the summary.
+struct Totals {
+    messages: u64,
+    bytes: u64,
+    start: Instant,
+}
+
 /// Runs `send`.
 pub fn run(args: &SendArgs) -> Result<(), Failure> {
-    let mut source = match &args.file {
-        Some(path) if path != Path::new("-") => open_file(path)?,
-        _ => open_stdin()?,
-    };
-    if source.len > u64::from(MAX_MESSAGE_LEN) {
-        return Err(Failure::new(
-            exit::OTHER,
-            format!(
-                "{}: {} bytes is over the protocol's largest message ({MAX_MESSAGE_LEN} bytes)",
-                source.name, source.len
-            ),
-        ));
+    // Every file is checked before anything is sent.
+    let mut sources = Vec::new();
+    if !args.lines {
+        let files = if args.files.is_empty() {
+            vec![PathBuf::from("-")]
+        } else {
+            args.files.clone()
+        };
+        for path in &files {
+            let source = if path == Path::new("-") {
+                open_stdin()?
+            } else {
+                open_file(path)?
+            };
+            if source.len > u64::from(MAX_MESSAGE_LEN) {
+                return Err(Failure::new(
+                    exit::OTHER,
+                    format!(
+                        "{}: {} bytes is over the protocol's largest message ({MAX_MESSAGE_LEN} bytes)",
+                        source.name, source.len
+                    ),
+                ));
+            }
+            sources.push(source);
+        }
     }
-    let stream = connect(&args.addr, args.timeout)?;
-    let mut conn = Connection::from_std(stream);
-    conn.greet().map_err(Failure::protocol)?;
-    transmit(&mut conn, &mut source)?;
-    if args.reply {
-        receive_to_stdout(&mut conn)?;
+    let mut conn = connect(&args.addr, args.timeouts)?;
+    let mut totals = Totals {
+        messages: 0,
+        bytes: 0,
+        start: Instant::now(),
+    };
+    let mut spool = Spool::new();
+    let result = if args.lines {
+        send_lines(&mut conn, args.reply, &mut spool, &mut totals)
+    } else {
+        sources.into_iter().try_for_each(|mut source| {
+            transmit(&mut conn, &mut source)?;
+            totals.messages += 1;
+            totals.bytes += source.len;
+            if args.reply {
+                reply_to_stdout(&mut conn, &mut spool, false)?;
+            }
+            Ok(())
+        })
+    };
+    conn.close();
+    if args.lines || args.files.len() > 1 {
+        eprintln!(
+            "tinyproto: sent {} message(s), {} byte(s) in {:.3} s",
+            totals.messages,
+            totals.bytes,
+            totals.start.elapsed().as_secs_f64()
+        );
+    }
+    result
+}
+
+/// Connects and greets, on the std adapter's client.
+fn connect(addr: &str, timeouts: Timeouts) -> Result<Conn, Failure> {
+    let mut client = Client::new();
+    client.set_timeouts(timeouts);
+    client.connect(addr).map_err(|e| match e {
+        tinyproto_std::Error::Protocol(tinyproto::Error::Io(e)) => {
+            Failure::new(exit::CONNECT, format!("cannot connect to {addr}: {e}"))
+        }
+        e => Failure::std(e),
+    })
+}
+
+/// Sends each line of stdin as a message (without its newline).
+fn send_lines(
+    conn: &mut Conn,
+    reply: bool,
+    spool: &mut Spool,
+    totals: &mut Totals,
+) -> Result<(), Failure> {
+    for line in io::stdin().lock().split(b'\n') {
+        let line = line.map_err(|e| Failure::io("stdin", e))?;
+        conn.transmit(&line).map_err(Failure::std)?;
+        totals.messages += 1;
+        totals.bytes += line.len() as u64;
+        if reply {
+            reply_to_stdout(conn, spool, true)?;
+        }
     }
     Ok(())
 }
@@ -128,7 +203,7 @@ fn buffer_stream(mut input: Box<dyn Read>, name: String) -> Result<Source, Failu
             name,
         });
     }
-    let mut spill = temp_file().map_err(|e| Failure::io("temporary file", e))?;
+    let mut spill = tempfile::tempfile().map_err(|e| Failure::io("temporary file", e))?;
     spill
         .write_all(&head)
         .map_err(|e| Failure::io("temporary file", e))?;
@@ -147,118 +222,67 @@ fn buffer_stream(mut input: Box<dyn Read>, name: String) -> Result<Source, Failu
     })
 }
 
-/// A new read-write file that is already unlinked (on unix), so it vanishes
-/// with the process.
-fn temp_file() -> io::Result<File> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let path =
-        std::env::temp_dir().join(format!("tinyproto-send-{}-{nanos}.tmp", std::process::id()));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    // On unix the open file lives on without its name.
-    let _ = std::fs::remove_file(&path);
-    Ok(file)
-}
-
-/// Resolves `addr` and connects to the first address that answers, with the
-/// socket options every part of the tool uses.
-pub fn connect(addr: &str, timeout: Option<Duration>) -> Result<TcpStream, Failure> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| Failure::new(exit::CONNECT, format!("cannot resolve {addr}: {e}")))?
-        .collect();
-    let mut last = None;
-    for a in &addrs {
-        let attempt = match timeout {
-            Some(t) => TcpStream::connect_timeout(a, t),
-            None => TcpStream::connect(a),
-        };
-        match attempt {
-            Ok(stream) => {
-                configure(&stream, timeout)
-                    .map_err(|e| Failure::io(format!("socket options on {a}"), e))?;
-                return Ok(stream);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) if exit::is_timeout(&e) => Failure::new(
-            exit::TIMEOUT,
-            format!("timed out connecting to {addr}: {e}"),
-        ),
-        Some(e) => Failure::new(exit::CONNECT, format!("cannot connect to {addr}: {e}")),
-        None => Failure::new(exit::CONNECT, format!("{addr} resolves to no address")),
-    })
-}
-
-/// The socket options of every connection of the tool: no Nagle delay (the
-/// protocol waits for a status byte after each length), and the timeout on
-/// every read and write.
-pub fn configure(stream: &TcpStream, timeout: Option<Duration>) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(timeout)?;
-    stream.set_write_timeout(timeout)
-}
-
+/// Sends one message from `source`, streamed, with a progress bar for a
+/// large one on a terminal.
 fn transmit(conn: &mut Conn, source: &mut Source) -> Result<(), Failure> {
-    // Checked against MAX_MESSAGE_LEN before connecting; a larger length
-    // saturates, and the core refuses it without sending anything.
+    // Checked against MAX_MESSAGE_LEN before connecting.
     let len = u32::try_from(source.len).unwrap_or(u32::MAX);
-    let mut msg = conn.begin_transmit(len).map_err(Failure::protocol)?;
-    let mut progress = (source.len >= PROGRESS_FROM && io::stderr().is_terminal())
-        .then(|| Progress::new(source.len));
-    let mut buf = vec![0u8; CHUNK.min(len.max(1) as usize)];
-    let mut sent = 0u64;
-    while sent < source.len {
-        let want = (source.len - sent).min(buf.len() as u64) as usize;
-        let n = match source.reader.read(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(Failure::new(
-                    exit::OTHER,
-                    format!(
-                        "{} ended after {sent} of {} bytes (did it shrink?)",
-                        source.name, source.len
-                    ),
-                ))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Failure::io(&source.name, e)),
-        };
-        msg.write_all(&buf[..n]).map_err(Failure::protocol)?;
-        sent += n as u64;
-        if let Some(p) = progress.as_mut() {
-            p.update(sent);
+    let progress = (source.len >= PROGRESS_FROM && io::stderr().is_terminal()).then(|| {
+        ProgressBar::new(source.len).with_style(
+            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    });
+    let name = source.name.clone();
+    let mut reader: Box<dyn Read> = match &progress {
+        Some(bar) => Box::new(bar.wrap_read(&mut source.reader)),
+        None => Box::new(&mut source.reader),
+    };
+    let result = conn.transmit_from(len, &mut reader).map_err(|e| match e {
+        tinyproto_std::Error::Protocol(tinyproto::Error::Io(e))
+            if e.kind() == io::ErrorKind::UnexpectedEof =>
+        {
+            Failure::new(
+                exit::OTHER,
+                format!("{name} ended before its {len} bytes (did it shrink?)"),
+            )
         }
+        e => Failure::std(e),
+    });
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
     }
-    msg.finish().map_err(Failure::protocol)?;
-    if let Some(p) = progress {
-        p.done();
-    }
-    Ok(())
+    result
 }
 
-fn receive_to_stdout(conn: &mut Conn) -> Result<(), Failure> {
-    let mut msg = conn
-        .begin_receive(MAX_MESSAGE_LEN)
-        .map_err(Failure::protocol)?;
-    let mut buf = vec![0u8; CHUNK.min((msg.len() as usize).max(1))];
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(CHUNK, stdout.lock());
-    loop {
-        let n = msg.read(&mut buf).map_err(Failure::protocol)?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n])
-            .map_err(|e| Failure::io("stdout", e))?;
+/// Receives one message and writes it to stdout once all of it is in.
+fn reply_to_stdout(conn: &mut Conn, spool: &mut Spool, newline: bool) -> Result<(), Failure> {
+    let mut local = None;
+    let received = conn.receive_chunked(MAX_MESSAGE_LEN, &mut |chunk| {
+        spool.write(chunk).map_err(|e| {
+            let err = tinyproto_std::Error::Plugin(e.to_string().into());
+            local = Some(e);
+            err
+        })
+    });
+    if let Some(e) = local {
+        spool.clear();
+        return Err(Failure::io("temporary file", e));
     }
-    out.flush().map_err(|e| Failure::io("stdout", e))
+    if let Err(e) = received {
+        spool.clear();
+        return Err(Failure::std(e));
+    }
+    let mut out = io::stdout().lock();
+    spool
+        .copy_to(&mut out)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::io("stdout", e))
 }

@@ -4,23 +4,26 @@
 //! Listening, one thread per connection, the connection limit (0xFE), the
 //! message limit (0x00), deadlines and the graceful stop are the std
 //! adapter's; this module only maps the command line onto it. `--sink` and
-//! `--print` take each message in chunks ([`Take::Chunks`]), so
-//! memory stays bounded whatever the size; `--echo` holds whole messages, up
-//! to `--max-message` (16 MiB unless given).
+//! `--print` take each message in chunks ([`Take::Chunks`]), so memory stays
+//! bounded whatever the size (`--print` holds a message in a [`Spool`] until
+//! it is whole, then writes it: a message that breaks off prints nothing);
+//! `--echo` holds whole messages, up to `--max-message` (16 MiB unless
+//! given). A recoverable error (the peer rejecting an echo) is logged and the
+//! connection goes on.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+use signal_hook::iterator::Signals;
 
 use tinyproto_std::{Conn, Error, Handler, Server, Take, Timeouts};
 
 use crate::exit::{self, Failure};
+use crate::spool::Spool;
 use tinyproto::MAX_MESSAGE_LEN;
-
-/// How often the signal watcher looks at the flag.
-const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// What the server does with each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,44 +95,13 @@ impl Handler for Sink {
     }
 }
 
-/// Whose message is on stdout: one message at a time, so messages of
-/// several connections never interleave (a stdout lock cannot be held across
-/// chunks: it is not `Send`).
-#[derive(Debug, Default)]
-struct Turn {
-    busy: Mutex<bool>,
-    free: Condvar,
-}
-
-impl Turn {
-    fn take(&self) {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        while *busy {
-            busy = self.free.wait(busy).unwrap_or_else(|e| e.into_inner());
-        }
-        *busy = true;
-    }
-
-    fn give_back(&self) {
-        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.free.notify_one();
-    }
-}
-
-/// Writes each message, raw, to stdout as its chunks arrive.
+/// Writes each message, raw, to stdout once all of it has arrived: held in
+/// a spool meanwhile, so that a message that breaks off prints nothing and
+/// messages of several connections never interleave (stdout's lock is held
+/// only while a whole message is written).
 struct Print {
-    turn: Arc<Turn>,
-    holding: bool,
+    spool: Spool,
     limit: u32,
-}
-
-impl Print {
-    fn release(&mut self) {
-        if self.holding {
-            self.holding = false;
-            self.turn.give_back();
-        }
-    }
 }
 
 impl Handler for Print {
@@ -142,23 +114,20 @@ impl Handler for Print {
     }
 
     fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        if !self.holding {
-            self.turn.take();
-            self.holding = true;
-        }
-        io::stdout().lock().write_all(chunk)?;
+        self.spool.write(chunk)?;
         Ok(())
     }
 
     fn transmission_complete(&mut self, _conn: &mut Conn, _len: u32) -> Result<(), Error> {
-        let flushed = io::stdout().lock().flush();
-        self.release();
-        Ok(flushed?)
+        let mut out = io::stdout().lock();
+        self.spool.copy_to(&mut out)?;
+        out.flush()?;
+        Ok(())
     }
 
     fn post_loop(&mut self, _conn: &mut Conn, _result: &Result<(), Error>) {
-        // A message that broke off leaves its bytes printed; free stdout.
-        self.release();
+        // A message that broke off: its bytes are dropped, never printed.
+        self.spool.clear();
     }
 }
 
@@ -191,14 +160,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
                 limit,
             });
         }
-        Mode::Print => {
-            let turn = Arc::new(Turn::default());
-            server.set_conn_handler(move || Print {
-                turn: Arc::clone(&turn),
-                holding: false,
-                limit,
-            });
-        }
+        Mode::Print => server.set_conn_handler(move || Print {
+            spool: Spool::new(),
+            limit,
+        }),
     }
     server.set_connection_limit(args.max_connections);
     if let Some(t) = args.timeout {
@@ -213,25 +178,29 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
 
     let stop = server.stop_handle();
     let signalled = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    let signals = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    for signal in signals {
         // A second signal while stopping ends the process at once.
         signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&signalled))
             .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&signalled)))
             .map_err(|e| Failure::io("installing the signal handler", e))?;
     }
+    // The watcher sleeps until a signal comes (or the server ends).
+    let mut incoming = Signals::new(signals).map_err(|e| Failure::io("signals", e))?;
+    let incoming_handle = incoming.handle();
     let watcher_stop = stop.clone();
     let watcher = thread::Builder::new()
         .name("tinyproto-signals".into())
         .spawn(move || {
-            while !signalled.load(Ordering::SeqCst) && !watcher_stop.is_stopped() {
-                thread::sleep(SIGNAL_POLL);
+            if incoming.forever().next().is_some() {
+                watcher_stop.stop();
             }
-            watcher_stop.stop();
         })
         .map_err(|e| Failure::io("starting the signal watcher", e))?;
 
     let result = server.start();
     stop.stop();
+    incoming_handle.close();
     let _ = watcher.join();
     result.map_err(|e| Failure::io("server", e))?;
     if args.mode == Mode::Sink {

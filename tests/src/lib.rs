@@ -51,14 +51,14 @@ pub fn python() -> Option<PathBuf> {
         return Some(path);
     }
     let msg = format!(
-        "no Python with the `tinyproto` package at {} (set TINYPROTO_PYTHON, or run \
-         `bash .ci/python-peer.sh` in the workspace root)",
+        "no Python reference peer (tinyproto==3.0) at {}: run `bash .ci/python-peer.sh` \
+         in the workspace root (or set TINYPROTO_PYTHON)",
         path.display()
     );
     if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
+        panic!("{msg} (CI is set: the reference is required)");
     }
-    eprintln!("SKIPPED interop test: {msg}");
+    eprintln!("SKIPPED: {msg}");
     None
 }
 

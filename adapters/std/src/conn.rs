@@ -233,6 +233,27 @@ impl Conn {
         result.map_err(|e| self.fail(e))
     }
 
+    /// Writes this side's greeting byte at once, without waiting for the
+    /// peer's: a server does it as it accepts, so that a client's greeting
+    /// completes without waiting for the connection's thread to start.
+    pub(crate) fn send_greeting(&mut self) {
+        let deadline = self.started + self.cfg.timeouts.greeting;
+        let io = self.io();
+        // Writes 0xFF and flushes; the read of the peer's byte then finds its
+        // deadline passed and stops, and `greet` resumes it later.
+        io.set_read_deadline(Instant::now(), Deadline::Greeting);
+        io.set_write_deadline(Some((deadline, Deadline::Greeting)));
+        match self.inner.greet() {
+            Ok(()) | Err(tinyproto::Error::Io(_)) => {
+                self.io().take_expired();
+            }
+            Err(e) => {
+                let e = self.fail(e);
+                log::debug!("{}: greeting failed at once: {e}", self.id);
+            }
+        }
+    }
+
     /// Sends one whole message (through the plugins), within
     /// [`Timeouts::message`](crate::Timeouts::message), and returns once it
     /// is written out (inside a loop's hook: once it is in the buffer the

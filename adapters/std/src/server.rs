@@ -237,7 +237,8 @@ impl Server {
                         return;
                     }
                     let id = self.pool.shared.new_id();
-                    let conn = Conn::new(id, stream, peer, cfg.clone());
+                    let mut conn = Conn::new(id, stream, peer, cfg.clone());
+                    conn.send_greeting();
                     log::debug!("{id}: accepted {peer}");
                     let factory = &self.factory;
                     let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {

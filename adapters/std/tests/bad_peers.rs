@@ -276,3 +276,60 @@ fn test_panicking_hook_frees_the_slot() {
     // The only slot is free again.
     assert_serves(&h);
 }
+
+/// A peer answering 0x00 to the echo of its own message: a normal answer of
+/// the protocol. The connection goes on and its next message is echoed.
+#[test]
+fn test_rejected_echo_is_not_a_failure() {
+    let h = Harness::start(|_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"not wanted back"), 0xFF);
+    assert_eq!(read_n(&mut s, 4), 15u32.to_be_bytes(), "the echo's length");
+    s.write_all(&[0x00]).unwrap();
+    assert_eq!(send_msg(&mut s, b"this one"), 0xFF);
+    assert_eq!(recv_msg(&mut s), b"this one", "the connection went on");
+    drop(s);
+    let (_, outcome) = h.next_post_loop();
+    assert_eq!(outcome, Outcome::Ok);
+}
+
+/// 2,000 peers connecting at once, each greeting and echoing one message:
+/// all are served, none lost. Bounded: every peer gives up after 60 s.
+#[test]
+fn test_reconnect_storm_every_peer_is_served() {
+    const PEERS: usize = 2_000;
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let h = Harness::start(|_| {});
+    let addr = h.addr;
+    let peers: Vec<_> = (0..PEERS)
+        .map(|i| {
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || -> Result<(), String> {
+                    let mut client = Client::new();
+                    client.set_timeout(Duration::from_secs(60));
+                    let mut conn = client.connect(addr).map_err(|e| format!("{i}: {e}"))?;
+                    let msg = (i as u32).to_be_bytes();
+                    conn.transmit(&msg).map_err(|e| format!("{i}: {e}"))?;
+                    match conn.receive() {
+                        Ok(reply) if reply == msg => Ok(()),
+                        other => Err(format!("{i}: {other:?}")),
+                    }
+                })
+                .expect("spawn a peer")
+        })
+        .collect();
+    let failures: Vec<String> = peers
+        .into_iter()
+        .filter_map(|p| p.join().expect("peer thread").err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} lost, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    h.wait_no_connections();
+    assert_eq!(h.inits.load(std::sync::atomic::Ordering::SeqCst), PEERS);
+}

@@ -322,3 +322,127 @@ fn test_connect_to_nothing_fails_typed() {
         other => panic!("expected a refused connection, got {other:?}"),
     }
 }
+
+/// A closure as the handler: `on_message` for the common request/reply case.
+#[test]
+fn test_closure_handler_answers() {
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_conn_handler(|| {
+        tinyproto_std::on_message(|conn, msg| conn.transmit(&[b"re:".as_slice(), msg].concat()))
+    });
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    let mut conn = Client::new().connect(addr).unwrap();
+    conn.transmit(b"ping").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"re:ping");
+    conn.transmit(b"again").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"re:again");
+    conn.close();
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}
+
+/// Counts `loop_pass` calls.
+struct Passes(Arc<AtomicUsize>);
+
+impl Handler for Passes {
+    fn loop_pass(&mut self, _conn: &mut Conn) -> Result<(), Error> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// An idle connection sleeps: no `loop_pass` without a message unless an
+/// interval was asked for; with one, it comes round.
+#[test]
+fn test_loop_pass_runs_on_messages_and_on_the_interval_only() {
+    for interval in [None, Some(Duration::from_millis(50))] {
+        let passes = Arc::new(AtomicUsize::new(0));
+        let mut server = Server::new();
+        let addr = server.add_addr("127.0.0.1:0").unwrap();
+        let counter = passes.clone();
+        server.set_conn_handler(move || Passes(counter.clone()));
+        server.set_loop_pass_interval(interval);
+        let stop = server.stop_handle();
+        let thread = thread::spawn(move || server.start());
+        let mut conn = Client::new().connect(addr).unwrap();
+        conn.transmit(b"one").unwrap();
+        assert!(
+            wait_until(LONG, || passes.load(Ordering::SeqCst) >= 1),
+            "after a message"
+        );
+        let after_message = passes.load(Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(400));
+        let idle = passes.load(Ordering::SeqCst) - after_message;
+        match interval {
+            None => assert_eq!(idle, 0, "an idle connection was woken {idle} time(s)"),
+            Some(_) => assert!(
+                wait_until(LONG, || passes.load(Ordering::SeqCst) >= after_message + 2),
+                "the interval never came round"
+            ),
+        }
+        conn.close();
+        stop.stop();
+        thread.join().unwrap().unwrap();
+    }
+}
+
+/// Decides each message on its announced length: whole under 5 bytes, in
+/// chunks up to 100, rejected beyond; answers what it did.
+struct Decider {
+    chunks: Vec<u8>,
+}
+
+impl Handler for Decider {
+    fn message_announced(&mut self, _conn: &Conn, len: u32) -> tinyproto_std::Take {
+        match len {
+            0..5 => tinyproto_std::Take::Whole,
+            5..=100 => tinyproto_std::Take::Chunks,
+            _ => tinyproto_std::Take::Reject,
+        }
+    }
+
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        conn.transmit(&[b"whole:".as_slice(), msg].concat())
+    }
+
+    fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        self.chunks.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn transmission_complete(&mut self, conn: &mut Conn, len: u32) -> Result<(), Error> {
+        assert_eq!(self.chunks.len(), len as usize);
+        let reply = [b"chunks:".as_slice(), &self.chunks].concat();
+        self.chunks.clear();
+        conn.transmit(&reply)
+    }
+}
+
+#[test]
+fn test_handler_decides_each_message_on_its_length() {
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_conn_handler(|| Decider { chunks: Vec::new() });
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    let mut conn = Client::new().connect(addr).unwrap();
+    conn.transmit(b"abc").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"whole:abc");
+    conn.transmit(b"abcdefgh").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"chunks:abcdefgh");
+    match conn.transmit(&[7u8; 101]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 101 })) => {}
+        other => panic!("{other:?}"),
+    }
+    conn.transmit(b"ok").unwrap();
+    assert_eq!(
+        conn.receive().unwrap(),
+        b"whole:ok",
+        "in step after the rejection"
+    );
+    conn.close();
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}

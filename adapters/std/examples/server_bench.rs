@@ -1,0 +1,431 @@
+//! What a desktop user of `tinyproto-std` measures first, beside raw TCP on
+//! the same machine in the same run: accepts per second, the first message
+//! on a fresh connection, the CPU of a server holding many idle
+//! connections, a broadcast reaching every connection, the memory each
+//! connection costs; and that every one of the connections still echoes.
+//!
+//! ```text
+//! cargo run --release -p tinyproto-std --example server_bench -- [--connections N] [--idle-secs S]
+//! ```
+//!
+//! The servers run in a child process (this program started again with
+//! `--serve tinyproto|raw`), so that their CPU and memory are theirs alone
+//! and each process holds one end of every connection (10,000 connections
+//! fit a limit of 20,000 open files). Loopback only. The raw TCP server is
+//! what one writes without tinyproto: a thread per connection blocked in
+//! `read`, echoing what comes; it answers the 0xFF greeting byte so that
+//! both sides do the same round trips.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tinyproto_std::{on_message, Client, Conn, Server};
+
+/// Connections opened one after another for the accept rate and the
+/// broadcast.
+const SEQUENTIAL: usize = 1_000;
+/// Fresh connections timed for the first message.
+const FIRST_MESSAGES: usize = 200;
+/// Client threads reading the broadcast, as devices would, each its own.
+const READERS: usize = 16;
+/// Every read and write of the client side gives up after this.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(kind) = flag(&args, "--serve") {
+        return serve(&kind);
+    }
+    let connections: usize = flag(&args, "--connections").map_or(Ok(10_000), |v| v.parse())?;
+    let idle_secs: u64 = flag(&args, "--idle-secs").map_or(Ok(10), |v| v.parse())?;
+    let limit = rlimit::increase_nofile_limit(u64::MAX)?;
+    let mut connections = connections.max(SEQUENTIAL + 1);
+    let fits = usize::try_from(limit.saturating_sub(64)).unwrap_or(usize::MAX);
+    if connections > fits {
+        println!(
+            "(the open-file limit is {limit}: measuring {fits} connections, not {connections})"
+        );
+        connections = fits.max(SEQUENTIAL + 1);
+    }
+
+    println!("server benchmark: {connections} connections, {idle_secs} s idle (loopback, release)");
+    let tp = measure(Kind::Tinyproto, connections, idle_secs)?;
+    let raw = measure(Kind::Raw, connections, idle_secs)?;
+    print_table(&tp, &raw, connections, idle_secs);
+    if tp.echo_errors > 0 || raw.echo_errors > 0 {
+        return Err(format!(
+            "echo check failed: tinyproto {} error(s), raw {}",
+            tp.echo_errors, raw.echo_errors
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Tinyproto,
+    Raw,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Tinyproto => "tinyproto",
+            Kind::Raw => "raw",
+        }
+    }
+}
+
+/// The figures of one server kind.
+#[derive(Debug, Default)]
+struct Figures {
+    accepts_per_s: f64,
+    first_message_ms: f64,
+    first_message_p99_ms: f64,
+    idle_cpu_percent: f64,
+    broadcast_ms: f64,
+    rss_per_conn_kib: f64,
+    echo_errors: usize,
+}
+
+/// A connection as the benchmark's client side holds it.
+enum Peer {
+    Tinyproto(Box<Conn>),
+    Raw(TcpStream),
+}
+
+impl Peer {
+    fn connect(kind: Kind, client: &Client, addr: SocketAddr) -> io::Result<Self> {
+        match kind {
+            Kind::Tinyproto => Ok(Peer::Tinyproto(Box::new(client.connect(addr)?))),
+            Kind::Raw => {
+                let mut stream = TcpStream::connect(addr)?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(IO_TIMEOUT))?;
+                stream.set_write_timeout(Some(IO_TIMEOUT))?;
+                let mut greeting = [0u8];
+                stream.read_exact(&mut greeting)?;
+                Ok(Peer::Raw(stream))
+            }
+        }
+    }
+
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        match self {
+            Peer::Tinyproto(conn) => Ok(conn.transmit(msg)?),
+            Peer::Raw(stream) => stream.write_all(msg),
+        }
+    }
+
+    /// The next message of `len` bytes.
+    fn receive(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        match self {
+            Peer::Tinyproto(conn) => Ok(conn.receive()?),
+            Peer::Raw(stream) => {
+                let mut buf = vec![0u8; len];
+                stream.read_exact(&mut buf)?;
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// A server in a child process, killed when dropped.
+struct ServerProcess {
+    child: Child,
+    addr: SocketAddr,
+    /// Kept open: the child may write more.
+    _output: io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server of `kind` in a child process and measures it.
+fn measure(
+    kind: Kind,
+    connections: usize,
+    idle_secs: u64,
+) -> Result<Figures, Box<dyn std::error::Error>> {
+    let server = start_server(kind)?;
+    measure_server(kind, server.child.id(), server.addr, connections, idle_secs)
+}
+
+fn measure_server(
+    kind: Kind,
+    pid: u32,
+    addr: SocketAddr,
+    connections: usize,
+    idle_secs: u64,
+) -> Result<Figures, Box<dyn std::error::Error>> {
+    let mut client = Client::new();
+    client.set_timeout(IO_TIMEOUT);
+    let mut figures = Figures::default();
+
+    // The first message on fresh connections (each closed again).
+    let mut times = Vec::with_capacity(FIRST_MESSAGES);
+    for _ in 0..FIRST_MESSAGES {
+        let start = Instant::now();
+        let mut peer = Peer::connect(kind, &client, addr)?;
+        peer.send(b"hey")?;
+        let reply = peer.receive(3)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        if reply != b"hey" {
+            figures.echo_errors += 1;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    figures.first_message_ms = times[times.len() / 2];
+    figures.first_message_p99_ms = times[times.len() * 99 / 100];
+
+    // Accepts and greetings, one connection after another.
+    let rss_before = rss_kib(pid)?;
+    let mut peers = Vec::with_capacity(connections);
+    let start = Instant::now();
+    for _ in 0..SEQUENTIAL {
+        peers.push(Peer::connect(kind, &client, addr)?);
+    }
+    figures.accepts_per_s = SEQUENTIAL as f64 / start.elapsed().as_secs_f64();
+
+    // A broadcast of 64 bytes from one connection to all the others, read
+    // by several client threads at once (as many devices would).
+    let payload = [0x42u8; 64];
+    let start = Instant::now();
+    peers[0].send(&[b"all:".as_slice(), &payload].concat())?;
+    let (first, others) = peers.split_at_mut(1);
+    let per_reader = others.len().div_ceil(READERS);
+    let wrong: usize = thread::scope(|scope| {
+        let readers: Vec<_> = others
+            .chunks_mut(per_reader)
+            .map(|slice| {
+                scope.spawn(|| {
+                    let mut wrong = 0;
+                    for peer in slice.iter_mut() {
+                        if peer.receive(payload.len()).map_or(true, |m| m != payload) {
+                            wrong += 1;
+                        }
+                    }
+                    wrong
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap_or(usize::MAX / 2))
+            .sum()
+    });
+    figures.broadcast_ms = start.elapsed().as_secs_f64() * 1e3;
+    figures.echo_errors += wrong;
+    let peers_first = &mut first[0];
+    if peers_first.receive(4)? != b"sent" {
+        figures.echo_errors += 1;
+    }
+
+    // Up to all the connections, then idle.
+    while peers.len() < connections {
+        peers.push(Peer::connect(kind, &client, addr)?);
+    }
+    thread::sleep(Duration::from_secs(1));
+    let rss_after = rss_kib(pid)?;
+    figures.rss_per_conn_kib = (rss_after - rss_before) as f64 / peers.len() as f64;
+    let cpu_before = cpu_ticks(pid)?;
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(idle_secs));
+    let ticks = cpu_ticks(pid)? - cpu_before;
+    figures.idle_cpu_percent =
+        ticks as f64 / ticks_per_second() / start.elapsed().as_secs_f64() * 100.0;
+
+    // Every connection still echoes.
+    for (i, peer) in peers.iter_mut().enumerate() {
+        let msg = (i as u32).to_be_bytes();
+        let ok = peer.send(&msg).is_ok() && peer.receive(msg.len()).is_ok_and(|r| r == msg);
+        if !ok {
+            figures.echo_errors += 1;
+        }
+    }
+    println!(
+        "  {}: {} connections echoed, {} error(s)",
+        kind.name(),
+        peers.len(),
+        figures.echo_errors
+    );
+    Ok(figures)
+}
+
+fn start_server(kind: Kind) -> Result<ServerProcess, Box<dyn std::error::Error>> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["--serve", kind.name()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = lines.next().ok_or("the server said nothing")??;
+    let addr = line
+        .strip_prefix("listening on ")
+        .ok_or_else(|| format!("unexpected: {line}"))?
+        .parse()?;
+    Ok(ServerProcess {
+        child,
+        addr,
+        _output: lines,
+    })
+}
+
+/// The child: a server that echoes, and broadcasts what follows `all:`.
+fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
+    match kind {
+        "tinyproto" => {
+            let mut server = Server::new();
+            let addr = server.add_addr("127.0.0.1:0")?;
+            server.set_conn_handler(|| {
+                on_message(|conn, msg| match msg.strip_prefix(b"all:") {
+                    Some(rest) => {
+                        if let Some(all) = conn.active_connections() {
+                            all.broadcast(rest, Some(conn.id()));
+                        }
+                        conn.transmit(b"sent")
+                    }
+                    None => conn.transmit(msg),
+                })
+            });
+            println!("listening on {addr}");
+            io::stdout().flush()?;
+            server.start()?;
+        }
+        _ => {
+            rlimit::increase_nofile_limit(u64::MAX)?;
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            println!("listening on {}", listener.local_addr()?);
+            io::stdout().flush()?;
+            let all: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+            for stream in listener.incoming() {
+                let mut stream = stream?;
+                stream.set_nodelay(true)?;
+                stream.write_all(&[0xFF])?;
+                all.lock().unwrap().push(stream.try_clone()?);
+                let all = all.clone();
+                thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || raw_echo(stream, &all))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Echoes 3- and 4-byte messages; `all:` and 64 bytes go to everyone else.
+fn raw_echo(mut stream: TcpStream, all: &Mutex<Vec<TcpStream>>) {
+    let mut buf = [0u8; 68];
+    loop {
+        let n = match stream.read(&mut buf[..4]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if &buf[..n] == b"all:" && stream.read_exact(&mut buf[4..]).is_ok() {
+            let me = stream.peer_addr().ok();
+            for other in all.lock().unwrap().iter_mut() {
+                if other.peer_addr().ok() != me {
+                    let _ = other.write_all(&buf[4..]);
+                }
+            }
+            let _ = stream.write_all(b"sent");
+        } else if stream.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no VmRSS"))
+}
+
+/// User and system CPU ticks of a process (all its threads).
+fn cpu_ticks(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    Ok(tick(11) + tick(12))
+}
+
+fn ticks_per_second() -> f64 {
+    // USER_HZ: 100 on every Linux ABI in use.
+    100.0
+}
+
+fn print_table(tp: &Figures, raw: &Figures, connections: usize, idle_secs: u64) {
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "-".into()
+        }
+    };
+    println!();
+    println!(
+        "| measure | tinyproto-std | raw TCP | tinyproto/raw | goal | before (30 ms polling) |"
+    );
+    println!("|---|---:|---:|---:|---|---|");
+    println!(
+        "| accepts + greetings per second ({SEQUENTIAL} sequential connects) | {:.0} | {:.0} | {} | >= 2,000 | 33 |",
+        tp.accepts_per_s,
+        raw.accepts_per_s,
+        ratio(tp.accepts_per_s, raw.accepts_per_s)
+    );
+    println!(
+        "| first message on a fresh connection, median (p99), ms | {:.2} ({:.2}) | {:.2} ({:.2}) | {} | <= 5 ms | 30 |",
+        tp.first_message_ms,
+        tp.first_message_p99_ms,
+        raw.first_message_ms,
+        raw.first_message_p99_ms,
+        ratio(tp.first_message_ms, raw.first_message_ms)
+    );
+    println!(
+        "| CPU with {connections} idle connections over {idle_secs} s, % of one core | {:.2} | {:.2} | - | < 2 % | 28 (1,000 conns), 150 (5,000) |",
+        tp.idle_cpu_percent, raw.idle_cpu_percent
+    );
+    println!(
+        "| 64 B broadcast reaching all of {SEQUENTIAL} connections, ms | {:.1} | {:.1} | {} | <= 50 ms | next 30 ms pass |",
+        tp.broadcast_ms,
+        raw.broadcast_ms,
+        ratio(tp.broadcast_ms, raw.broadcast_ms)
+    );
+    println!(
+        "| RSS per idle connection, KiB | {:.1} | {:.1} | {} | <= 48 KiB | 35-38 |",
+        tp.rss_per_conn_kib,
+        raw.rss_per_conn_kib,
+        ratio(tp.rss_per_conn_kib, raw.rss_per_conn_kib)
+    );
+    println!(
+        "| connections that still echo afterwards | {}/{connections} | {}/{connections} | | all | |",
+        connections - tp.echo_errors.min(connections),
+        connections - raw.echo_errors.min(connections)
+    );
+}

@@ -312,12 +312,14 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
             let listener = TcpListener::bind("127.0.0.1:0")?;
             println!("listening on {}", listener.local_addr()?);
             io::stdout().flush()?;
-            let all: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+            // One file descriptor per connection, shared with the broadcast list.
+            let all: Arc<Mutex<Vec<Arc<TcpStream>>>> = Arc::default();
             for stream in listener.incoming() {
-                let mut stream = stream?;
+                let stream = Arc::new(stream?);
                 stream.set_nodelay(true)?;
-                stream.write_all(&[0xFF])?;
-                all.lock().unwrap().push(stream.try_clone()?);
+                // Listed before it is greeted, as tinyproto-std registers it.
+                all.lock().unwrap().push(stream.clone());
+                (&*stream).write_all(&[0xFF])?;
                 let all = all.clone();
                 thread::Builder::new()
                     .stack_size(64 * 1024)
@@ -329,25 +331,28 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Echoes 3- and 4-byte messages; `all:` and 64 bytes go to everyone else.
-fn raw_echo(mut stream: TcpStream, all: &Mutex<Vec<TcpStream>>) {
+fn raw_echo(stream: Arc<TcpStream>, all: &Mutex<Vec<Arc<TcpStream>>>) {
+    let mut stream = &*stream;
     let mut buf = [0u8; 68];
     loop {
         let n = match stream.read(&mut buf[..4]) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         if &buf[..n] == b"all:" && stream.read_exact(&mut buf[4..]).is_ok() {
-            let me = stream.peer_addr().ok();
-            for other in all.lock().unwrap().iter_mut() {
-                if other.peer_addr().ok() != me {
-                    let _ = other.write_all(&buf[4..]);
+            for other in all.lock().unwrap().iter() {
+                if !std::ptr::eq(&**other, stream) {
+                    let _ = (&**other).write_all(&buf[4..]);
                 }
             }
             let _ = stream.write_all(b"sent");
         } else if stream.write_all(&buf[..n]).is_err() {
-            return;
+            break;
         }
     }
+    all.lock()
+        .unwrap()
+        .retain(|other| !std::ptr::eq(&**other, stream));
 }
 
 fn rss_kib(pid: u32) -> io::Result<u64> {

@@ -177,14 +177,19 @@ impl Client {
         let interval = self.settings.conn.loop_pass_interval;
         let hooks = &mut self.hooks;
         call_hook("pre_loop", || hooks.pre_loop(&ctx));
-        while !stop.is_stopped() {
+        let mut stopping = false;
+        while !stop.is_stopped() && !stopping {
             let until = interval.map(|i| Instant::now() + i);
             let mut next = self.pool.next_event(until);
             while let Some(event) = next {
-                if let LoopEvent::Ended(Ended { id, peer, result }) = event {
-                    call_hook("conn_shutdown", || {
-                        hooks.conn_shutdown(&ctx, id, peer, &result)
-                    });
+                match event {
+                    LoopEvent::Ended(Ended { id, peer, result }) => {
+                        call_hook("conn_shutdown", || {
+                            hooks.conn_shutdown(&ctx, id, peer, &result)
+                        })
+                    }
+                    LoopEvent::Stop => stopping = true,
+                    LoopEvent::Acceptable(_) => {}
                 }
                 next = self.pool.next_event(Some(Instant::now()));
             }

@@ -170,6 +170,11 @@ impl Conn {
         self.failed
     }
 
+    /// True when bytes of the peer's were read ahead and wait to be used.
+    pub(crate) fn has_input_ahead(&self) -> bool {
+        self.inner.get_ref().inner().get_ref().has_input()
+    }
+
     pub(crate) fn config(&self) -> &crate::config::Config {
         &self.cfg
     }
@@ -239,9 +244,9 @@ impl Conn {
     pub(crate) fn send_greeting(&mut self) {
         let deadline = self.started + self.cfg.timeouts.greeting;
         let io = self.io();
-        // Writes 0xFF and flushes; the read of the peer's byte then finds its
-        // deadline passed and stops, and `greet` resumes it later.
-        io.set_read_deadline(Instant::now(), Deadline::Greeting);
+        // Writes 0xFF and flushes; the read of the peer's byte then fails at
+        // once, without a look at the socket, and `greet` resumes it later.
+        io.refuse_reads(Deadline::Greeting);
         io.set_write_deadline(Some((deadline, Deadline::Greeting)));
         match self.inner.greet() {
             Ok(()) | Err(tinyproto::Error::Io(_)) => {
@@ -452,12 +457,28 @@ impl Conn {
 
     // ---- the loop's side: a message whose first bytes are known to be here ----
 
-    /// Reads the length of the message that woke the loop, under the message
-    /// deadline from now.
-    pub(crate) fn next_length(&mut self) -> Result<u32, Error> {
+    /// The length of the next message if its first bytes are here already
+    /// (a peer streaming messages), without waiting: `None` when nothing is.
+    pub(crate) fn try_next_length(&mut self) -> Result<Option<u32>, Error> {
         self.check_usable()?;
+        let io = self.io();
+        io.set_read_deadline(Instant::now(), Deadline::Receive);
+        io.set_write_deadline(None);
+        let result = self.inner.next_length();
+        // What follows (the rest of the length, the payload) has the message
+        // deadline.
         self.arm_message_deadline();
-        self.inner.next_length().map_err(|e| self.fail(e))
+        match result {
+            Ok(len) => Ok(Some(len)),
+            Err(tinyproto::Error::Io(_)) if self.io().take_expired() == Some(Deadline::Receive) => {
+                if !self.inner.is_in_progress() {
+                    return Ok(None);
+                }
+                // Part of the length is here: the rest of it.
+                self.inner.next_length().map(Some).map_err(|e| self.fail(e))
+            }
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// Takes the announced message whole into `buf` (reused: it grows only
@@ -520,8 +541,26 @@ impl Conn {
     }
 
     /// Waits up to `wait` for a message to begin, then runs `step` (a
-    /// resumable receive) to its end under the message deadline.
+    /// resumable receive) to its end under the message deadline. Our answer
+    /// to its length is written out before this returns (outside a batch),
+    /// so that a peer is never left waiting for it.
     fn wait_for_message<T>(
+        &mut self,
+        wait: Duration,
+        step: impl FnMut(&mut Self) -> Result<T, RawError>,
+    ) -> Result<Option<T>, Error> {
+        let result = self.wait_for_message_unflushed(wait, step);
+        if self.batching || self.failed {
+            return result;
+        }
+        let flushed = self.flush();
+        match result {
+            Ok(value) => flushed.map(|()| value),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn wait_for_message_unflushed<T>(
         &mut self,
         wait: Duration,
         mut step: impl FnMut(&mut Self) -> Result<T, RawError>,

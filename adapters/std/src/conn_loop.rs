@@ -52,32 +52,33 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
     while !conn.is_stopping() {
         match wait(conn, next_pass)? {
             Wake::Readable => {
-                match receive_one(conn, handler, &mut buf) {
-                    Ok(()) => {}
-                    Err(e) if e.is_closed() => return Ok(()),
-                    Err(e) if e.is_recoverable() && !conn.is_broken() => {
-                        log::warn!("{}: message not taken: {e}", conn.id());
-                    }
-                    Err(e) => return Err(e),
-                }
-                if conn.is_stopping() {
-                    break;
-                }
-                hook(conn, |conn| handler.loop_pass(conn))?;
-            }
-            Wake::Queued(queued) => {
-                hook(conn, |conn| {
-                    for msg in queued {
-                        match conn.transmit(&msg) {
-                            Err(e) if e.is_recoverable() => {
-                                log::warn!("{}: queued message not delivered: {e}", conn.id())
-                            }
-                            other => other?,
+                // A look, not a wait: a wake-up whose bytes this thread took
+                // itself meanwhile finds nothing and goes back to sleep.
+                let mut len = conn.try_next_length();
+                // Messages that follow at once are taken without going back to
+                // sleep (a stream of messages): only when nothing is there
+                // does the thread wait to be woken.
+                while let Some(next) = len.transpose() {
+                    match next.and_then(|len| receive_one(conn, handler, &mut buf, len)) {
+                        Ok(()) => {}
+                        Err(e) if e.is_closed() => return Ok(()),
+                        Err(e) if e.is_recoverable() && !conn.is_broken() => {
+                            log::warn!("{}: message not taken: {e}", conn.id());
                         }
+                        Err(e) => return Err(e),
                     }
-                    Ok(())
-                })?;
+                    if conn.is_stopping() {
+                        break;
+                    }
+                    hook(conn, |conn| handler.loop_pass(conn))?;
+                    len = if has_mail(conn) {
+                        Ok(None)
+                    } else {
+                        conn.try_next_length()
+                    };
+                }
             }
+            Wake::Queued(queued) => send_queued(conn, queued)?,
             Wake::Interval => {
                 next_pass = interval.map(|i| Instant::now() + i);
                 hook(conn, |conn| handler.loop_pass(conn))?;
@@ -85,13 +86,49 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
             Wake::Stop => break,
         }
     }
-    Ok(())
+    // Stopping: what other connections queued (and were told was queued)
+    // still goes out.
+    let queued = match conn.attached() {
+        Some(a) => std::mem::take(&mut a.mailbox.lock().queued),
+        None => VecDeque::new(),
+    };
+    send_queued(conn, queued)
 }
 
-/// Takes the message that woke the loop as the handler decides on its
-/// announced length: whole, in chunks, or rejected.
-fn receive_one(conn: &mut Conn, handler: &mut dyn Handler, buf: &mut Vec<u8>) -> Result<(), Error> {
-    let len = conn.next_length()?;
+/// Transmits what other connections queued, in order, flushed at the end.
+fn send_queued(conn: &mut Conn, queued: VecDeque<Arc<[u8]>>) -> Result<(), Error> {
+    if queued.is_empty() {
+        return Ok(());
+    }
+    hook(conn, |conn| {
+        for msg in queued {
+            match conn.transmit(&msg) {
+                Err(e) if e.is_recoverable() => {
+                    log::warn!("{}: queued message not delivered: {e}", conn.id())
+                }
+                other => other?,
+            }
+        }
+        Ok(())
+    })
+}
+
+/// True when other connections queued messages for this one, or a stop came.
+fn has_mail(conn: &Conn) -> bool {
+    conn.attached().is_some_and(|a| {
+        let inbox = a.mailbox.lock();
+        inbox.stop || !inbox.queued.is_empty()
+    })
+}
+
+/// Takes the message whose length `len` was just read as the handler
+/// decides: whole, in chunks, or rejected.
+fn receive_one(
+    conn: &mut Conn,
+    handler: &mut dyn Handler,
+    buf: &mut Vec<u8>,
+    len: u32,
+) -> Result<(), Error> {
     let take = match handler.message_announced(conn, len) {
         Take::Chunks if conn.has_plugins() => {
             log::warn!(
@@ -130,6 +167,11 @@ fn hook(conn: &mut Conn, f: impl FnOnce(&mut Conn) -> Result<(), Error>) -> Resu
     conn.set_batching(false);
     let flushed = conn.flush();
     match result.and(flushed) {
+        // A hook's own read found the peer gone between messages: a normal end.
+        Err(e) if e.is_closed() => {
+            conn.stop();
+            Ok(())
+        }
         Err(e) if e.is_recoverable() && !conn.is_broken() => {
             log::info!("{}: {e} (the connection goes on)", conn.id());
             Ok(())
@@ -155,6 +197,10 @@ fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Wake, Error> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // Bytes read ahead are not the socket's any more: no wake-up would come.
+    if conn.has_input_ahead() {
+        return Ok(Wake::Readable);
+    }
     let mut inbox = mailbox.lock();
     if !inbox.readable && !inbox.stop && inbox.queued.is_empty() {
         readiness.arm(&mut inbox, conn.id(), &stream)?;
@@ -162,14 +208,16 @@ fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Wake, Error> {
     }
     // From here on this thread moves the bytes: no wake-up for them.
     readiness.disarm(&mut inbox, &stream);
-    if inbox.stop {
-        return Ok(Wake::Stop);
+    // On a stop, what was queued still goes out and a message that began
+    // arriving is still taken; then the loop ends.
+    if !inbox.queued.is_empty() {
+        return Ok(Wake::Queued(std::mem::take(&mut inbox.queued)));
     }
     if std::mem::take(&mut inbox.readable) {
         return Ok(Wake::Readable);
     }
-    if !inbox.queued.is_empty() {
-        return Ok(Wake::Queued(std::mem::take(&mut inbox.queued)));
+    if inbox.stop {
+        return Ok(Wake::Stop);
     }
     drop(inbox);
     if idle.is_some_and(|idle| Instant::now() >= idle) {

@@ -181,6 +181,15 @@ impl Shared {
     pub(crate) fn new_id(&self) -> ConnId {
         ConnId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
     }
+
+    /// A fresh registry whose ids go on from this one's: an id is never
+    /// given twice by one server or client.
+    pub(crate) fn successor(&self) -> Self {
+        Self {
+            next_id: AtomicU64::new(self.next_id.load(Ordering::Relaxed)),
+            ..Self::default()
+        }
+    }
 }
 
 /// The registry of active connections of a server or client (the

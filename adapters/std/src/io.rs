@@ -9,7 +9,7 @@
 //! differs from the one set by more than a sixteenth (so a deadline is kept
 //! to within about 6 %), not before every read and write.
 
-use std::io;
+use std::io::{self, Read as _};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,15 @@ use crate::error::Deadline;
 
 /// Socket timeouts may not be zero.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// Small reads (a length, a status byte, a small payload) take up to this
+/// much more from the socket when it is there: the length and the payload of
+/// a small message, or one message and the next, cost one system call.
+const READ_AHEAD: usize = 512;
+
+/// The wait of the one read a deadline that has already passed still gets:
+/// in effect a look at what the socket holds, without blocking.
+const LOOK: Duration = Duration::from_micros(1);
 
 /// A `TcpStream` with deadlines, as a `std::io` stream.
 #[derive(Debug)]
@@ -28,6 +37,11 @@ pub(crate) struct Io {
     /// Reads fail with `TimedOut` once this passes.
     read_deadline: Instant,
     read_kind: Deadline,
+    /// A read was tried since the read deadline was set.
+    read_tried: bool,
+    /// The last read waited out its socket timeout: the next one must wait
+    /// the right time, not a shorter one left from before.
+    read_timed_out: bool,
     /// Each write may wait at most this long for progress.
     write_timeout: Duration,
     /// Which deadline made the last call fail, taken by the connection.
@@ -38,6 +52,12 @@ pub(crate) struct Io {
     write_deadline: Option<(Instant, Deadline)>,
     write_timeout_set: Option<Duration>,
     read_timeout_set: Option<Duration>,
+    /// Bytes read from the socket ahead of the reads asking for them
+    /// (allocated on first use).
+    ahead: Vec<u8>,
+    /// Of `ahead`, where the bytes not handed out yet begin and end.
+    ahead_pos: usize,
+    ahead_end: usize,
 }
 
 /// True when a socket timeout set to `set` may be kept for a wait of
@@ -61,12 +81,17 @@ impl Io {
             stream,
             read_deadline: Instant::now(),
             read_kind: Deadline::Receive,
+            read_tried: false,
+            read_timed_out: false,
             write_timeout,
             expired: None,
             first_byte: None,
             write_deadline: None,
             write_timeout_set: None,
             read_timeout_set: None,
+            ahead: Vec::new(),
+            ahead_pos: 0,
+            ahead_end: 0,
         }
     }
 
@@ -75,9 +100,19 @@ impl Io {
     }
 
     /// Reads fail with [`Deadline`] `kind` after `deadline`.
+    /// Every deadline gets at least one read: one already passed (`now`)
+    /// means "take what is there, do not wait".
     pub(crate) fn set_read_deadline(&mut self, deadline: Instant, kind: Deadline) {
         self.read_deadline = deadline;
+        self.read_tried = false;
         self.read_kind = kind;
+    }
+
+    /// Reads fail at once with [`Deadline`] `kind`, without a look at the
+    /// socket, until the next [`set_read_deadline`](Self::set_read_deadline).
+    pub(crate) fn refuse_reads(&mut self, kind: Deadline) {
+        self.set_read_deadline(Instant::now(), kind);
+        self.read_tried = true;
     }
 
     /// Writes fail with the given [`Deadline`] after its instant (and with
@@ -97,6 +132,12 @@ impl Io {
         self.first_byte
     }
 
+    /// True when bytes read ahead wait here: the socket may be empty, yet
+    /// there is something to read.
+    pub(crate) fn has_input(&self) -> bool {
+        self.ahead_pos < self.ahead_end
+    }
+
     /// The deadline that made the last failing call fail, if one did.
     pub(crate) fn take_expired(&mut self) -> Option<Deadline> {
         self.expired.take()
@@ -109,26 +150,69 @@ impl Io {
 }
 
 impl io::Read for Io {
+    /// Hands out bytes read ahead first; a small read fills the read-ahead
+    /// buffer, a large one goes straight to the socket.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
         self.expired = None;
+        if self.ahead_pos == self.ahead_end && buf.len() < READ_AHEAD {
+            if self.ahead.is_empty() {
+                self.ahead = vec![0; READ_AHEAD];
+            }
+            let mut ahead = std::mem::take(&mut self.ahead);
+            let read = self.read_socket(&mut ahead);
+            self.ahead = ahead;
+            // Only bytes that arrived count: after an error nothing is ahead.
+            let n = read?;
+            self.ahead_pos = 0;
+            self.ahead_end = n;
+        }
+        if self.ahead_pos < self.ahead_end {
+            let n = buf.len().min(self.ahead_end - self.ahead_pos);
+            buf[..n].copy_from_slice(&self.ahead[self.ahead_pos..self.ahead_pos + n]);
+            self.ahead_pos += n;
+            return Ok(n);
+        }
+        if buf.len() < READ_AHEAD {
+            return Ok(0); // end of stream
+        }
+        self.read_socket(buf)
+    }
+}
+
+impl Io {
+    /// One read from the socket, bounded by the read deadline.
+    fn read_socket(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
         loop {
             let now = Instant::now();
-            if now >= self.read_deadline {
+            let wait = if now < self.read_deadline {
+                (self.read_deadline - now).max(MIN_TIMEOUT)
+            } else if !self.read_tried {
+                LOOK
+            } else {
                 return Err(self.expire(self.read_kind));
-            }
-            let wait = (self.read_deadline - now).max(MIN_TIMEOUT);
-            if !keeps(self.read_timeout_set, wait) {
+            };
+            self.read_tried = true;
+            // A shorter timeout left from a look at the socket is kept while
+            // bytes are there (the read returns at once); once a read waits
+            // it out, the next one gets the right one.
+            let shorter = self.read_timeout_set.is_some_and(|set| set <= wait);
+            if !keeps(self.read_timeout_set, wait) && (self.read_timed_out || !shorter) {
                 self.stream.set_read_timeout(Some(wait))?;
                 self.read_timeout_set = Some(wait);
             }
             match (&*self.stream).read(buf) {
                 Ok(n) => {
+                    self.read_timed_out = false;
                     if n > 0 && self.first_byte.is_none() {
                         self.first_byte = Some(Instant::now());
                     }
                     return Ok(n);
                 }
-                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => {
+                    self.read_timed_out = true;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -186,6 +270,36 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         (Io::new(Arc::new(server), Duration::from_secs(5)), client)
+    }
+
+    #[test]
+    fn test_small_reads_share_one_read_ahead_and_large_ones_go_straight() {
+        let (mut io, mut peer) = pair();
+        io.set_read_deadline(Instant::now() + Duration::from_secs(30), Deadline::Message);
+        peer.write_all(&[0, 0, 0, 3, b'a', b'b', b'c']).unwrap();
+        let mut len = [0u8; 4];
+        assert_eq!(io.read(&mut len).unwrap(), 4);
+        assert_eq!(len, [0, 0, 0, 3]);
+        // The payload came with the length: no wait, even with the deadline past.
+        io.refuse_reads(Deadline::Receive);
+        let mut payload = [0u8; 3];
+        assert_eq!(io.read(&mut payload).unwrap(), 3);
+        assert_eq!(&payload, b"abc");
+        assert!(
+            io.read(&mut payload).is_err(),
+            "nothing ahead: the refusal holds"
+        );
+        let big = vec![7u8; 4 * READ_AHEAD];
+        peer.write_all(&big).unwrap();
+        io.set_read_deadline(Instant::now() + Duration::from_secs(30), Deadline::Message);
+        let mut got = vec![0u8; big.len()];
+        let mut at = 0;
+        while at < got.len() {
+            at += io.read(&mut got[at..]).unwrap();
+        }
+        assert_eq!(got, big);
+        drop(peer);
+        assert_eq!(io.read(&mut payload).unwrap(), 0, "end of stream");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! its registration, its end (reported on the loop's channel, a panic
 //! included) and the graceful stop.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -60,6 +60,9 @@ pub(crate) struct Pool {
     pending: VecDeque<LoopEvent>,
     /// Started with the first connection.
     reactor: Option<Reactor>,
+    /// Threads given up on (left behind by a drain, or never started):
+    /// their late ends were reported already, or never should be.
+    abandoned: HashSet<ConnId>,
 }
 
 impl Pool {
@@ -73,6 +76,7 @@ impl Pool {
             events_rx,
             pending: VecDeque::new(),
             reactor: None,
+            abandoned: HashSet::new(),
         }
     }
 
@@ -114,6 +118,10 @@ impl Pool {
                 peer,
             },
         );
+        // Registered first, so that nothing sent to every connection misses
+        // it; then this side's greeting goes out at once (a client's greeting
+        // need not wait for the thread to start; a no-op if greeted already).
+        conn.send_greeting();
         conn.attach(Attached {
             shared: self.shared.clone(),
             mailbox,
@@ -143,15 +151,36 @@ impl Pool {
                 self.threads.insert(id, handle);
                 Ok(())
             }
-            // The closure (and its guard) was dropped: the slot is free again.
-            Err(e) => Err(e),
+            // The closure (and its guard) was dropped: the slot is free again,
+            // and the end its guard reports is not a connection's end.
+            Err(e) => {
+                self.abandoned.insert(id);
+                Err(e)
+            }
         }
     }
 
     /// The next event, waiting until `until` (`None`: until one comes). An
     /// ended connection's thread is joined before its end is handed out.
     pub(crate) fn next_event(&mut self, until: Option<Instant>) -> Option<LoopEvent> {
-        let event = match self.pending.pop_front() {
+        loop {
+            let event = self.next_raw_event(until)?;
+            match &event {
+                LoopEvent::Ended(ended) if self.abandoned.remove(&ended.id) => continue,
+                LoopEvent::Ended(ended) => {
+                    if let Some(handle) = self.threads.remove(&ended.id) {
+                        // The thread has reported its end; it only has to return.
+                        let _ = handle.join();
+                    }
+                }
+                _ => {}
+            }
+            return Some(event);
+        }
+    }
+
+    fn next_raw_event(&mut self, until: Option<Instant>) -> Option<LoopEvent> {
+        Some(match self.pending.pop_front() {
             Some(event) => event,
             None => match until {
                 None => self.events_rx.recv().ok()?,
@@ -165,14 +194,7 @@ impl Pool {
                     }
                 }
             },
-        };
-        if let LoopEvent::Ended(ended) = &event {
-            if let Some(handle) = self.threads.remove(&ended.id) {
-                // The thread has reported its end; it only has to return.
-                let _ = handle.join();
-            }
-        }
-        Some(event)
+        })
     }
 
     /// Waits up to `timeout` for connection `id` to end; its result. Other
@@ -221,6 +243,7 @@ impl Pool {
         for id in stuck {
             log::error!("{id}: thread did not end; leaving it behind");
             self.threads.remove(&id);
+            self.abandoned.insert(id);
             let peer = self
                 .shared
                 .conns()
@@ -239,7 +262,7 @@ impl Pool {
     /// later connections; the stop handle stays.
     pub(crate) fn renew(&mut self) {
         self.reactor = None;
-        self.shared = Arc::new(Shared::default());
+        self.shared = Arc::new(self.shared.successor());
         self.pending.retain(|e| !matches!(e, LoopEvent::Ended(_)));
     }
 

@@ -149,7 +149,10 @@ fn run(mut poll: Poll, shared: &Shared, events: &Sender<LoopEvent>, stopping: &A
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            log::error!("reactor: waiting for readiness failed: {e}");
+            log::error!("reactor: waiting for readiness failed: {e}; stopping");
+            // Nothing would wake the connections or the loop any more.
+            let _ = events.send(LoopEvent::Stop);
+            shared.start_draining();
             return;
         }
         for event in ready.iter() {

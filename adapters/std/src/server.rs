@@ -225,7 +225,9 @@ impl Server {
         // Connections that came before `start` are waiting: accept them now.
         let mut acceptable: Vec<usize> = (0..self.listeners.len()).collect();
         let mut retry_accept = None;
-        while !stop.is_stopped() {
+        // Also set by a stop from inside (the reactor failing).
+        let mut stopping = false;
+        while !stop.is_stopped() && !stopping {
             for index in acceptable.drain(..) {
                 let Some(listener) = self.listeners.get(index) else {
                     continue;
@@ -237,8 +239,7 @@ impl Server {
                         return;
                     }
                     let id = self.pool.shared.new_id();
-                    let mut conn = Conn::new(id, stream, peer, cfg.clone());
-                    conn.send_greeting();
+                    let conn = Conn::new(id, stream, peer, cfg.clone());
                     log::debug!("{id}: accepted {peer}");
                     let factory = &self.factory;
                     let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {
@@ -276,7 +277,7 @@ impl Server {
                             hooks.conn_shutdown(&ctx, id, peer, &result)
                         })
                     }
-                    LoopEvent::Stop => {}
+                    LoopEvent::Stop => stopping = true,
                 }
                 next = self.pool.next_event(Some(Instant::now()));
             }
@@ -317,7 +318,18 @@ fn accept_some(listener: &TcpListener, mut take: impl FnMut(TcpStream, SocketAdd
         match listener.accept() {
             Ok((stream, peer)) => take(stream, peer),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::All,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // One connection's trouble (aborted before it was accepted): the
+            // rest of the backlog is still there.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 log::warn!("accept failed: {e}");
                 return Accepted::Failed;

@@ -446,3 +446,114 @@ fn test_handler_decides_each_message_on_its_length() {
     stop.stop();
     thread.join().unwrap().unwrap();
 }
+
+/// Broadcasts `bye` once asked, then stops the server.
+struct ByeThenStop(Arc<std::sync::atomic::AtomicBool>);
+
+impl ServerHooks for ByeThenStop {
+    fn loop_pass(&mut self, ctx: &Context) {
+        if self.0.load(Ordering::SeqCst) {
+            ctx.active_connections().broadcast(b"bye", None);
+            ctx.stop();
+        }
+    }
+}
+
+/// What was queued before a stop (and reported queued) still goes out.
+#[test]
+fn test_stop_still_delivers_what_was_queued() {
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    server.set_hooks(ByeThenStop(armed.clone()));
+    let thread = thread::spawn(move || server.start());
+    let client = Client::new();
+    let mut conns: Vec<_> = (0..8).map(|_| client.connect(addr).unwrap()).collect();
+    armed.store(true, Ordering::SeqCst);
+    // One more connection makes the server's loop pass.
+    let _trigger = std::net::TcpStream::connect(addr).unwrap();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        assert_eq!(
+            conn.receive().map_err(|e| e.to_string()),
+            Ok(b"bye".to_vec()),
+            "conn {i}"
+        );
+    }
+    thread.join().unwrap().unwrap();
+}
+
+/// Sleeps in `pre_loop` the first time (a thread a drain gives up on).
+struct SlowFirst(Arc<AtomicUsize>);
+
+impl Handler for SlowFirst {
+    fn pre_loop(&mut self, _conn: &mut Conn) -> Result<(), Error> {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            thread::sleep(Duration::from_secs(2));
+        }
+        Ok(())
+    }
+}
+
+/// A thread left behind by `close_all` neither lends its id to a later
+/// connection nor, ending late, confuses `join`.
+#[test]
+fn test_left_behind_thread_keeps_its_id_to_itself() {
+    let h = Harness::start(|_| {});
+    let mut client = Client::new();
+    client.set_drain_timeout(Duration::from_millis(100));
+    let made = Arc::new(AtomicUsize::new(0));
+    let counter = made.clone();
+    client.set_conn_handler(move || SlowFirst(counter.clone()));
+    let first = client.connect_to(h.addr).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    client.close_all(); // gives up on the sleeping thread after 100 ms (+ grace)
+    let second = client.connect_to(h.addr).unwrap();
+    assert_ne!(first, second, "an id given twice");
+    // The left-behind thread ends meanwhile; `join` of the second one must
+    // not wait on it, nor hang.
+    thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    assert!(
+        client.join(second, Duration::from_millis(300)).is_none(),
+        "still running"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "join hung");
+    client.close_all();
+}
+
+/// A plain client's `receive` answers the length of an empty message (and
+/// refuses an oversized one) before it returns: the peer is not left
+/// waiting for the status byte until the client's next call.
+#[test]
+fn test_receive_answers_before_it_returns() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = mpsc::channel();
+    let peer = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[0xFF]).unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        // An empty message, then one over the client's limit.
+        s.write_all(&0u32.to_be_bytes()).unwrap();
+        s.read_exact(&mut b).unwrap();
+        seen_tx.send(b[0]).unwrap();
+        s.write_all(&100u32.to_be_bytes()).unwrap();
+        s.read_exact(&mut b).unwrap();
+        seen_tx.send(b[0]).unwrap();
+    });
+    let mut client = Client::new();
+    client.set_max_message_len(10);
+    let mut conn = client.connect(addr).unwrap();
+    assert_eq!(conn.receive().unwrap(), b"");
+    // Nothing more from the client until the peer has its answer.
+    assert_eq!(seen.recv_timeout(Duration::from_secs(5)), Ok(0xFF));
+    assert!(matches!(
+        conn.receive(),
+        Err(Error::Protocol(tinyproto::Error::TooLarge { len: 100, .. }))
+    ));
+    assert_eq!(seen.recv_timeout(Duration::from_secs(5)), Ok(0x00));
+    peer.join().unwrap();
+}

@@ -17,7 +17,7 @@ mod wire;
 
 pub use error::{Error, Misuse};
 pub use greeting::{Greeting, GreetingStep, CONNECTION_LIMIT_REFUSAL};
-pub use machine::{FlushPolicy, Io, Machine, Moved, Step};
+pub use machine::{FlushPolicy, Io, Machine, Moved, Step, Take};
 pub use receive::{Receiver, RecvStep};
 pub use send::{SendStep, Sender};
 pub use wire::{Phase, Status, GREETING, LENGTH_FIELD_LEN, MAX_MESSAGE_LEN};

@@ -62,6 +62,23 @@ pub enum FlushPolicy {
     BeforeRead,
 }
 
+/// How an application takes a message whose length was announced (read with
+/// [`Machine::next_length`]), decided before any of its payload moves. The
+/// adapters' handlers return it; the machine's answer follows from it:
+/// `Whole` and `Chunks` accept ([`Machine::receive`],
+/// [`Machine::begin_receive`]), `Reject` answers 0x00 ([`Machine::reject`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Take {
+    /// Whole, into a buffer that holds all of it.
+    Whole,
+    /// In chunks through a small buffer, to a sink (flash pages, a hash, a
+    /// file): for messages larger than memory.
+    Chunks,
+    /// Answer 0x00: the peer keeps its message and the connection goes on.
+    Reject,
+}
+
 /// One piece of I/O the machine needs; report it with [`Machine::moved`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Io<'a> {

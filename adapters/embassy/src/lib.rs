@@ -20,6 +20,8 @@ pub use server::{
 };
 pub use session::{ConnInfo, Session};
 pub use socket::{Socket, Timeouts};
+/// The per-message decision of [`Handler::message_announced`] (the core's).
+pub use tinyproto::Take;
 
 /// The core's async connection over a [`Socket`].
 pub type Connection<'a> = tinyproto::asynch::Connection<Socket<'a>>;

@@ -19,7 +19,7 @@ use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::signal::Signal;
 use embassy_time::{Duration, Instant, Timer};
-use tinyproto::MAX_MESSAGE_LEN;
+use tinyproto::{Take, MAX_MESSAGE_LEN};
 
 use crate::error::{Deadline, Error, NetError};
 use crate::session::{self, ConnInfo, Session};
@@ -54,8 +54,10 @@ pub enum Ended {
 /// keep per-connection state in a `RefCell`/`Mutex` array indexed by
 /// [`ConnInfo::slot`]).
 ///
-/// Order per connection: `conn_init` → greeting → `pre_loop` → (message →
-/// `transmission_received` → `loop_pass`)* → `post_loop` → orderly close →
+/// Order per connection: `conn_init` → greeting → `pre_loop` → (message
+/// announced → `message_announced` → `transmission_received` (whole) or
+/// `transmission_chunk`* `transmission_complete` (chunks) or nothing
+/// (rejected) → `loop_pass`)* → `post_loop` → orderly close →
 /// `conn_shutdown`. `post_loop` runs only if the greeting succeeded;
 /// `conn_shutdown` always runs. A hook that fails to reply in time is bound
 /// by the same deadlines (its `Session` calls carry them).
@@ -77,8 +79,39 @@ pub trait Handler {
         Flow::Continue
     }
 
+    /// A message of `len` bytes was announced: decide how to take it before
+    /// any of its payload moves. `capacity` is the most the slot takes whole
+    /// (its message buffer, capped by [`ServerConfig::max_message_len`]).
+    /// By default: [`Take::Whole`] if it fits, [`Take::Reject`] (0x00, the
+    /// connection goes on) otherwise. [`Take::Chunks`] streams it through
+    /// the slot's message buffer to `transmission_chunk`, whatever its size
+    /// (a firmware image into flash through 1 KiB).
+    async fn message_announced(&self, info: &ConnInfo, len: u32, capacity: u32) -> Take {
+        let _ = info;
+        if len <= capacity {
+            Take::Whole
+        } else {
+            Take::Reject
+        }
+    }
+
     /// A whole message arrived. Reply through `session.transmit`.
     async fn transmission_received(&self, session: &mut Session<'_, '_>, message: &[u8]) -> Flow;
+
+    /// The next chunk of a message taken [`Take::Chunks`], in order, at most
+    /// the slot's message buffer long. [`Flow::Close`] abandons the message
+    /// and closes the connection. If the message breaks off, `post_loop` is
+    /// told why and `transmission_complete` never runs: discard what came.
+    async fn transmission_chunk(&self, info: &ConnInfo, chunk: &[u8]) -> Flow {
+        let _ = (info, chunk);
+        Flow::Continue
+    }
+
+    /// All `len` bytes of a message taken [`Take::Chunks`] arrived.
+    async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+        let _ = (session, len);
+        Flow::Continue
+    }
 
     /// Called after each message, and every
     /// [`ServerConfig::loop_pass_interval`] while the connection is quiet.
@@ -344,10 +377,25 @@ async fn serve_loop<H: Handler>(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        match session::receive(session.conn, &mut *message, wait).await {
-            Ok(msg) => {
-                if handler.transmission_received(session, msg).await == Flow::Close {
-                    return Ended::HandlerClosed;
+        match session::next_length(session.conn, wait).await {
+            Ok(len) => {
+                let capacity = u32::try_from(message.len())
+                    .unwrap_or(u32::MAX)
+                    .min(config.max_message_len);
+                let take = handler
+                    .message_announced(&session.info, len, capacity)
+                    .await;
+                match take_message(session, &mut *message, take, config, handler).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Close) => return Ended::HandlerClosed,
+                    Err(Error::TooLarge { len, capacity }) => info!(
+                        "slot {}: refused a message of {} bytes (limit {})",
+                        session.info.slot, len, capacity
+                    ),
+                    Err(e) => {
+                        info!("slot {}: {:?}", session.info.slot, e);
+                        return Ended::Failed(e);
+                    }
                 }
                 active_at = Instant::now();
             }
@@ -359,13 +407,6 @@ async fn serve_loop<H: Handler>(
                     return Ended::Failed(Error::Io(NetError::TimedOut(Deadline::Idle)));
                 }
             }
-            Err(Error::TooLarge { len, capacity }) => {
-                info!(
-                    "slot {}: refused a message of {} bytes (limit {})",
-                    session.info.slot, len, capacity
-                );
-                active_at = Instant::now();
-            }
             Err(Error::Closed) => return Ended::PeerClosed,
             Err(e) => {
                 info!("slot {}: {:?}", session.info.slot, e);
@@ -374,6 +415,70 @@ async fn serve_loop<H: Handler>(
         }
         if handler.loop_pass(session).await == Flow::Close {
             return Ended::HandlerClosed;
+        }
+    }
+}
+
+/// Takes the message whose length was just read as the handler decided,
+/// under the exchange `next_length` armed, and ends that exchange.
+async fn take_message<H: Handler>(
+    session: &mut Session<'_, '_>,
+    message: &mut [u8],
+    take: Take,
+    config: &ServerConfig,
+    handler: &H,
+) -> Result<Flow, Error> {
+    let info = session.info;
+    let conn = &mut *session.conn;
+    let taken = match take {
+        Take::Whole => conn.receive(message).await.map(|msg| msg.len()),
+        Take::Chunks => {
+            // Not held: the configured cap on whole messages does not apply.
+            conn.set_max_message_len(MAX_MESSAGE_LEN);
+            let streamed = stream_chunks(conn, message, &info, handler).await;
+            conn.set_max_message_len(config.max_message_len);
+            match streamed {
+                Ok(Some(len)) => Ok(len as usize),
+                Ok(None) => {
+                    conn.get_mut().end_exchange();
+                    return Ok(Flow::Close);
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Take::Reject => conn.reject().await.map(|len| {
+            debug!("slot {}: rejected a message of {} bytes", info.slot, len);
+            0
+        }),
+    };
+    session.conn.get_mut().end_exchange();
+    let len = taken?;
+    match take {
+        Take::Whole => Ok(handler
+            .transmission_received(session, &message[..len])
+            .await),
+        Take::Chunks => Ok(handler.transmission_complete(session, len as u32).await),
+        Take::Reject => Ok(Flow::Continue),
+    }
+}
+
+/// Streams the accepted message through `buffer` to the handler's
+/// `transmission_chunk`; its length, or `None` if the handler closed.
+async fn stream_chunks<H: Handler>(
+    conn: &mut Connection<'_>,
+    buffer: &mut [u8],
+    info: &ConnInfo,
+    handler: &H,
+) -> Result<Option<u32>, Error> {
+    let mut incoming = conn.begin_receive(MAX_MESSAGE_LEN).await?;
+    let len = incoming.len();
+    loop {
+        let n = incoming.read(buffer).await?;
+        if n == 0 {
+            return Ok(Some(len));
+        }
+        if handler.transmission_chunk(info, &buffer[..n]).await == Flow::Close {
+            return Ok(None);
         }
     }
 }

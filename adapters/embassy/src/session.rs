@@ -137,6 +137,23 @@ pub(crate) async fn receive<'b>(
     r
 }
 
+/// Reads the length of the next message: up to `wait` for its first byte,
+/// then the message deadline. On success the exchange stays armed: the
+/// caller takes (or rejects) the message under the same deadline, then ends
+/// the exchange.
+pub(crate) async fn next_length(
+    conn: &mut Connection<'_>,
+    wait: Option<Instant>,
+) -> Result<u32, Error> {
+    greet(conn).await?;
+    arm_receive(conn, wait);
+    let r = conn.next_length().await;
+    if r.is_err() {
+        conn.get_mut().end_exchange();
+    }
+    r
+}
+
 pub(crate) async fn begin_receive<'c, 'a>(
     conn: &'c mut Connection<'a>,
     limit: u32,

@@ -803,3 +803,143 @@ fn test_cancelled_receive_resumes_with_the_same_buffer() {
     });
     assert!(handler.send_errors.borrow().is_empty());
 }
+
+/// A firmware-update handler: messages over 64 KiB are streamed, chunk by
+/// chunk through the slot's 1 KiB buffer, into a flash-like sink (4 KiB
+/// pages written whole, as a flash driver would) with a running checksum;
+/// when the image is complete the handler answers its length and checksum.
+/// Smaller messages are echoed whole.
+#[derive(Default)]
+struct Flasher {
+    page: RefCell<Vec<u8>>,
+    flash: RefCell<Vec<u8>>,
+    pages_written: Cell<usize>,
+    checksum: Cell<u32>,
+    largest_chunk: Cell<usize>,
+    whole: Cell<usize>,
+}
+
+const PAGE: usize = 4096;
+
+/// FNV-1a, one byte at a time (what a bootloader would check).
+fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
+    for b in bytes {
+        hash = (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+impl Handler for Flasher {
+    async fn message_announced(
+        &self,
+        _info: &ConnInfo,
+        len: u32,
+        capacity: u32,
+    ) -> tinyproto_embassy::Take {
+        if len > 64 * 1024 {
+            self.checksum.set(0x811C_9DC5);
+            tinyproto_embassy::Take::Chunks
+        } else if len <= capacity {
+            tinyproto_embassy::Take::Whole
+        } else {
+            tinyproto_embassy::Take::Reject
+        }
+    }
+
+    async fn transmission_chunk(&self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
+        self.largest_chunk
+            .set(self.largest_chunk.get().max(chunk.len()));
+        self.checksum.set(fnv1a(self.checksum.get(), chunk));
+        let mut page = self.page.borrow_mut();
+        for &b in chunk {
+            page.push(b);
+            if page.len() == PAGE {
+                self.flash.borrow_mut().extend_from_slice(&page);
+                self.pages_written.set(self.pages_written.get() + 1);
+                page.clear();
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+        let tail = std::mem::take(&mut *self.page.borrow_mut());
+        self.flash.borrow_mut().extend_from_slice(&tail);
+        let mut answer = len.to_be_bytes().to_vec();
+        answer.extend_from_slice(&self.checksum.get().to_be_bytes());
+        match session.transmit(&answer).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+        self.whole.set(self.whole.get() + 1);
+        match session.transmit(msg).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+}
+
+/// A 3 MB image through a 1 KiB message buffer into flash pages, the
+/// checksum verified; then normal messages on the same connection, and an
+/// oversized one rejected with the connection going on.
+#[test]
+fn test_firmware_image_streamed_through_a_1_kib_buffer() {
+    const IMAGE: usize = 3_000_000;
+    let handler = Flasher::default();
+    let image = pattern(IMAGE, 42);
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(120),
+        async |a, b, _| {
+            let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 1024);
+            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
+            let test = async {
+                let (mut rx, mut tx) = (vec![0u8; 8192], vec![0u8; 8192]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let mut out = client.begin_transmit(IMAGE as u32).await.unwrap();
+                for chunk in image.chunks(1000) {
+                    out.write_all(chunk).await.unwrap();
+                }
+                out.finish().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let answer = client.receive(&mut buf).await.unwrap();
+                let mut expected = (IMAGE as u32).to_be_bytes().to_vec();
+                expected.extend_from_slice(&fnv1a(0x811C_9DC5, &image).to_be_bytes());
+                assert_eq!(answer, &expected[..], "length and checksum of the image");
+                // Same connection: a normal message, then one over the slot's
+                // buffer but under the streaming threshold (rejected), then one more.
+                client.transmit(b"after the image").await.unwrap();
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"after the image");
+                match client.transmit(&[1u8; 2000]).await {
+                    Err(Error::Rejected { len: 2000 }) => {}
+                    other => panic!("expected a rejection, got {other:?}"),
+                }
+                client.transmit(b"still here").await.unwrap();
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"still here");
+                client.close().await.unwrap();
+            };
+            match select(serve(b, &config, slots, None, &handler), test).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+    assert!(
+        handler.flash.borrow().as_slice() == image.as_slice(),
+        "flash differs from the image"
+    );
+    assert_eq!(handler.pages_written.get(), IMAGE / PAGE);
+    assert!(
+        handler.largest_chunk.get() <= 1024,
+        "chunks bounded by the 1 KiB buffer"
+    );
+    assert_eq!(handler.whole.get(), 2);
+}

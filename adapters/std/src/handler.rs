@@ -4,25 +4,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub use tinyproto::Take;
+
 use crate::conn::Conn;
 use crate::error::Error;
-
-/// How the loop takes an announced message, decided on its length before
-/// any of its payload moves (see [`Handler::message_announced`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
-    /// Whole, into a buffer the loop reuses from message to message, then
-    /// [`Handler::transmission_received`]. The buffer grows only as bytes
-    /// arrive, never to a length merely announced.
-    Whole,
-    /// In chunks of at most 64 KiB to [`Handler::transmission_chunk`] as they
-    /// arrive, then [`Handler::transmission_complete`]: for messages larger
-    /// than memory. Not with plugins (they transform whole messages): with
-    /// any registered the message is rejected.
-    Chunks,
-    /// Answer 0x00: the peer keeps its message and the connection goes on.
-    Reject,
-}
 
 /// The hooks of a connection loop, mirroring the reference's
 /// `TinyProtoConnection` subclass methods. Every method has a default body.
@@ -58,9 +43,14 @@ pub trait Handler: Send + 'static {
     }
 
     /// Decides how to take the next message, from its announced `len`,
-    /// before any of its payload moves. By default: whole up to the
-    /// connection's [`max_message_len`](Conn::max_message_len), rejected
-    /// beyond.
+    /// before any of its payload moves: [`Take::Whole`] into a buffer the
+    /// loop reuses from message to message (it grows only as bytes arrive),
+    /// then `transmission_received`; [`Take::Chunks`] of at most 64 KiB to
+    /// `transmission_chunk`, then `transmission_complete` (not with plugins,
+    /// which transform whole messages: with any registered the message is
+    /// rejected); [`Take::Reject`]: 0x00, the connection goes on. By default:
+    /// whole up to the connection's [`max_message_len`](Conn::max_message_len),
+    /// rejected beyond.
     fn message_announced(&mut self, conn: &Conn, len: u32) -> Take {
         if len <= conn.max_message_len() {
             Take::Whole

@@ -22,7 +22,8 @@ use link::MTU;
 use panic_semihosting as _;
 use static_cell::StaticCell;
 use tinyproto_embassy::{
-    serve, Client, Error, Flow, Handler, Reserve, ServerConfig, Session, Slot, Timeouts,
+    serve, Client, ConnInfo, Error, Flow, Handler, Reserve, ServerConfig, Session, Slot, Take,
+    Timeouts,
 };
 
 /// The LM3S6965's core clock as QEMU models it.
@@ -32,6 +33,18 @@ const SERVER: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
 const CLIENT: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
 /// Size of the chunked message: far larger than the 64 KiB of RAM.
 const BIG: usize = 1 << 20;
+/// A firmware image the server streams through its 2 KiB message buffer.
+const IMAGE: usize = 3_000_000;
+
+/// FNV-1a over `bytes`, from `hash` on (what a bootloader would check).
+fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
+    for b in bytes {
+        hash = (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+const FNV_START: u32 = 0x811C_9DC5;
 
 type Device = ch::Device<'static, MTU>;
 
@@ -50,11 +63,44 @@ fn pattern_byte(i: usize) -> u8 {
 }
 
 /// Echoes messages; "big" answers `BIG` pattern bytes sent in chunks.
+/// Messages over 64 KiB (a firmware image) are taken in chunks through the
+/// slot's buffer into a checksum, answered with their length and checksum.
 struct Echo {
     received: Cell<u32>,
+    checksum: Cell<u32>,
+    largest_chunk: Cell<usize>,
 }
 
 impl Handler for Echo {
+    async fn message_announced(&self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
+        if len > 64 * 1024 {
+            self.checksum.set(FNV_START);
+            Take::Chunks
+        } else if len <= capacity {
+            Take::Whole
+        } else {
+            Take::Reject
+        }
+    }
+
+    async fn transmission_chunk(&self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
+        self.largest_chunk
+            .set(self.largest_chunk.get().max(chunk.len()));
+        self.checksum.set(fnv1a(self.checksum.get(), chunk));
+        Flow::Continue
+    }
+
+    async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+        self.received.set(self.received.get() + 1);
+        let mut answer = [0u8; 8];
+        answer[..4].copy_from_slice(&len.to_be_bytes());
+        answer[4..].copy_from_slice(&self.checksum.get().to_be_bytes());
+        match session.transmit(&answer).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close,
+        }
+    }
+
     async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         self.received.set(self.received.get() + 1);
         let sent = if msg == b"big" {
@@ -166,6 +212,45 @@ async fn clients(a: Stack<'_>) {
         started.elapsed().as_millis()
     );
 
+    // A 3 MB firmware image up, streamed by the server through its 2 KiB
+    // buffer into a checksum; then the connection carries on.
+    let started = Instant::now();
+    {
+        let mut out = c1
+            .begin_transmit(IMAGE as u32)
+            .await
+            .expect("begin the image");
+        let mut chunk = [0u8; 1000];
+        let mut hash = FNV_START;
+        let mut at = 0;
+        while at < IMAGE {
+            let n = chunk.len().min(IMAGE - at);
+            for (k, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern_byte(at + k);
+            }
+            hash = fnv1a(hash, &chunk[..n]);
+            out.write_all(&chunk[..n]).await.expect("image chunk");
+            at += n;
+        }
+        out.finish().await.expect("finish the image");
+        let answer = c1.receive(&mut buf).await.expect("image answer");
+        let mut expected = [0u8; 8];
+        expected[..4].copy_from_slice(&(IMAGE as u32).to_be_bytes());
+        expected[4..].copy_from_slice(&hash.to_be_bytes());
+        check(answer == expected, "image length and checksum");
+    }
+    c1.transmit(b"after the image")
+        .await
+        .expect("transmit after image");
+    check(
+        c1.receive(&mut buf).await.expect("receive") == b"after the image",
+        "usable after the image",
+    );
+    hprintln!(
+        "3 MB image streamed through a 2 KiB buffer ok in {} ms of emulated time",
+        started.elapsed().as_millis()
+    );
+
     // Two slots: a second client fits, a third gets 0xFE.
     let (mut rx2, mut tx2) = ([0u8; 1024], [0u8; 1024]);
     let mut c2 = Client::connect(a, &mut rx2, &mut tx2, to, timeouts)
@@ -255,6 +340,8 @@ async fn main(spawner: Spawner) {
 
     let handler = Echo {
         received: Cell::new(0),
+        checksum: Cell::new(FNV_START),
+        largest_chunk: Cell::new(0),
     };
     let mut server_config = ServerConfig::new(PORT);
     // Whole-message deadline: a dripping peer is cut off after 1 s.
@@ -278,7 +365,11 @@ async fn main(spawner: Spawner) {
         embassy_time::with_timeout(Duration::from_secs(60), select(server, clients(a))).await;
     match verdict {
         Ok(Either::Second(())) => {
-            check(handler.received.get() == 11, "server saw every message");
+            check(handler.received.get() == 13, "server saw every message");
+            check(
+                handler.largest_chunk.get() <= 2048,
+                "image chunks bounded by the slot's buffer",
+            );
             hprintln!(
                 "PASS: {} messages served, {} ms emulated",
                 handler.received.get(),

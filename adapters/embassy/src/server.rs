@@ -32,8 +32,31 @@ use crate::Connection;
 pub enum Flow {
     /// Go on serving this connection.
     Continue,
-    /// Close this connection (in order).
+    /// Close this connection (in order): [`Ended::HandlerClosed`].
     Close,
+    /// Close this connection (in order) because of this error, a failed
+    /// `session.transmit` say: [`Ended::HandlerFailed`] keeps it.
+    Fail(Error),
+}
+
+impl Flow {
+    /// `Continue` on success, `Fail` with the error otherwise: the flow
+    /// after a send, `Flow::after(session.transmit(reply).await)`.
+    pub fn after<T>(result: Result<T, Error>) -> Self {
+        match result {
+            Ok(_) => Flow::Continue,
+            Err(e) => Flow::Fail(e),
+        }
+    }
+
+    /// How the connection ends after this flow, or `None` to go on.
+    fn ended(self) -> Option<Ended> {
+        match self {
+            Flow::Continue => None,
+            Flow::Close => Some(Ended::HandlerClosed),
+            Flow::Fail(e) => Some(Ended::HandlerFailed(e)),
+        }
+    }
 }
 
 /// Why a connection ended, as `post_loop` and `conn_shutdown` are told.
@@ -44,6 +67,8 @@ pub enum Ended {
     PeerClosed,
     /// A hook returned [`Flow::Close`].
     HandlerClosed,
+    /// A hook returned [`Flow::Fail`] with this error.
+    HandlerFailed(Error),
     /// The connection failed: a protocol error, a reset, or a deadline
     /// (`Error::Io(NetError::TimedOut(Deadline::Idle | Deadline::Message | ..))`).
     Failed(Error),
@@ -348,8 +373,8 @@ async fn run_connection<H: Handler>(
     info: ConnInfo,
     handler: &H,
 ) -> Ended {
-    if handler.conn_init(&info).await == Flow::Close {
-        return Ended::HandlerClosed;
+    if let Some(ended) = handler.conn_init(&info).await.ended() {
+        return ended;
     }
     if let Err(e) = session::greet(conn).await {
         return Ended::Failed(e);
@@ -366,8 +391,8 @@ async fn serve_loop<H: Handler>(
     config: &ServerConfig,
     handler: &H,
 ) -> Ended {
-    if handler.pre_loop(session).await == Flow::Close {
-        return Ended::HandlerClosed;
+    if let Some(ended) = handler.pre_loop(session).await.ended() {
+        return ended;
     }
     let mut active_at = Instant::now();
     loop {
@@ -386,8 +411,11 @@ async fn serve_loop<H: Handler>(
                     .message_announced(&session.info, len, capacity)
                     .await;
                 match take_message(session, &mut *message, take, config, handler).await {
-                    Ok(Flow::Continue) => {}
-                    Ok(Flow::Close) => return Ended::HandlerClosed,
+                    Ok(flow) => {
+                        if let Some(ended) = flow.ended() {
+                            return ended;
+                        }
+                    }
                     Err(Error::TooLarge { len, capacity }) => info!(
                         "slot {}: refused a message of {} bytes (limit {})",
                         session.info.slot, len, capacity
@@ -413,8 +441,8 @@ async fn serve_loop<H: Handler>(
                 return Ended::Failed(e);
             }
         }
-        if handler.loop_pass(session).await == Flow::Close {
-            return Ended::HandlerClosed;
+        if let Some(ended) = handler.loop_pass(session).await.ended() {
+            return ended;
         }
     }
 }
@@ -438,10 +466,12 @@ async fn take_message<H: Handler>(
             let streamed = stream_chunks(conn, message, &info, handler).await;
             conn.set_max_message_len(config.max_message_len);
             match streamed {
-                Ok(Some(len)) => Ok(len as usize),
-                Ok(None) => {
+                Ok(Ok(len)) => Ok(len as usize),
+                // The handler stopped the message half way: the connection
+                // is out of step and closes.
+                Ok(Err(flow)) => {
                     conn.get_mut().end_exchange();
-                    return Ok(Flow::Close);
+                    return Ok(flow);
                 }
                 Err(e) => Err(e),
             }
@@ -463,22 +493,23 @@ async fn take_message<H: Handler>(
 }
 
 /// Streams the accepted message through `buffer` to the handler's
-/// `transmission_chunk`; its length, or `None` if the handler closed.
+/// `transmission_chunk`; its length, or the flow that stopped it.
 async fn stream_chunks<H: Handler>(
     conn: &mut Connection<'_>,
     buffer: &mut [u8],
     info: &ConnInfo,
     handler: &H,
-) -> Result<Option<u32>, Error> {
+) -> Result<Result<u32, Flow>, Error> {
     let mut incoming = conn.begin_receive(MAX_MESSAGE_LEN).await?;
     let len = incoming.len();
     loop {
         let n = incoming.read(buffer).await?;
         if n == 0 {
-            return Ok(Some(len));
+            return Ok(Ok(len));
         }
-        if handler.transmission_chunk(info, &buffer[..n]).await == Flow::Close {
-            return Ok(None);
+        let flow = handler.transmission_chunk(info, &buffer[..n]).await;
+        if flow != Flow::Continue {
+            return Ok(Err(flow));
         }
     }
 }

@@ -943,3 +943,63 @@ fn test_firmware_image_streamed_through_a_1_kib_buffer() {
     );
     assert_eq!(handler.whole.get(), 2);
 }
+
+/// Answers every message with 5,000 bytes and ends the connection with the
+/// send's error if it fails.
+#[derive(Default)]
+struct Insistent {
+    ended: RefCell<Vec<Ended>>,
+}
+
+impl Handler for Insistent {
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, _msg: &[u8]) -> Flow {
+        Flow::after(session.transmit(&[7u8; 5000]).await)
+    }
+
+    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+        self.ended.borrow_mut().push(*ended);
+    }
+}
+
+/// `Ended` says why: a handler's failed send (the peer refused the reply)
+/// ends the connection with that very error.
+#[test]
+fn test_ended_keeps_the_handlers_own_error() {
+    let handler = Insistent::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            let (mut rx, mut tx, mut msg) = buffers(4096, 8192, 1024);
+            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
+            let test = async {
+                let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                client.transmit(b"hi").await.unwrap();
+                let mut small = [0u8; 64];
+                assert_eq!(
+                    client.receive(&mut small).await,
+                    Err(Error::TooLarge {
+                        len: 5000,
+                        capacity: 64
+                    })
+                );
+                assert_eq!(client.receive(&mut small).await, Err(Error::Closed));
+                settle(|| !handler.ended.borrow().is_empty()).await;
+            };
+            match select(serve(b, &config, slots, None, &handler), test).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+    assert_eq!(
+        *handler.ended.borrow(),
+        [Ended::HandlerFailed(Error::Rejected { len: 5000 })]
+    );
+}

@@ -9,15 +9,18 @@
 //! The reserve only listens while the N slots are all busy; a peer that
 //! arrives while the reserve itself is busy refusing someone is reset.
 
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::convert::Infallible;
+use core::future::poll_fn;
+use core::task::Poll;
 
 use embassy_futures::join::{join, join_array};
 use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
-use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
+use embassy_sync::waitqueue::MultiWakerRegistration;
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto::{Take, MAX_MESSAGE_LEN};
 
@@ -69,6 +72,8 @@ pub enum Ended {
     HandlerClosed,
     /// A hook returned [`Flow::Fail`] with this error.
     HandlerFailed(Error),
+    /// The server was stopped ([`serve_until`]) between messages.
+    Stopped,
     /// The connection failed: a protocol error, a reset, or a deadline
     /// (`Error::Io(NetError::TimedOut(Deadline::Idle | Deadline::Message | ..))`).
     Failed(Error),
@@ -292,8 +297,9 @@ impl Pool {
 
 /// Serves tinyproto on `config.port` with one connection per slot, all
 /// concurrently in the calling task, and with `reserve` (if any) answering
-/// 0xFE to a peer beyond them. Never returns: drop the future (e.g. in a
-/// `select`) to stop it, which drops every connection without a close.
+/// 0xFE to a peer beyond them. Never returns: to stop it gracefully use
+/// [`serve_until`]; dropping the future drops every connection without a
+/// close.
 ///
 /// Nothing needs to be `'static`: the stack, the buffers and the handler
 /// are borrowed.
@@ -304,50 +310,121 @@ pub async fn serve<H: Handler, const N: usize>(
     reserve: Option<Reserve<'_>>,
     handler: &H,
 ) -> Infallible {
-    let pool = Pool {
-        busy: Cell::new(0),
-        changed: Signal::new(),
-    };
-    info!("tinyproto server on port {}, {} slots", config.port, N);
-    let mut next = 0;
-    let loops = slots.map(|slot| {
-        let index = next;
-        next += 1;
-        serve_slot(stack, config, index, slot, handler, &pool)
-    });
-    match reserve {
-        Some(reserve) => {
-            join(
-                join_array(loops),
-                serve_reserve(stack, config, reserve, &pool, N),
-            )
-            .await;
-        }
-        None => {
-            join_array(loops).await;
-        }
-    }
+    let never = Signal::<NoopRawMutex, ()>::new();
+    serve_until(stack, config, slots, reserve, handler, &never).await;
     // Only reached with no slot and no reserve.
     loop {
         core::future::pending::<()>().await;
     }
 }
 
-async fn serve_slot<H: Handler>(
+/// [`serve`], until the application signals `stop` (from this task, another
+/// task or an interrupt, as its mutex type allows): then no new connection
+/// is accepted, each connection finishes the message in flight, its hooks
+/// run (`post_loop` sees [`Ended::Stopped`]), its socket closes in order,
+/// and `serve_until` returns.
+pub async fn serve_until<H: Handler, M: RawMutex, const N: usize>(
+    stack: Stack<'_>,
+    config: &ServerConfig,
+    slots: [Slot<'_>; N],
+    reserve: Option<Reserve<'_>>,
+    handler: &H,
+    stop: &Signal<M, ()>,
+) {
+    let pool = Pool {
+        busy: Cell::new(0),
+        changed: Signal::new(),
+    };
+    let stopping = Stopping::<N>::new();
+    info!("tinyproto server on port {}, {} slots", config.port, N);
+    let mut next = 0;
+    let loops = slots.map(|slot| {
+        let index = next;
+        next += 1;
+        serve_slot(stack, config, index, slot, handler, &pool, &stopping)
+    });
+    let watcher = async {
+        stop.wait().await;
+        info!("tinyproto server stopping");
+        stopping.stop();
+        pool.changed.signal(());
+    };
+    let serving = async {
+        match reserve {
+            Some(reserve) => {
+                join(
+                    join_array(loops),
+                    serve_reserve(stack, config, reserve, &pool, N, &stopping),
+                )
+                .await;
+            }
+            None => {
+                join_array(loops).await;
+            }
+        }
+    };
+    // Without slots the loops end at once: then only a stop ends this.
+    join(serving, watcher).await;
+}
+
+/// The server's own stop flag, which every slot loop can await at once.
+struct Stopping<const N: usize> {
+    stopped: Cell<bool>,
+    waiters: RefCell<MultiWakerRegistration<N>>,
+}
+
+impl<const N: usize> Stopping<N> {
+    fn new() -> Self {
+        Self {
+            stopped: Cell::new(false),
+            waiters: RefCell::new(MultiWakerRegistration::new()),
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
+    fn stop(&self) {
+        self.stopped.set(true);
+        self.waiters.borrow_mut().wake();
+    }
+
+    /// Completes once the server is stopping.
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.stopped.get() {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().register(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+async fn serve_slot<H: Handler, const N: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     index: usize,
     slot: Slot<'_>,
     handler: &H,
     pool: &Pool,
+    stopping: &Stopping<N>,
 ) {
     let Slot { rx, tx, message } = slot;
-    loop {
+    while !stopping.is_stopped() {
         let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
-        if let Err(e) = socket.tcp_mut().accept(config.port).await {
-            warn!("slot {}: listen failed: {:?}", index, e);
-            Timer::after(Duration::from_millis(100)).await;
-            continue;
+        match select(socket.tcp_mut().accept(config.port), stopping.wait()).await {
+            Either::First(Ok(())) => {}
+            Either::First(Err(e)) => {
+                warn!("slot {}: listen failed: {:?}", index, e);
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+            // Stopping: no new connection on this slot.
+            Either::Second(()) => break,
         }
         pool.add(1);
         let info = ConnInfo {
@@ -357,7 +434,7 @@ async fn serve_slot<H: Handler>(
         debug!("slot {}: connection from {:?}", index, info.remote);
         let mut conn = Connection::new(socket);
         conn.set_max_message_len(config.max_message_len);
-        let ended = run_connection(&mut conn, &mut *message, config, info, handler).await;
+        let ended = run_connection(&mut conn, &mut *message, config, info, handler, stopping).await;
         let closed = conn.get_mut().close().await;
         debug!("slot {}: ended {:?}, close {:?}", index, ended, closed);
         handler.conn_shutdown(&info, &ended).await;
@@ -366,12 +443,13 @@ async fn serve_slot<H: Handler>(
     }
 }
 
-async fn run_connection<H: Handler>(
+async fn run_connection<H: Handler, const N: usize>(
     conn: &mut Connection<'_>,
     message: &mut [u8],
     config: &ServerConfig,
     info: ConnInfo,
     handler: &H,
+    stopping: &Stopping<N>,
 ) -> Ended {
     if let Some(ended) = handler.conn_init(&info).await.ended() {
         return ended;
@@ -380,16 +458,17 @@ async fn run_connection<H: Handler>(
         return Ended::Failed(e);
     }
     let mut session = Session { conn, info };
-    let ended = serve_loop(&mut session, message, config, handler).await;
+    let ended = serve_loop(&mut session, message, config, handler, stopping).await;
     handler.post_loop(&mut session, &ended).await;
     ended
 }
 
-async fn serve_loop<H: Handler>(
+async fn serve_loop<H: Handler, const N: usize>(
     session: &mut Session<'_, '_>,
     message: &mut [u8],
     config: &ServerConfig,
     handler: &H,
+    stopping: &Stopping<N>,
 ) -> Ended {
     if let Some(ended) = handler.pre_loop(session).await.ended() {
         return ended;
@@ -402,7 +481,15 @@ async fn serve_loop<H: Handler>(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        match session::next_length(session.conn, wait).await {
+        let announced =
+            match select(session::next_length(session.conn, wait), stopping.wait()).await {
+                Either::First(announced) => announced,
+                // Stopping between messages: end here. A length already half in
+                // is a message in flight: it is finished first.
+                Either::Second(()) if !session.conn.is_in_progress() => return Ended::Stopped,
+                Either::Second(()) => session::next_length(session.conn, wait).await,
+            };
+        match announced {
             Ok(len) => {
                 let capacity = u32::try_from(message.len())
                     .unwrap_or(u32::MAX)
@@ -443,6 +530,9 @@ async fn serve_loop<H: Handler>(
         }
         if let Some(ended) = handler.loop_pass(session).await.ended() {
             return ended;
+        }
+        if stopping.is_stopped() {
+            return Ended::Stopped;
         }
     }
 }
@@ -514,23 +604,27 @@ async fn stream_chunks<H: Handler>(
     }
 }
 
-async fn serve_reserve(
+async fn serve_reserve<const N: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     reserve: Reserve<'_>,
     pool: &Pool,
     limit: usize,
+    stopping: &Stopping<N>,
 ) {
     let Reserve { rx, tx } = reserve;
-    loop {
-        while pool.busy.get() < limit {
+    while !stopping.is_stopped() {
+        while pool.busy.get() < limit && !stopping.is_stopped() {
             pool.changed.wait().await;
+        }
+        if stopping.is_stopped() {
+            break;
         }
         let mut tcp = TcpSocket::new(stack, rx, tx);
         let freed = async {
             loop {
                 pool.changed.wait().await;
-                if pool.busy.get() < limit {
+                if pool.busy.get() < limit || stopping.is_stopped() {
                     break;
                 }
             }

@@ -1003,3 +1003,68 @@ fn test_ended_keeps_the_handlers_own_error() {
         [Ended::HandlerFailed(Error::Rejected { len: 5000 })]
     );
 }
+
+/// Records how connections ended.
+#[derive(Default)]
+struct EchoRecording {
+    ended: RefCell<Vec<Ended>>,
+    post_loops: Cell<usize>,
+}
+
+impl Handler for EchoRecording {
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+        Flow::after(session.transmit(msg).await)
+    }
+
+    async fn post_loop(&self, _session: &mut Session<'_, '_>, _ended: &Ended) {
+        self.post_loops.set(self.post_loops.get() + 1);
+    }
+
+    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+        self.ended.borrow_mut().push(*ended);
+    }
+}
+
+/// A graceful stop: the application signals; the connection ends between
+/// messages with its hooks run and an orderly close (the client reads a
+/// clean `Closed`), and `serve_until` returns.
+#[test]
+fn test_graceful_stop_closes_in_order_and_returns() {
+    use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+    use embassy_sync::signal::Signal;
+    let handler = EchoRecording::default();
+    let stop = Signal::<NoopRawMutex, ()>::new();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    let returned = run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            let (mut rx0, mut tx0, mut msg0) = buffers(4096, 4096, 1024);
+            let (mut rx1, mut tx1, mut msg1) = buffers(4096, 4096, 1024);
+            let slots = [
+                Slot::new(&mut rx0, &mut tx0, &mut msg0),
+                Slot::new(&mut rx1, &mut tx1, &mut msg1),
+            ];
+            let server = tinyproto_embassy::serve_until(b, &config, slots, None, &handler, &stop);
+            let test = async {
+                let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+                let mut client =
+                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
+                        .await
+                        .unwrap();
+                let mut buf = [0u8; 64];
+                client.transmit(b"before the stop").await.unwrap();
+                assert_eq!(client.receive(&mut buf).await.unwrap(), b"before the stop");
+                stop.signal(());
+                client.receive(&mut buf).await.map(<[u8]>::to_vec)
+            };
+            // Both must finish: the server returns, the client sees the close
+            // (run_pair bounds the whole at 30 s).
+            embassy_futures::join::join(server, test).await.1
+        },
+    );
+    assert_eq!(returned, Err(Error::Closed), "an orderly close");
+    assert_eq!(*handler.ended.borrow(), [Ended::Stopped]);
+    assert_eq!(handler.post_loops.get(), 1, "post_loop ran");
+}

@@ -108,7 +108,7 @@ impl<'a> Client<'a> {
     /// ([`Error::TooLarge`](tinyproto::Error::TooLarge); the connection
     /// stays usable).
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let wait = session::idle_limit(&self.conn);
+        let wait = session::receive_limit(&self.conn);
         session::receive(&mut self.conn, buf, wait).await
     }
 
@@ -119,7 +119,7 @@ impl<'a> Client<'a> {
         &mut self,
         limit: u32,
     ) -> Result<IncomingMessage<'_, Socket<'a>>, Error> {
-        let wait = session::idle_limit(&self.conn);
+        let wait = session::receive_limit(&self.conn);
         session::begin_receive(&mut self.conn, limit, wait).await
     }
 

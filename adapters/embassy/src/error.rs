@@ -18,7 +18,11 @@ pub enum Deadline {
     /// [`Timeouts::message`](crate::Timeouts::message): one whole message,
     /// from its first byte to its last (a dripping peer ends here).
     Message,
-    /// [`Timeouts::idle`](crate::Timeouts::idle): no message started in time.
+    /// [`Timeouts::receive`](crate::Timeouts::receive): a `receive` waited
+    /// for a message that never began (the connection stays usable).
+    Receive,
+    /// [`Timeouts::idle`](crate::Timeouts::idle): no message moved either way
+    /// for this long; the server closes the connection.
     Idle,
     /// [`Timeouts::close`](crate::Timeouts::close): the orderly close.
     Close,
@@ -30,6 +34,7 @@ impl fmt::Display for Deadline {
             Deadline::Connect => "connect",
             Deadline::Greeting => "greeting",
             Deadline::Message => "message",
+            Deadline::Receive => "receive",
             Deadline::Idle => "idle",
             Deadline::Close => "close",
         })

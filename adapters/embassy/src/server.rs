@@ -480,7 +480,8 @@ async fn serve_loop<H: Handler, const N: usize>(
         let wait = match (idle_at, tick_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
+        }
+        .map(|t| (t, Deadline::Idle));
         let announced =
             match select(session::next_length(session.conn, wait), stopping.wait()).await {
                 Either::First(announced) => announced,

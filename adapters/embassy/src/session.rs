@@ -24,7 +24,7 @@ pub struct ConnInfo {
 /// - greeting: [`Timeouts::greeting`](crate::Timeouts::greeting);
 /// - `transmit` / `begin_transmit`: [`Timeouts::message`](crate::Timeouts::message)
 ///   from the call on;
-/// - `receive` / `begin_receive`: up to [`Timeouts::idle`](crate::Timeouts::idle)
+/// - `receive` / `begin_receive`: up to [`Timeouts::receive`](crate::Timeouts::receive)
 ///   for the first byte, then `message` from that byte on (for a chunked
 ///   receive the reader keeps that deadline).
 ///
@@ -66,7 +66,7 @@ impl<'s, 'a> Session<'s, 'a> {
 
     /// Receives one whole message into `buf`.
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let wait = idle_limit(self.conn);
+        let wait = receive_limit(self.conn);
         receive(self.conn, buf, wait).await
     }
 
@@ -75,7 +75,7 @@ impl<'s, 'a> Session<'s, 'a> {
         &mut self,
         limit: u32,
     ) -> Result<IncomingMessage<'_, Socket<'a>>, Error> {
-        let wait = idle_limit(self.conn);
+        let wait = receive_limit(self.conn);
         begin_receive(self.conn, limit, wait).await
     }
 
@@ -89,12 +89,12 @@ impl<'s, 'a> Session<'s, 'a> {
 }
 
 /// When a receive gives up on a message that has not begun:
-/// [`Timeouts::idle`](crate::Timeouts::idle) from now (`None`: never).
-pub(crate) fn idle_limit(conn: &Connection<'_>) -> Option<Instant> {
+/// [`Timeouts::receive`](crate::Timeouts::receive) from now (`None`: never).
+pub(crate) fn receive_limit(conn: &Connection<'_>) -> Option<(Instant, Deadline)> {
     conn.get_ref()
         .timeouts()
-        .idle
-        .map(|idle| Instant::now() + idle)
+        .receive
+        .map(|wait| (Instant::now() + wait, Deadline::Receive))
 }
 
 pub(crate) async fn greet(conn: &mut Connection<'_>) -> Result<(), Error> {
@@ -117,7 +117,7 @@ pub(crate) async fn transmit(conn: &mut Connection<'_>, msg: &[u8]) -> Result<()
 
 /// Arms the receive deadlines: a message already half in gets the message
 /// deadline at once; otherwise wait until `wait` for its first byte.
-fn arm_receive(conn: &mut Connection<'_>, wait: Option<Instant>) {
+fn arm_receive(conn: &mut Connection<'_>, wait: Option<(Instant, Deadline)>) {
     if conn.is_in_progress() {
         conn.get_mut().begin_exchange(Deadline::Message);
     } else {
@@ -128,7 +128,7 @@ fn arm_receive(conn: &mut Connection<'_>, wait: Option<Instant>) {
 pub(crate) async fn receive<'b>(
     conn: &mut Connection<'_>,
     buf: &'b mut [u8],
-    wait: Option<Instant>,
+    wait: Option<(Instant, Deadline)>,
 ) -> Result<&'b [u8], Error> {
     greet(conn).await?;
     arm_receive(conn, wait);
@@ -143,7 +143,7 @@ pub(crate) async fn receive<'b>(
 /// the exchange.
 pub(crate) async fn next_length(
     conn: &mut Connection<'_>,
-    wait: Option<Instant>,
+    wait: Option<(Instant, Deadline)>,
 ) -> Result<u32, Error> {
     greet(conn).await?;
     arm_receive(conn, wait);
@@ -157,7 +157,7 @@ pub(crate) async fn next_length(
 pub(crate) async fn begin_receive<'c, 'a>(
     conn: &'c mut Connection<'a>,
     limit: u32,
-    wait: Option<Instant>,
+    wait: Option<(Instant, Deadline)>,
 ) -> Result<IncomingMessage<'c, Socket<'a>>, Error> {
     greet(conn).await?;
     arm_receive(conn, wait);

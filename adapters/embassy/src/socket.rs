@@ -30,8 +30,11 @@ pub struct Timeouts {
     /// One whole message, from its first byte to its last: a peer that drips
     /// bytes cannot hold a socket longer than this.
     pub message: Duration,
-    /// Waiting for the next message to start. The server closes a connection
-    /// idle for this long; a client's `receive` gives up.
+    /// How long a `receive` (a client's, or a handler's through its
+    /// `Session`) waits for a message to begin (`None`: as long as it takes).
+    pub receive: Option<Duration>,
+    /// The server closes a connection on which no message moved either way
+    /// for this long (`None`: never).
     pub idle: Option<Duration>,
     /// The orderly close: our data and FIN acknowledged, the peer's FIN in.
     /// After it the socket is aborted (RST).
@@ -47,12 +50,14 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
-    /// Connect 10 s, greeting 5 s, message 30 s, idle none, close 2 s,
-    /// keep-alive none.
+    /// The defaults of `tinyproto-std`: connect 5 s, greeting 10 s, message
+    /// 60 s, receive 30 s, idle none; and close 2 s, no TCP timeout, no
+    /// keep-alive.
     pub const DEFAULT: Self = Self {
-        connect: Duration::from_secs(10),
-        greeting: Duration::from_secs(5),
-        message: Duration::from_secs(30),
+        connect: Duration::from_secs(5),
+        greeting: Duration::from_secs(10),
+        message: Duration::from_secs(60),
+        receive: Some(Duration::from_secs(30)),
         idle: None,
         close: Duration::from_secs(2),
         tcp: None,
@@ -145,18 +150,19 @@ impl<'a> Socket<'a> {
             Deadline::Greeting => self.timeouts.greeting,
             Deadline::Connect => self.timeouts.connect,
             Deadline::Close => self.timeouts.close,
-            Deadline::Message | Deadline::Idle => self.timeouts.message,
+            Deadline::Message | Deadline::Receive | Deadline::Idle => self.timeouts.message,
         };
         self.deadline = Some((Instant::now() + limit, which));
         self.wait_until = None;
         self.arm_on_first_byte = false;
     }
 
-    /// Waits for the peer to start an exchange (until `wait_until`, if any);
-    /// its first byte starts the message deadline.
-    pub(crate) fn await_exchange(&mut self, wait_until: Option<Instant>) {
+    /// Waits for the peer to start an exchange (until `wait_until`, if any,
+    /// which fails with its [`Deadline`]); its first byte starts the message
+    /// deadline.
+    pub(crate) fn await_exchange(&mut self, wait_until: Option<(Instant, Deadline)>) {
         self.deadline = None;
-        self.wait_until = wait_until.map(|t| (t, Deadline::Idle));
+        self.wait_until = wait_until;
         self.arm_on_first_byte = true;
     }
 

@@ -91,6 +91,7 @@ fn quick_timeouts() -> Timeouts {
         connect: Duration::from_secs(5),
         greeting: Duration::from_secs(5),
         message: Duration::from_secs(20),
+        receive: None,
         idle: None,
         close: Duration::from_millis(500),
         tcp: None,
@@ -431,6 +432,7 @@ fn test_silent_peers_timed_out_at_greeting_and_idle() {
     EchoTest {
         server_timeouts: Timeouts {
             greeting: Duration::from_millis(200),
+            receive: None,
             idle: Some(Duration::from_millis(300)),
             close: Duration::from_millis(200),
             ..quick_timeouts()
@@ -720,6 +722,7 @@ fn test_keep_alive_holds_a_live_peer_and_finds_a_vanished_one() {
     // No idle timeout: only TCP keep-alive can notice the peer is gone.
     EchoTest {
         server_timeouts: Timeouts {
+            receive: None,
             idle: None,
             keep_alive: Some(Duration::from_millis(200)),
             tcp: Some(Duration::from_millis(1500)),
@@ -1067,4 +1070,26 @@ fn test_graceful_stop_closes_in_order_and_returns() {
     assert_eq!(returned, Err(Error::Closed), "an orderly close");
     assert_eq!(*handler.ended.borrow(), [Ended::Stopped]);
     assert_eq!(handler.post_loops.get(), 1, "post_loop ran");
+}
+
+/// A client's `receive` waits `Timeouts::receive` for a message to begin,
+/// fails with `Deadline::Receive` (as tinyproto-std's does), and the
+/// connection carries on.
+#[test]
+fn test_receive_wait_runs_out_and_the_connection_goes_on() {
+    let handler = Echo::default();
+    let mut test = EchoTest::new(&handler, 1024);
+    test.client_timeouts.receive = Some(Duration::from_millis(300));
+    test.connect(4096, async |mut client, _| {
+        let mut buf = [0u8; 64];
+        let started = Instant::now();
+        assert_eq!(
+            client.receive(&mut buf).await,
+            Err(Error::Io(NetError::TimedOut(Deadline::Receive)))
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        client.transmit(b"still here").await.unwrap();
+        assert_eq!(client.receive(&mut buf).await.unwrap(), b"still here");
+        client.close().await.unwrap();
+    });
 }

@@ -168,6 +168,7 @@ fn timeouts() -> Timeouts {
     // TAP drops a frame now and then (1 s retransmit): generous limits.
     Timeouts {
         message: Duration::from_secs(30),
+        receive: None,
         idle: Some(Duration::from_secs(30)),
         ..Timeouts::DEFAULT
     }

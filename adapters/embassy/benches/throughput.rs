@@ -115,7 +115,7 @@ fn main() {
                 vec![0u8; MIB],
             );
             let slots = [Slot::new(&mut srx, &mut stx, &mut smsg)];
-            let server = serve(b, &config, slots, None, &sink);
+            let server = serve(b, &config, slots, [], &sink);
             let sinks = join(raw_sink(b, 7001), raw_sink(b, 7002));
             let clients = async {
                 let (mut crx, mut ctx) = (vec![0u8; SOCKET_BUFFER], vec![0u8; SOCKET_BUFFER]);

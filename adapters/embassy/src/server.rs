@@ -1,13 +1,13 @@
 //! The server: N caller-owned socket slots serving N connections at once,
-//! each driven by a [`Handler`], plus an optional reserve socket that answers
-//! one peer too many with 0xFE.
+//! each driven by a [`Handler`], plus K reserve sockets that answer peers
+//! beyond them with 0xFE.
 //!
 //! embassy-net has no listen backlog: a connection arriving while no socket
 //! listens on the port is reset by the stack. So while all N slots are busy
-//! the reserve socket listens, and whoever it accepts is refused with the
+//! the K reserve sockets listen, and whoever they accept is refused with the
 //! single byte 0xFE (`tinyproto::asynch::refuse_connection_limit`) and closed.
-//! The reserve only listens while the N slots are all busy; a peer that
-//! arrives while the reserve itself is busy refusing someone is reset.
+//! K peers arriving at once beyond the slots all read 0xFE; a (K+1)-th
+//! arriving while every reserve is still refusing is reset by the stack.
 
 use core::cell::{Cell, RefCell};
 use core::convert::Infallible;
@@ -282,36 +282,66 @@ impl Default for ReserveStorage {
     }
 }
 
-/// Shared between the slot loops and the reserve loop (one task: no locks).
-struct Pool {
+/// Shared between the slot loops and the reserve loops (one task: no locks).
+struct Pool<const K: usize> {
     busy: Cell<usize>,
-    changed: Signal<NoopRawMutex, ()>,
+    /// Wakes every reserve loop when `busy` changes or a stop comes.
+    changed: RefCell<MultiWakerRegistration<K>>,
+    generation: Cell<u32>,
 }
 
-impl Pool {
+impl<const K: usize> Pool<K> {
+    fn new() -> Self {
+        Self {
+            busy: Cell::new(0),
+            changed: RefCell::new(MultiWakerRegistration::new()),
+            generation: Cell::new(0),
+        }
+    }
+
     fn add(&self, delta: isize) {
         self.busy.set(self.busy.get().saturating_add_signed(delta));
-        self.changed.signal(());
+        self.signal();
+    }
+
+    fn signal(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        self.changed.borrow_mut().wake();
+    }
+
+    /// Completes at the next change after the call.
+    async fn changed(&self) {
+        let seen = self.generation.get();
+        poll_fn(|cx| {
+            if self.generation.get() != seen {
+                Poll::Ready(())
+            } else {
+                self.changed.borrow_mut().register(cx.waker());
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
 /// Serves tinyproto on `config.port` with one connection per slot, all
-/// concurrently in the calling task, and with `reserve` (if any) answering
-/// 0xFE to a peer beyond them. Never returns: to stop it gracefully use
+/// concurrently in the calling task, and with the `reserves` answering 0xFE
+/// to peers beyond them (`[]` for none; K reserves refuse K peers arriving
+/// at once, none of them reset). Never returns: to stop it gracefully use
 /// [`serve_until`]; dropping the future drops every connection without a
 /// close.
 ///
 /// Nothing needs to be `'static`: the stack, the buffers and the handler
 /// are borrowed.
-pub async fn serve<H: Handler, const N: usize>(
+pub async fn serve<H: Handler, const N: usize, const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     slots: [Slot<'_>; N],
-    reserve: Option<Reserve<'_>>,
+    reserves: [Reserve<'_>; K],
     handler: &H,
 ) -> Infallible {
     let never = Signal::<NoopRawMutex, ()>::new();
-    serve_until(stack, config, slots, reserve, handler, &never).await;
+    serve_until(stack, config, slots, reserves, handler, &never).await;
     // Only reached with no slot and no reserve.
     loop {
         core::future::pending::<()>().await;
@@ -323,18 +353,15 @@ pub async fn serve<H: Handler, const N: usize>(
 /// is accepted, each connection finishes the message in flight, its hooks
 /// run (`post_loop` sees [`Ended::Stopped`]), its socket closes in order,
 /// and `serve_until` returns.
-pub async fn serve_until<H: Handler, M: RawMutex, const N: usize>(
+pub async fn serve_until<H: Handler, M: RawMutex, const N: usize, const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     slots: [Slot<'_>; N],
-    reserve: Option<Reserve<'_>>,
+    reserves: [Reserve<'_>; K],
     handler: &H,
     stop: &Signal<M, ()>,
 ) {
-    let pool = Pool {
-        busy: Cell::new(0),
-        changed: Signal::new(),
-    };
+    let pool = Pool::<K>::new();
     let stopping = Stopping::<N>::new();
     info!("tinyproto server on port {}, {} slots", config.port, N);
     let mut next = 0;
@@ -347,22 +374,11 @@ pub async fn serve_until<H: Handler, M: RawMutex, const N: usize>(
         stop.wait().await;
         info!("tinyproto server stopping");
         stopping.stop();
-        pool.changed.signal(());
+        pool.signal();
     };
-    let serving = async {
-        match reserve {
-            Some(reserve) => {
-                join(
-                    join_array(loops),
-                    serve_reserve(stack, config, reserve, &pool, N, &stopping),
-                )
-                .await;
-            }
-            None => {
-                join_array(loops).await;
-            }
-        }
-    };
+    let refusing =
+        reserves.map(|reserve| serve_reserve(stack, config, reserve, &pool, N, &stopping));
+    let serving = join(join_array(loops), join_array(refusing));
     // Without slots the loops end at once: then only a stop ends this.
     join(serving, watcher).await;
 }
@@ -404,13 +420,13 @@ impl<const N: usize> Stopping<N> {
     }
 }
 
-async fn serve_slot<H: Handler, const N: usize>(
+async fn serve_slot<H: Handler, const N: usize, const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     index: usize,
     slot: Slot<'_>,
     handler: &H,
-    pool: &Pool,
+    pool: &Pool<K>,
     stopping: &Stopping<N>,
 ) {
     let Slot { rx, tx, message } = slot;
@@ -605,18 +621,18 @@ async fn stream_chunks<H: Handler>(
     }
 }
 
-async fn serve_reserve<const N: usize>(
+async fn serve_reserve<const N: usize, const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     reserve: Reserve<'_>,
-    pool: &Pool,
+    pool: &Pool<K>,
     limit: usize,
     stopping: &Stopping<N>,
 ) {
     let Reserve { rx, tx } = reserve;
     while !stopping.is_stopped() {
         while pool.busy.get() < limit && !stopping.is_stopped() {
-            pool.changed.wait().await;
+            pool.changed().await;
         }
         if stopping.is_stopped() {
             break;
@@ -624,7 +640,7 @@ async fn serve_reserve<const N: usize>(
         let mut tcp = TcpSocket::new(stack, rx, tx);
         let freed = async {
             loop {
-                pool.changed.wait().await;
+                pool.changed().await;
                 if pool.busy.get() < limit || stopping.is_stopped() {
                     break;
                 }

@@ -133,7 +133,7 @@ impl<'h> EchoTest<'h> {
         run_pair(self.faults, self.limit, async |a, b, link| {
             let (mut rx, mut tx, mut msg) = buffers(32 * 1024, 32 * 1024, self.message_buffer);
             let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            match select(serve(b, &config, slots, None, self.handler), test(a, link)).await {
+            match select(serve(b, &config, slots, [], self.handler), test(a, link)).await {
                 Either::First(never) => match never {},
                 Either::Second(r) => r,
             }
@@ -290,7 +290,7 @@ fn test_connection_limit_answered_0xfe() {
                 Slot::new(&mut rx1, &mut tx1, &mut msg1),
             ];
             let reserve = Reserve::new(&mut rrx, &mut rtx);
-            let server = serve(b, &config, slots, Some(reserve), &handler);
+            let server = serve(b, &config, slots, [reserve], &handler);
             let clients = async {
                 let to = server_endpoint(PORT);
                 let mut bufs = [[0u8; 2048]; 8];
@@ -626,7 +626,7 @@ fn test_handler_hooks_in_order_and_flow_close() {
         async |a, b, _| {
             let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 1024);
             let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            let server = serve(b, &config, slots, None, &handler);
+            let server = serve(b, &config, slots, [], &handler);
             let client = async {
                 let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
                 let mut client =
@@ -929,7 +929,7 @@ fn test_firmware_image_streamed_through_a_1_kib_buffer() {
                 assert_eq!(client.receive(&mut buf).await.unwrap(), b"still here");
                 client.close().await.unwrap();
             };
-            match select(serve(b, &config, slots, None, &handler), test).await {
+            match select(serve(b, &config, slots, [], &handler), test).await {
                 Either::First(never) => match never {},
                 Either::Second(()) => {}
             }
@@ -995,7 +995,7 @@ fn test_ended_keeps_the_handlers_own_error() {
                 assert_eq!(client.receive(&mut small).await, Err(Error::Closed));
                 settle(|| !handler.ended.borrow().is_empty()).await;
             };
-            match select(serve(b, &config, slots, None, &handler), test).await {
+            match select(serve(b, &config, slots, [], &handler), test).await {
                 Either::First(never) => match never {},
                 Either::Second(()) => {}
             }
@@ -1049,7 +1049,7 @@ fn test_graceful_stop_closes_in_order_and_returns() {
                 Slot::new(&mut rx0, &mut tx0, &mut msg0),
                 Slot::new(&mut rx1, &mut tx1, &mut msg1),
             ];
-            let server = tinyproto_embassy::serve_until(b, &config, slots, None, &handler, &stop);
+            let server = tinyproto_embassy::serve_until(b, &config, slots, [], &handler, &stop);
             let test = async {
                 let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
                 let mut client =
@@ -1092,4 +1092,69 @@ fn test_receive_wait_runs_out_and_the_connection_goes_on() {
         assert_eq!(client.receive(&mut buf).await.unwrap(), b"still here");
         client.close().await.unwrap();
     });
+}
+
+/// The reserve never resets: with the one slot busy, 20 peers arriving at
+/// once are all refused with exactly 0xFE by 20 reserve sockets (64-byte
+/// buffers each), none reset; the admitted client is served throughout.
+#[test]
+fn test_twenty_peers_beyond_the_slots_all_read_0xfe() {
+    const PEERS: usize = 20;
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(60),
+        async |a, b, _| {
+            let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 256);
+            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
+            let mut reserve_buffers = [[[0u8; 64]; 2]; PEERS];
+            let reserves = reserve_buffers
+                .each_mut()
+                .map(|[rx, tx]| Reserve::new(rx, tx));
+            let server = serve(b, &config, slots, reserves, &handler);
+            let clients = async {
+                let to = server_endpoint(PORT);
+                let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
+                let mut admitted = Client::connect(a, &mut rx, &mut tx, to, quick_timeouts())
+                    .await
+                    .unwrap();
+                // Let the reserves start listening (the slot just became busy).
+                Timer::after(Duration::from_millis(50)).await;
+                let mut bufs = [[[0u8; 256]; 2]; PEERS];
+                let peers = bufs.each_mut().map(|[rx, tx]| async move {
+                    let mut socket = TcpSocket::new(a, rx, tx);
+                    socket
+                        .connect(to)
+                        .await
+                        .map_err(|e| format!("connect: {e:?}"))?;
+                    let mut got = Vec::new();
+                    let mut byte = [0u8; 8];
+                    loop {
+                        match socket.read(&mut byte).await {
+                            Ok(0) => break,
+                            Ok(n) => got.extend_from_slice(&byte[..n]),
+                            Err(e) => return Err(format!("read: {e:?} after {got:?}")),
+                        }
+                    }
+                    socket.close();
+                    let _ = socket.flush().await;
+                    Ok(got)
+                });
+                let results = embassy_futures::join::join_array(peers).await;
+                for (i, r) in results.iter().enumerate() {
+                    assert_eq!(r.as_deref(), Ok(&[0xFEu8][..]), "peer {i}");
+                }
+                let mut buf = [0u8; 16];
+                admitted.transmit(b"served").await.unwrap();
+                assert_eq!(admitted.receive(&mut buf).await.unwrap(), b"served");
+                admitted.close().await.unwrap();
+            };
+            match select(server, clients).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
 }

@@ -229,7 +229,7 @@ fn inner_tap_run() {
             stack,
             &server_config,
             slots,
-            Some(Reserve::new(&mut rrx, &mut rtx)),
+            [Reserve::new(&mut rrx, &mut rtx)],
             &Echo,
         );
         let steps = async {

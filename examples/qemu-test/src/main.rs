@@ -357,7 +357,7 @@ async fn main(spawner: Spawner) {
         b,
         &server_config,
         slots,
-        Some(Reserve::new(&mut rrx, &mut rtx)),
+        [Reserve::new(&mut rrx, &mut rtx)],
         &handler,
     );
     let started = Instant::now();

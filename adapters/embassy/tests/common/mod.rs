@@ -180,8 +180,8 @@ pub fn run_pair<R>(
     let mut state_b = ch::State::<MTU, 16, 16>::new();
     let (runner_a, device_a) = ch::new(&mut state_a, HardwareAddress::Ip);
     let (runner_b, device_b) = ch::new(&mut state_b, HardwareAddress::Ip);
-    let mut resources_a = StackResources::<12>::new();
-    let mut resources_b = StackResources::<12>::new();
+    let mut resources_a = StackResources::<32>::new();
+    let mut resources_b = StackResources::<32>::new();
     let (stack_a, mut net_a) = embassy_net::new(device_a, config(ADDR_A), &mut resources_a, 1);
     let (stack_b, mut net_b) = embassy_net::new(device_b, config(ADDR_B), &mut resources_b, 2);
     let (link_state_a, rx_a, tx_a) = runner_a.split();

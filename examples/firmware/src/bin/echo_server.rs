@@ -54,7 +54,7 @@ async fn main(spawner: Spawner) {
         stack,
         &config,
         [slot0.slot(), slot1.slot()],
-        Some(reserve.reserve()),
+        [reserve.reserve()],
         &Echo,
     )
     .await {}

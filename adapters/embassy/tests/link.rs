@@ -99,11 +99,11 @@ fn quick_timeouts() -> Timeouts {
     }
 }
 
-/// One test against a one-slot echo server on stack B: the link, the
-/// server's timeouts and message buffer, and the test client's timeouts.
-/// [`EchoTest::new`] has the usual ones.
-struct EchoTest<'h> {
-    handler: &'h Echo,
+/// One test against a one-slot server (an echo unless said otherwise) on
+/// stack B: the link, the server's timeouts and message buffer, and the test
+/// client's timeouts. [`EchoTest::new`] has the usual ones.
+struct EchoTest<'h, H: Handler = Echo> {
+    handler: &'h H,
     server_timeouts: Timeouts,
     /// The server slot's message buffer: the largest message it takes.
     message_buffer: usize,
@@ -113,9 +113,9 @@ struct EchoTest<'h> {
     limit: Duration,
 }
 
-impl<'h> EchoTest<'h> {
+impl<'h, H: Handler> EchoTest<'h, H> {
     /// A clean link, [`quick_timeouts`] on both sides, 60 s for the test.
-    fn new(handler: &'h Echo, message_buffer: usize) -> Self {
+    fn new(handler: &'h H, message_buffer: usize) -> Self {
         Self {
             handler,
             server_timeouts: quick_timeouts(),
@@ -893,48 +893,31 @@ fn test_firmware_image_streamed_through_a_1_kib_buffer() {
     const IMAGE: usize = 3_000_000;
     let handler = Flasher::default();
     let image = pattern(IMAGE, 42);
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = quick_timeouts();
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(120),
-        async |a, b, _| {
-            let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 1024);
-            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            let test = async {
-                let (mut rx, mut tx) = (vec![0u8; 8192], vec![0u8; 8192]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                let mut out = client.begin_transmit(IMAGE as u32).await.unwrap();
-                for chunk in image.chunks(1000) {
-                    out.write_all(chunk).await.unwrap();
-                }
-                out.finish().await.unwrap();
-                let mut buf = [0u8; 1024];
-                let answer = client.receive(&mut buf).await.unwrap();
-                let mut expected = (IMAGE as u32).to_be_bytes().to_vec();
-                expected.extend_from_slice(&fnv1a(0x811C_9DC5, &image).to_be_bytes());
-                assert_eq!(answer, &expected[..], "length and checksum of the image");
-                // Same connection: a normal message, then one over the slot's
-                // buffer but under the streaming threshold (rejected), then one more.
-                client.transmit(b"after the image").await.unwrap();
-                assert_eq!(client.receive(&mut buf).await.unwrap(), b"after the image");
-                match client.transmit(&[1u8; 2000]).await {
-                    Err(Error::Rejected { len: 2000 }) => {}
-                    other => panic!("expected a rejection, got {other:?}"),
-                }
-                client.transmit(b"still here").await.unwrap();
-                assert_eq!(client.receive(&mut buf).await.unwrap(), b"still here");
-                client.close().await.unwrap();
-            };
-            match select(serve(b, &config, slots, [], &handler), test).await {
-                Either::First(never) => match never {},
-                Either::Second(()) => {}
-            }
-        },
-    );
+    let mut test = EchoTest::new(&handler, 1024);
+    test.limit = Duration::from_secs(120);
+    test.connect(8192, async |mut client, _| {
+        let mut out = client.begin_transmit(IMAGE as u32).await.unwrap();
+        for chunk in image.chunks(1000) {
+            out.write_all(chunk).await.unwrap();
+        }
+        out.finish().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let answer = client.receive(&mut buf).await.unwrap();
+        let mut expected = (IMAGE as u32).to_be_bytes().to_vec();
+        expected.extend_from_slice(&fnv1a(0x811C_9DC5, &image).to_be_bytes());
+        assert_eq!(answer, &expected[..], "length and checksum of the image");
+        // Same connection: a normal message, then one over the slot's buffer
+        // but under the streaming threshold (rejected), then one more.
+        client.transmit(b"after the image").await.unwrap();
+        assert_eq!(client.receive(&mut buf).await.unwrap(), b"after the image");
+        match client.transmit(&[1u8; 2000]).await {
+            Err(Error::Rejected { len: 2000 }) => {}
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        client.transmit(b"still here").await.unwrap();
+        assert_eq!(client.receive(&mut buf).await.unwrap(), b"still here");
+        client.close().await.unwrap();
+    });
     assert!(
         handler.flash.borrow().as_slice() == image.as_slice(),
         "flash differs from the image"
@@ -969,38 +952,19 @@ impl Handler for Insistent {
 #[test]
 fn test_ended_keeps_the_handlers_own_error() {
     let handler = Insistent::default();
-    let mut config = ServerConfig::new(PORT);
-    config.timeouts = quick_timeouts();
-    run_pair(
-        Faults::default(),
-        Duration::from_secs(30),
-        async |a, b, _| {
-            let (mut rx, mut tx, mut msg) = buffers(4096, 8192, 1024);
-            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            let test = async {
-                let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
-                let mut client =
-                    Client::connect(a, &mut rx, &mut tx, server_endpoint(PORT), quick_timeouts())
-                        .await
-                        .unwrap();
-                client.transmit(b"hi").await.unwrap();
-                let mut small = [0u8; 64];
-                assert_eq!(
-                    client.receive(&mut small).await,
-                    Err(Error::TooLarge {
-                        len: 5000,
-                        capacity: 64
-                    })
-                );
-                assert_eq!(client.receive(&mut small).await, Err(Error::Closed));
-                settle(|| !handler.ended.borrow().is_empty()).await;
-            };
-            match select(serve(b, &config, slots, [], &handler), test).await {
-                Either::First(never) => match never {},
-                Either::Second(()) => {}
-            }
-        },
-    );
+    EchoTest::new(&handler, 1024).connect(2048, async |mut client, _| {
+        client.transmit(b"hi").await.unwrap();
+        let mut small = [0u8; 64];
+        assert_eq!(
+            client.receive(&mut small).await,
+            Err(Error::TooLarge {
+                len: 5000,
+                capacity: 64
+            })
+        );
+        assert_eq!(client.receive(&mut small).await, Err(Error::Closed));
+        settle(|| !handler.ended.borrow().is_empty()).await;
+    });
     assert_eq!(
         *handler.ended.borrow(),
         [Ended::HandlerFailed(Error::Rejected { len: 5000 })]

@@ -21,7 +21,9 @@ use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_time::{Duration, Instant};
-use tinyproto_embassy::{serve, Client, Flow, Handler, ServerConfig, Session, Slot, Timeouts};
+use tinyproto_embassy::{
+    serve, Client, Flow, ServerConfig, Session, SharedHandler, Slot, Timeouts,
+};
 
 const MIB: usize = 1 << 20;
 const SOCKET_BUFFER: usize = 32 * 1024;
@@ -42,7 +44,7 @@ struct Sink {
     received: Cell<usize>,
 }
 
-impl Handler for Sink {
+impl SharedHandler for Sink {
     async fn transmission_received(&self, _: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         assert!(msg.len() == MIB || msg.is_empty());
         self.received.set(self.received.get() + 1);
@@ -115,7 +117,7 @@ fn main() {
                 vec![0u8; MIB],
             );
             let slots = [Slot::new(&mut srx, &mut stx, &mut smsg)];
-            let server = serve(b, &config, slots, [], &sink);
+            let server = serve(b, &config, slots, [], [&sink]);
             let sinks = join(raw_sink(b, 7001), raw_sink(b, 7002));
             let clients = async {
                 let (mut crx, mut ctx) = (vec![0u8; SOCKET_BUFFER], vec![0u8; SOCKET_BUFFER]);

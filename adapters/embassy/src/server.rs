@@ -80,9 +80,11 @@ pub enum Ended {
 }
 
 /// The application side of a server connection: the hooks of the std adapter
-/// and of the Python reference, async and shared by all slots (hence `&self`;
-/// keep per-connection state in a `RefCell`/`Mutex` array indexed by
-/// [`ConnInfo::slot`]).
+/// and of the Python reference, async. Each slot has a handler of its own
+/// (`serve` takes one per slot), so hooks take `&mut self` and per-connection
+/// state is a plain field (reset it in `conn_init`). State shared by all
+/// slots: implement [`SharedHandler`] (`&self` hooks) and give every slot a
+/// reference, `[&handler; N]`.
 ///
 /// Order per connection: `conn_init` → greeting → `pre_loop` → (message
 /// announced → `message_announced` → `transmission_received` (whole) or
@@ -96,6 +98,80 @@ pub enum Ended {
 /// what single-threaded embassy executors want.
 #[allow(async_fn_in_trait)]
 pub trait Handler {
+    /// A peer connected on a slot (before the greeting).
+    /// [`Flow::Close`] closes it at once.
+    async fn conn_init(&mut self, info: &ConnInfo) -> Flow {
+        let _ = info;
+        Flow::Continue
+    }
+
+    /// The greeting succeeded; the loop is about to start.
+    async fn pre_loop(&mut self, session: &mut Session<'_, '_>) -> Flow {
+        let _ = session;
+        Flow::Continue
+    }
+
+    /// A message of `len` bytes was announced: decide how to take it before
+    /// any of its payload moves. `capacity` is the most the slot takes whole
+    /// (its message buffer, capped by [`ServerConfig::max_message_len`]).
+    /// By default: [`Take::Whole`] if it fits, [`Take::Reject`] (0x00, the
+    /// connection goes on) otherwise. [`Take::Chunks`] streams it through
+    /// the slot's message buffer to `transmission_chunk`, whatever its size
+    /// (a firmware image into flash through 1 KiB).
+    async fn message_announced(&mut self, info: &ConnInfo, len: u32, capacity: u32) -> Take {
+        let _ = info;
+        if len <= capacity {
+            Take::Whole
+        } else {
+            Take::Reject
+        }
+    }
+
+    /// A whole message arrived. Reply through `session.transmit`.
+    async fn transmission_received(
+        &mut self,
+        session: &mut Session<'_, '_>,
+        message: &[u8],
+    ) -> Flow;
+
+    /// The next chunk of a message taken [`Take::Chunks`], in order, at most
+    /// the slot's message buffer long. [`Flow::Close`] abandons the message
+    /// and closes the connection. If the message breaks off, `post_loop` is
+    /// told why and `transmission_complete` never runs: discard what came.
+    async fn transmission_chunk(&mut self, info: &ConnInfo, chunk: &[u8]) -> Flow {
+        let _ = (info, chunk);
+        Flow::Continue
+    }
+
+    /// All `len` bytes of a message taken [`Take::Chunks`] arrived.
+    async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+        let _ = (session, len);
+        Flow::Continue
+    }
+
+    /// Called after each message, and every
+    /// [`ServerConfig::loop_pass_interval`] while the connection is quiet.
+    async fn loop_pass(&mut self, session: &mut Session<'_, '_>) -> Flow {
+        let _ = session;
+        Flow::Continue
+    }
+
+    /// The loop ended (the connection is still open: a last message may go).
+    async fn post_loop(&mut self, session: &mut Session<'_, '_>, ended: &Ended) {
+        let _ = (session, ended);
+    }
+
+    /// The connection is closed and its slot is about to listen again.
+    async fn conn_shutdown(&mut self, info: &ConnInfo, ended: &Ended) {
+        let _ = (info, ended);
+    }
+}
+
+/// A handler whose one value serves every slot: hooks take `&self` (keep
+/// per-connection state in `Cell`s or an array indexed by
+/// [`ConnInfo::slot`]). `&T` is then a [`Handler`]: give each slot `&handler`.
+#[allow(async_fn_in_trait)]
+pub trait SharedHandler {
     /// A peer connected on a slot (before the greeting).
     /// [`Flow::Close`] closes it at once.
     async fn conn_init(&self, info: &ConnInfo) -> Flow {
@@ -158,6 +234,48 @@ pub trait Handler {
     /// The connection is closed and its slot is about to listen again.
     async fn conn_shutdown(&self, info: &ConnInfo, ended: &Ended) {
         let _ = (info, ended);
+    }
+}
+
+impl<T: SharedHandler + ?Sized> Handler for &T {
+    async fn conn_init(&mut self, info: &ConnInfo) -> Flow {
+        (**self).conn_init(info).await
+    }
+
+    async fn pre_loop(&mut self, session: &mut Session<'_, '_>) -> Flow {
+        (**self).pre_loop(session).await
+    }
+
+    async fn message_announced(&mut self, info: &ConnInfo, len: u32, capacity: u32) -> Take {
+        (**self).message_announced(info, len, capacity).await
+    }
+
+    async fn transmission_received(
+        &mut self,
+        session: &mut Session<'_, '_>,
+        message: &[u8],
+    ) -> Flow {
+        (**self).transmission_received(session, message).await
+    }
+
+    async fn transmission_chunk(&mut self, info: &ConnInfo, chunk: &[u8]) -> Flow {
+        (**self).transmission_chunk(info, chunk).await
+    }
+
+    async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+        (**self).transmission_complete(session, len).await
+    }
+
+    async fn loop_pass(&mut self, session: &mut Session<'_, '_>) -> Flow {
+        (**self).loop_pass(session).await
+    }
+
+    async fn post_loop(&mut self, session: &mut Session<'_, '_>, ended: &Ended) {
+        (**self).post_loop(session, ended).await
+    }
+
+    async fn conn_shutdown(&mut self, info: &ConnInfo, ended: &Ended) {
+        (**self).conn_shutdown(info, ended).await
     }
 }
 
@@ -331,17 +449,17 @@ impl<const K: usize> Pool<K> {
 /// [`serve_until`]; dropping the future drops every connection without a
 /// close.
 ///
-/// Nothing needs to be `'static`: the stack, the buffers and the handler
-/// are borrowed.
+/// `handlers` has one handler per slot (see [`Handler`]). Nothing needs to
+/// be `'static`: the stack and the buffers are borrowed.
 pub async fn serve<H: Handler, const N: usize, const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     slots: [Slot<'_>; N],
     reserves: [Reserve<'_>; K],
-    handler: &H,
+    handlers: [H; N],
 ) -> Infallible {
     let never = Signal::<NoopRawMutex, ()>::new();
-    serve_until(stack, config, slots, reserves, handler, &never).await;
+    serve_until(stack, config, slots, reserves, handlers, &never).await;
     // Only reached with no slot and no reserve.
     loop {
         core::future::pending::<()>().await;
@@ -358,16 +476,19 @@ pub async fn serve_until<H: Handler, M: RawMutex, const N: usize, const K: usize
     config: &ServerConfig,
     slots: [Slot<'_>; N],
     reserves: [Reserve<'_>; K],
-    handler: &H,
+    handlers: [H; N],
     stop: &Signal<M, ()>,
 ) {
     let pool = Pool::<K>::new();
     let stopping = Stopping::<N>::new();
     info!("tinyproto server on port {}, {} slots", config.port, N);
+    // Slot i gets handler i (both arrays have N entries).
+    let mut handlers = handlers.map(Some);
     let mut next = 0;
     let loops = slots.map(|slot| {
         let index = next;
         next += 1;
+        let handler = handlers.get_mut(index).and_then(Option::take);
         serve_slot(stack, config, index, slot, handler, &pool, &stopping)
     });
     let watcher = async {
@@ -425,10 +546,14 @@ async fn serve_slot<H: Handler, const N: usize, const K: usize>(
     config: &ServerConfig,
     index: usize,
     slot: Slot<'_>,
-    handler: &H,
+    handler: Option<H>,
     pool: &Pool<K>,
     stopping: &Stopping<N>,
 ) {
+    let Some(mut handler) = handler else {
+        return;
+    };
+    let handler = &mut handler;
     let Slot { rx, tx, message } = slot;
     while !stopping.is_stopped() {
         let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
@@ -464,7 +589,7 @@ async fn run_connection<H: Handler, const N: usize>(
     message: &mut [u8],
     config: &ServerConfig,
     info: ConnInfo,
-    handler: &H,
+    handler: &mut H,
     stopping: &Stopping<N>,
 ) -> Ended {
     if let Some(ended) = handler.conn_init(&info).await.ended() {
@@ -483,7 +608,7 @@ async fn serve_loop<H: Handler, const N: usize>(
     session: &mut Session<'_, '_>,
     message: &mut [u8],
     config: &ServerConfig,
-    handler: &H,
+    handler: &mut H,
     stopping: &Stopping<N>,
 ) -> Ended {
     if let Some(ended) = handler.pre_loop(session).await.ended() {
@@ -561,7 +686,7 @@ async fn take_message<H: Handler>(
     message: &mut [u8],
     take: Take,
     config: &ServerConfig,
-    handler: &H,
+    handler: &mut H,
 ) -> Result<Flow, Error> {
     let info = session.info;
     let conn = &mut *session.conn;
@@ -605,7 +730,7 @@ async fn stream_chunks<H: Handler>(
     conn: &mut Connection<'_>,
     buffer: &mut [u8],
     info: &ConnInfo,
-    handler: &H,
+    handler: &mut H,
 ) -> Result<Result<u32, Flow>, Error> {
     let mut incoming = conn.begin_receive(MAX_MESSAGE_LEN).await?;
     let len = incoming.len();

@@ -11,8 +11,8 @@ use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Deadline, Ended, Error, Flow, Handler, NetError, Reserve,
-    ServerConfig, Session, Slot, Timeouts,
+    serve, Client, ConnInfo, Deadline, Ended, Error, Flow, NetError, Reserve, ServerConfig,
+    Session, SharedHandler, Slot, Timeouts,
 };
 
 const PORT: u16 = 7000;
@@ -38,7 +38,7 @@ impl Echo {
     }
 }
 
-impl Handler for Echo {
+impl SharedHandler for Echo {
     async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         self.received.set(self.received.get() + 1);
         if self.check_seq {
@@ -102,7 +102,7 @@ fn quick_timeouts() -> Timeouts {
 /// One test against a one-slot server (an echo unless said otherwise) on
 /// stack B: the link, the server's timeouts and message buffer, and the test
 /// client's timeouts. [`EchoTest::new`] has the usual ones.
-struct EchoTest<'h, H: Handler = Echo> {
+struct EchoTest<'h, H: SharedHandler = Echo> {
     handler: &'h H,
     server_timeouts: Timeouts,
     /// The server slot's message buffer: the largest message it takes.
@@ -113,7 +113,7 @@ struct EchoTest<'h, H: Handler = Echo> {
     limit: Duration,
 }
 
-impl<'h, H: Handler> EchoTest<'h, H> {
+impl<'h, H: SharedHandler> EchoTest<'h, H> {
     /// A clean link, [`quick_timeouts`] on both sides, 60 s for the test.
     fn new(handler: &'h H, message_buffer: usize) -> Self {
         Self {
@@ -133,7 +133,7 @@ impl<'h, H: Handler> EchoTest<'h, H> {
         run_pair(self.faults, self.limit, async |a, b, link| {
             let (mut rx, mut tx, mut msg) = buffers(32 * 1024, 32 * 1024, self.message_buffer);
             let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            match select(serve(b, &config, slots, [], self.handler), test(a, link)).await {
+            match select(serve(b, &config, slots, [], [self.handler]), test(a, link)).await {
                 Either::First(never) => match never {},
                 Either::Second(r) => r,
             }
@@ -290,7 +290,7 @@ fn test_connection_limit_answered_0xfe() {
                 Slot::new(&mut rx1, &mut tx1, &mut msg1),
             ];
             let reserve = Reserve::new(&mut rrx, &mut rtx);
-            let server = serve(b, &config, slots, [reserve], &handler);
+            let server = serve(b, &config, slots, [reserve], [&handler, &handler]);
             let clients = async {
                 let to = server_endpoint(PORT);
                 let mut bufs = [[0u8; 2048]; 8];
@@ -572,7 +572,7 @@ impl Recorder {
     }
 }
 
-impl Handler for Recorder {
+impl SharedHandler for Recorder {
     async fn conn_init(&self, info: &ConnInfo) -> Flow {
         self.push(format!("conn_init {}", info.slot));
         Flow::Continue
@@ -626,7 +626,7 @@ fn test_handler_hooks_in_order_and_flow_close() {
         async |a, b, _| {
             let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 1024);
             let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            let server = serve(b, &config, slots, [], &handler);
+            let server = serve(b, &config, slots, [], [&handler]);
             let client = async {
                 let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
                 let mut client =
@@ -832,7 +832,7 @@ fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
     hash
 }
 
-impl Handler for Flasher {
+impl SharedHandler for Flasher {
     async fn message_announced(
         &self,
         _info: &ConnInfo,
@@ -937,7 +937,7 @@ struct Insistent {
     ended: RefCell<Vec<Ended>>,
 }
 
-impl Handler for Insistent {
+impl SharedHandler for Insistent {
     async fn transmission_received(&self, session: &mut Session<'_, '_>, _msg: &[u8]) -> Flow {
         Flow::after(session.transmit(&[7u8; 5000]).await)
     }
@@ -978,7 +978,7 @@ struct EchoRecording {
     post_loops: Cell<usize>,
 }
 
-impl Handler for EchoRecording {
+impl SharedHandler for EchoRecording {
     async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         Flow::after(session.transmit(msg).await)
     }
@@ -1013,7 +1013,8 @@ fn test_graceful_stop_closes_in_order_and_returns() {
                 Slot::new(&mut rx0, &mut tx0, &mut msg0),
                 Slot::new(&mut rx1, &mut tx1, &mut msg1),
             ];
-            let server = tinyproto_embassy::serve_until(b, &config, slots, [], &handler, &stop);
+            let server =
+                tinyproto_embassy::serve_until(b, &config, slots, [], [&handler, &handler], &stop);
             let test = async {
                 let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
                 let mut client =
@@ -1077,7 +1078,7 @@ fn test_twenty_peers_beyond_the_slots_all_read_0xfe() {
             let reserves = reserve_buffers
                 .each_mut()
                 .map(|[rx, tx]| Reserve::new(rx, tx));
-            let server = serve(b, &config, slots, reserves, &handler);
+            let server = serve(b, &config, slots, reserves, [&handler]);
             let clients = async {
                 let to = server_endpoint(PORT);
                 let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
@@ -1114,6 +1115,72 @@ fn test_twenty_peers_beyond_the_slots_all_read_0xfe() {
                 admitted.transmit(b"served").await.unwrap();
                 assert_eq!(admitted.receive(&mut buf).await.unwrap(), b"served");
                 admitted.close().await.unwrap();
+            };
+            match select(server, clients).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+}
+
+/// Per-connection state as a plain field: one handler per slot, `&mut self`.
+struct Counting {
+    seen: u32,
+}
+
+impl tinyproto_embassy::Handler for Counting {
+    async fn conn_init(&mut self, _info: &ConnInfo) -> Flow {
+        self.seen = 0;
+        Flow::Continue
+    }
+
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, _msg: &[u8]) -> Flow {
+        self.seen += 1;
+        Flow::after(session.transmit(&self.seen.to_be_bytes()).await)
+    }
+}
+
+/// Two connections on two slots, their messages interleaved: each slot's
+/// handler counts its own connection's messages, without `Cell`s.
+#[test]
+fn test_each_slot_has_its_own_handler_state() {
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            let (mut rx0, mut tx0, mut msg0) = buffers(4096, 4096, 256);
+            let (mut rx1, mut tx1, mut msg1) = buffers(4096, 4096, 256);
+            let slots = [
+                Slot::new(&mut rx0, &mut tx0, &mut msg0),
+                Slot::new(&mut rx1, &mut tx1, &mut msg1),
+            ];
+            let handlers = [Counting { seen: 0 }, Counting { seen: 0 }];
+            let server = serve(b, &config, slots, [], handlers);
+            let clients = async {
+                let to = server_endpoint(PORT);
+                let mut bufs = [[0u8; 2048]; 4];
+                let [b0, b1, b2, b3] = &mut bufs;
+                let mut one = Client::connect(a, b0, b1, to, quick_timeouts())
+                    .await
+                    .unwrap();
+                let mut two = Client::connect(a, b2, b3, to, quick_timeouts())
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 8];
+                // Which client speaks (0: one, 1: two) and the count it expects.
+                for (who, expected) in [(0, 1u32), (1, 1), (0, 2), (0, 3), (1, 2)] {
+                    let client = if who == 0 { &mut one } else { &mut two };
+                    client.transmit(b"tick").await.unwrap();
+                    assert_eq!(
+                        client.receive(&mut buf).await.unwrap(),
+                        expected.to_be_bytes()
+                    );
+                }
+                one.close().await.unwrap();
+                two.close().await.unwrap();
             };
             match select(server, clients).await {
                 Either::First(never) => match never {},

@@ -156,7 +156,7 @@ async fn join_thread<T>(handle: thread::JoinHandle<T>, limit: Duration) -> T {
 struct Echo;
 
 impl Handler for Echo {
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         match session.transmit(msg).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
@@ -230,7 +230,7 @@ fn inner_tap_run() {
             &server_config,
             slots,
             [Reserve::new(&mut rrx, &mut rtx)],
-            &Echo,
+            [Echo],
         );
         let steps = async {
             // 1. std blocking client (kernel TCP) -> embassy server.

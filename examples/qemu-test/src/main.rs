@@ -22,8 +22,8 @@ use link::MTU;
 use panic_semihosting as _;
 use static_cell::StaticCell;
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Error, Flow, Handler, Reserve, ServerConfig, Session, Slot, Take,
-    Timeouts,
+    serve, Client, ConnInfo, Error, Flow, Reserve, ServerConfig, Session, SharedHandler, Slot,
+    Take, Timeouts,
 };
 
 /// The LM3S6965's core clock as QEMU models it.
@@ -71,7 +71,7 @@ struct Echo {
     largest_chunk: Cell<usize>,
 }
 
-impl Handler for Echo {
+impl SharedHandler for Echo {
     async fn message_announced(&self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
         if len > 64 * 1024 {
             self.checksum.set(FNV_START);
@@ -358,7 +358,7 @@ async fn main(spawner: Spawner) {
         &server_config,
         slots,
         [Reserve::new(&mut rrx, &mut rtx)],
-        &handler,
+        [&handler, &handler],
     );
     let started = Instant::now();
     let verdict =

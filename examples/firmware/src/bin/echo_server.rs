@@ -17,19 +17,19 @@ use tinyproto_embassy_firmware::{board, log};
 struct Echo;
 
 impl Handler for Echo {
-    async fn conn_init(&self, info: &ConnInfo) -> Flow {
+    async fn conn_init(&mut self, info: &ConnInfo) -> Flow {
         log!("slot {}: peer {:?}", info.slot, info.remote);
         Flow::Continue
     }
 
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         match session.transmit(msg).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
     }
 
-    async fn conn_shutdown(&self, info: &ConnInfo, ended: &Ended) {
+    async fn conn_shutdown(&mut self, info: &ConnInfo, ended: &Ended) {
         log!("slot {}: ended {:?}", info.slot, ended);
     }
 }
@@ -55,7 +55,7 @@ async fn main(spawner: Spawner) {
         &config,
         [slot0.slot(), slot1.slot()],
         [reserve.reserve()],
-        &Echo,
+        [Echo, Echo],
     )
     .await {}
 }

@@ -1,6 +1,8 @@
 //! Two embassy-net stacks in one process over an in-memory link, with an
 //! optional fault injector, driven by a tiny thread-parking `block_on` (no
 //! executor, no `'static`, timers through embassy-time's generic queue).
+//! The simulation (`adapters/embassy/sim`) shares this file and swaps the
+//! parking for its virtual clock (see [`run_pair_idle`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -53,6 +55,16 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 /// a socket future polled in the runner's own task would wake itself forever
 /// (a busy loop); separate tasks avoid that, as separate embassy tasks do.
 pub fn block_on_with<B: Future, F: Future>(background: B, main: F) -> F::Output {
+    block_on_idle(background, main, &mut thread::park)
+}
+
+/// [`block_on_with`], calling `idle` whenever neither task is woken (there,
+/// the thread parks; in virtual time, the clock jumps to the next timer).
+pub fn block_on_idle<B: Future, F: Future>(
+    background: B,
+    main: F,
+    idle: &mut dyn FnMut(),
+) -> F::Output {
     struct Flag {
         woken: AtomicBool,
         thread: Thread,
@@ -89,18 +101,26 @@ pub fn block_on_with<B: Future, F: Future>(background: B, main: F) -> F::Output 
                 .poll(&mut Context::from_waker(&bg_waker));
         }
         if !main_flag.woken.load(Ordering::Acquire) && !bg_flag.woken.load(Ordering::Acquire) {
-            thread::park();
+            idle();
         }
     }
 }
 
-/// A share of frames, in parts per million, that the link drops or corrupts.
+/// Shares of frames, in parts per million, that the link drops, corrupts
+/// (one bit flipped), duplicates, reorders (holds back until after the next
+/// frame) or delays (by up to [`MAX_DELAY`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     pub drop_ppm: u32,
     pub corrupt_ppm: u32,
+    pub duplicate_ppm: u32,
+    pub reorder_ppm: u32,
+    pub delay_ppm: u32,
     pub seed: u64,
 }
+
+/// The longest a delayed frame waits (and the link behind it).
+pub const MAX_DELAY: Duration = Duration::from_millis(40);
 
 /// What the link did, for assertions that faults really happened.
 #[derive(Debug, Default)]
@@ -108,14 +128,18 @@ pub struct LinkStats {
     pub frames: std::cell::Cell<u64>,
     pub dropped: std::cell::Cell<u64>,
     pub corrupted: std::cell::Cell<u64>,
+    pub duplicated: std::cell::Cell<u64>,
+    pub reordered: std::cell::Cell<u64>,
+    pub delayed: std::cell::Cell<u64>,
     /// While set, the link drops every frame (a cable pulled).
     pub cut: std::cell::Cell<bool>,
 }
 
-struct Rng(u64);
+/// A small seeded generator (xorshift64*), for faults and test plans.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         // xorshift64*
         let mut x = self.0;
         x ^= x >> 12;
@@ -125,39 +149,92 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn chance(&mut self, ppm: u32) -> bool {
+    pub fn chance(&mut self, ppm: u32) -> bool {
         ppm > 0 && (self.next() % 1_000_000) < u64::from(ppm)
     }
 }
 
-/// Copies every frame `from` transmits into `to`'s receive side, dropping or
-/// corrupting some as `faults` says.
+/// Copies every frame `from` transmits into `to`'s receive side, with the
+/// faults `faults` asks for.
 async fn link(
     mut from: ch::TxRunner<'_, MTU>,
     mut to: ch::RxRunner<'_, MTU>,
     faults: Faults,
     stats: &LinkStats,
 ) -> ! {
+    let count = |c: &std::cell::Cell<u64>| c.set(c.get() + 1);
     let mut rng = Rng(faults.seed | 1);
+    let trace = std::env::var_os("TINYPROTO_TRACE_LINK").is_some();
+    // A frame held back, sent after the next one.
+    let mut held: Option<Vec<u8>> = None;
     loop {
         let frame = from.tx_buf().await;
-        stats.frames.set(stats.frames.get() + 1);
+        count(&stats.frames);
         if stats.cut.get() || rng.chance(faults.drop_ppm) {
-            stats.dropped.set(stats.dropped.get() + 1);
+            count(&stats.dropped);
             from.tx_done();
             continue;
         }
-        let len = frame.len();
-        let dst = to.rx_buf().await;
-        dst[..len].copy_from_slice(frame);
-        if len > 0 && rng.chance(faults.corrupt_ppm) {
-            stats.corrupted.set(stats.corrupted.get() + 1);
-            let at = (rng.next() % len as u64) as usize;
-            dst[at] ^= 1 << (rng.next() % 8);
-        }
-        to.rx_done(len);
+        let mut frame = frame.to_vec();
         from.tx_done();
+        if trace {
+            trace_frame(&frame);
+        }
+        if !frame.is_empty() && rng.chance(faults.corrupt_ppm) {
+            count(&stats.corrupted);
+            let at = (rng.next() % frame.len() as u64) as usize;
+            frame[at] ^= 1 << (rng.next() % 8);
+        }
+        if rng.chance(faults.delay_ppm) {
+            count(&stats.delayed);
+            let micros = rng.next() % MAX_DELAY.as_micros();
+            embassy_time::Timer::after(Duration::from_micros(micros)).await;
+        }
+        if held.is_none() && rng.chance(faults.reorder_ppm) {
+            count(&stats.reordered);
+            held = Some(frame);
+            continue;
+        }
+        let copies = if rng.chance(faults.duplicate_ppm) {
+            count(&stats.duplicated);
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            deliver(&mut to, &frame).await;
+        }
+        if let Some(late) = held.take() {
+            deliver(&mut to, &late).await;
+        }
     }
+}
+
+/// Prints a TCP segment's time, ports, sequence numbers, flags and length
+/// to stderr (`TINYPROTO_TRACE_LINK=1`), to follow one seed's run.
+fn trace_frame(frame: &[u8]) {
+    let ihl = usize::from(frame.first().map_or(0, |b| b & 15)) * 4;
+    let Some(tcp) = frame.get(ihl..).filter(|t| t.len() >= 20) else {
+        return;
+    };
+    let be16 = |at: usize| u16::from_be_bytes([tcp[at], tcp[at + 1]]);
+    let be32 = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
+    let payload = tcp.len().saturating_sub(usize::from(tcp[12] >> 4) * 4);
+    eprintln!(
+        "{:>9} ms  {}->{}  seq {} ack {} flags {:#04x} len {payload}",
+        Instant::now().as_millis(),
+        be16(0),
+        be16(2),
+        be32(4),
+        be32(8),
+        tcp[13]
+    );
+}
+
+async fn deliver(to: &mut ch::RxRunner<'_, MTU>, frame: &[u8]) {
+    let dst = to.rx_buf().await;
+    dst[..frame.len()].copy_from_slice(frame);
+    to.rx_done(frame.len());
 }
 
 fn config(addr: Ipv4Address) -> Config {
@@ -172,6 +249,16 @@ fn config(addr: Ipv4Address) -> Config {
 /// `test(a, b, stats)` with the stacks and the link driven alongside it.
 /// Panics if the test takes longer than `limit`.
 pub fn run_pair<R>(
+    faults: Faults,
+    limit: Duration,
+    test: impl for<'a> AsyncFnOnce(Stack<'a>, Stack<'a>, &'a LinkStats) -> R,
+) -> R {
+    run_pair_idle(&mut thread::park, faults, limit, test)
+}
+
+/// [`run_pair`], calling `idle` when nothing is ready (see [`block_on_idle`]).
+pub fn run_pair_idle<R>(
+    idle: &mut dyn FnMut(),
     faults: Faults,
     limit: Duration,
     test: impl for<'a> AsyncFnOnce(Stack<'a>, Stack<'a>, &'a LinkStats) -> R,
@@ -205,7 +292,7 @@ pub fn run_pair<R>(
         stack_b.wait_config_up().await;
         test(stack_a, stack_b, &stats).await
     };
-    match block_on_with(background, embassy_time::with_timeout(limit, body)) {
+    match block_on_idle(background, embassy_time::with_timeout(limit, body), idle) {
         Ok(r) => r,
         Err(_) => panic!(
             "test did not finish within {} ms (ran {} ms)",

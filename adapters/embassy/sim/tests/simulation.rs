@@ -13,7 +13,7 @@
 //! `TINYPROTO_SIM_SEED=S` replays seed S alone; `TINYPROTO_SIM_SEEDS=N`
 //! runs seeds 0..N (default 1000); `TINYPROTO_SIM_FAULT_PPM` sets the
 //! highest fault rate; `TINYPROTO_SIM_VERBOSE=1` prints each seed's link
-//! counts and `TINYPROTO_TRACE_LINK=1` every segment.
+//! counts and how it ended, `TINYPROTO_TRACE_LINK=1` every segment.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -421,7 +421,7 @@ fn run_seed(seed: u64) -> (Outcome, FaultCounts) {
                 link.reordered.get(),
                 link.delayed.get(),
             ];
-            if std::env::var_os("TINYPROTO_SIM_VERBOSE").is_some() {
+            if verbose() {
                 println!(
                     "seed {seed}: {} frames ({} dropped, {} corrupted, {} duplicated, {} reordered, {} delayed), {} ms virtual",
                     link.frames.get(),
@@ -473,6 +473,11 @@ async fn exchange_from(client: &mut Client<'_>, plan: &[Planned], from: usize) -
             Stop::Typed(e, done) => Stop::Typed(e, done + from),
             violation => violation,
         })
+}
+
+/// `TINYPROTO_SIM_VERBOSE=1`: a line per seed besides the summary.
+fn verbose() -> bool {
+    std::env::var_os("TINYPROTO_SIM_VERBOSE").is_some()
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -527,7 +532,11 @@ fn main() {
             Outcome::TypedError { error, done } => {
                 typed += 1;
                 messages += done;
-                println!("seed {seed}: ended with a typed error after {done} messages: {error:?}");
+                if verbose() {
+                    println!(
+                        "seed {seed}: ended with a typed error after {done} messages: {error:?}"
+                    );
+                }
             }
             Outcome::Failed(what) => {
                 failures += 1;

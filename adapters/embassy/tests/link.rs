@@ -11,8 +11,8 @@ use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Deadline, Ended, Error, Flow, NetError, Reserve, ServerConfig,
-    Session, SharedHandler, Slot, Timeouts,
+    serve, Client, ConnInfo, Deadline, Ended, Error, Flow, NetError, ReserveStorage, ServerConfig,
+    Session, SharedHandler, Slot, SlotStorage, Timeouts,
 };
 
 const PORT: u16 = 7000;
@@ -71,10 +71,6 @@ async fn settle(cond: impl Fn() -> bool) {
     }
 }
 
-fn buffers(rx: usize, tx: usize, msg: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    (vec![0; rx], vec![0; tx], vec![0; msg])
-}
-
 fn quick_timeouts() -> Timeouts {
     Timeouts {
         connect: Duration::from_secs(5),
@@ -120,7 +116,9 @@ impl<'h, H: SharedHandler> EchoTest<'h, H> {
         let mut config = ServerConfig::new(PORT);
         config.timeouts = self.server_timeouts;
         run_pair(self.faults, self.limit, async |a, b, link| {
-            let (mut rx, mut tx, mut msg) = buffers(32 * 1024, 32 * 1024, self.message_buffer);
+            // The message buffer's size is the test's: not a `SlotStorage`.
+            let (mut rx, mut tx) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+            let mut msg = vec![0u8; self.message_buffer];
             let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
             match select(serve(b, &config, slots, [], [self.handler]), test(a, link)).await {
                 Either::First(never) => match never {},
@@ -271,14 +269,10 @@ fn test_connection_limit_answered_0xfe() {
         Faults::default(),
         Duration::from_secs(60),
         async |a, b, _| {
-            let (mut rx0, mut tx0, mut msg0) = buffers(4096, 4096, 256);
-            let (mut rx1, mut tx1, mut msg1) = buffers(4096, 4096, 256);
-            let (mut rrx, mut rtx) = ([0u8; 64], [0u8; 64]);
-            let slots = [
-                Slot::new(&mut rx0, &mut tx0, &mut msg0),
-                Slot::new(&mut rx1, &mut tx1, &mut msg1),
-            ];
-            let reserve = Reserve::new(&mut rrx, &mut rtx);
+            let mut storage = [SlotStorage::<4096, 4096, 256>::new(), SlotStorage::new()];
+            let slots = storage.each_mut().map(SlotStorage::slot);
+            let mut reserve_storage = ReserveStorage::new();
+            let reserve = reserve_storage.reserve();
             let server = serve(b, &config, slots, [reserve], [&handler, &handler]);
             let clients = async {
                 let to = server_endpoint(PORT);
@@ -540,8 +534,8 @@ fn test_handler_hooks_in_order_and_flow_close() {
         Faults::default(),
         Duration::from_secs(30),
         async |a, b, _| {
-            let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 1024);
-            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
+            let mut storage = SlotStorage::<4096, 4096, 1024>::new();
+            let slots = [storage.slot()];
             let server = serve(b, &config, slots, [], [&handler]);
             let client = async {
                 let (mut rx, mut tx) = ([0u8; 2048], [0u8; 2048]);
@@ -923,12 +917,8 @@ fn test_graceful_stop_closes_in_order_and_returns() {
         Faults::default(),
         Duration::from_secs(30),
         async |a, b, _| {
-            let (mut rx0, mut tx0, mut msg0) = buffers(4096, 4096, 1024);
-            let (mut rx1, mut tx1, mut msg1) = buffers(4096, 4096, 1024);
-            let slots = [
-                Slot::new(&mut rx0, &mut tx0, &mut msg0),
-                Slot::new(&mut rx1, &mut tx1, &mut msg1),
-            ];
+            let mut storage = [SlotStorage::<4096, 4096, 1024>::new(), SlotStorage::new()];
+            let slots = storage.each_mut().map(SlotStorage::slot);
             let server =
                 tinyproto_embassy::serve_until(b, &config, slots, [], [&handler, &handler], &stop);
             let test = async {
@@ -988,12 +978,10 @@ fn test_twenty_peers_beyond_the_slots_all_read_0xfe() {
         Faults::default(),
         Duration::from_secs(60),
         async |a, b, _| {
-            let (mut rx, mut tx, mut msg) = buffers(4096, 4096, 256);
-            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            let mut reserve_buffers = [[[0u8; 64]; 2]; PEERS];
-            let reserves = reserve_buffers
-                .each_mut()
-                .map(|[rx, tx]| Reserve::new(rx, tx));
+            let mut storage = SlotStorage::<4096, 4096, 256>::new();
+            let slots = [storage.slot()];
+            let mut reserve_storage = [const { ReserveStorage::new() }; PEERS];
+            let reserves = reserve_storage.each_mut().map(ReserveStorage::reserve);
             let server = serve(b, &config, slots, reserves, [&handler]);
             let clients = async {
                 let to = server_endpoint(PORT);
@@ -1067,12 +1055,8 @@ fn test_each_slot_has_its_own_handler_state() {
         Faults::default(),
         Duration::from_secs(30),
         async |a, b, _| {
-            let (mut rx0, mut tx0, mut msg0) = buffers(4096, 4096, 256);
-            let (mut rx1, mut tx1, mut msg1) = buffers(4096, 4096, 256);
-            let slots = [
-                Slot::new(&mut rx0, &mut tx0, &mut msg0),
-                Slot::new(&mut rx1, &mut tx1, &mut msg1),
-            ];
+            let mut storage = [SlotStorage::<4096, 4096, 256>::new(), SlotStorage::new()];
+            let slots = storage.each_mut().map(SlotStorage::slot);
             let handlers = [Counting { seen: 0 }, Counting { seen: 0 }];
             let server = serve(b, &config, slots, [], handlers);
             let clients = async {

@@ -27,8 +27,8 @@ use common::{pattern, run_pair_idle, server_endpoint, Faults, LinkStats, Rng};
 use embassy_futures::select::{select, Either};
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Ended, Error, Flow, Reserve, ServerConfig, Session, SharedHandler,
-    Slot, Take, Timeouts,
+    serve, Client, ConnInfo, Ended, Error, Flow, ReserveStorage, ServerConfig, Session,
+    SharedHandler, SlotStorage, Take, Timeouts,
 };
 
 const PORT: u16 = 7000;
@@ -377,12 +377,15 @@ fn run_seed(seed: u64) -> (Outcome, FaultCounts) {
         // way), so reaching it means a hang, not a slow link.
         Duration::from_secs(24 * 3600),
         async |a, b, link: &LinkStats| {
-            let (mut rx, mut tx) = (vec![0u8; 8192], vec![0u8; 8192]);
-            let mut msg = vec![0u8; SERVER_MESSAGE_BUFFER];
-            let (mut rrx, mut rtx) = ([0u8; 128], [0u8; 128]);
-            let slots = [Slot::new(&mut rx, &mut tx, &mut msg)];
-            let reserve = Reserve::new(&mut rrx, &mut rtx);
-            let server = serve(b, &config, slots, [reserve], [&checker]);
+            let mut storage = SlotStorage::<8192, 8192, SERVER_MESSAGE_BUFFER>::new();
+            let mut reserve_storage = ReserveStorage::new();
+            let server = serve(
+                b,
+                &config,
+                [storage.slot()],
+                [reserve_storage.reserve()],
+                [&checker],
+            );
             let client = async {
                 let (mut crx, mut ctx) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
                 let mut client =

@@ -5,13 +5,15 @@
 //! connections (the reactor says so), a connection ended, a stop, or the
 //! `loop_pass` interval if one is set. Accepting is immediate.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use embedded_io_adapters::std::FromStd;
 
 use crate::config::{settings_methods, Settings};
 use crate::conn::Conn;
@@ -356,7 +358,9 @@ fn refuse(mut stream: TcpStream, lingering: &Arc<AtomicUsize>) {
     let sent = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(1))))
-        .and_then(|()| stream.write_all(&tinyproto::CONNECTION_LIMIT_REFUSAL));
+        .and_then(|()| {
+            tinyproto::blocking::refuse_connection_limit(&mut FromStd::new(&mut stream))
+        });
     if let Err(e) = sent {
         log::debug!("refusal not sent: {e}");
         return;

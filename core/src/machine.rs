@@ -201,8 +201,10 @@ impl Machine {
         }
     }
 
-    /// Caps the length of messages this side accepts, below the buffer or
-    /// limit given to each receive (longer ones are answered 0x00).
+    /// Caps the length of whole messages this side accepts, below the buffer
+    /// given to each [`receive`](Self::receive) (longer ones are answered
+    /// 0x00). A chunked receive is not held in memory: only the limit given
+    /// to [`begin_receive`](Self::begin_receive) applies to it.
     pub fn set_max_message_len(&mut self, len: u32) {
         self.max_message_len = len.min(MAX_MESSAGE_LEN);
     }
@@ -328,7 +330,7 @@ impl Machine {
     /// Resume a half-received message by calling again with the same buffer.
     pub fn receive<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
         let poll = self
-            .poll_length(Some(len_of(buf.len())), false)
+            .poll_length(Some(len_of(buf.len()).min(self.max_message_len)), false)
             .or_else(|| match self.state {
                 // Only a resume with a smaller buffer than the first call can miss.
                 State::RecvPayload if buf.len() < self.announced() as usize => {
@@ -346,8 +348,7 @@ impl Machine {
 
     /// Starts receiving a message to be read in chunks with
     /// [`read_chunk`](Self::read_chunk); done with its length once the peer
-    /// was answered 0xFF. Lengths over `limit` (or
-    /// [`max_message_len`](Self::max_message_len)) are answered 0x00 and done
+    /// was answered 0xFF. Lengths over `limit` are answered 0x00 and done
     /// with [`Error::TooLarge`]. Call again to resume a dropped chunked receive.
     pub fn begin_receive(&mut self, limit: u32) -> Step<'_, u32> {
         let poll = self
@@ -558,7 +559,6 @@ impl Machine {
         match (self.state, capacity) {
             (State::Decide, Some(capacity)) => {
                 self.chunked = chunked;
-                let capacity = capacity.min(self.max_message_len);
                 self.answer(if len <= capacity {
                     Status::Ok
                 } else {
@@ -566,10 +566,7 @@ impl Machine {
                 });
                 None
             }
-            (State::Refused, Some(capacity)) => self.settle(Err(Error::TooLarge {
-                len,
-                capacity: capacity.min(self.max_message_len),
-            })),
+            (State::Refused, Some(capacity)) => self.settle(Err(Error::TooLarge { len, capacity })),
             _ => None,
         }
     }
@@ -868,6 +865,15 @@ mod tests {
                 capacity: 2
             })
         );
+    }
+
+    #[test]
+    fn test_max_message_len_leaves_chunked_receives_to_their_limit() {
+        let mut m = Machine::new();
+        m.set_max_message_len(2);
+        let mut peer = Peer::new(&[0xFF, 0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(run!(m.begin_receive(64), peer), Ok(3));
+        assert_eq!(peer.output, [0xFF, 0xFF], "greeting, then accepted");
     }
 
     #[test]

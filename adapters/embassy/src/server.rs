@@ -639,7 +639,7 @@ async fn serve_loop<H: Handler, const N: usize>(
                 let take = handler
                     .message_announced(&session.info, len, capacity)
                     .await;
-                match take_message(session, &mut *message, take, config, handler).await {
+                match take_message(session, &mut *message, take, handler).await {
                     Ok(flow) => {
                         if let Some(ended) = flow.ended() {
                             return ended;
@@ -685,36 +685,29 @@ async fn take_message<H: Handler>(
     session: &mut Session<'_, '_>,
     message: &mut [u8],
     take: Take,
-    config: &ServerConfig,
     handler: &mut H,
 ) -> Result<Flow, Error> {
     let info = session.info;
     let conn = &mut *session.conn;
     let taken = match take {
-        Take::Whole => conn.receive(message).await.map(|msg| msg.len()),
-        Take::Chunks => {
-            // Not held: the configured cap on whole messages does not apply.
-            conn.set_max_message_len(MAX_MESSAGE_LEN);
-            let streamed = stream_chunks(conn, message, &info, handler).await;
-            conn.set_max_message_len(config.max_message_len);
-            match streamed {
-                Ok(Ok(len)) => Ok(len as usize),
-                // The handler stopped the message half way: the connection
-                // is out of step and closes.
-                Ok(Err(flow)) => {
-                    conn.get_mut().end_exchange();
-                    return Ok(flow);
-                }
-                Err(e) => Err(e),
-            }
-        }
+        Take::Whole => conn.receive(message).await.map(|msg| Ok(msg.len())),
+        // Not held: the configured cap on whole messages does not apply
+        // (the core caps whole receives only).
+        Take::Chunks => stream_chunks(conn, message, &info, handler)
+            .await
+            .map(|streamed| streamed.map(|len| len as usize)),
         Take::Reject => conn.reject().await.map(|len| {
             debug!("slot {}: rejected a message of {} bytes", info.slot, len);
-            0
+            Ok(0)
         }),
     };
     session.conn.get_mut().end_exchange();
-    let len = taken?;
+    let len = match taken? {
+        Ok(len) => len,
+        // The handler stopped a chunked message half way: the connection
+        // is out of step and closes.
+        Err(flow) => return Ok(flow),
+    };
     match take {
         Take::Whole => Ok(handler
             .transmission_received(session, &message[..len])

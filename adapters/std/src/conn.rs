@@ -625,8 +625,6 @@ impl Conn {
     /// arrived (a resume keeps what `buf` holds). Lengths over `limit` are
     /// answered 0x00. Resumable after an `Io` error.
     fn receive_raw(&mut self, limit: u32, buf: &mut Vec<u8>) -> Result<u32, RawError> {
-        // Whole messages are held in memory: the configured cap applies.
-        self.inner.set_max_message_len(limit);
         let mut msg = self.inner.begin_receive(limit)?;
         let len = msg.len();
         loop {
@@ -654,8 +652,6 @@ impl Conn {
         on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<u32, RawError> {
         let Self { inner, scratch, .. } = self;
-        // Chunks are not held: only the caller's limit applies.
-        inner.set_max_message_len(limit);
         let mut msg = inner.begin_receive(limit)?;
         let len = msg.len();
         scratch.resize(RECEIVE_CHUNK, 0);

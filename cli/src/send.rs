@@ -7,13 +7,13 @@
 //!
 //! Memory stays bounded whatever the size: a file (or stdin redirected from a
 //! file) is read in chunks as it is sent; a pipe on stdin, whose length is only
-//! known at its end, is kept in memory up to [`SPILL_AT`] and spilled to an
-//! unlinked temporary file beyond that. A reply is held the same way
-//! ([`Spool`]) and reaches stdout only once all of it has arrived: a reply
-//! that breaks off writes nothing.
+//! known at its end, is held in a [`Spool`] (memory up to
+//! [`IN_MEMORY`](crate::spool::IN_MEMORY), an unlinked temporary file beyond).
+//! A reply is held the same way and reaches stdout only once all of it has
+//! arrived: a reply that breaks off writes nothing.
 
 use std::fs::File;
-use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,8 +24,6 @@ use tinyproto_std::{Client, Conn, Timeouts};
 use crate::exit::{self, Failure};
 use crate::spool::Spool;
 
-/// Stdin from a pipe is held in memory up to this many bytes.
-const SPILL_AT: usize = 8 * 1024 * 1024;
 /// Messages from this size on get a progress bar (when stderr is a terminal).
 const PROGRESS_FROM: u64 = 16 * 1024 * 1024;
 
@@ -188,38 +186,23 @@ fn open_stdin() -> Result<Source, Failure> {
     buffer_stream(Box::new(io::stdin()), name)
 }
 
-/// Reads a stream of unknown length to its end: in memory while small, in an
-/// unlinked temporary file beyond [`SPILL_AT`].
+/// Reads a stream of unknown length to its end into a [`Spool`] (in memory
+/// while small, in an unlinked temporary file beyond).
 fn buffer_stream(mut input: Box<dyn Read>, name: String) -> Result<Source, Failure> {
-    let mut head = Vec::new();
-    (&mut input)
-        .take(SPILL_AT as u64 + 1)
-        .read_to_end(&mut head)
-        .map_err(|e| Failure::io(&name, e))?;
-    if head.len() <= SPILL_AT {
-        return Ok(Source {
-            len: head.len() as u64,
-            reader: Box::new(io::Cursor::new(head)),
-            name,
-        });
+    let spill_failed = |e| Failure::io("temporary file", e);
+    let mut spool = Spool::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Failure::io(&name, e)),
+        };
+        spool.write(&chunk[..n]).map_err(spill_failed)?;
     }
-    let mut spill = tempfile::tempfile().map_err(|e| Failure::io("temporary file", e))?;
-    spill
-        .write_all(&head)
-        .map_err(|e| Failure::io("temporary file", e))?;
-    drop(head);
-    let rest = io::copy(&mut input, &mut spill).map_err(|e| Failure::io(&name, e))?;
-    let len = spill
-        .seek(SeekFrom::Start(0))
-        .and_then(|_| spill.metadata())
-        .map_err(|e| Failure::io("temporary file", e))?
-        .len();
-    debug_assert!(len >= rest);
-    Ok(Source {
-        reader: Box::new(spill),
-        len,
-        name,
-    })
+    let (reader, len) = spool.into_reader().map_err(spill_failed)?;
+    Ok(Source { reader, len, name })
 }
 
 /// Sends one message from `source`, streamed, with a progress bar for a

@@ -57,6 +57,17 @@ impl Spool {
         Ok(())
     }
 
+    /// Everything held, as a reader from its first byte, and its length.
+    pub fn into_reader(self) -> io::Result<(Box<dyn Read>, u64)> {
+        match self.file {
+            Some(mut file) => {
+                file.seek(SeekFrom::Start(0))?;
+                Ok((Box::new(file.take(self.len)), self.len))
+            }
+            None => Ok((Box::new(io::Cursor::new(self.head)), self.len)),
+        }
+    }
+
     /// Forgets what is held (a message that broke off).
     pub fn clear(&mut self) {
         self.head.clear();
@@ -93,6 +104,24 @@ mod tests {
         spool.copy_to(&mut out).unwrap();
         assert_eq!(out.len(), 9 * chunk.len());
         assert!(out.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+    }
+
+    #[test]
+    fn test_into_reader_reads_back_from_memory_and_from_the_file() {
+        let chunk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        for (writes, on_file) in [(1, false), (9, true)] {
+            let mut spool = Spool::new();
+            for _ in 0..writes {
+                spool.write(&chunk).unwrap();
+            }
+            assert_eq!(spool.file.is_some(), on_file);
+            let (mut reader, len) = spool.into_reader().unwrap();
+            let mut out = Vec::new();
+            reader.read_to_end(&mut out).unwrap();
+            assert_eq!(len, (writes * chunk.len()) as u64);
+            assert_eq!(out.len() as u64, len);
+            assert!(out.chunks(chunk.len()).all(|c| c == chunk.as_slice()));
+        }
     }
 
     #[test]

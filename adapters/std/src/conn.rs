@@ -1,12 +1,13 @@
 //! One connection: [`Conn`], whole messages in and out with deadlines and
 //! plugins, over the core's blocking driver.
 //!
-//! Writes wait in a buffer under the core's
-//! [`FlushPolicy::BeforeRead`](tinyproto::FlushPolicy::BeforeRead): every
-//! read flushes first, [`Conn::transmit`] flushes before it returns, and
-//! inside a connection loop's hooks (and [`Conn::transmit_all`]) the end of
-//! one message and the length of the next leave together; the loop flushes
-//! whenever a hook returns.
+//! Writes wait in a buffer, flushed by the core's [`FlushPolicy`]: each
+//! message is written out before its call returns
+//! ([`EachMessage`](FlushPolicy::EachMessage)), except inside a connection
+//! loop's hooks and [`Conn::transmit_all`], which switch to
+//! [`BeforeRead`](FlushPolicy::BeforeRead) so the end of one message and the
+//! length of the next leave together; the loop flushes whenever a hook
+//! returns.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use embedded_io_adapters::std::FromStd;
 use tinyproto::blocking::Connection;
 use tinyproto::std_io::WriteBuffered;
+use tinyproto::FlushPolicy;
 
 use crate::config::SharedConfig;
 use crate::connections::{Connections, Mailbox, Shared, StopHandle};
@@ -74,9 +76,6 @@ pub struct Conn {
     /// A deadline ran out mid-message or the protocol broke: carry nothing more.
     failed: bool,
     stop: bool,
-    /// Leave the end of a message in the buffer: more follow (a loop's hook,
-    /// `transmit_all`); whoever set this flushes.
-    batching: bool,
     attached: Option<Attached>,
 }
 
@@ -106,7 +105,8 @@ impl Conn {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let io = Io::new(Arc::new(stream), cfg.timeouts.write);
-        let mut inner = Connection::from_std_buffered(io);
+        let mut inner = Connection::new(FromStd::new(WriteBuffered::new(io)));
+        inner.set_flush_policy(FlushPolicy::EachMessage);
         inner.set_max_message_len(cfg.max_message_len);
         let now = Instant::now();
         Self {
@@ -121,7 +121,6 @@ impl Conn {
             last_activity: now,
             failed: false,
             stop: false,
-            batching: false,
             attached: None,
         }
     }
@@ -234,7 +233,7 @@ impl Conn {
         let io = self.io();
         io.set_read_deadline(deadline, Deadline::Greeting);
         io.set_write_deadline(Some((deadline, Deadline::Greeting)));
-        let result = self.inner.greet().and_then(|()| self.inner.flush());
+        let result = self.inner.greet();
         result.map_err(|e| self.fail(e))
     }
 
@@ -270,10 +269,7 @@ impl Conn {
         self.greet()?;
         let wire = self.cfg.plugins.transmit(msg).map_err(Error::Plugin)?;
         self.arm_message_deadline();
-        let mut result = self.inner.transmit(&wire);
-        if result.is_ok() && !self.batching {
-            result = self.inner.flush();
-        }
+        let result = self.inner.transmit(&wire);
         self.io().set_write_deadline(None);
         match result {
             Ok(()) => {
@@ -294,7 +290,8 @@ impl Conn {
         &mut self,
         msgs: impl IntoIterator<Item = &'m [u8]>,
     ) -> Result<usize, (usize, Error)> {
-        let batching = std::mem::replace(&mut self.batching, true);
+        let policy = self.inner.machine().flush_policy();
+        self.inner.set_flush_policy(FlushPolicy::BeforeRead);
         let mut sent = 0;
         let mut result = Ok(());
         for msg in msgs {
@@ -304,7 +301,7 @@ impl Conn {
             }
             sent += 1;
         }
-        self.batching = batching;
+        self.inner.set_flush_policy(policy);
         let flushed = if self.failed { Ok(()) } else { self.flush() };
         result.and(flushed).map(|()| sent).map_err(|e| (sent, e))
     }
@@ -323,7 +320,11 @@ impl Conn {
     /// Lets the end of a message wait for the next one (or the next
     /// flush): the loop sets this around its hooks.
     pub(crate) fn set_batching(&mut self, batching: bool) {
-        self.batching = batching;
+        self.inner.set_flush_policy(if batching {
+            FlushPolicy::BeforeRead
+        } else {
+            FlushPolicy::EachMessage
+        });
     }
 
     /// Receives one whole message (through the plugins): waits up to
@@ -411,10 +412,7 @@ impl Conn {
         self.check_no_plugins("transmit")?;
         self.greet()?;
         self.arm_message_deadline();
-        let mut result = self.transmit_from_raw(len, src);
-        if result.is_ok() && !self.batching {
-            result = self.inner.flush().map_err(RawError::Core);
-        }
+        let result = self.transmit_from_raw(len, src);
         self.io().set_write_deadline(None);
         match result {
             Ok(()) => {
@@ -541,26 +539,10 @@ impl Conn {
     }
 
     /// Waits up to `wait` for a message to begin, then runs `step` (a
-    /// resumable receive) to its end under the message deadline. Our answer
-    /// to its length is written out before this returns (outside a batch),
-    /// so that a peer is never left waiting for it.
+    /// resumable receive) to its end under the message deadline. Outside a
+    /// batch the core writes our answer to its length out before this
+    /// returns, so that a peer is never left waiting for it.
     fn wait_for_message<T>(
-        &mut self,
-        wait: Duration,
-        step: impl FnMut(&mut Self) -> Result<T, RawError>,
-    ) -> Result<Option<T>, Error> {
-        let result = self.wait_for_message_unflushed(wait, step);
-        if self.batching || self.failed {
-            return result;
-        }
-        let flushed = self.flush();
-        match result {
-            Ok(value) => flushed.map(|()| value),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn wait_for_message_unflushed<T>(
         &mut self,
         wait: Duration,
         mut step: impl FnMut(&mut Self) -> Result<T, RawError>,

@@ -93,9 +93,10 @@ impl Reactor {
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
             let stopping = stopping.clone();
+            let readiness = readiness.clone();
             thread::Builder::new()
                 .name("tinyproto-reactor".into())
-                .spawn(move || run(poll, &shared, &events, &stopping))?
+                .spawn(move || run(poll, &readiness, &shared, &events, &stopping))?
         };
         Ok(Self {
             readiness,
@@ -142,7 +143,13 @@ impl Drop for Reactor {
 
 /// The reactor thread: waits for readiness and hands it on. No timeout: it
 /// sleeps until a socket or the waker has something.
-fn run(mut poll: Poll, shared: &Shared, events: &Sender<LoopEvent>, stopping: &AtomicBool) {
+fn run(
+    mut poll: Poll,
+    readiness: &Readiness,
+    shared: &Shared,
+    events: &Sender<LoopEvent>,
+    stopping: &AtomicBool,
+) {
     let mut ready = Events::with_capacity(1024);
     loop {
         if let Err(e) = poll.poll(&mut ready, None) {
@@ -170,9 +177,7 @@ fn run(mut poll: Poll, shared: &Shared, events: &Sender<LoopEvent>, stopping: &A
                     };
                     entry.mailbox.post(|inbox| {
                         if inbox.armed {
-                            inbox.armed = false;
-                            let fd = entry.stream.as_raw_fd();
-                            let _ = poll.registry().deregister(&mut SourceFd(&fd));
+                            readiness.disarm(inbox, &entry.stream);
                             inbox.readable = true;
                         }
                     });

@@ -215,6 +215,13 @@ impl Machine {
         self.max_message_len
     }
 
+    /// The longest message a [`receive`](Self::receive) into a buffer of
+    /// `buf_len` bytes accepts: the buffer, capped by
+    /// [`max_message_len`](Self::max_message_len).
+    pub fn whole_capacity(&self, buf_len: usize) -> u32 {
+        len_of(buf_len).min(self.max_message_len)
+    }
+
     /// Chooses when written bytes are flushed (see [`FlushPolicy`]).
     pub fn set_flush_policy(&mut self, policy: FlushPolicy) {
         self.flush_policy = policy;
@@ -330,7 +337,7 @@ impl Machine {
     /// Resume a half-received message by calling again with the same buffer.
     pub fn receive<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
         let poll = self
-            .poll_length(Some(len_of(buf.len()).min(self.max_message_len)), false)
+            .poll_length(Some(self.whole_capacity(buf.len())), false)
             .or_else(|| match self.state {
                 // Only a resume with a smaller buffer than the first call can miss.
                 State::RecvPayload if buf.len() < self.announced() as usize => {

@@ -633,9 +633,7 @@ async fn serve_loop<H: Handler, const N: usize>(
             };
         match announced {
             Ok(len) => {
-                let capacity = u32::try_from(message.len())
-                    .unwrap_or(u32::MAX)
-                    .min(config.max_message_len);
+                let capacity = session.conn.machine().whole_capacity(message.len());
                 let take = handler
                     .message_announced(&session.info, len, capacity)
                     .await;

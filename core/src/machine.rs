@@ -219,7 +219,17 @@ impl Machine {
     /// `buf_len` bytes accepts: the buffer, capped by
     /// [`max_message_len`](Self::max_message_len).
     pub fn whole_capacity(&self, buf_len: usize) -> u32 {
-        len_of(buf_len).min(self.max_message_len)
+        self.capped(len_of(buf_len), false)
+    }
+
+    /// A receive's `capacity` under the cap: whole messages are held, so
+    /// the cap applies to them; chunked ones keep their own limit.
+    fn capped(&self, capacity: u32, chunked: bool) -> u32 {
+        if chunked {
+            capacity
+        } else {
+            capacity.min(self.max_message_len)
+        }
     }
 
     /// Chooses when written bytes are flushed (see [`FlushPolicy`]).
@@ -337,7 +347,7 @@ impl Machine {
     /// Resume a half-received message by calling again with the same buffer.
     pub fn receive<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
         let poll = self
-            .poll_length(Some(self.whole_capacity(buf.len())), false)
+            .poll_length(Some(len_of(buf.len())), false)
             .or_else(|| match self.state {
                 // Only a resume with a smaller buffer than the first call can miss.
                 State::RecvPayload if buf.len() < self.announced() as usize => {
@@ -563,6 +573,7 @@ impl Machine {
             return poll;
         }
         let len = self.announced();
+        let capacity = capacity.map(|c| self.capped(c, chunked));
         match (self.state, capacity) {
             (State::Decide, Some(capacity)) => {
                 self.chunked = chunked;

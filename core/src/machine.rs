@@ -222,14 +222,16 @@ impl Machine {
         self.capped(len_of(buf_len), false)
     }
 
-    /// A receive's `capacity` under the cap: whole messages are held, so
-    /// the cap applies to them; chunked ones keep their own limit.
+    /// A receive's `capacity` under the caps: whole messages are held, so
+    /// the connection's cap applies to them; chunked ones keep their own
+    /// limit. Neither goes past the protocol's [`MAX_MESSAGE_LEN`].
     fn capped(&self, capacity: u32, chunked: bool) -> u32 {
-        if chunked {
-            capacity
+        let cap = if chunked {
+            MAX_MESSAGE_LEN
         } else {
-            capacity.min(self.max_message_len)
-        }
+            self.max_message_len
+        };
+        capacity.min(cap)
     }
 
     /// Chooses when written bytes are flushed (see [`FlushPolicy`]).
@@ -892,6 +894,20 @@ mod tests {
         let mut peer = Peer::new(&[0xFF, 0, 0, 0, 3, b'a', b'b', b'c']);
         assert_eq!(run!(m.begin_receive(64), peer), Ok(3));
         assert_eq!(peer.output, [0xFF, 0xFF], "greeting, then accepted");
+    }
+
+    #[test]
+    fn test_chunked_receive_never_takes_more_than_the_protocol_allows() {
+        let mut m = Machine::new();
+        let mut peer = Peer::new(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(
+            run!(m.begin_receive(u32::MAX), peer),
+            Err(Error::TooLarge {
+                len: u32::MAX,
+                capacity: MAX_MESSAGE_LEN
+            })
+        );
+        assert_eq!(peer.output, [0xFF, 0x00], "greeting, then refused");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | 1 | mode: `% 3` = 0 machines, 1 `receive`, 2 `begin_receive`; bit 2 picks the machine's decision method |
 //! | 4 | capacity, big-endian (buffer length, capped at 64 KiB for `receive`; `begin_receive` limit) |
-//! | 4 | `set_max_message_len` value, big-endian (machines: also a cap) |
+//! | 4 | `set_max_message_len` value, big-endian (a cap for `receive` and the machines; `begin_receive` must ignore it) |
 //! | 1 + n | n, then n plan bytes (see [`crate::script::decode`]) |
 //! | rest | the peer's byte stream, greeting first |
 //!
@@ -79,13 +79,7 @@ pub fn reference(data: &[u8], cap: u32) -> (Vec<Outcome>, Vec<u8>) {
         pos += 4;
         if len > cap {
             written.push(0x00);
-            out.push((
-                Err(Error::TooLarge {
-                    len,
-                    capacity: cap,
-                }),
-                pos,
-            ));
+            out.push((Err(Error::TooLarge { len, capacity: cap }), pos));
             continue;
         }
         written.push(0xFF);
@@ -276,8 +270,10 @@ fn whole(data: &[u8], buf_len: u32, max_len: u32, plan: &[u8]) {
 /// and calls `begin_receive` again (both must resume).
 fn chunked(data: &[u8], limit: u32, max_len: u32, plan: &[u8]) {
     let mut conn = Connection::new(Script::new(data, Plan::new(plan, true)));
+    // The cap is on whole messages: a chunked receive takes its own limit,
+    // within the protocol's.
     conn.set_max_message_len(max_len);
-    let cap = limit.min(conn.max_message_len());
+    let cap = limit.min(tinyproto::MAX_MESSAGE_LEN);
     let (expected, expected_written) = reference(data, cap);
     let mut next_size = sizes(plan);
     for (want, consumed) in &expected {

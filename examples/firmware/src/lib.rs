@@ -1,20 +1,45 @@
 //! Shared by the firmware examples: the board glue (the only board-specific
-//! part) and a SysTick time driver.
+//! part), its panic handler, and a SysTick time driver.
+//!
+//! Two boards: the board-neutral stand-in (`board.rs`, the default, for
+//! size figures) and, with feature `mps2-an386`, Arm's MPS2 AN386 with its
+//! LAN9118 Ethernet controller, which QEMU emulates (`board_mps2_an386.rs`,
+//! `lan9118/`). The applications in `src/bin` are the same for both.
 #![no_std]
+#![deny(unsafe_code)]
 
+#[cfg(not(feature = "mps2-an386"))]
 pub mod board;
+#[cfg(feature = "mps2-an386")]
+#[path = "board_mps2_an386.rs"]
+pub mod board;
+#[cfg(feature = "mps2-an386")]
+pub mod lan9118;
 
 #[path = "../../qemu-test/src/systick_driver.rs"]
 pub mod systick_driver;
 
-/// Logs with defmt when the `defmt` feature is on; compiles to nothing
-/// otherwise.
+// The board decides what a panic does: stop (a real board's watchdog
+// resets it), or, under QEMU, print it and exit with status 1.
+#[cfg(not(feature = "mps2-an386"))]
+use panic_halt as _;
+#[cfg(feature = "mps2-an386")]
+use panic_semihosting as _;
+
+#[doc(hidden)]
+#[cfg(feature = "mps2-an386")]
+pub use cortex_m_semihosting::hprintln as __semihosting_println;
+
+/// Logs with defmt when the `defmt` feature is on, through semihosting on
+/// the emulated board; compiles to nothing otherwise.
 #[macro_export]
 macro_rules! log {
     ($s:literal $(, $x:expr)* $(,)?) => {{
         #[cfg(feature = "defmt")]
         ::defmt::info!($s $(, $x)*);
-        #[cfg(not(feature = "defmt"))]
+        #[cfg(feature = "mps2-an386")]
+        $crate::__semihosting_println!($s $(, $x)*);
+        #[cfg(not(any(feature = "defmt", feature = "mps2-an386")))]
         let _ = ($( & $x ),*);
     }};
 }

@@ -1,6 +1,10 @@
 //! Device-side tinyproto echo server: 2 concurrent connections on port 7000,
-//! a reserve socket that answers a third peer with 0xFE, 1 KiB messages,
-//! an idle timeout and TCP keep-alive. Board-neutral: see `board.rs`.
+//! a reserve socket that answers a third peer with 0xFE, an idle timeout
+//! and TCP keep-alive. Messages up to the slot's 1 KiB buffer come back
+//! whole; larger ones up to 4 MiB (a firmware image, say) stream through
+//! that buffer into a checksum and are answered with an 8-byte receipt,
+//! their length and FNV-1a (both big-endian); longer ones are refused
+//! (0x00) and the connection goes on. Board-neutral: see `board.rs`.
 #![no_std]
 #![no_main]
 
@@ -8,18 +12,62 @@
 use defmt_rtt as _;
 use embassy_executor::Spawner;
 use embassy_time::Duration;
-use panic_halt as _;
 use tinyproto_embassy::{
-    serve, ConnInfo, Ended, Flow, Handler, ReserveStorage, ServerConfig, Session, SlotStorage,
+    serve, ConnInfo, Ended, Flow, Handler, ReserveStorage, ServerConfig, Session, SlotStorage, Take,
 };
 use tinyproto_embassy_firmware::{board, log};
 
-struct Echo;
+/// The longest message taken (in chunks); longer ones are refused.
+const LARGEST: u32 = 4 << 20;
+/// FNV-1a's offset basis: the checksum of nothing.
+const FNV_START: u32 = 0x811C_9DC5;
+
+/// FNV-1a over `bytes`, continuing from `hash`.
+fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
+    for &b in bytes {
+        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// One per slot: the checksum of the message streaming in.
+struct Echo {
+    checksum: u32,
+}
 
 impl Handler for Echo {
     async fn conn_init(&mut self, info: &ConnInfo) -> Flow {
         log!("slot {}: peer {:?}", info.slot, info.remote);
         Flow::Continue
+    }
+
+    async fn message_announced(&mut self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
+        if len <= capacity {
+            Take::Whole
+        } else if len <= LARGEST {
+            self.checksum = FNV_START;
+            Take::Chunks
+        } else {
+            log!("refused a message of {} bytes", len);
+            Take::Reject
+        }
+    }
+
+    async fn transmission_chunk(&mut self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
+        self.checksum = fnv1a(self.checksum, chunk);
+        Flow::Continue
+    }
+
+    async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+        let mut receipt = [0u8; 8];
+        receipt[..4].copy_from_slice(&len.to_be_bytes());
+        receipt[4..].copy_from_slice(&self.checksum.to_be_bytes());
+        log!(
+            "received {} bytes in chunks, FNV-1a {:08x}",
+            len,
+            self.checksum
+        );
+        Flow::after(session.transmit(&receipt).await)
     }
 
     async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
@@ -55,7 +103,7 @@ async fn main(spawner: Spawner) {
         &config,
         [slot0.slot(), slot1.slot()],
         [reserve.reserve()],
-        [Echo, Echo],
+        [Echo { checksum: 0 }, Echo { checksum: 0 }],
     )
     .await {}
 }

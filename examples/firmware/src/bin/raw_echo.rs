@@ -9,7 +9,6 @@ use defmt_rtt as _;
 use embassy_executor::Spawner;
 use embassy_futures::join::join;
 use embassy_net::tcp::TcpSocket;
-use panic_halt as _;
 use tinyproto_embassy_firmware::board;
 
 async fn echo(stack: embassy_net::Stack<'_>, rx: &mut [u8], tx: &mut [u8], buf: &mut [u8]) -> ! {

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The firmware examples on an emulated board with an emulated NIC: the
+# echo server and client of examples/firmware, built for Arm MPS2 AN386
+# (feature mps2-an386, LAN9118 driver), run under qemu-system-arm and
+# talking to Linux's TCP:
+#   - user-mode network (no root): tinyproto-std's device_check and the
+#     Python reference client against the firmware server, via hostfwd;
+#   - TAP in a network namespace this script creates (root): the same two
+#     clients against the firmware server, then the firmware client against
+#     `tinyproto serve --echo` and against the Python reference server.
+# Installs what it needs; as non-root it says so and runs the rest. Ends
+# with `qemu-nic: N passed, F failed` (N, F: checks). About 1-2 min.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+export PATH="$HOME/.cargo/bin:$PATH"
+
+need=()
+command -v qemu-system-arm >/dev/null 2>&1 || need+=(qemu-system-arm)
+command -v arm-none-eabi-size >/dev/null 2>&1 || need+=(binutils-arm-none-eabi)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ "${#need[@]}" -gt 0 ]; then
+    echo "==> installing ${need[*]}"
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+rustup target add thumbv7em-none-eabihf >/dev/null
+bash .ci/python-peer.sh
+python=$root/.venv/bin/python
+
+echo "==> building the firmware for mps2-an386 and the host tools"
+fw=examples/firmware/target/mps2-an386/thumbv7em-none-eabihf/release
+(cd examples/firmware && cargo build -q --release --locked --features mps2-an386 --target-dir target/mps2-an386)
+cargo build -q --release -p tinyproto-std --example device_check
+cargo build -q --release -p tinyproto-cli
+device_check=$root/target/release/examples/device_check
+tinyproto=$root/target/release/tinyproto
+peer=$root/examples/firmware/qemu/peer.py
+
+logs=$(mktemp -d)
+passed=0
+failed=0
+pids=()
+ns=""
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ -n "$ns" ]; then ip netns del "$ns" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+pass() { passed=$((passed + 1)); echo "qemu-nic: PASS $*"; }
+fail() { failed=$((failed + 1)); echo "qemu-nic: FAIL $*"; }
+
+# qemu LOG ELF NIC [PREFIX...]: starts the firmware in the background.
+qemu() {
+    local log=$1 elf=$2 nic=$3
+    shift 3
+    "$@" timeout 120 qemu-system-arm -M mps2-an386 -display none -serial null -monitor none \
+        -semihosting-config enable=on,target=native -kernel "$elf" -nic "$nic" >"$log" 2>&1 &
+    pids+=($!)
+}
+
+stop_qemu() {
+    kill "${pids[-1]}" 2>/dev/null || true
+    wait "${pids[-1]}" 2>/dev/null || true
+}
+
+# check_server WHAT ADDR [PREFIX...]: device_check and the Python client
+# against the firmware server at ADDR (each of device_check's checks counts).
+check_server() {
+    local what=$1 addr=$2
+    shift 2
+    local out=$logs/check.log
+    "$@" timeout 120 "$device_check" "$addr" >"$out" 2>&1 || true
+    sed 's/^/    /' "$out"
+    local counts
+    counts=$(sed -n 's/^device-check: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$out")
+    if [ -z "$counts" ]; then
+        fail "$what: tinyproto-std device_check did not finish"
+    else
+        passed=$((passed + ${counts% *}))
+        failed=$((failed + ${counts#* }))
+    fi
+    if "$@" timeout 120 "$python" "$peer" client "${addr%:*}" "${addr##*:}" >"$out" 2>&1; then
+        pass "$what: Python reference client: $(tail -n 1 "$out")"
+    else
+        fail "$what: Python reference client"
+        sed 's/^/    /' "$out"
+    fi
+}
+
+# wait_for LOG PATTERN SECS: until PATTERN appears in LOG.
+wait_for() {
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# check_client WHAT LOG: the firmware client's start-up link check.
+check_client() {
+    if wait_for "$2" "link check: \(passed\|FAILED\)" 90 && grep -q "link check: passed" "$2"; then
+        pass "$1: $(grep -c 'B echoed' "$2") echoes (0 B to 1 MiB) checked by the firmware"
+    else
+        fail "$1"
+    fi
+    sed 's/^/    /' "$2"
+}
+
+# 1. User-mode network (slirp): no root. The guest LAN is 192.168.1.0/24
+#    with QEMU at .1, as on the TAP below; a host port forwards to :7000.
+port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+echo "==> user-mode network: firmware echo server at 127.0.0.1:$port (forwarded)"
+qemu "$logs/user.log" "$fw/echo_server" \
+    "user,model=lan9118,net=192.168.1.0/24,host=192.168.1.1,hostfwd=tcp:127.0.0.1:$port-192.168.1.10:7000"
+check_server "user-mode" "127.0.0.1:$port"
+stop_qemu
+sed 's/^/    firmware: /' "$logs/user.log"
+
+# 2. TAP in a network namespace: the host's side of the LAN is the kernel.
+if [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
+    echo "qemu-nic: TAP set-up SKIPPED (needs root and /dev/net/tun to create a network namespace and a TAP device)"
+else
+    ns=tp-nic-$$
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" tuntap add name tap0 mode tap
+    ip -n "$ns" addr add 192.168.1.1/24 dev tap0
+    ip -n "$ns" link set tap0 up
+    in_ns=(ip netns exec "$ns")
+    tap="tap,ifname=tap0,script=no,downscript=no,model=lan9118,mac=02:00:00:00:00:0a"
+
+    echo "==> TAP: firmware echo server at 192.168.1.10:7000"
+    qemu "$logs/tap-server.log" "$fw/echo_server" "$tap" "${in_ns[@]}"
+    check_server "TAP" "192.168.1.10:7000" "${in_ns[@]}"
+    stop_qemu
+    sed 's/^/    firmware: /' "$logs/tap-server.log"
+
+    # The firmware client dials 192.168.1.10:7000: now the kernel's address.
+    ip -n "$ns" addr add 192.168.1.10/24 dev tap0
+    tap="tap,ifname=tap0,script=no,downscript=no,model=lan9118,mac=02:00:00:00:00:14"
+
+    echo "==> TAP: firmware client -> tinyproto serve --echo at 192.168.1.10:7000"
+    "${in_ns[@]}" timeout 120 "$tinyproto" serve --echo --listen 192.168.1.10:7000 >"$logs/serve.log" 2>&1 &
+    pids+=($!)
+    serve=$!
+    wait_for "$logs/serve.log" "listening on" 10 || true
+    qemu "$logs/tap-client.log" "$fw/client" "$tap" "${in_ns[@]}"
+    check_client "TAP: firmware client with tinyproto serve --echo" "$logs/tap-client.log"
+    stop_qemu
+    kill "$serve" 2>/dev/null || true
+
+    echo "==> TAP: firmware client -> Python reference server at 192.168.1.10:7000"
+    "${in_ns[@]}" timeout 120 "$python" "$peer" server 192.168.1.10 7000 >"$logs/pyserver.log" 2>&1 &
+    pids+=($!)
+    pyserver=$!
+    wait_for "$logs/pyserver.log" "listening" 10 || true
+    qemu "$logs/tap-client-py.log" "$fw/client" "$tap" "${in_ns[@]}"
+    check_client "TAP: firmware client with the Python reference server" "$logs/tap-client-py.log"
+    stop_qemu
+    if wait "$pyserver"; then
+        pass "TAP: Python reference server: $(tail -n 1 "$logs/pyserver.log")"
+    else
+        fail "TAP: Python reference server"
+        sed 's/^/    /' "$logs/pyserver.log"
+    fi
+fi
+
+echo "qemu-nic: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -7,7 +7,9 @@
 #     Python reference client against the firmware server, via hostfwd;
 #   - TAP in a network namespace this script creates (root): the same two
 #     clients against the firmware server, then the firmware client against
-#     `tinyproto serve --echo` and against the Python reference server.
+#     `tinyproto serve --echo` and against the Python reference server;
+#   - on both, the throughput table of firmware nic_bench (tinyproto beside
+#     raw TCP, both directions; informational).
 # Installs what it needs; as non-root it says so and runs the rest. Ends
 # with `qemu-nic: N passed, F failed` (N, F: checks). About 1-2 min.
 set -euo pipefail
@@ -31,9 +33,10 @@ python=$root/.venv/bin/python
 echo "==> building the firmware for mps2-an386 and the host tools"
 fw=examples/firmware/target/mps2-an386/thumbv7em-none-eabihf/release
 (cd examples/firmware && cargo build -q --release --locked --features mps2-an386 --target-dir target/mps2-an386)
-cargo build -q --release -p tinyproto-std --example device_check
+cargo build -q --release -p tinyproto-std --example device_check --example device_bench
 cargo build -q --release -p tinyproto-cli
 device_check=$root/target/release/examples/device_check
+device_bench=$root/target/release/examples/device_bench
 tinyproto=$root/target/release/tinyproto
 peer=$root/examples/firmware/qemu/peer.py
 
@@ -90,6 +93,19 @@ check_server() {
     fi
 }
 
+# bench WHAT TINYPROTO_ADDR RAW_ADDR [PREFIX...]: the throughput table of
+# the firmware nic_bench (a check: every transfer is verified).
+bench() {
+    local what=$1 tp=$2 raw=$3
+    shift 3
+    if "$@" timeout 120 "$device_bench" "$tp" "$raw" >"$logs/bench.log" 2>&1; then
+        pass "$what: throughput, tinyproto beside raw TCP (informational figures):"
+    else
+        fail "$what: throughput"
+    fi
+    sed 's/^/    /' "$logs/bench.log"
+}
+
 # wait_for LOG PATTERN SECS: until PATTERN appears in LOG.
 wait_for() {
     local i
@@ -119,6 +135,11 @@ qemu "$logs/user.log" "$fw/echo_server" \
 check_server "user-mode" "127.0.0.1:$port"
 stop_qemu
 sed 's/^/    firmware: /' "$logs/user.log"
+raw_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+qemu "$logs/user-bench.log" "$fw/nic_bench" \
+    "user,model=lan9118,net=192.168.1.0/24,host=192.168.1.1,hostfwd=tcp:127.0.0.1:$port-192.168.1.10:7000,hostfwd=tcp:127.0.0.1:$raw_port-192.168.1.10:7001"
+bench "user-mode" "127.0.0.1:$port" "127.0.0.1:$raw_port"
+stop_qemu
 
 # 2. TAP in a network namespace: the host's side of the LAN is the kernel.
 if [ "$(id -u)" != 0 ] || [ ! -e /dev/net/tun ]; then
@@ -138,6 +159,9 @@ else
     check_server "TAP" "192.168.1.10:7000" "${in_ns[@]}"
     stop_qemu
     sed 's/^/    firmware: /' "$logs/tap-server.log"
+    qemu "$logs/tap-bench.log" "$fw/nic_bench" "$tap" "${in_ns[@]}"
+    bench "TAP" "192.168.1.10:7000" "192.168.1.10:7001" "${in_ns[@]}"
+    stop_qemu
 
     # The firmware client dials 192.168.1.10:7000: now the kernel's address.
     ip -n "$ns" addr add 192.168.1.10/24 dev tap0

@@ -6,6 +6,7 @@
 //! `board.rs`.
 #![no_std]
 #![no_main]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "defmt")]
 use defmt_rtt as _;

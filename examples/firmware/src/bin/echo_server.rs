@@ -7,6 +7,7 @@
 //! (0x00) and the connection goes on. Board-neutral: see `board.rs`.
 #![no_std]
 #![no_main]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "defmt")]
 use defmt_rtt as _;

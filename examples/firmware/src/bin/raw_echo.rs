@@ -3,6 +3,7 @@
 //! flash and RAM between the two is what tinyproto(-embassy) costs.
 #![no_std]
 #![no_main]
+#![forbid(unsafe_code)]
 
 #[cfg(feature = "defmt")]
 use defmt_rtt as _;

@@ -33,6 +33,7 @@ python=$root/.venv/bin/python
 echo "==> building the firmware for mps2-an386 and the host tools"
 fw=examples/firmware/target/mps2-an386/thumbv7em-none-eabihf/release
 (cd examples/firmware && cargo build -q --release --locked --features mps2-an386 --target-dir target/mps2-an386)
+python3 examples/firmware/size-report.py "$fw"
 cargo build -q --release -p tinyproto-std --example device_check --example device_bench
 cargo build -q --release -p tinyproto-cli
 device_check=$root/target/release/examples/device_check

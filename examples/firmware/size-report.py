@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Flash/RAM of the firmware examples and tinyproto's share.
 
-    size-report.py DIR   (DIR holds the release ELFs echo_server, client, raw_echo)
+    size-report.py DIR   (DIR holds the release ELFs echo_server, client, raw_echo, nic_bench)
 
 Prints arm-none-eabi-size's figures (flash = text + data, RAM = data + bss),
 the code in symbols of the tinyproto and tinyproto_embassy crates (after LTO
@@ -37,7 +37,7 @@ def tinyproto_code(elf):
 
 
 rows = []
-for elf in ("echo_server", "client", "raw_echo"):
+for elf in ("echo_server", "client", "raw_echo", "nic_bench"):
     text, data, bss = size(elf)
     rows.append((elf, text + data, data + bss, text, data, bss, tinyproto_code(elf)))
 base = rows[2]

@@ -39,7 +39,7 @@ cargo build -q --release -p tinyproto-cli
 device_check=$root/target/release/examples/device_check
 device_bench=$root/target/release/examples/device_bench
 tinyproto=$root/target/release/tinyproto
-peer=$root/examples/firmware/qemu/peer.py
+peer=$root/adapters/embassy/tests/tap_peer.py
 
 logs=$(mktemp -d)
 passed=0
@@ -86,7 +86,9 @@ check_server() {
         passed=$((passed + ${counts% *}))
         failed=$((failed + ${counts#* }))
     fi
-    if "$@" timeout 120 "$python" "$peer" client "${addr%:*}" "${addr##*:}" >"$out" 2>&1; then
+    # The echo server's replies: echoes up to 1 KiB, receipts beyond.
+    if "$@" timeout 120 "$python" "$peer" client "${addr%:*}" "${addr##*:}" \
+        --sizes 0,1,1024,65536,1048576,3000000 --receipts-over 1024 >"$out" 2>&1; then
         pass "$what: Python reference client: $(tail -n 1 "$out")"
     else
         fail "$what: Python reference client"
@@ -125,6 +127,22 @@ check_client() {
         fail "$1"
     fi
     sed 's/^/    /' "$2"
+}
+
+# client_with WHAT NAME READY CMD...: starts the server CMD in the namespace
+# (until READY shows in its log), then the firmware client, and checks the
+# client's link check; leaves the server's pid in $server.
+client_with() {
+    local what=$1 name=$2 ready=$3
+    shift 3
+    echo "==> TAP: firmware client -> $what at 192.168.1.10:7000"
+    "${in_ns[@]}" timeout 120 "$@" >"$logs/$name-server.log" 2>&1 &
+    server=$!
+    pids+=("$server")
+    wait_for "$logs/$name-server.log" "$ready" 10 || true
+    qemu "$logs/$name-client.log" "$fw/client" "$tap" "${in_ns[@]}"
+    check_client "TAP: firmware client with $what" "$logs/$name-client.log"
+    stop_qemu
 }
 
 # 1. User-mode network (slirp): no root. The guest LAN is 192.168.1.0/24
@@ -168,29 +186,16 @@ else
     ip -n "$ns" addr add 192.168.1.10/24 dev tap0
     tap="tap,ifname=tap0,script=no,downscript=no,model=lan9118,mac=02:00:00:00:00:14"
 
-    echo "==> TAP: firmware client -> tinyproto serve --echo at 192.168.1.10:7000"
-    "${in_ns[@]}" timeout 120 "$tinyproto" serve --echo --listen 192.168.1.10:7000 >"$logs/serve.log" 2>&1 &
-    pids+=($!)
-    serve=$!
-    wait_for "$logs/serve.log" "listening on" 10 || true
-    qemu "$logs/tap-client.log" "$fw/client" "$tap" "${in_ns[@]}"
-    check_client "TAP: firmware client with tinyproto serve --echo" "$logs/tap-client.log"
-    stop_qemu
-    kill "$serve" 2>/dev/null || true
-
-    echo "==> TAP: firmware client -> Python reference server at 192.168.1.10:7000"
-    "${in_ns[@]}" timeout 120 "$python" "$peer" server 192.168.1.10 7000 >"$logs/pyserver.log" 2>&1 &
-    pids+=($!)
-    pyserver=$!
-    wait_for "$logs/pyserver.log" "listening" 10 || true
-    qemu "$logs/tap-client-py.log" "$fw/client" "$tap" "${in_ns[@]}"
-    check_client "TAP: firmware client with the Python reference server" "$logs/tap-client-py.log"
-    stop_qemu
-    if wait "$pyserver"; then
-        pass "TAP: Python reference server: $(tail -n 1 "$logs/pyserver.log")"
+    client_with "tinyproto serve --echo" serve "listening on" \
+        "$tinyproto" serve --echo --listen 192.168.1.10:7000
+    kill "$server" 2>/dev/null || true
+    client_with "the Python reference server" python "listening" \
+        "$python" "$peer" server 192.168.1.10 7000
+    if wait "$server"; then
+        pass "TAP: Python reference server: $(tail -n 1 "$logs/python-server.log")"
     else
         fail "TAP: Python reference server"
-        sed 's/^/    /' "$logs/pyserver.log"
+        sed 's/^/    /' "$logs/python-server.log"
     fi
 fi
 

@@ -1,10 +1,17 @@
-"""The Python reference (tinyproto 3.0) as a peer of the TAP test.
+"""The Python reference (tinyproto 3.0) as the peer of an embassy-net stack:
+the TAP test's, and the firmware's under QEMU (.ci/qemu-nic.sh).
 
-    tap_peer.py client HOST PORT   connect, send SIZES messages, check echoes
-    tap_peer.py server HOST PORT   echo server; exits after its first connection ends
+    tap_peer.py client HOST PORT [--sizes 0,1,...] [--receipts-over N]
+        connect, send messages of these sizes (default SIZES), check each
+        reply: the echo, or for messages over N bytes the firmware echo
+        server's receipt (length and FNV-1a, both 4 bytes big-endian)
+    tap_peer.py server HOST PORT
+        echo server; exits after its first connection ends (or 60 s)
 
 Exit status 0 only if every check passed.
 """
+import argparse
+import struct
 import sys
 import threading
 
@@ -20,28 +27,41 @@ def pattern(n, seed):
     return bytes(((i * 31 + seed) & 0xFF) for i in range(n))
 
 
-def client(host, port):
+def fnv1a(data):
+    h = 0x811C9DC5
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def client(host, port, sizes, receipts_over):
     done = threading.Event()
     result = {"ok": 0, "err": None}
+    messages = [pattern(n, i) for i, n in enumerate(sizes)]
+    replies = [
+        m if receipts_over is None or len(m) <= receipts_over
+        else struct.pack(">II", len(m), fnv1a(m))
+        for m in messages
+    ]
 
     class Checker(TinyProtoConnection):
         def pre_loop(self):
             self.i = 0
-            self.transmit(pattern(SIZES[0], 0))
+            self.transmit(messages[0])
 
         def transmission_received(self, msg):
-            if bytes(msg) != pattern(SIZES[self.i], self.i):
-                result["err"] = "echo %d (%d bytes) differs" % (self.i, SIZES[self.i])
+            if bytes(msg) != replies[self.i]:
+                result["err"] = "reply %d (to %d bytes) differs" % (self.i, sizes[self.i])
                 self.shutdown = True
                 done.set()
                 return
             result["ok"] += 1
             self.i += 1
-            if self.i == len(SIZES):
+            if self.i == len(sizes):
                 self.shutdown = True
                 done.set()
                 return
-            self.transmit(pattern(SIZES[self.i], self.i))
+            self.transmit(messages[self.i])
 
     c = TinyProtoClient(connection_handler=Checker, timeout=30)
     c.connect_to(TinyProtoConnectionDetails(host, port))
@@ -51,7 +71,7 @@ def client(host, port):
     if result["err"]:
         print("python client: " + result["err"], flush=True)
         return 1
-    print("python client: %d echoes ok" % result["ok"], flush=True)
+    print("python client: %d replies ok (%s bytes)" % (result["ok"], ",".join(map(str, sizes))), flush=True)
     return 0
 
 
@@ -81,11 +101,21 @@ def server(host, port):
     timer = threading.Timer(60, lambda: setattr(s, "shutdown", True))
     timer.daemon = True
     timer.start()
+    print("python server: listening", flush=True)
     s.start()
     print("python server: echoed %d messages" % len(served), flush=True)
     return 0 if served else 1
 
 
 if __name__ == "__main__":
-    mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    sys.exit(client(host, port) if mode == "client" else server(host, port))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["client", "server"])
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--receipts-over", type=int, default=None)
+    args = parser.parse_args()
+    if args.mode == "client":
+        sizes = [int(n) for n in args.sizes.split(",")]
+        sys.exit(client(args.host, args.port, sizes, args.receipts_over))
+    sys.exit(server(args.host, args.port))

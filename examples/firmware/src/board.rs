@@ -28,7 +28,7 @@
 use cortex_m::peripheral::SYST;
 use embassy_executor::Spawner;
 use embassy_net::driver::HardwareAddress;
-use embassy_net::{Config, Ipv4Address, Ipv4Cidr, Stack, StackResources, StaticConfigV4};
+use embassy_net::{Config, Stack, StackResources};
 use embassy_net_driver_channel as ch;
 use static_cell::StaticCell;
 
@@ -62,16 +62,6 @@ async fn mac_task(runner: ch::Runner<'static, MTU>) -> ! {
 #[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, Device>) -> ! {
     runner.run().await
-}
-
-/// Static IPv4 configuration for host `host` of the example LAN
-/// 192.168.1.0/24 (gateway .1). A real board may use `Config::dhcpv4`.
-pub fn lan_address(host: u8) -> Config {
-    Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(Ipv4Address::new(192, 168, 1, host), 24),
-        gateway: Some(Ipv4Address::new(192, 168, 1, 1)),
-        dns_servers: Default::default(),
-    })
 }
 
 /// Brings the network up and returns the stack; spawns the driver and the

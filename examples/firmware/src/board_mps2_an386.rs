@@ -1,7 +1,7 @@
 //! The board: Arm MPS2 with FPGA image AN386 (Cortex-M4F, 25 MHz), as QEMU's
 //! `mps2-an386` machine emulates it, with its SMSC LAN9118 Ethernet
 //! controller. The same interface as the board-neutral `board.rs`
-//! (`init_time`, `network`, `lan_address`, `MAC`), so the applications are
+//! (`init_time`, `network`, `MAC`), so the applications are
 //! unchanged; this module only swaps the network device for the
 //! [`Lan9118`](crate::lan9118::Lan9118) driver and prints the applications'
 //! log lines through semihosting (QEMU's `-semihosting`), for want of a
@@ -12,7 +12,7 @@
 
 use cortex_m::peripheral::SYST;
 use embassy_executor::Spawner;
-use embassy_net::{Config, Ipv4Address, Ipv4Cidr, Stack, StackResources, StaticConfigV4};
+use embassy_net::{Config, Stack, StackResources};
 use static_cell::StaticCell;
 
 use crate::lan9118::Lan9118;
@@ -31,17 +31,6 @@ pub fn init_time(syst: SYST) {
 #[embassy_executor::task]
 async fn net_task(mut runner: embassy_net::Runner<'static, Lan9118>) -> ! {
     runner.run().await
-}
-
-/// Static IPv4 configuration for host `host` of the example LAN
-/// 192.168.1.0/24 (gateway .1): the tests put the host's side of the TAP
-/// device, or QEMU's user-mode network, on the same subnet.
-pub fn lan_address(host: u8) -> Config {
-    Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(Ipv4Address::new(192, 168, 1, host), 24),
-        gateway: Some(Ipv4Address::new(192, 168, 1, 1)),
-        dns_servers: Default::default(),
-    })
 }
 
 /// Resets the LAN9118, brings the network up and returns the stack; the

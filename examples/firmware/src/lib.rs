@@ -19,6 +19,21 @@ pub mod lan9118;
 #[path = "../../qemu-test/src/systick_driver.rs"]
 pub mod systick_driver;
 
+use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
+
+/// Static IPv4 configuration for host `host` of the examples' LAN
+/// 192.168.1.0/24 (gateway .1), on every board: the server is .10, the
+/// client .20. The QEMU tests put the host's side of the TAP device, or
+/// QEMU's user-mode network, on the same subnet. A real board may use
+/// `Config::dhcpv4` instead.
+pub fn lan_address(host: u8) -> Config {
+    Config::ipv4_static(StaticConfigV4 {
+        address: Ipv4Cidr::new(Ipv4Address::new(192, 168, 1, host), 24),
+        gateway: Some(Ipv4Address::new(192, 168, 1, 1)),
+        dns_servers: Default::default(),
+    })
+}
+
 // The board decides what a panic does: stop (a real board's watchdog
 // resets it), or, under QEMU, print it and exit with status 1.
 #[cfg(not(feature = "mps2-an386"))]

@@ -15,7 +15,7 @@ use embassy_net::{IpEndpoint, Ipv4Address};
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto_embassy::embassy_net::tcp::TcpSocket;
 use tinyproto_embassy::{Client, Error, Socket, Timeouts};
-use tinyproto_embassy_firmware::{board, log};
+use tinyproto_embassy_firmware::{board, lan_address, log};
 
 /// The link check's message sizes.
 const CHECK_SIZES: [u32; 5] = [0, 1, 1024, 64 * 1024, 1024 * 1024];
@@ -90,7 +90,7 @@ async fn link_check(client: &mut Client<'_>) -> Result<(), CheckFailed> {
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
     board::init_time(core.SYST);
-    let stack = board::network(spawner, board::lan_address(20), 0xC11E);
+    let stack = board::network(spawner, lan_address(20), 0xC11E);
     stack.wait_config_up().await;
 
     let server = IpEndpoint::new(Ipv4Address::new(192, 168, 1, 10).into(), 7000);

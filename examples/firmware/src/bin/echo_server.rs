@@ -16,7 +16,7 @@ use embassy_time::Duration;
 use tinyproto_embassy::{
     serve, ConnInfo, Ended, Flow, Handler, ReserveStorage, ServerConfig, Session, SlotStorage, Take,
 };
-use tinyproto_embassy_firmware::{board, log};
+use tinyproto_embassy_firmware::{board, lan_address, log};
 
 /// The longest message taken (in chunks); longer ones are refused.
 const LARGEST: u32 = 4 << 20;
@@ -87,7 +87,7 @@ impl Handler for Echo {
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
     board::init_time(core.SYST);
-    let stack = board::network(spawner, board::lan_address(10), 0x5EED);
+    let stack = board::network(spawner, lan_address(10), 0x5EED);
     stack.wait_config_up().await;
 
     let mut config = ServerConfig::new(7000);

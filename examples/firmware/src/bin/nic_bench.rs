@@ -28,7 +28,7 @@ use embedded_io_async::{Read, Write};
 use tinyproto_embassy::{
     serve, ConnInfo, Error, Flow, Handler, ReserveStorage, ServerConfig, Session, SlotStorage, Take,
 };
-use tinyproto_embassy_firmware::{board, log};
+use tinyproto_embassy_firmware::{board, lan_address, log};
 
 /// Byte `i` of a download.
 fn pattern(i: usize) -> u8 {
@@ -160,7 +160,7 @@ async fn raw_download(socket: &mut TcpSocket<'_>, len: u32) -> bool {
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
     board::init_time(core.SYST);
-    let stack = board::network(spawner, board::lan_address(10), 0xBE7C);
+    let stack = board::network(spawner, lan_address(10), 0xBE7C);
     stack.wait_config_up().await;
 
     let config = ServerConfig::new(7000);

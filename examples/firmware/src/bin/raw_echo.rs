@@ -10,7 +10,7 @@ use defmt_rtt as _;
 use embassy_executor::Spawner;
 use embassy_futures::join::join;
 use embassy_net::tcp::TcpSocket;
-use tinyproto_embassy_firmware::board;
+use tinyproto_embassy_firmware::{board, lan_address};
 
 async fn echo(stack: embassy_net::Stack<'_>, rx: &mut [u8], tx: &mut [u8], buf: &mut [u8]) -> ! {
     loop {
@@ -32,7 +32,7 @@ async fn echo(stack: embassy_net::Stack<'_>, rx: &mut [u8], tx: &mut [u8], buf: 
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
     board::init_time(core.SYST);
-    let stack = board::network(spawner, board::lan_address(10), 0x5EED);
+    let stack = board::network(spawner, lan_address(10), 0x5EED);
     stack.wait_config_up().await;
     let (mut rx0, mut tx0, mut b0) = ([0u8; 2048], [0u8; 2048], [0u8; 1024]);
     let (mut rx1, mut tx1, mut b1) = ([0u8; 2048], [0u8; 2048], [0u8; 1024]);

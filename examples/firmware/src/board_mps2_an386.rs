@@ -15,7 +15,7 @@ use embassy_executor::Spawner;
 use embassy_net::{Config, Stack, StackResources};
 use static_cell::StaticCell;
 
-use crate::lan9118::Lan9118;
+use crate::lan9118::{IrqPin, Lan9118};
 
 /// The AN386's system clock as QEMU models it (SysTick counts it).
 pub const CORE_HZ: u32 = 25_000_000;
@@ -38,7 +38,7 @@ async fn net_task(mut runner: embassy_net::Runner<'static, Lan9118>) -> ! {
 /// board without its network has nothing to do).
 pub fn network(spawner: Spawner, config: Config, seed: u64) -> Stack<'static> {
     static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
-    let device = match Lan9118::new(MAC) {
+    let device = match Lan9118::new(MAC, IrqPin::ActiveHighPushPull) {
         Ok(device) => device,
         Err(e) => panic!("LAN9118: {:?}", e),
     };

@@ -76,20 +76,26 @@ pub fn write(reg: Reg, value: u32) {
 #[derive(Clone, Copy)]
 struct Line;
 
-// SAFETY: `number` always returns the same valid line of this board, as the
-// trait requires.
+// SAFETY: the trait asks for an enum of the device's interrupts whose
+// `number` is always the same valid line; `Line` is a one-variant stand-in
+// for that enum (this board's one device interrupt we use), and `number`
+// always returns IRQ.
 unsafe impl InterruptNumber for Line {
     fn number(self) -> u16 {
         IRQ
     }
 }
 
-/// Enables the LAN9118's interrupt line in the NVIC.
+/// Enables the LAN9118's interrupt line in the NVIC, dropping what it
+/// latched before the chip's `IRQ_CFG` was set (QEMU's line is asserted
+/// from reset until then).
 pub fn unmask_irq() {
+    NVIC::unpend(Line);
     // SAFETY: unmasking can break a critical section based on masking
     // (cortex-m's warning); this firmware's critical sections disable all
-    // interrupts instead (`critical-section-single-core`), and the handler
-    // only touches the registers above and an `AtomicWaker`.
+    // interrupts instead (`critical-section-single-core`). The handler
+    // touches the registers above and wakes a task through an
+    // `AtomicWaker`, which only marks it ready in the executor.
     unsafe { NVIC::unmask(Line) }
 }
 

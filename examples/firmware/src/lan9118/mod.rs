@@ -26,16 +26,26 @@ const FRAME_BUF: usize = 1520;
 
 /// `BYTE_TEST` always reads this: the bus works and byte order is right.
 const BYTE_TEST_PATTERN: u32 = 0x8765_4321;
-/// `ID_REV`'s upper half on a LAN9118 (QEMU models this chip).
-const CHIP_ID_LAN9118: u32 = 0x0118;
+/// `ID_REV`'s upper half on the chips of the family that share this
+/// register set: LAN9115..LAN9118 (QEMU models the LAN9118), their "A"
+/// revisions, and the LAN9210/9211/9220/9221 (the MPS2 board carries a
+/// LAN9220).
+fn is_lan911x(id: u32) -> bool {
+    matches!(
+        id,
+        0x0115..=0x0118 | 0x115A | 0x116A | 0x117A | 0x118A | 0x9210 | 0x9211 | 0x9220 | 0x9221
+    )
+}
 
 const HW_CFG_SRST: u32 = 1 << 0;
 /// `HW_CFG` bit 20 "must be one"; bits 19:16 the TX FIFO size in KiB
 /// (5, the reset value: 5 KiB for TX, the other ~11 KiB for RX).
 const HW_CFG_MBO_TX_FIFO_5K: u32 = (1 << 20) | (5 << 16);
 const PMT_CTRL_READY: u32 = 1 << 0;
-/// `IRQ_CFG`: interrupt output enabled, active high, push-pull.
-const IRQ_CFG_ENABLED_HIGH_PUSH_PULL: u32 = (1 << 8) | (1 << 4) | (1 << 0);
+/// `IRQ_CFG`: interrupt output enabled.
+const IRQ_CFG_EN: u32 = 1 << 8;
+/// `IRQ_CFG`: active high (else low), push-pull (else open drain).
+const IRQ_CFG_HIGH_PUSH_PULL: u32 = (1 << 4) | (1 << 0);
 /// `INT_STS`/`INT_EN`: RX status FIFO above its level (a frame arrived).
 const INT_RSFL: u32 = 1 << 3;
 /// `INT_STS`/`INT_EN`: TX data FIFO has more free space than its level.
@@ -64,15 +74,26 @@ const MAC_ADDRH: u32 = 2;
 const MAC_ADDRL: u32 = 3;
 const MAC_MII_ACC: u32 = 6;
 const MAC_MII_DATA: u32 = 7;
-/// `MAC_CR`: receiver and transmitter on, full duplex.
-const MAC_CR_RX_TX_FULL_DUPLEX: u32 = (1 << 2) | (1 << 3) | (1 << 20);
+/// `MAC_CR`: receiver and transmitter on.
+const MAC_CR_RX_TX: u32 = (1 << 2) | (1 << 3);
+/// `MAC_CR`: full duplex (set to what auto-negotiation agreed).
+const MAC_CR_FDPX: u32 = 1 << 20;
 /// `MII_ACC`: the internal PHY is at address 1; busy bit; write bit.
 const MII_PHY_ADDR: u32 = 1 << 11;
 const MII_BUSY: u32 = 1 << 0;
 const MII_WRITE: u32 = 1 << 1;
-/// PHY registers: basic status (bit 2: link up), interrupt source and mask.
+/// PHY registers: basic status (bit 2: link up, latched low until read),
+/// our and the partner's auto-negotiation abilities, interrupt source and
+/// mask.
 const PHY_BMSR: u32 = 1;
 const PHY_BMSR_LINK: u32 = 1 << 2;
+const PHY_ANAR: u32 = 4;
+const PHY_ANLPAR: u32 = 5;
+/// Ability bits of `PHY_ANAR`/`PHY_ANLPAR`: 100BASE-TX full and half
+/// duplex, 10BASE-T full duplex.
+const PHY_AN_100_FULL: u32 = 1 << 8;
+const PHY_AN_100_HALF: u32 = 1 << 7;
+const PHY_AN_10_FULL: u32 = 1 << 6;
 const PHY_INT_SOURCE: u32 = 29;
 const PHY_INT_MASK: u32 = 30;
 /// PHY interrupt events: link down, auto-negotiation complete (link up).
@@ -80,6 +101,19 @@ const PHY_INT_LINK_DOWN_UP: u32 = (1 << 4) | (1 << 6);
 
 /// Bounds every busy-wait on the chip, so a dead chip is an error, not a hang.
 const SPIN_LIMIT: u32 = 100_000;
+
+/// How the board wires the chip's interrupt output to the NVIC, which
+/// expects a high level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqPin {
+    /// Driven high while an interrupt is pending: QEMU's model, which
+    /// inverts the line for any other setting.
+    ActiveHighPushPull,
+    /// The chip's reset setting, for boards that invert the line on the way
+    /// to the NVIC (Arm's MPS2 FPGA, per Arm's mbed-os driver; not tried
+    /// here: no hardware).
+    ActiveLowOpenDrain,
+}
 
 /// Why [`Lan9118::new`] found no working chip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +123,7 @@ pub enum InitError {
         /// What `BYTE_TEST` read.
         byte_test: u32,
     },
-    /// The chip answered but is not a LAN9118.
+    /// The chip answered but is not of the LAN9118 family.
     UnknownChip {
         /// What `ID_REV` read.
         id_rev: u32,
@@ -111,14 +145,17 @@ pub struct Lan9118 {
 impl Lan9118 {
     /// Resets and starts the chip. Its MAC address is the one the chip
     /// loaded at reset (from its EEPROM; QEMU's `-nic ...,mac=`), or
-    /// `fallback_mac` when it has none.
-    pub fn new(fallback_mac: [u8; 6]) -> Result<Self, InitError> {
+    /// `fallback_mac` when it has none; `irq` is how the board wires the
+    /// interrupt.
+    pub fn new(fallback_mac: [u8; 6], irq: IrqPin) -> Result<Self, InitError> {
+        // Only BYTE_TEST may be read before the chip says it is ready.
         let byte_test = read(Reg::ByteTest);
         if byte_test != BYTE_TEST_PATTERN {
             return Err(InitError::NotFound { byte_test });
         }
+        spin_until(|| read(Reg::PmtCtrl) & PMT_CTRL_READY != 0)?;
         let id_rev = read(Reg::IdRev);
-        if id_rev >> 16 != CHIP_ID_LAN9118 {
+        if !is_lan911x(id_rev >> 16) {
             return Err(InitError::UnknownChip { id_rev });
         }
         write(Reg::HwCfg, HW_CFG_SRST);
@@ -138,11 +175,16 @@ impl Lan9118 {
         write(Reg::FifoInt, FIFO_INT_LEVELS);
         write(Reg::RxCfg, 0);
         write(Reg::TxCfg, TX_CFG_ON_STATUS_OVERRUN);
-        mac_write(MAC_CR, MAC_CR_RX_TX_FULL_DUPLEX)?;
+        // Half duplex until the link comes up and says otherwise.
+        mac_write(MAC_CR, MAC_CR_RX_TX)?;
 
         write(Reg::IntSts, u32::MAX);
         write(Reg::IntEn, 0);
-        write(Reg::IrqCfg, IRQ_CFG_ENABLED_HIGH_PUSH_PULL);
+        let polarity = match irq {
+            IrqPin::ActiveHighPushPull => IRQ_CFG_HIGH_PUSH_PULL,
+            IrqPin::ActiveLowOpenDrain => 0,
+        };
+        write(Reg::IrqCfg, IRQ_CFG_EN | polarity);
         mmio::unmask_irq();
         Ok(Self {
             mac,
@@ -176,12 +218,20 @@ impl Lan9118 {
 
 /// A received frame is waiting in the RX FIFO.
 fn frame_waiting() -> bool {
+    settle();
     (read(Reg::RxFifoInf) >> 16) & 0xFF != 0
 }
 
 /// The TX data FIFO has room for a full frame and its two command words.
 fn room_for_frame() -> bool {
+    settle();
     (read(Reg::TxFifoInf) & 0xFFFF) as usize >= FRAME_BUF + 8
+}
+
+/// The FIFO fill levels trail a FIFO access by up to 135 ns (datasheet,
+/// read-after-write timing): one harmless read covers it on a fast core.
+fn settle() {
+    let _ = read(Reg::ByteTest);
 }
 
 fn spin_until(mut done: impl FnMut() -> bool) -> Result<(), InitError> {
@@ -221,13 +271,23 @@ fn set_mac_address(mac: [u8; 6]) -> Result<(), InitError> {
     mac_write(MAC_ADDRH, u32::from_le_bytes([mac[4], mac[5], 0, 0]))
 }
 
+/// Waits until the MII is idle; a stuck MAC CSR ends the wait at once.
+fn mii_idle() -> Result<(), InitError> {
+    for _ in 0..SPIN_LIMIT {
+        if mac_read(MAC_MII_ACC)? & MII_BUSY == 0 {
+            return Ok(());
+        }
+    }
+    Err(InitError::Timeout)
+}
+
 fn phy_access(reg: u32, write_bit: u32) -> Result<(), InitError> {
-    spin_until(|| mac_read(MAC_MII_ACC).is_ok_and(|v| v & MII_BUSY == 0))?;
+    mii_idle()?;
     mac_write(
         MAC_MII_ACC,
         MII_PHY_ADDR | (reg << 6) | write_bit | MII_BUSY,
     )?;
-    spin_until(|| mac_read(MAC_MII_ACC).is_ok_and(|v| v & MII_BUSY == 0))
+    mii_idle()
 }
 
 fn phy_read(reg: u32) -> Result<u32, InitError> {
@@ -238,6 +298,24 @@ fn phy_read(reg: u32) -> Result<u32, InitError> {
 fn phy_write(reg: u32, value: u32) -> Result<(), InitError> {
     mac_write(MAC_MII_DATA, value)?;
     phy_access(reg, MII_WRITE)
+}
+
+/// Whether the link is up; when it is, sets the MAC's duplex to what
+/// auto-negotiation agreed (the MAC does not follow the PHY by itself).
+fn link_up() -> Result<bool, InitError> {
+    // The link bit latches low: the first read reports a drop since the
+    // last read, the second the state now.
+    let _ = phy_read(PHY_BMSR)?;
+    if phy_read(PHY_BMSR)? & PHY_BMSR_LINK == 0 {
+        return Ok(false);
+    }
+    let common = phy_read(PHY_ANAR)? & phy_read(PHY_ANLPAR)?;
+    // The best common mode wins: 100 full, 100 half, 10 full, 10 half.
+    let full = common & PHY_AN_100_FULL != 0
+        || (common & PHY_AN_100_HALF == 0 && common & PHY_AN_10_FULL != 0);
+    let cr = mac_read(MAC_CR)? & !MAC_CR_FDPX;
+    mac_write(MAC_CR, if full { cr | MAC_CR_FDPX } else { cr })?;
+    Ok(true)
 }
 
 /// One received frame, read out of the RX FIFO when consumed.
@@ -280,6 +358,8 @@ fn read_frame(buf: &mut [u8; FRAME_BUF]) -> usize {
 
 impl embassy_net_driver::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        // The stack never asks for more than the MTU we reported.
+        debug_assert!(len <= MTU);
         let len = len.min(MTU);
         let result = f(&mut self.buf[..len]);
         write(Reg::TxData, TX_CMD_A_FIRST_LAST | len as u32);
@@ -318,11 +398,13 @@ impl embassy_net_driver::Driver for Lan9118 {
         let first = self.link == LinkState::Down && read(Reg::IntEn) & INT_PHY == 0;
         if first || read(Reg::IntSts) & INT_PHY != 0 {
             WAKER.register(cx.waker());
-            // Reading the PHY's source register clears its event.
+            // Reading the PHY's source register clears its event (and the
+            // chip's PHY_INT with it).
             let _ = phy_read(PHY_INT_SOURCE);
-            write(Reg::IntSts, INT_PHY);
-            let up = phy_read(PHY_BMSR).is_ok_and(|bmsr| bmsr & PHY_BMSR_LINK != 0);
-            self.link = if up { LinkState::Up } else { LinkState::Down };
+            self.link = match link_up() {
+                Ok(true) => LinkState::Up,
+                _ => LinkState::Down,
+            };
             critical_section::with(|_| write(Reg::IntEn, read(Reg::IntEn) | INT_PHY));
         }
         self.link

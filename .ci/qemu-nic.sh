@@ -4,7 +4,8 @@
 # (feature mps2-an386, LAN9118 driver), run under qemu-system-arm and
 # talking to Linux's TCP:
 #   - user-mode network (no root): tinyproto-std's device_check and the
-#     Python reference client against the firmware server, via hostfwd;
+#     Python reference client against the firmware server, via hostfwd,
+#     and a link taken down and up (QEMU's monitor) under one connection;
 #   - TAP in a network namespace this script creates (root): the same two
 #     clients against the firmware server, then the firmware client against
 #     `tinyproto serve --echo` and against the Python reference server;
@@ -56,11 +57,14 @@ trap cleanup EXIT
 pass() { passed=$((passed + 1)); echo "qemu-nic: PASS $*"; }
 fail() { failed=$((failed + 1)); echo "qemu-nic: FAIL $*"; }
 
-# qemu LOG ELF NIC [PREFIX...]: starts the firmware in the background.
+# qemu LOG ELF NIC [PREFIX...]: starts the firmware in the background;
+# its monitor listens on $logs/monitor.sock.
 qemu() {
     local log=$1 elf=$2 nic=$3
     shift 3
-    "$@" timeout 120 qemu-system-arm -M mps2-an386 -display none -serial null -monitor none \
+    rm -f "$logs/monitor.sock"
+    "$@" timeout 120 qemu-system-arm -M mps2-an386 -display none -serial null \
+        -monitor "unix:$logs/monitor.sock,server,nowait" \
         -semihosting-config enable=on,target=native -kernel "$elf" -nic "$nic" >"$log" 2>&1 &
     pids+=($!)
 }
@@ -109,6 +113,49 @@ bench() {
     sed 's/^/    /' "$logs/bench.log"
 }
 
+# monitor COMMAND: one command to the running QEMU's monitor.
+monitor() {
+    "$python" - "$logs/monitor.sock" "$1" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+time.sleep(0.3)
+PY
+}
+
+# link_flap ADDR LOG: one connection carries a message before the link
+# goes down, one sent while it is down (TCP resends it), and one after it
+# is back; the firmware logs both link changes (from the PHY interrupt).
+link_flap() {
+    local addr=$1 log=$2 out=$logs/flap.out
+    rm -f "$logs/flap.in"
+    mkfifo "$logs/flap.in"
+    timeout 60 "$tinyproto" send --lines --reply "$addr" <"$logs/flap.in" >"$out" 2>"$logs/flap.err" &
+    local sender=$!
+    exec 3>"$logs/flap.in"
+    echo before >&3
+    wait_for "$out" "^before$" 10 || true
+    monitor "set_link lan9118.0 off"
+    wait_for "$log" "link down" 10 || true
+    echo during >&3
+    sleep 2
+    monitor "set_link lan9118.0 on"
+    wait_for "$log" "link up" 10 || true
+    wait_for "$out" "^during$" 30 || true
+    echo after >&3
+    exec 3>&-
+    local status=0
+    wait "$sender" || status=$?
+    if [ "$status" -eq 0 ] && [ "$(cat "$out")" = "$(printf 'before\nduring\nafter')" ] &&
+        grep -q "link down" "$log" && [ "$(grep -c "link up" "$log")" -ge 2 ]; then
+        pass "link down and up: the firmware saw both, and one connection carried messages before, during and after"
+    else
+        fail "link down and up (sender status $status)"
+        sed 's/^/    /' "$out" "$logs/flap.err"
+    fi
+}
+
 # wait_for LOG PATTERN SECS: until PATTERN appears in LOG.
 wait_for() {
     local i
@@ -152,6 +199,7 @@ echo "==> user-mode network: firmware echo server at 127.0.0.1:$port (forwarded)
 qemu "$logs/user.log" "$fw/echo_server" \
     "user,model=lan9118,net=192.168.1.0/24,host=192.168.1.1,hostfwd=tcp:127.0.0.1:$port-192.168.1.10:7000"
 check_server "user-mode" "127.0.0.1:$port"
+link_flap "127.0.0.1:$port" "$logs/user.log"
 stop_qemu
 sed 's/^/    firmware: /' "$logs/user.log"
 raw_port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

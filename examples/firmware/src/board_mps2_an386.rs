@@ -33,9 +33,22 @@ async fn net_task(mut runner: embassy_net::Runner<'static, Lan9118>) -> ! {
     runner.run().await
 }
 
+/// Logs the link going down and up (the driver learns it from the PHY's
+/// interrupt).
+#[embassy_executor::task]
+async fn link_log_task(stack: Stack<'static>) -> ! {
+    loop {
+        stack.wait_link_up().await;
+        crate::log!("link up");
+        stack.wait_link_down().await;
+        crate::log!("link down");
+    }
+}
+
 /// Resets the LAN9118, brings the network up and returns the stack; the
-/// stack runner gets a task of its own. Panics if the chip is missing (a
-/// board without its network has nothing to do).
+/// stack runner gets a task of its own, and so does a log of link changes.
+/// Panics if the chip is missing (a board without its network has nothing
+/// to do).
 pub fn network(spawner: Spawner, config: Config, seed: u64) -> Stack<'static> {
     static RESOURCES: StaticCell<StackResources<4>> = StaticCell::new();
     let device = match Lan9118::new(MAC, IrqPin::ActiveHighPushPull) {
@@ -55,5 +68,6 @@ pub fn network(spawner: Spawner, config: Config, seed: u64) -> Stack<'static> {
     let (stack, runner) =
         embassy_net::new(device, config, RESOURCES.init(StackResources::new()), seed);
     spawner.spawn(net_task(runner).unwrap());
+    spawner.spawn(link_log_task(stack).unwrap());
     stack
 }

@@ -3,7 +3,7 @@
 # echo server and client of examples/firmware, built for Arm MPS2 AN386
 # (feature mps2-an386, LAN9118 driver), run under qemu-system-arm and
 # talking to Linux's TCP:
-#   - user-mode network (no root): tinyproto-std's device_check and the
+#   - user-mode network (no root): tinyproto-std's `device check` and the
 #     Python reference client against the firmware server, via hostfwd,
 #     and a link taken down and up (QEMU's monitor) under one connection;
 #   - TAP in a network namespace this script creates (root): the same two
@@ -35,10 +35,9 @@ echo "==> building the firmware for mps2-an386 and the host tools"
 fw=examples/firmware/target/mps2-an386/thumbv7em-none-eabihf/release
 (cd examples/firmware && cargo build -q --release --locked --features mps2-an386 --target-dir target/mps2-an386)
 python3 examples/firmware/size-report.py "$fw"
-cargo build -q --release -p tinyproto-std --example device_check --example device_bench
+cargo build -q --release -p tinyproto-std --example device
 cargo build -q --release -p tinyproto-cli
-device_check=$root/target/release/examples/device_check
-device_bench=$root/target/release/examples/device_bench
+device=$root/target/release/examples/device
 tinyproto=$root/target/release/tinyproto
 peer=$root/adapters/embassy/tests/tap_peer.py
 
@@ -74,18 +73,18 @@ stop_qemu() {
     wait "${pids[-1]}" 2>/dev/null || true
 }
 
-# check_server WHAT ADDR [PREFIX...]: device_check and the Python client
-# against the firmware server at ADDR (each of device_check's checks counts).
+# check_server WHAT ADDR [PREFIX...]: `device check` and the Python client
+# against the firmware server at ADDR (each of `device check`'s checks counts).
 check_server() {
     local what=$1 addr=$2
     shift 2
     local out=$logs/check.log
-    "$@" timeout 120 "$device_check" "$addr" >"$out" 2>&1 || true
+    "$@" timeout 120 "$device" check "$addr" >"$out" 2>&1 || true
     sed 's/^/    /' "$out"
     local counts
     counts=$(sed -n 's/^device-check: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$out")
     if [ -z "$counts" ]; then
-        fail "$what: tinyproto-std device_check did not finish"
+        fail "$what: tinyproto-std device check did not finish"
     else
         passed=$((passed + ${counts% *}))
         failed=$((failed + ${counts#* }))
@@ -105,7 +104,7 @@ check_server() {
 bench() {
     local what=$1 tp=$2 raw=$3
     shift 3
-    if "$@" timeout 120 "$device_bench" "$tp" "$raw" >"$logs/bench.log" 2>&1; then
+    if "$@" timeout 120 "$device" bench "$tp" "$raw" >"$logs/bench.log" 2>&1; then
         pass "$what: throughput, tinyproto beside raw TCP (informational figures):"
     else
         fail "$what: throughput"

@@ -19,6 +19,9 @@ pub mod lan9118;
 #[path = "../../qemu-test/src/systick_driver.rs"]
 pub mod systick_driver;
 
+#[path = "../../qemu-test/src/receipt.rs"]
+pub mod receipt;
+
 use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
 
 /// Static IPv4 configuration for host `host` of the examples' LAN

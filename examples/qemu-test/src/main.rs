@@ -7,6 +7,7 @@
 #![no_main]
 
 mod link;
+mod receipt;
 mod systick_driver;
 
 use core::cell::Cell;
@@ -20,6 +21,7 @@ use embassy_net_driver_channel as ch;
 use embassy_time::{Duration, Instant};
 use link::MTU;
 use panic_semihosting as _;
+use receipt::Checksum;
 use static_cell::StaticCell;
 use tinyproto_embassy::{
     serve, Client, ConnInfo, Error, Flow, Reserve, ServerConfig, Session, SharedHandler, Slot,
@@ -35,16 +37,6 @@ const CLIENT: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
 const BIG: usize = 1 << 20;
 /// A firmware image the server streams through its 2 KiB message buffer.
 const IMAGE: usize = 3_000_000;
-
-/// FNV-1a over `bytes`, from `hash` on (what a bootloader would check).
-fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
-    for b in bytes {
-        hash = (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-    }
-    hash
-}
-
-const FNV_START: u32 = 0x811C_9DC5;
 
 type Device = ch::Device<'static, MTU>;
 
@@ -67,14 +59,14 @@ fn pattern_byte(i: usize) -> u8 {
 /// slot's buffer into a checksum, answered with their length and checksum.
 struct Echo {
     received: Cell<u32>,
-    checksum: Cell<u32>,
+    checksum: Cell<Checksum>,
     largest_chunk: Cell<usize>,
 }
 
 impl SharedHandler for Echo {
     async fn message_announced(&self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
         if len > 64 * 1024 {
-            self.checksum.set(FNV_START);
+            self.checksum.set(Checksum::new());
             Take::Chunks
         } else if len <= capacity {
             Take::Whole
@@ -86,16 +78,15 @@ impl SharedHandler for Echo {
     async fn transmission_chunk(&self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
         self.largest_chunk
             .set(self.largest_chunk.get().max(chunk.len()));
-        self.checksum.set(fnv1a(self.checksum.get(), chunk));
+        let mut checksum = self.checksum.get();
+        checksum.update(chunk);
+        self.checksum.set(checksum);
         Flow::Continue
     }
 
     async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
         self.received.set(self.received.get() + 1);
-        let mut answer = [0u8; 8];
-        answer[..4].copy_from_slice(&len.to_be_bytes());
-        answer[4..].copy_from_slice(&self.checksum.get().to_be_bytes());
-        match session.transmit(&answer).await {
+        match session.transmit(&self.checksum.get().receipt(len)).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
         }
@@ -221,23 +212,23 @@ async fn clients(a: Stack<'_>) {
             .await
             .expect("begin the image");
         let mut chunk = [0u8; 1000];
-        let mut hash = FNV_START;
+        let mut checksum = Checksum::new();
         let mut at = 0;
         while at < IMAGE {
             let n = chunk.len().min(IMAGE - at);
             for (k, b) in chunk[..n].iter_mut().enumerate() {
                 *b = pattern_byte(at + k);
             }
-            hash = fnv1a(hash, &chunk[..n]);
+            checksum.update(&chunk[..n]);
             out.write_all(&chunk[..n]).await.expect("image chunk");
             at += n;
         }
         out.finish().await.expect("finish the image");
         let answer = c1.receive(&mut buf).await.expect("image answer");
-        let mut expected = [0u8; 8];
-        expected[..4].copy_from_slice(&(IMAGE as u32).to_be_bytes());
-        expected[4..].copy_from_slice(&hash.to_be_bytes());
-        check(answer == expected, "image length and checksum");
+        check(
+            answer == checksum.receipt(IMAGE as u32),
+            "image length and checksum",
+        );
     }
     c1.transmit(b"after the image")
         .await
@@ -340,7 +331,7 @@ async fn main(spawner: Spawner) {
 
     let handler = Echo {
         received: Cell::new(0),
-        checksum: Cell::new(FNV_START),
+        checksum: Cell::new(Checksum::new()),
         largest_chunk: Cell::new(0),
     };
     let mut server_config = ServerConfig::new(PORT);

@@ -16,24 +16,15 @@ use embassy_time::Duration;
 use tinyproto_embassy::{
     serve, ConnInfo, Ended, Flow, Handler, ReserveStorage, ServerConfig, Session, SlotStorage, Take,
 };
+use tinyproto_embassy_firmware::receipt::Checksum;
 use tinyproto_embassy_firmware::{board, lan_address, log};
 
 /// The longest message taken (in chunks); longer ones are refused.
 const LARGEST: u32 = 4 << 20;
-/// FNV-1a's offset basis: the checksum of nothing.
-const FNV_START: u32 = 0x811C_9DC5;
-
-/// FNV-1a over `bytes`, continuing from `hash`.
-fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
-    for &b in bytes {
-        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
-    hash
-}
-
 /// One per slot: the checksum of the message streaming in.
+#[derive(Default)]
 struct Echo {
-    checksum: u32,
+    checksum: Checksum,
 }
 
 impl Handler for Echo {
@@ -46,7 +37,7 @@ impl Handler for Echo {
         if len <= capacity {
             Take::Whole
         } else if len <= LARGEST {
-            self.checksum = FNV_START;
+            self.checksum = Checksum::new();
             Take::Chunks
         } else {
             log!("refused a message of {} bytes", len);
@@ -55,19 +46,13 @@ impl Handler for Echo {
     }
 
     async fn transmission_chunk(&mut self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
-        self.checksum = fnv1a(self.checksum, chunk);
+        self.checksum.update(chunk);
         Flow::Continue
     }
 
     async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
-        let mut receipt = [0u8; 8];
-        receipt[..4].copy_from_slice(&len.to_be_bytes());
-        receipt[4..].copy_from_slice(&self.checksum.to_be_bytes());
-        log!(
-            "received {} bytes in chunks, FNV-1a {:08x}",
-            len,
-            self.checksum
-        );
+        let receipt = self.checksum.receipt(len);
+        log!("received {} bytes in chunks, receipt {:?}", len, receipt);
         Flow::after(session.transmit(&receipt).await)
     }
 
@@ -104,7 +89,7 @@ async fn main(spawner: Spawner) {
         &config,
         [slot0.slot(), slot1.slot()],
         [reserve.reserve()],
-        [Echo { checksum: 0 }, Echo { checksum: 0 }],
+        [Echo::default(), Echo::default()],
     )
     .await {}
 }

@@ -1,16 +1,17 @@
 //! Throughput over the network, tinyproto beside raw TCP in one image, with
 //! the echo server's buffers (2 KiB socket buffers, a 1 KiB message
-//! buffer). Driven from the host by tinyproto-std's `device_bench` example.
+//! buffer). Driven from the host by tinyproto-std's `device` example
+//! (`device bench`).
 //!
 //! - tinyproto on port 7000. Upload: a message over 1 KiB streams through
-//!   the message buffer and is answered with an 8-byte receipt (length,
-//!   byte sum). Download: a 4-byte message N (big-endian) is answered with
+//!   the message buffer and is answered with the echo server's 8-byte
+//!   receipt (length, FNV-1a). Download: a 4-byte message N (big-endian) is answered with
 //!   N bytes, streamed from a 1 KiB buffer.
 //! - raw TCP on port 7001, the least framing that works, over one
 //!   connection as tinyproto's: a command byte and N (4 bytes, big-endian).
 //!   `U`: read N bytes, answer the same 8-byte receipt. `D`: send N bytes.
 //!
-//! Both sides do the same work on an upload (a byte sum over every byte),
+//! Both sides do the same work on an upload (the checksum of every byte),
 //! so the ratio is tinyproto's own cost.
 //!
 //! Board-neutral: see `board.rs`.
@@ -28,6 +29,7 @@ use embedded_io_async::{Read, Write};
 use tinyproto_embassy::{
     serve, ConnInfo, Error, Flow, Handler, ReserveStorage, ServerConfig, Session, SlotStorage, Take,
 };
+use tinyproto_embassy_firmware::receipt::Checksum;
 use tinyproto_embassy_firmware::{board, lan_address, log};
 
 /// Byte `i` of a download.
@@ -35,19 +37,15 @@ fn pattern(i: usize) -> u8 {
     (i as u32).wrapping_mul(31) as u8
 }
 
-/// `sum` plus the bytes of `chunk`: what both sides do with an upload.
-fn byte_sum(sum: u32, chunk: &[u8]) -> u32 {
-    chunk.iter().fold(sum, |s, &b| s.wrapping_add(u32::from(b)))
-}
-
 /// The tinyproto side: uploads in, downloads out.
+#[derive(Default)]
 struct Bench {
-    sum: u32,
+    checksum: Checksum,
 }
 
 impl Handler for Bench {
     async fn message_announced(&mut self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
-        self.sum = 0;
+        self.checksum = Checksum::new();
         if len <= capacity {
             Take::Whole
         } else {
@@ -56,15 +54,12 @@ impl Handler for Bench {
     }
 
     async fn transmission_chunk(&mut self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
-        self.sum = byte_sum(self.sum, chunk);
+        self.checksum.update(chunk);
         Flow::Continue
     }
 
     async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
-        let mut receipt = [0u8; 8];
-        receipt[..4].copy_from_slice(&len.to_be_bytes());
-        receipt[4..].copy_from_slice(&self.sum.to_be_bytes());
-        Flow::after(session.transmit(&receipt).await)
+        Flow::after(session.transmit(&self.checksum.receipt(len)).await)
     }
 
     async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
@@ -118,25 +113,21 @@ async fn raw(stack: Stack<'_>, rx: &mut [u8], tx: &mut [u8]) -> ! {
     }
 }
 
-/// Reads `len` bytes and answers the same receipt as the tinyproto side:
-/// byte count and byte sum.
+/// Reads `len` bytes and answers the same receipt as the tinyproto side.
 async fn raw_upload(socket: &mut TcpSocket<'_>, len: u32) -> bool {
-    let (mut left, mut sum) = (len as usize, 0u32);
+    let (mut left, mut checksum) = (len as usize, Checksum::new());
     let mut sink = [0u8; 1024];
     while left > 0 {
         let want = left.min(sink.len());
         match socket.read(&mut sink[..want]).await {
             Ok(n @ 1..) => {
-                sum = byte_sum(sum, &sink[..n]);
+                checksum.update(&sink[..n]);
                 left -= n;
             }
             _ => return false,
         }
     }
-    let mut receipt = [0u8; 8];
-    receipt[..4].copy_from_slice(&len.to_be_bytes());
-    receipt[4..].copy_from_slice(&sum.to_be_bytes());
-    socket.write_all(&receipt).await.is_ok()
+    socket.write_all(&checksum.receipt(len)).await.is_ok()
 }
 
 /// Sends `len` bytes.
@@ -174,7 +165,7 @@ async fn main(spawner: Spawner) {
             &config,
             [slot.slot()],
             [reserve.reserve()],
-            [Bench { sum: 0 }],
+            [Bench::default()],
         ),
         raw(stack, &mut raw_rx, &mut raw_tx),
     )

@@ -4,7 +4,7 @@
 # codegen unit) in three variants and reports flash and RAM:
 #
 #   baseline  the same UART echo loop without tinyproto
-#   machines  tinyproto's sans-IO Greeting/Receiver/Sender in a polling superloop
+#   sans-io   tinyproto's sans-IO Machine (what the driver runs) in a polling superloop
 #   driver    tinyproto::blocking::Connection (greet, receive, transmit)
 #
 # Flash taken by tinyproto is reported two ways: the sum of the symbols whose
@@ -33,8 +33,8 @@ if ! command -v arm-none-eabi-nm >/dev/null 2>&1; then
 fi
 
 # variant -> cargo feature arguments
-declare -A features=([baseline]="--features baseline" [machines]="--features machines" [driver]="")
-variants=(baseline machines driver)
+declare -A features=([baseline]="--features baseline" [sans-io]="--features sans-io" [driver]="")
+variants=(baseline sans-io driver)
 
 section() { arm-none-eabi-size -A "$1" | awk -v s="$2" '$1 == s { print $2; found = 1 } END { if (!found) print 0 }'; }
 
@@ -78,13 +78,13 @@ echo "tinyproto symbols left after LTO in the driver build (bytes, name):"
 arm-none-eabi-nm --radix=d --size-sort -C -S "$elf" | awk '
     { name = $0; sub(/^[^ ]+ [^ ]+ [^ ]+ /, "", name) }
     name ~ /tinyproto::|^TINYPROTO_/ { printf "  %6d  %s %s\n", $2 + 0, $3, name }'
-echo "state statics (bytes): $(arm-none-eabi-nm --radix=d -S target/machines/$target/release/tinyproto-footprint "$elf" |
+echo "state statics (bytes): $(arm-none-eabi-nm --radix=d -S target/sans-io/$target/release/tinyproto-footprint "$elf" |
     awk '$4 ~ /^TINYPROTO_/ { printf "%s=%d ", $4, $2 + 0 }')"
 
 echo
 printf '%-9s %7s %8s %15s %16s %10s %11s %11s\n' variant .text .rodata "tinyproto syms" "flash vs base" ".data+.bss" "tp state" "main frame"
 for v in "${variants[@]}"; do
-    delta=$((text[$v] + rodata[$v] - text[baseline] - rodata[baseline]))
+    delta=$((${text[$v]} + ${rodata[$v]} - text[baseline] - rodata[baseline]))
     printf '%-9s %7d %8d %15d %16d %10d %11d %11d\n' "$v" "${text[$v]}" "${rodata[$v]}" \
         "${syms[$v]}" "$delta" "${ram[$v]}" "${state[$v]}" "${frame[$v]}"
 done
@@ -92,14 +92,14 @@ echo "(bytes; 'flash vs base' = .text+.rodata over the baseline; 'tp state' = TI
 echo " reference: C lexus2k/tinyproto advertises 1.3 KiB flash (1331 B) and 60 B RAM)"
 
 status=0
-for variant in machines driver; do
-    flash=$((text[$variant] + rodata[$variant] - text[baseline] - rodata[baseline]))
+for variant in sans-io driver; do
+    flash=$((${text[$variant]} + ${rodata[$variant]} - text[baseline] - rodata[baseline]))
     if ((flash > max_flash)); then
         echo "FAIL: the $variant build takes $flash B of flash, over $max_flash B" >&2
         status=1
     fi
 done
-if ((state[driver] > max_ram || state[machines] > max_ram)); then
+if ((${state[driver]} > max_ram || ${state[sans-io]} > max_ram)); then
     echo "FAIL: tinyproto's state takes more than $max_ram B of RAM" >&2
     status=1
 fi

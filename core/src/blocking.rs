@@ -12,8 +12,8 @@
 use embedded_io::{ErrorType, Read, Write};
 
 use crate::error::{Error, Misuse};
-use crate::greeting::CONNECTION_LIMIT_REFUSAL;
 use crate::machine::{FlushPolicy, Io, Machine, Moved, Step};
+use crate::wire::CONNECTION_LIMIT_REFUSAL;
 
 /// A tinyproto connection over a blocking transport.
 ///
@@ -173,9 +173,9 @@ impl<T: Read + Write> Connection<T> {
             match op(&mut self.machine, buf) {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request)?;
-                    self.machine.moved(moved).map_err(Error::into_io)?;
+                    self.machine.moved(moved).map_err(Error::widen)?;
                 }
-                Step::Done(result) => return result.map_err(Error::into_io),
+                Step::Done(result) => return result.map_err(Error::widen),
             }
         }
     }
@@ -190,13 +190,13 @@ impl<T: Read + Write> Connection<T> {
             match op(&mut self.machine, buf) {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request)?;
-                    self.machine.moved(moved).map_err(Error::into_io)?;
+                    self.machine.moved(moved).map_err(Error::widen)?;
                     // The one read or write a chunk asks for is the chunk itself.
                     if let Moved::Read(n) | Moved::Wrote(n) = moved {
                         return Ok(n);
                     }
                 }
-                Step::Done(result) => return result.map_err(Error::into_io),
+                Step::Done(result) => return result.map_err(Error::widen),
             }
         }
     }

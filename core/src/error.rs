@@ -1,7 +1,8 @@
 //! The one error type of tinyproto, generic over the transport's error.
 //!
-//! The sans-IO machines never see a transport, so they return
-//! `Error<Infallible>` (the default); drivers widen it with [`Error::Io`].
+//! The sans-IO [`Machine`](crate::Machine) never sees a transport, so it
+//! returns `Error<Infallible>` (the default); drivers widen it
+//! ([`Error::widen`]) and add their transport's errors as [`Error::Io`].
 
 use core::convert::Infallible;
 use core::fmt;
@@ -90,6 +91,11 @@ pub enum Misuse {
         /// Payload bytes still owed.
         remaining: u32,
     },
+    /// [`Machine::moved`](crate::Machine::moved) was told of I/O that cannot
+    /// answer the step the connection's state asks for: another kind, a
+    /// read before a due flush, more bytes than the field owes. Nothing was
+    /// counted.
+    WrongReport,
 }
 
 impl fmt::Display for Misuse {
@@ -103,13 +109,18 @@ impl fmt::Display for Misuse {
             Misuse::Unfinished { remaining } => {
                 write!(f, "message finished with {remaining} bytes still owed")
             }
+            Misuse::WrongReport => f.write_str("reported I/O that the step did not ask for"),
         }
     }
 }
 
 impl<E> Error<E> {
     /// True when the connection is still in step after this error, so the
-    /// next message may follow on it.
+    /// caller may go on with it: the next message after a rejection, a
+    /// refusal or a misuse, the same operation again after a transport error
+    /// or [`InProgress`](Error::InProgress) (the message resumes where its
+    /// bytes stopped). The adapters answer the same question for their own
+    /// connections.
     pub fn is_recoverable(&self) -> bool {
         matches!(
             self,
@@ -139,8 +150,9 @@ impl<E> Error<E> {
 }
 
 impl Error<Infallible> {
-    /// Widens a protocol error (from a sans-IO machine) to any transport error.
-    pub fn into_io<E>(self) -> Error<E> {
+    /// Widens an error of the sans-IO [`Machine`](crate::Machine), which
+    /// never sees a transport, to a driver's error type for transport `E`.
+    pub fn widen<E>(self) -> Error<E> {
         self.map_io(|never| match never {})
     }
 }

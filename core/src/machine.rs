@@ -1,46 +1,27 @@
-//! The connection as one sans-IO machine: greeting, the message in flight and
-//! its resume rules, flushing, the broken state and the accept/reject rule.
+//! The connection as one sans-IO machine: every rule of the protocol, once.
 //!
-//! [`Machine`] never touches a transport, a clock or a future. Each operation
-//! ([`Machine::transmit`], [`Machine::receive`], ...) returns a [`Step`]: either
-//! the one piece of I/O it needs next ([`Io`]: write these bytes, read into
-//! this buffer, flush) or [`Step::Done`] with the operation's result. The
-//! caller does that I/O, reports what moved with [`Machine::moved`], and calls
-//! the same operation again. The drivers in [`crate::blocking`] and
-//! [`crate::asynch`] are exactly that loop:
-//!
-//! ```
-//! use tinyproto::{Io, Machine, Moved, Step};
-//!
-//! let mut machine = Machine::new();
-//! let mut wire = Vec::new(); // what we write
-//! let mut peer: &[u8] = &[0xFF, 0xFF]; // the peer's greeting, then 0xFF to our length
-//! let result = loop {
-//!     let moved = match machine.transmit(b"hi") {
-//!         Step::Io(Io::Write(bytes)) => {
-//!             wire.extend_from_slice(bytes);
-//!             Moved::Wrote(bytes.len())
-//!         }
-//!         Step::Io(Io::Read(buf)) => {
-//!             let n = buf.len().min(peer.len());
-//!             buf[..n].copy_from_slice(&peer[..n]);
-//!             peer = &peer[n..];
-//!             Moved::Read(n)
-//!         }
-//!         Step::Io(Io::Flush) => Moved::Flushed,
-//!         Step::Done(result) => break result,
-//!     };
-//!     machine.moved(moved);
-//! };
-//! assert_eq!(result, Ok(()));
-//! assert_eq!(wire, [0xFF, 0, 0, 0, 2, b'h', b'i']);
-//! ```
+//! [`Machine`] owns the greeting, the message in flight and its resume rules,
+//! the accept/reject rule, flushing and the broken state. It never touches a
+//! transport, a clock or a future. Each operation ([`Machine::transmit`],
+//! [`Machine::receive`], ...) returns a [`Step`]: either the one piece of I/O
+//! it needs next ([`Io`]: write these bytes, read into this buffer, flush) or
+//! [`Step::Done`] with the operation's result. The caller does that I/O,
+//! reports what moved with [`Machine::moved`], and calls the same operation
+//! again. The drivers in [`crate::blocking`] and [`crate::asynch`] are exactly
+//! that loop, and so is a superloop that polls a UART.
+//! See [`Machine`] for that loop in full.
 //!
 //! Payload bytes never pass through the machine: [`Io::Write`] and [`Io::Read`]
 //! borrow the caller's message or buffer at the right offset, and the machine's
 //! own header bytes (greeting, length, status) otherwise. State advances only
 //! by bytes reported moved, so any operation may stop at any byte (an I/O
-//! error, a dropped future) and resume when called again.
+//! error, a dropped future, a UART with nothing to read yet) and resume when
+//! called again.
+//!
+//! How the file reads: the public types, then the operations (each a few
+//! lines of rules ending in `Next`), then [`Machine::moved`] with the one
+//! table of what completes each field (`field_done`), then the one
+//! place that turns a state into I/O (`io`).
 
 use crate::error::{Error, Misuse};
 use crate::wire::{Phase, Status, GREETING, LENGTH_FIELD_LEN, MAX_MESSAGE_LEN};
@@ -60,23 +41,6 @@ pub enum FlushPolicy {
     /// and the length of the next leave together: back-to-back small messages
     /// at the protocol's limit. Call `flush` before the connection goes quiet.
     BeforeRead,
-}
-
-/// How an application takes a message whose length was announced (read with
-/// [`Machine::next_length`]), decided before any of its payload moves. The
-/// adapters' handlers return it; the machine's answer follows from it:
-/// `Whole` and `Chunks` accept ([`Machine::receive`],
-/// [`Machine::begin_receive`]), `Reject` answers 0x00 ([`Machine::reject`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Take {
-    /// Whole, into a buffer that holds all of it.
-    Whole,
-    /// In chunks through a small buffer, to a sink (flash pages, a hash, a
-    /// file): for messages larger than memory.
-    Chunks,
-    /// Answer 0x00: the peer keeps its message and the connection goes on.
-    Reject,
 }
 
 /// One piece of I/O the machine needs; report it with [`Machine::moved`].
@@ -152,21 +116,66 @@ enum State {
     GreetFailed,
 }
 
-/// The sans-IO state of one tinyproto connection (20 bytes).
+/// What an operation's rules decided: the state's I/O is due, a flush is due
+/// before the operation may return, or the operation is over (with a length,
+/// 0 where the operation has none). One type for every operation keeps one
+/// copy of [`Machine::step`] in a firmware.
+enum Next {
+    Io,
+    Flush,
+    Done(Result<u32, Error>),
+    /// The message in flight is over with this result: the operation
+    /// returns once its bytes are flushed (if the policy wants them
+    /// flushed), and the connection is then free for the next message.
+    Settle(Result<u32, Error>),
+}
+
+/// The sans-IO state of one tinyproto connection (20 bytes): every rule of
+/// the protocol, driven by a loop that does the I/O each step asks for.
 ///
-/// See the [crate documentation](crate) and [`Step`] for the calling loop, and the
-/// [`asynch`](crate::asynch) module for the cancellation and resumption rules
-/// it implements.
+/// ```
+/// use tinyproto::{Io, Machine, Moved, Step};
+///
+/// let mut machine = Machine::new();
+/// let mut wire = Vec::new(); // what we write
+/// let mut peer: &[u8] = &[0xFF, 0xFF]; // the peer's greeting, then 0xFF to our length
+/// let result = loop {
+///     let moved = match machine.transmit(b"hi") {
+///         Step::Io(Io::Write(bytes)) => {
+///             wire.extend_from_slice(bytes);
+///             Moved::Wrote(bytes.len())
+///         }
+///         Step::Io(Io::Read(buf)) => {
+///             let n = buf.len().min(peer.len());
+///             buf[..n].copy_from_slice(&peer[..n]);
+///             peer = &peer[n..];
+///             Moved::Read(n)
+///         }
+///         Step::Io(Io::Flush) => Moved::Flushed,
+///         Step::Done(result) => break result,
+///     };
+///     machine.moved(moved).unwrap();
+/// };
+/// assert_eq!(result, Ok(()));
+/// assert_eq!(wire, [0xFF, 0, 0, 0, 2, b'h', b'i']);
+/// ```
+///
+/// Payload bytes never pass through the machine: [`Io::Write`] and
+/// [`Io::Read`] borrow the caller's message or buffer at the right offset.
+/// State advances only by bytes reported moved, so an operation may stop at
+/// any byte and resume when called again; the [`asynch`](crate::asynch)
+/// module states the cancellation and resumption rules this gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Machine {
     /// The length field of the message in flight, as on the wire.
     length: [u8; LENGTH_FIELD_LEN],
-    /// Bytes moved of the current field (length or payload).
+    /// Bytes moved of the current field (greeting, length, status or payload).
     moved: u32,
     max_message_len: u32,
     state: State,
-    /// Where a greeting or status byte is read.
+    /// Our greeting or answer as it goes out, or the peer's greeting or
+    /// status byte as it comes in.
     byte: u8,
     /// The message in flight moves in chunks (`begin_*`), not whole.
     chunked: bool,
@@ -181,11 +190,6 @@ impl Default for Machine {
     }
 }
 
-/// Whether an operation needs I/O (`None`: the state names it) or is over,
-/// with a length (0 where the operation has none). One type for every
-/// operation keeps one copy of the rules in a firmware.
-type Poll = Option<Result<u32, Error>>;
-
 impl Machine {
     /// A connection that has not greeted yet.
     pub const fn new() -> Self {
@@ -194,12 +198,15 @@ impl Machine {
             moved: 0,
             max_message_len: MAX_MESSAGE_LEN,
             state: State::GreetWrite,
-            byte: 0,
+            // The greeting is the first byte we write.
+            byte: GREETING,
             chunked: false,
             needs_flush: false,
             flush_policy: FlushPolicy::EachMessage,
         }
     }
+
+    // ---- settings and queries ----
 
     /// Caps the length of whole messages this side accepts, below the buffer
     /// given to each [`receive`](Self::receive) (longer ones are answered
@@ -219,19 +226,7 @@ impl Machine {
     /// `buf_len` bytes accepts: the buffer, capped by
     /// [`max_message_len`](Self::max_message_len).
     pub fn whole_capacity(&self, buf_len: usize) -> u32 {
-        self.capped(len_of(buf_len), false)
-    }
-
-    /// A receive's `capacity` under the caps: whole messages are held, so
-    /// the connection's cap applies to them; chunked ones keep their own
-    /// limit. Neither goes past the protocol's [`MAX_MESSAGE_LEN`].
-    fn capped(&self, capacity: u32, chunked: bool) -> u32 {
-        let cap = if chunked {
-            MAX_MESSAGE_LEN
-        } else {
-            self.max_message_len
-        };
-        capacity.min(cap)
+        len_of(buf_len).min(self.max_message_len)
     }
 
     /// Chooses when written bytes are flushed (see [`FlushPolicy`]).
@@ -267,15 +262,6 @@ impl Machine {
         self.needs_flush
     }
 
-    /// The length of the message in flight, once known.
-    pub fn message_len(&self) -> Option<u32> {
-        match self.state {
-            State::GreetWrite | State::GreetRead | State::GreetFailed | State::Idle => None,
-            State::RecvLength | State::Broken => None,
-            _ => Some(self.announced()),
-        }
-    }
-
     /// Payload bytes still owed by the message in flight (0 outside a payload).
     pub fn remaining(&self) -> u32 {
         match self.state {
@@ -284,15 +270,18 @@ impl Machine {
         }
     }
 
+    // ---- the operations: each a few rules, then `step` ----
+
     /// Exchanges the greeting (0xFF each way). Every other operation greets
     /// first, so calling it is optional; it is where a full server's
     /// [`Error::ConnectionLimit`] shows up.
     pub fn greet(&mut self) -> Step<'_, ()> {
-        let poll = match self.poll_greeted() {
-            Some(poll) => poll,
-            None => self.complete(Ok(0)),
+        let next = match self.state {
+            State::GreetWrite | State::GreetRead => Next::Io,
+            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
+            _ => self.complete(Ok(0)),
         };
-        self.step(poll, Payload::None, drop)
+        self.step(next, Payload::None, drop)
     }
 
     /// Sends `msg` whole: length, the peer's status, payload. Done with
@@ -302,14 +291,66 @@ impl Machine {
     /// as `u32::MAX`). Resume a half-sent message by calling again with the
     /// same `msg`.
     pub fn transmit<'a>(&'a mut self, msg: &'a [u8]) -> Step<'a, ()> {
-        let poll = self
-            .poll_send(len_of(msg.len()), false)
-            .or_else(|| match self.state {
-                State::Sent => self.settle(Ok(0)),
-                _ => None,
-            });
+        let len = len_of(msg.len());
+        let next = match self.open(State::SendLength, len, false) {
+            Next::Io => match self.state {
+                State::Rejected => Next::Settle(Err(Error::Rejected { len })),
+                State::Sent => Next::Settle(Ok(0)),
+                _ => Next::Io,
+            },
+            next => next,
+        };
         let rest = msg.get(self.moved as usize..).unwrap_or_default();
-        self.step(poll, Payload::Out(rest), drop)
+        self.step(next, Payload::Out(rest), drop)
+    }
+
+    /// Starts sending a message of `len` bytes to be written in chunks with
+    /// [`write_chunk`](Self::write_chunk); done once the peer accepted the
+    /// length, with [`Error::Rejected`] if it did not. Call again with the
+    /// same `len` to resume a dropped chunked send.
+    pub fn begin_transmit(&mut self, len: u32) -> Step<'_, ()> {
+        let next = match self.open(State::SendLength, len, true) {
+            Next::Io => match self.state {
+                State::Rejected => Next::Settle(Err(Error::Rejected { len })),
+                State::SendPayload | State::Sent => Next::Done(Ok(0)),
+                _ => Next::Io,
+            },
+            next => next,
+        };
+        self.step(next, Payload::None, drop)
+    }
+
+    /// Writes some of `chunk` of a message begun with
+    /// [`begin_transmit`](Self::begin_transmit), never past its announced
+    /// length. The [`Io::Write`] it asks for is the chunk itself: the bytes
+    /// reported are what went. A chunk when nothing more is owed is
+    /// [`Misuse::PastEnd`].
+    pub fn write_chunk<'a>(&'a mut self, chunk: &'a [u8]) -> Step<'a, usize> {
+        let next = match self.state {
+            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
+            _ if chunk.is_empty() => Next::Done(Ok(0)),
+            State::SendPayload if self.chunked => Next::Io,
+            _ => Next::Done(Err(Error::Misuse(Misuse::PastEnd))),
+        };
+        self.step(next, Payload::Out(chunk), |n| n as usize)
+    }
+
+    /// Completes a message begun with [`begin_transmit`](Self::begin_transmit)
+    /// (flushing it under [`FlushPolicy::EachMessage`]) and frees the
+    /// connection for the next one. [`Misuse::Unfinished`] while payload
+    /// bytes are still owed.
+    pub fn finish(&mut self) -> Step<'_, ()> {
+        let next = match self.state {
+            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
+            State::Sent if self.chunked => Next::Settle(Ok(0)),
+            State::SendPayload if self.chunked => {
+                Next::Done(Err(Error::Misuse(Misuse::Unfinished {
+                    remaining: self.remaining(),
+                })))
+            }
+            _ => Next::Done(Ok(0)),
+        };
+        self.step(next, Payload::None, drop)
     }
 
     /// Reads the length of the next message and returns it without
@@ -318,27 +359,33 @@ impl Machine {
     /// or limit) or [`reject`](Self::reject). Waiting here may be abandoned
     /// freely until the first byte of the length arrives.
     pub fn next_length(&mut self) -> Step<'_, u32> {
-        let poll = self.poll_length(None, false).or_else(|| match self.state {
-            State::Decide => Some(Ok(self.announced())),
-            _ => None,
-        });
-        self.step(poll, Payload::None, |len| len)
+        let next = match self.open(State::RecvLength, 0, false) {
+            Next::Io => match self.state {
+                State::Decide => Next::Done(Ok(self.announced())),
+                State::GreetWrite | State::GreetRead | State::RecvLength => Next::Io,
+                // A receive has answered already: it is that receive's to finish.
+                _ => Next::Done(Err(Error::InProgress)),
+            },
+            next => next,
+        };
+        self.step(next, Payload::None, |len| len)
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length):
     /// the peer keeps its message and the connection goes on. Done with the
     /// refused length.
     pub fn reject(&mut self) -> Step<'_, u32> {
-        if self.state == State::Decide {
-            self.answer(Status::GenericError);
-        }
-        let poll = match self.state {
-            State::Broken | State::GreetFailed => Some(Err(Error::Broken)),
-            State::Answer if self.byte == Status::GenericError as u8 => None,
-            State::Refused => self.settle(Ok(self.announced())),
-            _ => Some(Err(Error::InProgress)),
+        let next = match self.state {
+            State::Decide => {
+                self.answer(false);
+                Next::Io
+            }
+            State::Answer if self.byte == Status::GenericError.to_byte() => Next::Io,
+            State::Refused => Next::Settle(Ok(self.announced())),
+            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
+            _ => Next::Done(Err(Error::InProgress)),
         };
-        self.step(poll, Payload::None, |len| len)
+        self.step(next, Payload::None, |len| len)
     }
 
     /// Receives one whole message into `buf`; done with its length.
@@ -348,21 +395,19 @@ impl Machine {
     /// stays usable. [`Error::Closed`] when the peer closed between messages.
     /// Resume a half-received message by calling again with the same buffer.
     pub fn receive<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
-        let poll = self
-            .poll_length(Some(len_of(buf.len())), false)
-            .or_else(|| match self.state {
+        let next = match self.take(self.whole_capacity(buf.len()), false) {
+            Next::Io => match (self.state, self.announced()) {
                 // Only a resume with a smaller buffer than the first call can miss.
-                State::RecvPayload if buf.len() < self.announced() as usize => {
-                    Some(Err(Error::Misuse(Misuse::ShorterBuffer {
-                        len: self.announced(),
-                    })))
+                (State::RecvPayload, len) if buf.len() < len as usize => {
+                    Next::Done(Err(Error::Misuse(Misuse::ShorterBuffer { len })))
                 }
-                State::Received => self.settle(Ok(self.announced())),
-                _ => None,
-            });
-        let offset = self.moved as usize;
-        let rest = buf.get_mut(offset..).unwrap_or_default();
-        self.step(poll, Payload::In(rest), |len| len as usize)
+                (State::Received, len) => Next::Settle(Ok(len)),
+                _ => Next::Io,
+            },
+            next => next,
+        };
+        let rest = buf.get_mut(self.moved as usize..).unwrap_or_default();
+        self.step(next, Payload::In(rest), |len| len as usize)
     }
 
     /// Starts receiving a message to be read in chunks with
@@ -370,14 +415,15 @@ impl Machine {
     /// was answered 0xFF. Lengths over `limit` are answered 0x00 and done
     /// with [`Error::TooLarge`]. Call again to resume a dropped chunked receive.
     pub fn begin_receive(&mut self, limit: u32) -> Step<'_, u32> {
-        let poll = self
-            .poll_length(Some(limit), true)
-            .or_else(|| match self.state {
-                State::RecvPayload => Some(Ok(self.announced())),
-                State::Received => self.settle(Ok(0)),
-                _ => None,
-            });
-        self.step(poll, Payload::None, |len| len)
+        let next = match self.take(limit.min(MAX_MESSAGE_LEN), true) {
+            Next::Io => match self.state {
+                State::RecvPayload => Next::Done(Ok(self.announced())),
+                State::Received => Next::Settle(Ok(0)),
+                _ => Next::Io,
+            },
+            next => next,
+        };
+        self.step(next, Payload::None, |len| len)
     }
 
     /// Reads the next chunk of a message begun with
@@ -386,140 +432,36 @@ impl Machine {
     /// reported are the chunk's size. Done with 0 once the whole message has
     /// been read; it never reads past the message.
     pub fn read_chunk<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
-        let poll = match self.state {
-            State::Broken | State::GreetFailed => Some(Err(Error::Broken)),
-            State::RecvPayload if self.chunked && !buf.is_empty() => None,
-            _ => Some(Ok(0)),
+        let next = match self.state {
+            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
+            State::RecvPayload if self.chunked && !buf.is_empty() => Next::Io,
+            _ => Next::Done(Ok(0)),
         };
-        self.step(poll, Payload::In(buf), |n| n as usize)
+        self.step(next, Payload::In(buf), |n| n as usize)
     }
 
-    /// Starts sending a message of `len` bytes to be written in chunks with
-    /// [`write_chunk`](Self::write_chunk); done once the peer accepted the
-    /// length, with [`Error::Rejected`] if it did not. Call again with the
-    /// same `len` to resume a dropped chunked send.
-    pub fn begin_transmit(&mut self, len: u32) -> Step<'_, ()> {
-        let poll = match self.poll_send(len, true) {
-            None if matches!(self.state, State::SendPayload | State::Sent) => Some(Ok(0)),
-            poll => poll,
-        };
-        self.step(poll, Payload::None, drop)
-    }
-
-    /// Writes some of `chunk` of a message begun with
-    /// [`begin_transmit`](Self::begin_transmit), never past its announced
-    /// length. The [`Io::Write`] it asks for is the chunk itself: the bytes
-    /// reported are what went. A chunk when nothing more is owed is
-    /// [`Misuse::PastEnd`].
-    pub fn write_chunk<'a>(&'a mut self, chunk: &'a [u8]) -> Step<'a, usize> {
-        let poll = match self.state {
-            State::Broken | State::GreetFailed => Some(Err(Error::Broken)),
-            _ if chunk.is_empty() => Some(Ok(0)),
-            State::SendPayload if self.chunked => None,
-            _ => Some(Err(Error::Misuse(Misuse::PastEnd))),
-        };
-        self.step(poll, Payload::Out(chunk), |n| n as usize)
-    }
-
-    /// Completes a message begun with [`begin_transmit`](Self::begin_transmit)
-    /// (flushing it under [`FlushPolicy::EachMessage`]) and frees the
-    /// connection for the next one. [`Misuse::Unfinished`] while payload
-    /// bytes are still owed.
-    pub fn finish(&mut self) -> Step<'_, ()> {
-        let poll = match self.state {
-            State::Broken | State::GreetFailed => Some(Err(Error::Broken)),
-            State::Sent if self.chunked => self.settle(Ok(0)),
-            State::SendPayload if self.chunked => Some(Err(Error::Misuse(Misuse::Unfinished {
-                remaining: self.remaining(),
-            }))),
-            _ => Some(Ok(0)),
-        };
-        self.step(poll, Payload::None, drop)
-    }
-
-    /// Flushes whatever was written, whatever the [`FlushPolicy`].
+    /// Flushes whatever was written, whatever the [`FlushPolicy`]. It asks
+    /// for nothing but [`Io::Flush`].
     pub fn flush(&mut self) -> Step<'_, ()> {
-        let poll = (!self.needs_flush).then_some(Ok(0));
-        self.step(poll, Payload::None, drop)
+        let next = if self.needs_flush {
+            Next::Flush
+        } else {
+            Next::Done(Ok(0))
+        };
+        self.step(next, Payload::None, drop)
     }
 
-    /// Reports what the transport did with the [`Io`] the last step asked
-    /// for (report nothing for an I/O that failed or was cancelled). An error
-    /// here is a protocol error (an unexpected byte, the end of the stream):
-    /// the connection is broken and every later operation says
-    /// [`Error::Broken`].
-    pub fn moved(&mut self, moved: Moved) -> Result<(), Error> {
-        let n = match moved {
-            Moved::Flushed => {
-                self.needs_flush = false;
-                return Ok(());
-            }
-            Moved::Wrote(n) => {
-                self.needs_flush |= n > 0;
-                n
-            }
-            Moved::Read(n) => n,
-        };
-        if n == 0 {
-            return self.fail(self.end_of_stream());
-        }
-        let len = self.announced();
-        // A length or a payload: count the bytes until the field is complete.
-        let field = match self.state {
-            State::SendLength => Some((LENGTH_FIELD_LEN as u32, State::SendStatus)),
-            State::RecvLength => Some((LENGTH_FIELD_LEN as u32, State::Decide)),
-            State::SendPayload => Some((len, State::Sent)),
-            // A chunked message is over when its reader has had the last byte.
-            State::RecvPayload if self.chunked => Some((len, State::Idle)),
-            State::RecvPayload => Some((len, State::Received)),
-            _ => None,
-        };
-        if let Some((owed, next)) = field {
-            self.moved = self.moved.saturating_add(len_of(n)).min(owed);
-            if self.moved == owed {
-                self.moved = 0;
-                self.state = next;
-            }
-            return Ok(());
-        }
-        // A single byte: the greeting, a status.
-        self.state = match (self.state, Status::from_byte(self.byte)) {
-            (State::GreetWrite, _) => State::GreetRead,
-            (State::GreetRead, Some(Status::Ok)) => State::Idle,
-            (State::GreetRead, Some(Status::ConnectionLimit)) => {
-                return self.fail(Error::ConnectionLimit)
-            }
-            (State::GreetRead, _) => return self.fail(self.unexpected(Phase::Greeting)),
-            (State::SendStatus, Some(Status::Ok)) if len == 0 => State::Sent,
-            (State::SendStatus, Some(Status::Ok)) => State::SendPayload,
-            (State::SendStatus, Some(Status::GenericError)) => State::Rejected,
-            (State::SendStatus, _) => return self.fail(self.unexpected(Phase::Status)),
-            (State::Answer, Some(Status::Ok)) if len == 0 => State::Received,
-            (State::Answer, Some(Status::Ok)) => State::RecvPayload,
-            (State::Answer, _) => State::Refused,
-            (other, _) => other,
-        };
-        Ok(())
-    }
+    // ---- the rules the operations share ----
 
-    // ---- the rules, without borrows: `None` means "do the state's I/O" ----
-
-    /// `Some` while the greeting still needs I/O (`Some(None)`) or the
-    /// connection is broken; `None` once greeted.
-    fn poll_greeted(&mut self) -> Option<Poll> {
+    /// Lets an operation go on with the connection: `Ok` while the greeting
+    /// is due, when the message in flight is this operation's to resume
+    /// (`first` names its kind: [`State::SendLength`] or
+    /// [`State::RecvLength`]), or once a new message of that kind started.
+    fn open(&mut self, first: State, len: u32, chunked: bool) -> Next {
         match self.state {
-            State::GreetWrite | State::GreetRead => Some(None),
-            State::Broken | State::GreetFailed => Some(Some(Err(Error::Broken))),
-            _ => None,
-        }
-    }
-
-    /// Greets, then resumes the message in flight if it is of this kind, or
-    /// starts one at `first` (sending `len` bytes, or receiving). `Some` when
-    /// the greeting needs I/O or the operation is over already.
-    fn begin(&mut self, first: State, len: u32, chunked: bool) -> Option<Poll> {
-        if let Some(poll) = self.poll_greeted() {
-            return Some(poll);
+            State::GreetWrite | State::GreetRead => return Next::Io,
+            State::Broken | State::GreetFailed => return Next::Done(Err(Error::Broken)),
+            _ => {}
         }
         let resumes = match self.state {
             State::SendLength
@@ -537,78 +479,179 @@ impl Machine {
             _ => false,
         };
         if resumes {
-            return None;
+            return Next::Io;
         }
         if !self.is_free() {
-            return Some(Some(Err(Error::InProgress)));
+            return Next::Done(Err(Error::InProgress));
         }
+        // The send-length bound (a receive opens with 0 and never trips it).
         if len > MAX_MESSAGE_LEN {
-            return Some(Some(Err(Error::TooLarge {
+            return Next::Done(Err(Error::TooLarge {
                 len,
                 capacity: MAX_MESSAGE_LEN,
-            })));
+            }));
         }
         self.state = first;
         self.length = len.to_be_bytes();
         self.moved = 0;
         self.chunked = chunked;
-        None
+        Next::Io
     }
 
-    /// Greets, then resumes the send of a message of `len` bytes or starts
-    /// one. `None` while I/O is due or once the payload is reached.
-    fn poll_send(&mut self, len: u32, chunked: bool) -> Poll {
-        if let Some(poll) = self.begin(State::SendLength, len, chunked) {
-            return poll;
-        }
-        match self.state {
-            State::Rejected => self.settle(Err(Error::Rejected { len })),
-            _ => None,
-        }
-    }
-
-    /// Greets, then resumes a receive or starts one, up to its length; with
-    /// a `capacity`, decides on the length by it. `None` while I/O is due or
-    /// once the payload is reached.
-    fn poll_length(&mut self, capacity: Option<u32>, chunked: bool) -> Poll {
-        if let Some(poll) = self.begin(State::RecvLength, 0, chunked) {
-            return poll;
+    /// The accept rule: greets, reads the length, then answers it 0xFF if it
+    /// is within `capacity`, 0x00 otherwise. `Next::Io` while that needs
+    /// I/O or once the payload (or its end) is reached.
+    fn take(&mut self, capacity: u32, chunked: bool) -> Next {
+        if let next @ Next::Done(_) = self.open(State::RecvLength, 0, chunked) {
+            return next;
         }
         let len = self.announced();
-        let capacity = capacity.map(|c| self.capped(c, chunked));
-        match (self.state, capacity) {
-            (State::Decide, Some(capacity)) => {
+        match self.state {
+            State::Decide => {
                 self.chunked = chunked;
-                self.answer(if len <= capacity {
-                    Status::Ok
-                } else {
-                    Status::GenericError
-                });
-                None
+                self.answer(len <= capacity);
+                Next::Io
             }
-            (State::Refused, Some(capacity)) => self.settle(Err(Error::TooLarge { len, capacity })),
-            _ => None,
+            State::Refused => Next::Settle(Err(Error::TooLarge { len, capacity })),
+            _ => Next::Io,
         }
+    }
+
+    /// Our answer to the announced length: 0xFF to take it, 0x00 to refuse.
+    fn answer(&mut self, accept: bool) {
+        self.state = State::Answer;
+        self.byte = if accept {
+            Status::Ok
+        } else {
+            Status::GenericError
+        }
+        .to_byte();
     }
 
     /// An operation is over: it returns once its bytes are flushed, if the
     /// policy wants them flushed.
-    fn complete(&mut self, result: Result<u32, Error>) -> Poll {
-        if self.needs_flush && self.flush_policy == FlushPolicy::EachMessage {
-            None
+    fn complete(&mut self, result: Result<u32, Error>) -> Next {
+        if self.flush_due() {
+            Next::Flush
         } else {
-            Some(result)
+            Next::Done(result)
         }
     }
 
-    /// The message in flight is over: as [`complete`](Self::complete), and
-    /// the connection is free for the next message when the operation returns.
-    fn settle(&mut self, result: Result<u32, Error>) -> Poll {
-        let poll = self.complete(result);
-        if poll.is_some() {
-            self.state = State::Idle;
+    /// True when an operation that ends must flush first: bytes wait and
+    /// the policy flushes each message.
+    fn flush_due(&self) -> bool {
+        self.needs_flush & (self.flush_policy == FlushPolicy::EachMessage)
+    }
+
+    // ---- what moved ----
+
+    /// Reports what the transport did with the [`Io`] the last step asked
+    /// for (report nothing for an I/O that failed or was cancelled).
+    ///
+    /// A report that cannot answer the step the state asks for (a write
+    /// where a read is due or the other way round, a read while written
+    /// bytes wait for their flush, a flush with nothing to flush, more bytes
+    /// than the field owes) is [`Misuse::WrongReport`]: nothing is counted
+    /// and the connection stays as it was; call the operation again for a
+    /// fresh step. Any other error
+    /// here is a protocol error (an unexpected byte, the end of the stream):
+    /// the connection is broken and every later operation says
+    /// [`Error::Broken`].
+    pub fn moved(&mut self, moved: Moved) -> Result<(), Error> {
+        let writes = matches!(
+            self.state,
+            State::GreetWrite | State::SendLength | State::Answer | State::SendPayload
+        );
+        let reads = matches!(
+            self.state,
+            State::GreetRead | State::SendStatus | State::RecvLength | State::RecvPayload
+        );
+        let n = match moved {
+            Moved::Flushed if self.needs_flush => {
+                self.needs_flush = false;
+                return Ok(());
+            }
+            Moved::Wrote(n) if writes => n,
+            Moved::Read(n) if reads && !self.needs_flush => n,
+            _ => return Err(Error::Misuse(Misuse::WrongReport)),
+        };
+        let field = self.field_len();
+        let owed = (field - self.moved) as usize;
+        if n > owed {
+            return Err(Error::Misuse(Misuse::WrongReport));
         }
-        poll
+        if n == 0 {
+            return self.fail(self.end_of_stream());
+        }
+        self.needs_flush |= writes;
+        self.moved += n as u32;
+        if self.moved == field {
+            self.moved = 0;
+            match self.field_done() {
+                Ok(next) => self.state = next,
+                Err(e) => return self.fail(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes in the field the state moves: one for the greeting and status
+    /// bytes, four for a length, the announced length for a payload, none
+    /// where nothing moves.
+    fn field_len(&self) -> u32 {
+        match self.state {
+            State::GreetWrite | State::GreetRead | State::SendStatus | State::Answer => 1,
+            State::SendLength | State::RecvLength => LENGTH_FIELD_LEN as u32,
+            State::SendPayload | State::RecvPayload => self.announced(),
+            State::Idle
+            | State::Sent
+            | State::Rejected
+            | State::Decide
+            | State::Received
+            | State::Refused
+            | State::Broken
+            | State::GreetFailed => 0,
+        }
+    }
+
+    /// The state after the current field completed: the greeting rule, the
+    /// sender's status rule and where each field leads. An error breaks the
+    /// connection.
+    fn field_done(&self) -> Result<State, Error> {
+        let empty = self.announced() == 0;
+        Ok(match (self.state, Status::from_byte(self.byte)) {
+            (State::GreetWrite, _) => State::GreetRead,
+            (State::GreetRead, Some(Status::Ok)) => State::Idle,
+            (State::GreetRead, Some(Status::ConnectionLimit)) => {
+                return Err(Error::ConnectionLimit)
+            }
+            (State::GreetRead, _) => return Err(self.unexpected(Phase::Greeting)),
+            (State::SendLength, _) => State::SendStatus,
+            (State::SendStatus, Some(Status::Ok)) if empty => State::Sent,
+            (State::SendStatus, Some(Status::Ok)) => State::SendPayload,
+            (State::SendStatus, Some(Status::GenericError)) => State::Rejected,
+            (State::SendStatus, _) => return Err(self.unexpected(Phase::Status)),
+            (State::SendPayload, _) => State::Sent,
+            (State::RecvLength, _) => State::Decide,
+            (State::Answer, Some(Status::Ok)) if empty => State::Received,
+            (State::Answer, Some(Status::Ok)) => State::RecvPayload,
+            (State::Answer, _) => State::Refused,
+            // A chunked message is over when its reader has had the last byte.
+            (State::RecvPayload, _) if self.chunked => State::Idle,
+            (State::RecvPayload, _) => State::Received,
+            (
+                state @ (State::Idle
+                | State::Sent
+                | State::Rejected
+                | State::Decide
+                | State::Received
+                | State::Refused
+                | State::Broken
+                | State::GreetFailed),
+                _,
+            ) => state,
+        })
     }
 
     /// Breaks the connection with a protocol error.
@@ -618,23 +661,6 @@ impl Machine {
             _ => State::Broken,
         };
         Err(e)
-    }
-
-    /// Answers the announced length with `status`.
-    fn answer(&mut self, status: Status) {
-        self.state = State::Answer;
-        self.byte = status.to_byte();
-    }
-
-    fn announced(&self) -> u32 {
-        u32::from_be_bytes(self.length)
-    }
-
-    fn unexpected(&self, phase: Phase) -> Error {
-        Error::UnexpectedByte {
-            phase,
-            byte: self.byte,
-        }
     }
 
     /// The error for a stream that ended (or took no more bytes) now:
@@ -653,61 +679,108 @@ impl Machine {
         Error::UnexpectedEof { phase }
     }
 
+    fn unexpected(&self, phase: Phase) -> Error {
+        Error::UnexpectedByte {
+            phase,
+            byte: self.byte,
+        }
+    }
+
+    fn announced(&self) -> u32 {
+        u32::from_be_bytes(self.length)
+    }
+
     /// True when a new operation may take the connection: nothing of a
-    /// message is half done.
+    /// message is half done ("untouched, may be abandoned").
     fn is_free(&self) -> bool {
         match self.state {
             State::GreetWrite
             | State::GreetRead
             | State::GreetFailed
             | State::Idle
-            | State::Broken => true,
-            State::Sent | State::Rejected => true,
+            | State::Broken
+            | State::Sent
+            | State::Rejected => true,
             State::SendLength | State::RecvLength => self.moved == 0,
-            _ => false,
+            State::SendStatus
+            | State::SendPayload
+            | State::Decide
+            | State::Answer
+            | State::RecvPayload
+            | State::Received
+            | State::Refused => false,
         }
     }
 
     // ---- the one place that turns the state into I/O ----
 
-    /// The result, or the I/O the state asks for next. `payload` starts at
-    /// the current payload offset; `done` gives the result its type.
+    /// The result, or the I/O that is due. `payload` starts at the current
+    /// payload offset; `done` gives the result its type.
+    #[inline(always)]
     fn step<'a, R>(
         &'a mut self,
-        poll: Poll,
+        next: Next,
         payload: Payload<'a>,
         done: fn(u32) -> R,
     ) -> Step<'a, R> {
-        match poll {
-            Some(result) => Step::Done(result.map(done)),
-            None => Step::Io(self.io(payload)),
+        match next {
+            Next::Done(result) => Step::Done(result.map(done)),
+            Next::Settle(_) if self.flush_due() => Step::Io(Io::Flush),
+            Next::Settle(result) => {
+                self.state = State::Idle;
+                Step::Done(result.map(done))
+            }
+            Next::Flush => Step::Io(Io::Flush),
+            Next::Io => Step::Io(self.io(payload)),
         }
     }
 
-    /// The I/O the state asks for next.
+    /// The I/O the state moves.
     fn io<'a>(&'a mut self, payload: Payload<'a>) -> Io<'a> {
         let remaining = self.remaining() as usize;
-        let moved = self.moved as usize;
-        let io = match (self.state, payload) {
-            (State::GreetWrite, _) => Io::Write(&[GREETING]),
-            (State::Answer, _) => Io::Write(core::slice::from_ref(&self.byte)),
-            (State::SendLength, _) => Io::Write(self.length.get(moved..).unwrap_or_default()),
-            (State::RecvLength, _) => Io::Read(self.length.get_mut(moved..).unwrap_or_default()),
-            (State::GreetRead | State::SendStatus, _) => {
-                Io::Read(core::slice::from_mut(&mut self.byte))
-            }
+        let Self {
+            length,
+            moved,
+            state,
+            byte,
+            needs_flush,
+            ..
+        } = self;
+        let moved = *moved as usize;
+        let io = match (*state, payload) {
+            (State::GreetWrite | State::Answer, _) => Io::Write(core::slice::from_ref(byte)),
+            (State::SendLength, _) => Io::Write(length.get(moved..).unwrap_or_default()),
             (State::SendPayload, Payload::Out(src)) => Io::Write(&src[..src.len().min(remaining)]),
+            // A peer only answers what it has seen: flush before waiting on it.
+            (State::GreetRead | State::SendStatus | State::RecvLength | State::RecvPayload, _)
+                if *needs_flush =>
+            {
+                Io::Flush
+            }
+            (State::GreetRead | State::SendStatus, _) => Io::Read(core::slice::from_mut(byte)),
+            (State::RecvLength, _) => Io::Read(length.get_mut(moved..).unwrap_or_default()),
             (State::RecvPayload, Payload::In(dest)) => {
                 let len = dest.len().min(remaining);
                 Io::Read(&mut dest[..len])
             }
-            _ => Io::Flush,
+            // No operation's rules lead here (payload I/O comes only with
+            // the payload; the other states move nothing): asking for a
+            // flush is the one request that cannot move a byte out of turn.
+            (State::SendPayload | State::RecvPayload, _)
+            | (
+                State::Idle
+                | State::Sent
+                | State::Rejected
+                | State::Decide
+                | State::Received
+                | State::Refused
+                | State::Broken
+                | State::GreetFailed,
+                _,
+            ) => Io::Flush,
         };
-        // A peer only answers what it has seen: flush before waiting on it.
-        match io {
-            Io::Read(_) if self.needs_flush => Io::Flush,
-            io => io,
-        }
+
+        io
     }
 }
 
@@ -778,11 +851,12 @@ mod tests {
 
     /// Runs one operation to its end.
     macro_rules! run {
-        ($machine:ident . $op:ident ( $($arg:expr),* ), $peer:expr) => {
+        ($machine:ident . $op:ident ( $($arg:expr),* ), $peer:expr) => {{
+            let peer = &mut $peer;
             loop {
                 match $machine.$op($($arg),*) {
                     Step::Io(io) => {
-                        let moved = $peer.perform(io);
+                        let moved = peer.perform(io);
                         if let Err(e) = $machine.moved(moved) {
                             break Err(e);
                         }
@@ -790,7 +864,7 @@ mod tests {
                     Step::Done(result) => break result,
                 }
             }
-        };
+        }};
     }
 
     #[test]
@@ -1098,8 +1172,466 @@ mod tests {
         assert!(m.is_broken());
     }
 
+    /// Asks `machine` for the step of `op` and expects it to be this I/O.
+    macro_rules! expect_io {
+        ($machine:ident . $op:ident ( $($arg:expr),* ), $pattern:pat) => {
+            match $machine.$op($($arg),*) {
+                Step::Io($pattern) => {}
+                other => panic!("expected {}, got {other:?}", stringify!($pattern)),
+            }
+        };
+    }
+
+    /// A machine past the greeting.
+    fn greeted() -> Machine {
+        let mut m = Machine::new();
+        assert_eq!(run!(m.greet(), Peer::new(&[0xFF])), Ok(()));
+        m
+    }
+
+    // ---- the greeting rule ----
+
+    #[test]
+    fn test_greeting_writes_then_reads_then_is_done() {
+        let mut m = Machine::new();
+        expect_io!(m.greet(), Io::Write(&[0xFF]));
+        // A transport that took nothing yet reports nothing: the same byte is asked again.
+        expect_io!(m.greet(), Io::Write(&[0xFF]));
+        m.moved(Moved::Wrote(1)).unwrap();
+        expect_io!(m.greet(), Io::Flush);
+        m.moved(Moved::Flushed).unwrap();
+        assert!(!m.is_greeted());
+        match m.greet() {
+            Step::Io(Io::Read(buf)) => {
+                assert_eq!(buf.len(), 1);
+                buf[0] = 0xFF;
+            }
+            other => panic!("{other:?}"),
+        }
+        m.moved(Moved::Read(1)).unwrap();
+        assert_eq!(m.greet(), Step::Done(Ok(())));
+        assert!(m.is_greeted());
+    }
+
+    #[test]
+    fn test_greeting_connection_limit_and_other_bytes() {
+        let mut m = Machine::new();
+        assert_eq!(
+            run!(m.greet(), Peer::new(&[0xFE])),
+            Err(Error::ConnectionLimit)
+        );
+        assert!(!m.is_greeted() && m.is_broken());
+        for byte in [0x00, 0x01, 0xFD, 0x7F] {
+            let mut m = Machine::new();
+            let input = [byte];
+            assert_eq!(
+                run!(m.greet(), Peer::new(&input)),
+                Err(Error::UnexpectedByte {
+                    phase: Phase::Greeting,
+                    byte
+                })
+            );
+            assert!(m.is_broken());
+        }
+    }
+
+    #[test]
+    fn test_greeting_ours_first_whatever_the_peer_sent() {
+        // The peer's byte may be waiting already: ours is still written first.
+        let mut m = Machine::new();
+        let mut peer = Peer::new(&[0xFF]);
+        assert_eq!(run!(m.greet(), peer), Ok(()));
+        assert_eq!(peer.log, ["write", "flush", "read"]);
+        let mut m = Machine::new();
+        assert_eq!(
+            run!(m.greet(), Peer::new(&[])),
+            Err(Error::UnexpectedEof {
+                phase: Phase::Greeting
+            })
+        );
+    }
+
+    #[test]
+    fn test_second_greeting_byte_is_a_length_over_the_limit() {
+        // After the greeting a 0xFF can only open a length, and no length
+        // starts with 0xFF: it is refused like any other oversize one.
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0xFF, 0, 0, 0]);
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            run!(m.receive(&mut buf), peer),
+            Err(Error::TooLarge {
+                len: 0xFF00_0000,
+                capacity: 8
+            })
+        );
+        assert_eq!(peer.output, [0x00]);
+    }
+
+    // ---- the send side: length bound, status rule, payload ----
+
+    #[test]
+    fn test_length_is_big_endian_and_resumable() {
+        let mut m = greeted();
+        expect_io!(m.begin_transmit(0x0102_0304), Io::Write(&[1, 2, 3, 4]));
+        m.moved(Moved::Wrote(1)).unwrap();
+        expect_io!(m.begin_transmit(0x0102_0304), Io::Write(&[2, 3, 4]));
+        expect_io!(m.begin_transmit(0x0102_0304), Io::Write(&[2, 3, 4]));
+        m.moved(Moved::Wrote(2)).unwrap();
+        expect_io!(m.begin_transmit(0x0102_0304), Io::Write(&[4]));
+        assert!(m.is_in_progress());
+        m.moved(Moved::Wrote(1)).unwrap();
+        expect_io!(m.begin_transmit(0x0102_0304), Io::Flush);
+        m.moved(Moved::Flushed).unwrap();
+        expect_io!(m.begin_transmit(0x0102_0304), Io::Read(_));
+    }
+
+    #[test]
+    fn test_report_over_the_field_is_misuse_and_counts_nothing() {
+        let mut m = greeted();
+        expect_io!(m.transmit(b"1234567"), Io::Write(&[0, 0, 0, 7]));
+        assert_eq!(
+            m.moved(Moved::Wrote(5)),
+            Err(Error::Misuse(Misuse::WrongReport))
+        );
+        assert!(!m.is_broken());
+        expect_io!(m.transmit(b"1234567"), Io::Write(&[0, 0, 0, 7]));
+        m.moved(Moved::Wrote(usize::MAX)).unwrap_err();
+        expect_io!(m.transmit(b"1234567"), Io::Write(&[0, 0, 0, 7]));
+        m.moved(Moved::Wrote(4)).unwrap();
+        expect_io!(m.transmit(b"1234567"), Io::Flush);
+    }
+
+    #[test]
+    fn test_report_of_another_kind_is_misuse_and_counts_nothing() {
+        let mut m = greeted();
+        // A status read reported while the length is still being written.
+        expect_io!(m.transmit(b"hello"), Io::Write(&[0, 0, 0, 5]));
+        assert_eq!(
+            m.moved(Moved::Read(1)),
+            Err(Error::Misuse(Misuse::WrongReport))
+        );
+        assert_eq!(
+            m.moved(Moved::Flushed),
+            Err(Error::Misuse(Misuse::WrongReport)),
+            "nothing written yet, nothing to flush"
+        );
+        expect_io!(m.transmit(b"hello"), Io::Write(&[0, 0, 0, 5]));
+        m.moved(Moved::Wrote(4)).unwrap();
+        // The length waits for its flush: a read now is not what was asked.
+        expect_io!(m.transmit(b"hello"), Io::Flush);
+        assert_eq!(
+            m.moved(Moved::Read(1)),
+            Err(Error::Misuse(Misuse::WrongReport))
+        );
+        assert_eq!(
+            m.moved(Moved::Wrote(1)),
+            Err(Error::Misuse(Misuse::WrongReport)),
+            "a write where a read is due"
+        );
+        m.moved(Moved::Flushed).unwrap();
+        expect_io!(m.transmit(b"hello"), Io::Read(_));
+        assert!(!m.is_broken());
+        // The end of the stream is still the end of the stream.
+        let mut m = greeted();
+        expect_io!(m.transmit(b"hello"), Io::Write(_));
+        m.moved(Moved::Wrote(2)).unwrap();
+        expect_io!(m.transmit(b"hello"), Io::Write(&[0, 5]));
+        assert_eq!(
+            m.moved(Moved::Wrote(0)),
+            Err(Error::UnexpectedEof {
+                phase: Phase::Length
+            })
+        );
+        // Nothing moves in a state that is done moving.
+        let mut m = greeted();
+        assert_eq!(m.flush(), Step::Done(Ok(())));
+        for wrong in [Moved::Flushed, Moved::Read(1), Moved::Wrote(1)] {
+            assert_eq!(m.moved(wrong), Err(Error::Misuse(Misuse::WrongReport)));
+        }
+    }
+
+    #[test]
+    fn test_status_ok_then_payload_chunk_by_chunk() {
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0xFF]);
+        assert_eq!(run!(m.begin_transmit(3), peer), Ok(()));
+        for (i, remaining) in [3u32, 2, 1].into_iter().enumerate() {
+            assert_eq!(m.remaining(), remaining);
+            match m.write_chunk(&b"abc"[i..]) {
+                Step::Io(Io::Write(bytes)) => assert_eq!(bytes, &b"abc"[i..]),
+                other => panic!("{other:?}"),
+            }
+            m.moved(Moved::Wrote(1)).unwrap();
+        }
+        assert_eq!(
+            m.write_chunk(b"x"),
+            Step::Done(Err(Error::Misuse(Misuse::PastEnd))),
+            "nothing is written after the end"
+        );
+        assert_eq!(run!(m.finish(), peer), Ok(()));
+    }
+
+    #[test]
+    fn test_empty_message_is_sent_after_status() {
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0xFF]);
+        assert_eq!(run!(m.transmit(b""), peer), Ok(()));
+        assert_eq!(peer.output, [0, 0, 0, 0]);
+        assert!(!m.is_in_progress());
+    }
+
+    #[test]
+    fn test_status_bytes_other_than_accept_and_reject_break() {
+        for byte in [0xFE, 0xFD, 0x01, 0x80] {
+            let mut m = greeted();
+            let input = [byte];
+            assert_eq!(
+                run!(m.transmit(b"0123456789"), Peer::new(&input)),
+                Err(Error::UnexpectedByte {
+                    phase: Phase::Status,
+                    byte
+                })
+            );
+            assert!(m.is_broken());
+        }
+    }
+
+    #[test]
+    fn test_send_length_boundaries() {
+        let mut m = greeted();
+        assert_eq!(run!(m.begin_transmit(0), Peer::new(&[0xFF])), Ok(()));
+        assert_eq!(run!(m.finish(), Peer::new(&[])), Ok(()));
+        let mut peer = Peer::new(&[0xFF]);
+        assert_eq!(run!(m.begin_transmit(MAX_MESSAGE_LEN), peer), Ok(()));
+        assert_eq!(peer.output, MAX_MESSAGE_LEN.to_be_bytes());
+        assert_eq!(m.remaining(), MAX_MESSAGE_LEN);
+        for over in [MAX_MESSAGE_LEN + 1, u32::MAX] {
+            let mut m = greeted();
+            assert_eq!(
+                m.begin_transmit(over),
+                Step::Done(Err(Error::TooLarge {
+                    len: over,
+                    capacity: MAX_MESSAGE_LEN
+                }))
+            );
+            assert!(!m.is_in_progress());
+        }
+    }
+
+    #[test]
+    fn test_send_end_of_stream_phases() {
+        let cases: [(&[u8], usize, Phase); 3] = [
+            (&[], 0, Phase::Length),
+            (&[], 4, Phase::Status),
+            (&[0xFF], 5, Phase::Payload),
+        ];
+        for (input, written, phase) in cases {
+            let mut m = greeted();
+            let mut peer = Peer::new(input);
+            // The transport takes `written` bytes, then no more.
+            let result = loop {
+                match m.transmit(b"ab") {
+                    Step::Io(Io::Write(bytes)) => {
+                        let n = bytes.len().min(written - peer.output.len());
+                        peer.output.extend_from_slice(&bytes[..n]);
+                        if let Err(e) = m.moved(Moved::Wrote(n)) {
+                            break Err(e);
+                        }
+                    }
+                    Step::Io(io) => {
+                        let moved = peer.perform(io);
+                        if let Err(e) = m.moved(moved) {
+                            break Err(e);
+                        }
+                    }
+                    Step::Done(r) => break r,
+                }
+            };
+            assert_eq!(result, Err(Error::UnexpectedEof { phase }), "{written}");
+        }
+    }
+
+    // ---- the receive side: length, accept rule, payload ----
+
+    #[test]
+    fn test_length_byte_by_byte() {
+        let mut m = greeted();
+        let mut peer = Peer::new(&[]);
+        assert_eq!(run!(m.next_length(), peer), Err(Error::Closed));
+        for upto in 1..4 {
+            let input = [0x00, 0x01, 0x02, 0x03];
+            let mut m = greeted();
+            let mut peer = Peer::new(&input[..upto]);
+            peer.chunk = 1;
+            assert_eq!(
+                run!(m.next_length(), peer),
+                Err(Error::UnexpectedEof {
+                    phase: Phase::Length
+                })
+            );
+        }
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0x00, 0x01, 0x02, 0x03]);
+        peer.chunk = 1;
+        assert_eq!(run!(m.next_length(), peer), Ok(0x0001_0203));
+    }
+
+    #[test]
+    fn test_length_read_asks_for_the_field_only() {
+        let mut m = greeted();
+        let mut buf = [0u8; 64];
+        match m.receive(&mut buf) {
+            Step::Io(Io::Read(dest)) => {
+                assert_eq!(dest.len(), 4);
+                dest[..2].copy_from_slice(&[0, 0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        m.moved(Moved::Read(2)).unwrap();
+        match m.receive(&mut buf) {
+            Step::Io(Io::Read(dest)) => assert_eq!(dest.len(), 2, "the rest of the length"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_accept_then_payload_then_delivered() {
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0, 0, 0, 3]);
+        assert_eq!(run!(m.next_length(), peer), Ok(3));
+        let mut buf = [0u8; 3];
+        match m.receive(&mut buf) {
+            Step::Io(Io::Write(status)) => assert_eq!(status, [0xFF]),
+            other => panic!("{other:?}"),
+        }
+        m.moved(Moved::Wrote(1)).unwrap();
+        expect_io!(m.receive(&mut buf), Io::Flush);
+        m.moved(Moved::Flushed).unwrap();
+        match m.receive(&mut buf) {
+            Step::Io(Io::Read(dest)) => {
+                assert_eq!(dest.len(), 3);
+                dest[..2].copy_from_slice(b"ab");
+            }
+            other => panic!("{other:?}"),
+        }
+        m.moved(Moved::Read(2)).unwrap();
+        assert_eq!(m.remaining(), 1);
+        expect_io!(m.receive(&mut buf), Io::Read(_));
+        assert_eq!(
+            m.moved(Moved::Read(9)),
+            Err(Error::Misuse(Misuse::WrongReport)),
+            "more than the payload owes"
+        );
+        let mut peer = Peer::new(b"c");
+        assert_eq!(run!(m.receive(&mut buf), peer), Ok(3));
+        assert_eq!(&buf, b"abc");
+        // The end of the stream inside a payload.
+        let mut m = greeted();
+        assert_eq!(
+            run!(m.receive(&mut buf), Peer::new(&[0, 0, 0, 3, b'a'])),
+            Err(Error::UnexpectedEof {
+                phase: Phase::Payload
+            })
+        );
+    }
+
+    #[test]
+    fn test_empty_message_is_delivered_after_status() {
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0, 0, 0, 0]);
+        assert_eq!(run!(m.receive(&mut []), peer), Ok(0));
+        assert_eq!(peer.output, [0xFF]);
+    }
+
+    #[test]
+    fn test_reject_then_refused() {
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0, 0, 0, 10]);
+        assert_eq!(run!(m.next_length(), peer), Ok(10));
+        expect_io!(m.reject(), Io::Write(&[0x00]));
+        assert_eq!(
+            m.moved(Moved::Wrote(0)),
+            Err(Error::UnexpectedEof {
+                phase: Phase::Status
+            })
+        );
+        let mut m = greeted();
+        let mut peer = Peer::new(&[0, 0, 0, 10]);
+        assert_eq!(run!(m.next_length(), peer), Ok(10));
+        assert_eq!(run!(m.reject(), peer), Ok(10));
+        assert_eq!(peer.output, [0x00]);
+        assert!(!m.is_in_progress() && !m.is_broken());
+    }
+
+    /// The accept rule's boundary table: a length against a limit.
+    #[test]
+    fn test_accept_rule_boundaries() {
+        let cases: [(u32, u32, bool); 9] = [
+            (0, 16, true),
+            (1, 16, true),
+            (16, 16, true),
+            (17, 16, false),
+            (MAX_MESSAGE_LEN, u32::MAX, true),
+            (MAX_MESSAGE_LEN, MAX_MESSAGE_LEN, true),
+            (MAX_MESSAGE_LEN, MAX_MESSAGE_LEN - 1, false),
+            (MAX_MESSAGE_LEN + 1, u32::MAX, false),
+            (0xFFFF_FFFF, u32::MAX, false),
+        ];
+        for (len, limit, accepted) in cases {
+            let mut m = greeted();
+            let input = len.to_be_bytes();
+            let mut peer = Peer::new(&input);
+            let result = run!(m.begin_receive(limit), peer);
+            let status = if accepted { 0xFF } else { 0x00 };
+            assert_eq!(peer.output, [status], "len {len} limit {limit}");
+            if !accepted {
+                assert_eq!(
+                    result,
+                    Err(Error::TooLarge {
+                        len,
+                        capacity: limit.min(MAX_MESSAGE_LEN)
+                    })
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn test_calls_out_of_turn_move_nothing() {
+        let mut m = greeted();
+        assert_eq!(m.reject(), Step::Done(Err(Error::InProgress)));
+        assert_eq!(m.finish(), Step::Done(Ok(())));
+        assert_eq!(m.read_chunk(&mut [0; 4]), Step::Done(Ok(0)));
+        let mut buf = [0u8; 4];
+        expect_io!(m.receive(&mut buf), Io::Read(_));
+        assert!(!m.is_in_progress());
+        // Half a length in: other operations must wait for it.
+        match m.next_length() {
+            Step::Io(Io::Read(dest)) => dest[..2].copy_from_slice(&[0, 0]),
+            other => panic!("{other:?}"),
+        }
+        m.moved(Moved::Read(2)).unwrap();
+        assert!(m.is_in_progress());
+        assert_eq!(m.transmit(b"x"), Step::Done(Err(Error::InProgress)));
+        assert_eq!(m.begin_transmit(1), Step::Done(Err(Error::InProgress)));
+        assert_eq!(m.reject(), Step::Done(Err(Error::InProgress)));
+    }
+
+    #[test]
+    fn test_flush_asks_only_for_a_flush() {
+        let mut m = greeted();
+        // Half a length written: a flush must not write the rest of it.
+        expect_io!(m.transmit(b"hello"), Io::Write(_));
+        m.moved(Moved::Wrote(2)).unwrap();
+        assert_eq!(m.flush(), Step::Io(Io::Flush));
+        m.moved(Moved::Flushed).unwrap();
+        assert_eq!(m.flush(), Step::Done(Ok(())));
+        expect_io!(m.transmit(b"hello"), Io::Write(&[0, 5]));
+    }
+
     #[test]
     fn test_size() {
-        assert!(core::mem::size_of::<Machine>() <= 24);
+        assert_eq!(core::mem::size_of::<Machine>(), 20);
     }
 }

@@ -16,6 +16,10 @@ pub const LENGTH_FIELD_LEN: usize = 4;
 /// The byte each side sends right after the TCP connection is up.
 pub const GREETING: u8 = Status::Ok as u8;
 
+/// The single byte a server at its connection limit writes instead of the
+/// greeting, before it closes.
+pub const CONNECTION_LIMIT_REFUSAL: [u8; 1] = [Status::ConnectionLimit as u8];
+
 /// A one-byte status, as sent in the greeting and in answer to a length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

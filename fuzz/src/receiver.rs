@@ -1,20 +1,21 @@
 //! Target `receiver`: arbitrary bytes from the peer, arbitrarily split, into
-//! the receive side — the sans-IO machines, the blocking driver's whole
-//! message `receive`, or its chunked `begin_receive` — with arbitrary
-//! capacities and limits.
+//! the receive side — the sans-IO `Machine` driven by hand (with wrong
+//! reports mixed in), the blocking driver's whole message `receive`, or its
+//! chunked `begin_receive` — with arbitrary capacities and limits.
 //!
 //! Input layout (so seeds are wire bytes behind a short header):
 //!
 //! | bytes | meaning |
 //! |---|---|
-//! | 1 | mode: `% 3` = 0 machines, 1 `receive`, 2 `begin_receive`; bit 2 picks the machine's decision method |
-//! | 4 | capacity, big-endian (buffer length, capped at 64 KiB for `receive`; `begin_receive` limit) |
-//! | 4 | `set_max_message_len` value, big-endian (a cap for `receive` and the machines; `begin_receive` must ignore it) |
+//! | 1 | mode: `% 3` = 0 the sans-IO `Machine`, 1 `receive`, 2 `begin_receive`; in mode 0, bit 2 decides by hand (`next_length`, then `receive` or `reject`) |
+//! | 4 | capacity, big-endian (buffer length, capped at 64 KiB for whole receives; `begin_receive` limit) |
+//! | 4 | `set_max_message_len` value, big-endian (a cap for whole receives; `begin_receive` must ignore it) |
 //! | 1 + n | n, then n plan bytes (see [`crate::script::decode`]) |
 //! | rest | the peer's byte stream, greeting first |
 //!
-//! Asserts: no panic; the status bytes written are the greeting then 0xFF
-//! iff `len <= min(capacity, limit, MAX_MESSAGE_LEN)` else 0x00; a delivered
+//! Asserts: no panic; a wrong report to `Machine::moved` is
+//! `Misuse::WrongReport` and leaves the machine as it was; the status bytes
+//! written are the greeting then 0xFF iff `len <= min(capacity, limit, MAX_MESSAGE_LEN)` else 0x00; a delivered
 //! message is exactly the announced bytes of the input; the driver never
 //! reads past the message it is on; every outcome (message, `TooLarge`,
 //! `Closed`, `UnexpectedEof`, greeting errors) is the reference decoder's.
@@ -22,9 +23,7 @@
 use core::ops::Range;
 
 use arbitrary::Unstructured;
-use tinyproto::{
-    blocking::Connection, Greeting, GreetingStep, Phase, Receiver, RecvStep, MAX_MESSAGE_LEN,
-};
+use tinyproto::{blocking::Connection, Io, Machine, Misuse, Moved, Phase, Step, MAX_MESSAGE_LEN};
 
 use crate::script::{receive_chunked, retry, sizes, Plan, Script};
 use crate::Error;
@@ -117,124 +116,119 @@ pub fn run(input: &[u8]) {
     };
     let data = u.take_rest();
     match mode % 3 {
-        0 => machines(data, capacity.min(max_len), mode & 4 != 0, plan),
+        0 => sans_io(data, capacity.min(MAX_BUFFER), max_len, mode & 4 != 0, plan),
         1 => whole(data, capacity.min(MAX_BUFFER), max_len, plan),
         _ => chunked(data, capacity, max_len, plan),
     }
 }
 
-/// The sans-IO machines driven by hand over the input.
-fn machines(data: &[u8], cap: u32, manual_decision: bool, plan: &[u8]) {
+/// The sans-IO [`Machine`] driven by hand over the input, as a superloop
+/// drives it: each read moves what the plan says, some steps are left
+/// unreported (a transport with nothing to give yet), and before some
+/// reports a wrong one is told first (another kind, one byte more than
+/// asked, a flush nobody asked for). A wrong report must be
+/// [`Misuse::WrongReport`] and change nothing.
+fn sans_io(data: &[u8], capacity: u32, max_len: u32, manual_decision: bool, plan: &[u8]) {
+    let mut machine = Machine::new();
+    machine.set_max_message_len(max_len);
+    let cap = machine.whole_capacity(capacity as usize);
     let (expected, expected_written) = reference(data, cap);
+    let mut buf = vec![0u8; capacity as usize];
     let mut next_size = sizes(plan);
     let mut written = Vec::new();
     let mut pos = 0;
     let mut got: Vec<Outcome> = Vec::new();
-
-    let mut greeting = Greeting::new();
-    let greeted = loop {
-        match greeting.step() {
-            GreetingStep::Write(bytes) => {
-                assert_eq!(bytes, [0xFF]);
-                greeting.wrote(0);
-                assert_eq!(greeting.step(), GreetingStep::Write(&[0xFF]));
-                written.push(bytes[0]);
-                greeting.wrote(1);
-            }
-            GreetingStep::Read => {
-                let Some(&byte) = data.get(pos) else {
-                    break Err(greeting.eof().into_io());
-                };
-                pos += 1;
-                if let Err(e) = greeting.received(byte) {
-                    break Err(e.into_io());
-                }
-            }
-            GreetingStep::Done => break Ok(()),
-        }
-    };
-    if let Err(e) = greeted {
-        got.push((Err(e), pos));
-    }
-
+    let mut idle = false;
+    let mut steps = 0usize;
     while got.last().is_none_or(|(r, _)| !is_final(r)) {
-        let mut rx = Receiver::new();
-        let mut delivered: Vec<u8> = Vec::new();
-        let mut length = [0u8; 4];
-        let mut length_got = 0;
-        let outcome = loop {
-            match rx.step() {
-                RecvStep::ReadLength => {
-                    let avail = &data[pos..];
-                    if avail.is_empty() {
-                        break Err(rx.eof().into_io());
+        steps += 1;
+        assert!(steps < crate::MAX_RETRIES, "no progress");
+        // Next step: the announced length first when deciding by hand.
+        let step = if manual_decision && !machine.is_in_progress() {
+            match machine.next_length() {
+                Step::Done(Ok(len)) if len <= cap => machine.receive(&mut buf),
+                Step::Done(Ok(len)) => match machine.reject() {
+                    Step::Done(Ok(refused)) => {
+                        assert_eq!(refused, len);
+                        got.push((Err(Error::TooLarge { len, capacity: cap }), pos));
+                        continue;
                     }
-                    let n = next_size().min(avail.len());
-                    let took = if n.is_multiple_of(2) {
-                        rx.feed_length(&avail[..n])
-                    } else {
-                        let dest = rx.length_buf();
-                        let k = dest.len().min(n);
-                        dest[..k].copy_from_slice(&avail[..k]);
-                        rx.read(k);
-                        k
-                    };
-                    assert!(took >= 1 && length_got + took <= 4, "length over-read");
-                    length[length_got..length_got + took].copy_from_slice(&avail[..took]);
-                    length_got += took;
-                    pos += took;
-                }
-                RecvStep::Decide { len } => {
-                    assert_eq!(length_got, 4);
-                    assert_eq!(len, u32::from_be_bytes(length));
-                    assert_eq!(rx.announced_len(), Some(len));
-                    if manual_decision {
-                        if len <= cap {
-                            rx.accept();
-                        } else {
-                            rx.reject();
-                        }
-                    } else {
-                        rx.decide(cap);
-                    }
-                }
-                RecvStep::WriteStatus(status) => {
-                    rx.wrote(0);
-                    assert_eq!(rx.step(), RecvStep::WriteStatus(status));
-                    written.push(status.to_byte());
-                    rx.wrote(1);
-                }
-                RecvStep::ReadPayload { offset, remaining } => {
-                    let len = u32::from_be_bytes(length);
-                    assert_eq!(offset as usize, delivered.len());
-                    assert_eq!(u64::from(offset) + u64::from(remaining), u64::from(len));
-                    assert!(remaining > 0);
-                    let avail = &data[pos..];
-                    if avail.is_empty() {
-                        break Err(rx.eof().into_io());
-                    }
-                    let n = next_size().min(avail.len()).min(remaining as usize);
-                    delivered.extend_from_slice(&avail[..n]);
-                    rx.read(n);
-                    pos += n;
-                }
-                RecvStep::Delivered { len } => {
-                    assert_eq!(len as usize, delivered.len());
-                    assert_eq!(delivered, data[pos - delivered.len()..pos]);
-                    break Ok(pos - delivered.len()..pos);
-                }
-                RecvStep::Refused { len } => {
-                    break Err(Error::TooLarge {
-                        len,
-                        capacity: cap.min(MAX_MESSAGE_LEN),
-                    });
-                }
+                    Step::Done(Err(e)) => panic!("reject failed: {e:?}"),
+                    step => step.map_len(),
+                },
+                step => step.map_len(),
             }
+        } else {
+            machine.receive(&mut buf)
         };
-        got.push((outcome, pos));
+        let size = next_size();
+        // A transport with nothing to move this pass: no report (never twice in a row).
+        let stall = size % 5 == 0 && !idle;
+        idle = stall;
+        let (moved, wrong) = match step {
+            Step::Done(result) => {
+                let outcome = result
+                    .map(|len| pos - len..pos)
+                    .map_err(tinyproto::Error::widen);
+                if let Ok(range) = &outcome {
+                    // Delivered: exactly the bytes the peer sent, nothing more.
+                    assert_eq!(buf[..range.len()], data[range.clone()]);
+                }
+                got.push((outcome, pos));
+                continue;
+            }
+            Step::Io(_) if stall => continue,
+            Step::Io(Io::Write(bytes)) => {
+                let n = bytes.len().min(size);
+                written.extend_from_slice(&bytes[..n]);
+                let wrong = [Moved::Read(1), Moved::Wrote(bytes.len() + 1)];
+                (Moved::Wrote(n), wrong)
+            }
+            Step::Io(Io::Read(dest)) => {
+                let n = dest.len().min(size).min(data.len() - pos);
+                dest[..n].copy_from_slice(&data[pos..pos + n]);
+                pos += n;
+                let wrong = [Moved::Wrote(1), Moved::Read(dest.len() + 1)];
+                (Moved::Read(n), wrong)
+            }
+            Step::Io(Io::Flush) => (Moved::Flushed, [Moved::Read(1), Moved::Wrote(1)]),
+        };
+        if size % 3 == 0 {
+            let before = machine.clone();
+            let wrong = wrong[size % 2];
+            assert_eq!(
+                machine.moved(wrong),
+                Err(tinyproto::Error::Misuse(Misuse::WrongReport)),
+                "{wrong:?} instead of {moved:?}"
+            );
+            assert_eq!(machine, before, "a wrong report changed the machine");
+        }
+        if let Err(e) = machine.moved(moved) {
+            got.push((Err(e.widen()), pos));
+        }
     }
     assert_eq!(got, expected);
     assert_eq!(written, expected_written);
+    assert!(machine.is_broken());
+    assert_eq!(
+        machine.receive(&mut buf),
+        Step::Done(Err(tinyproto::Error::Broken))
+    );
+}
+
+/// A step of `next_length` or `reject` as a step of `receive` (their
+/// results never reach here: only their I/O does).
+trait MapLen<'a> {
+    fn map_len(self) -> Step<'a, usize>;
+}
+
+impl<'a> MapLen<'a> for Step<'a, u32> {
+    fn map_len(self) -> Step<'a, usize> {
+        match self {
+            Step::Io(io) => Step::Io(io),
+            Step::Done(result) => Step::Done(result.map(|len| len as usize)),
+        }
+    }
 }
 
 /// True for an outcome after which the stream carries nothing more.

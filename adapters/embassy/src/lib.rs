@@ -17,12 +17,10 @@ pub use client::Client;
 pub use error::{Deadline, Error, NetError};
 pub use server::{
     serve, serve_until, Ended, Flow, Handler, Reserve, ReserveStorage, ServerConfig, SharedHandler,
-    Slot, SlotStorage,
+    Slot, SlotStorage, Take,
 };
 pub use session::{ConnInfo, Session};
 pub use socket::{Socket, Timeouts};
-/// The per-message decision of [`Handler::message_announced`] (the core's).
-pub use tinyproto::Take;
 
 /// The core's async connection over a [`Socket`].
 pub type Connection<'a> = tinyproto::asynch::Connection<Socket<'a>>;

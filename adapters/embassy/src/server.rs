@@ -22,7 +22,7 @@ use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
 use embassy_sync::waitqueue::MultiWakerRegistration;
 use embassy_time::{Duration, Instant, Timer};
-use tinyproto::{Take, MAX_MESSAGE_LEN};
+use tinyproto::MAX_MESSAGE_LEN;
 
 use crate::error::{Deadline, Error, NetError};
 use crate::session::{self, ConnInfo, Session};
@@ -77,6 +77,22 @@ pub enum Ended {
     /// The connection failed: a protocol error, a reset, or a deadline
     /// (`Error::Io(NetError::TimedOut(Deadline::Idle | Deadline::Message | ..))`).
     Failed(Error),
+}
+
+/// How a slot takes a message whose length was announced, decided by
+/// [`Handler::message_announced`] before any of its payload moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Take {
+    /// Whole, into the slot's message buffer, then to
+    /// [`Handler::transmission_received`].
+    Whole,
+    /// Streamed through the slot's buffer to
+    /// [`Handler::transmission_chunk`]: for
+    /// messages larger than memory (a firmware image into flash).
+    Chunks,
+    /// Answer 0x00: the peer keeps its message and the connection goes on.
+    Reject,
 }
 
 /// The application side of a server connection: the hooks of the std adapter

@@ -79,17 +79,17 @@ impl Error {
         matches!(self, Error::Timeout(_))
     }
 
-    /// True when the connection is still in step after this error and may
-    /// carry the next message (a rejected or refused length, a plugin
-    /// failure, a [`Deadline::Receive`] wait, a registry error).
+    /// True when the connection is still in step after this error, so the
+    /// caller may go on with it: the core's answer
+    /// ([`tinyproto::Error::is_recoverable`]: a rejected or refused length,
+    /// a misuse), a plugin failure, a [`Deadline::Receive`] wait, a registry
+    /// error. A transport error is not: this crate's sockets block under
+    /// deadlines, so an I/O error is a failed socket, and the connection
+    /// is closed after it (a slow peer is a [`Error::Timeout`]).
     pub fn is_recoverable(&self) -> bool {
         match self {
-            Error::Protocol(e) => {
-                matches!(
-                    e,
-                    tinyproto::Error::Rejected { .. } | tinyproto::Error::TooLarge { .. }
-                )
-            }
+            Error::Protocol(tinyproto::Error::Io(_)) => false,
+            Error::Protocol(e) => e.is_recoverable(),
             Error::Timeout(d) => *d == Deadline::Receive,
             Error::Plugin(_) | Error::UnknownConnection(_) | Error::QueueFull(_) => true,
             Error::Panicked(_) => false,

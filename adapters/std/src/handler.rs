@@ -4,10 +4,23 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-pub use tinyproto::Take;
-
 use crate::conn::Conn;
 use crate::error::Error;
+
+/// How the loop takes a message whose length was announced, decided by
+/// [`Handler::message_announced`] before any of its payload moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Whole, into the loop's buffer, then to
+    /// [`transmission_received`](Handler::transmission_received).
+    Whole,
+    /// In chunks of at most 64 KiB to
+    /// [`transmission_chunk`](Handler::transmission_chunk): for messages
+    /// larger than memory.
+    Chunks,
+    /// Answer 0x00: the peer keeps its message and the connection goes on.
+    Reject,
+}
 
 /// The hooks of a connection loop, mirroring the reference's
 /// `TinyProtoConnection` subclass methods. Every method has a default body.

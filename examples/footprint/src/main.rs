@@ -7,8 +7,8 @@
 //! feature, are compared by `.ci/footprint.sh`:
 //!
 //! - default: `tinyproto::blocking::Connection` (the driver);
-//! - `machines`: the sans-IO `Greeting`, `Receiver` and `Sender` driven by a
-//!   polling superloop, no driver;
+//! - `sans-io`: the same sans-IO `Machine` the driver runs, driven by a
+//!   polling superloop that never waits, no driver;
 //! - `baseline`: the same UART echo without tinyproto.
 //!
 //! tinyproto's state lives in `#[no_mangle]` statics named `TINYPROTO_*`, so
@@ -64,7 +64,7 @@ mod uart {
     }
 
     /// Waits until at least one byte moved (none for an empty buffer).
-    #[cfg_attr(feature = "machines", allow(dead_code))]
+    #[cfg_attr(feature = "sans-io", allow(dead_code))]
     pub fn read(buf: &mut [u8]) -> usize {
         loop {
             let n = try_read(buf);
@@ -75,7 +75,7 @@ mod uart {
     }
 
     /// Waits until at least one byte moved (none for an empty buffer).
-    #[cfg_attr(feature = "machines", allow(dead_code))]
+    #[cfg_attr(feature = "sans-io", allow(dead_code))]
     pub fn write(buf: &[u8]) -> usize {
         loop {
             let n = try_write(buf);
@@ -99,7 +99,7 @@ fn main() -> ! {
     }
 }
 
-#[cfg(not(any(feature = "machines", feature = "baseline")))]
+#[cfg(not(any(feature = "sans-io", feature = "baseline")))]
 mod app {
     use core::convert::Infallible;
     use core::mem::MaybeUninit;
@@ -147,8 +147,7 @@ mod app {
         loop {
             match conn.receive(buf) {
                 Ok(msg) => {
-                    let len = msg.len();
-                    if let Err(e) = conn.transmit(&buf[..len]) {
+                    if let Err(e) = conn.transmit(msg) {
                         if !e.is_recoverable() {
                             return;
                         }
@@ -161,100 +160,72 @@ mod app {
     }
 }
 
-#[cfg(all(feature = "machines", not(feature = "baseline")))]
+#[cfg(all(feature = "sans-io", not(feature = "baseline")))]
 mod app {
     use core::mem::MaybeUninit;
-    use core::ptr::addr_of_mut;
 
-    use tinyproto::{Greeting, GreetingStep, Receiver, RecvStep, SendStep, Sender};
+    use tinyproto::{Io, Machine, Moved, Step};
 
     use crate::uart;
 
-    // All of tinyproto's state, as a superloop keeps it between iterations.
+    /// All of tinyproto's state, as a superloop keeps it between passes.
     #[no_mangle]
-    static mut TINYPROTO_GREETING: MaybeUninit<Greeting> = MaybeUninit::uninit();
-    #[no_mangle]
-    static mut TINYPROTO_RECEIVER: MaybeUninit<Receiver> = MaybeUninit::uninit();
-    #[no_mangle]
-    static mut TINYPROTO_SENDER: MaybeUninit<Sender> = MaybeUninit::uninit();
+    static mut TINYPROTO_MACHINE: MaybeUninit<Machine> = MaybeUninit::uninit();
 
-    fn read_byte() -> Option<u8> {
-        let mut byte = [0u8];
-        (uart::try_read(&mut byte) == 1).then_some(byte[0])
+    /// Does what the UART can do for one step right now; `None` when it can
+    /// do nothing yet (nothing to read, no room to write): no report, and
+    /// the same step comes back on the next pass.
+    #[inline(never)]
+    fn poll(io: Io<'_>) -> Option<Moved> {
+        match io {
+            Io::Write(bytes) => match uart::try_write(bytes) {
+                0 => None,
+                n => Some(Moved::Wrote(n)),
+            },
+            Io::Read(buf) => match uart::try_read(buf) {
+                0 => None,
+                n => Some(Moved::Read(n)),
+            },
+            Io::Flush => Some(Moved::Flushed),
+        }
+    }
+
+    /// Passes over one operation until it is done; a firmware would do its
+    /// other work between the passes.
+    fn until_done<B: ?Sized, R>(
+        machine: &mut Machine,
+        buf: &mut B,
+        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, R>,
+    ) -> Result<R, tinyproto::Error> {
+        loop {
+            match op(machine, buf) {
+                Step::Io(io) => {
+                    if let Some(moved) = poll(io) {
+                        machine.moved(moved)?;
+                    }
+                }
+                Step::Done(result) => return result,
+            }
+        }
     }
 
     pub fn run(buf: &mut [u8]) {
-        // SAFETY: called once, from `main`; nothing else names the statics.
-        let (greeting, rx, tx) = unsafe {
-            (
-                (*addr_of_mut!(TINYPROTO_GREETING)).write(Greeting::new()),
-                (*addr_of_mut!(TINYPROTO_RECEIVER)).write(Receiver::new()),
-                (*addr_of_mut!(TINYPROTO_SENDER)).write(Sender::new(0).unwrap()),
-            )
-        };
+        // SAFETY: called once, from `main`; nothing else names the static.
+        let machine =
+            unsafe { (*core::ptr::addr_of_mut!(TINYPROTO_MACHINE)).write(Machine::new()) };
+        // The first receive greets (a failed greeting is an error that ends the loop).
         loop {
-            match greeting.step() {
-                GreetingStep::Write(bytes) => greeting.wrote(uart::try_write(bytes)),
-                GreetingStep::Read => {
-                    if let Some(byte) = read_byte() {
-                        if greeting.received(byte).is_err() {
+            match until_done(machine, buf, |m, buf| m.receive(buf)) {
+                Ok(len) => {
+                    let mut msg = &buf[..len];
+                    if let Err(e) = until_done(machine, &mut msg, |m, msg| m.transmit(msg)) {
+                        if !e.is_recoverable() {
                             return;
                         }
                     }
                 }
-                GreetingStep::Done => break,
-            }
-        }
-        loop {
-            // Receive one message, a poll at a time.
-            *rx = Receiver::new();
-            let len = loop {
-                match rx.step() {
-                    RecvStep::ReadLength => {
-                        let n = uart::try_read(rx.length_buf());
-                        rx.read(n);
-                    }
-                    RecvStep::Decide { .. } => {
-                        rx.decide(u32::try_from(buf.len()).unwrap_or(u32::MAX));
-                    }
-                    RecvStep::WriteStatus(status) => rx.wrote(uart::try_write(&[status.to_byte()])),
-                    RecvStep::ReadPayload { offset, remaining } => {
-                        let Some(dest) =
-                            buf.get_mut(offset as usize..(offset + remaining) as usize)
-                        else {
-                            return;
-                        };
-                        rx.read(uart::try_read(dest));
-                    }
-                    RecvStep::Delivered { len } => break Some(len),
-                    RecvStep::Refused { .. } => break None,
-                }
-            };
-            let Some(len) = len else { continue };
-            // Send it back.
-            let Ok(sender) = Sender::new(len) else {
-                return;
-            };
-            *tx = sender;
-            loop {
-                match tx.step() {
-                    SendStep::WriteLength(bytes) => tx.wrote(uart::try_write(bytes)),
-                    SendStep::ReadStatus => {
-                        if let Some(byte) = read_byte() {
-                            if tx.received_status(byte).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    SendStep::WritePayload { offset, remaining } => {
-                        let Some(src) = buf.get(offset as usize..(offset + remaining) as usize)
-                        else {
-                            return;
-                        };
-                        tx.wrote(uart::try_write(src));
-                    }
-                    SendStep::Delivered | SendStep::Rejected => break,
-                }
+                Err(e) if e.is_recoverable() => {}
+                Err(_) => return,
             }
         }
     }

@@ -27,6 +27,9 @@ pub const TIMEOUT: u8 = 6;
 /// The peer broke the protocol: a byte the protocol does not allow there, or
 /// the connection ended in the middle of an exchange or before the reply.
 pub const PROTOCOL: u8 = 7;
+/// The peer sent a message while we were sending ours (the protocol is
+/// half-duplex): both lengths crossed, and the connection was closed.
+pub const CONFLICT: u8 = 8;
 
 /// The text for `--help`.
 pub const HELP: &str = "\
@@ -38,7 +41,8 @@ Exit status:
   4  rejected by the peer (it answered the length with 0x00, e.g. over its --max-message)
   5  server at its connection limit (it sent 0xFE instead of the greeting)
   6  timeout (a deadline ran out: --timeout, --message-timeout)
-  7  protocol error (unexpected byte, connection ended mid-exchange or before the reply)";
+  7  protocol error (unexpected byte, connection ended mid-exchange or before the reply)
+  8  conflict: the peer sent a message while we were sending ours (if it answers each message, use --reply)";
 
 /// A failure of a command: one line for stderr and the exit status.
 #[derive(Debug)]
@@ -82,6 +86,7 @@ impl Failure {
             Error::Io(_) | Error::TooLarge { .. } => OTHER,
             Error::Rejected { .. } => REJECTED,
             Error::ConnectionLimit => CONNECTION_LIMIT,
+            Error::Conflict => CONFLICT,
             Error::Closed => {
                 return Self::new(PROTOCOL, "peer closed the connection without a message");
             }
@@ -94,6 +99,9 @@ impl Failure {
             Error::ConnectionLimit => {
                 "server is at its connection limit (it answered 0xfe)".to_owned()
             }
+            Error::Conflict => "conflict: the peer sent a message while we were sending ours, \
+                                and both lengths crossed; if it answers each message, use --reply"
+                .to_owned(),
             other => other.to_string(),
         };
         Self::new(status, message)

@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, IsTerminal, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tinyproto::MAX_MESSAGE_LEN;
@@ -23,6 +23,15 @@ use tinyproto_std::{Client, Conn, Timeouts};
 
 use crate::exit::{self, Failure};
 use crate::spool::Spool;
+
+/// Without `--reply`, how long `send` waits after its first message to learn
+/// whether the peer answers each message.
+const FIRST_ANSWER_WAIT: Duration = Duration::from_millis(200);
+
+/// Without `--reply`, once the peer answered, how long `send` waits for its
+/// answer to each next message (a loaded peer may be slow; one that stops
+/// answering costs this once, then `send` streams again).
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// Messages from this size on get a progress bar (when stderr is a terminal).
 const PROGRESS_FROM: u64 = 16 * 1024 * 1024;
@@ -53,6 +62,10 @@ struct Source {
 struct Totals {
     messages: u64,
     bytes: u64,
+    /// Messages the peer sent without `--reply` (taken and dropped).
+    dropped: u64,
+    /// The peer answered our last message: wait for its answer to the next.
+    answering: bool,
     start: Instant,
 }
 
@@ -88,6 +101,8 @@ pub fn run(args: &SendArgs) -> Result<(), Failure> {
     let mut totals = Totals {
         messages: 0,
         bytes: 0,
+        dropped: 0,
+        answering: false,
         start: Instant::now(),
     };
     let mut spool = Spool::new();
@@ -100,11 +115,19 @@ pub fn run(args: &SendArgs) -> Result<(), Failure> {
             totals.bytes += source.len;
             if args.reply {
                 reply_to_stdout(&mut conn, &mut spool, false)?;
+            } else {
+                drop_arrived(&mut conn, &mut totals)?;
             }
             Ok(())
         })
     };
     conn.close();
+    if totals.dropped > 0 {
+        eprintln!(
+            "tinyproto: the peer sent {} message(s) back; dropped (use --reply to see them)",
+            totals.dropped
+        );
+    }
     if args.lines || args.files.len() > 1 {
         eprintln!(
             "tinyproto: sent {} message(s), {} byte(s) in {:.3} s",
@@ -142,7 +165,37 @@ fn send_lines(
         totals.bytes += line.len() as u64;
         if reply {
             reply_to_stdout(conn, spool, true)?;
+        } else {
+            drop_arrived(conn, totals)?;
         }
+    }
+    Ok(())
+}
+
+/// Without `--reply`: takes the messages the peer sent back (a server that
+/// answers each message), drops and counts them. The protocol is
+/// half-duplex, and a message of ours that crosses one of the peer's ends
+/// the connection: so after the first message this waits up to
+/// [`FIRST_ANSWER_WAIT`] to learn whether the peer answers, and while it
+/// does, up to [`ANSWER_WAIT`] for each answer before the next message. A
+/// peer that never answers costs the first wait only.
+fn drop_arrived(conn: &mut Conn, totals: &mut Totals) -> Result<(), Failure> {
+    let wait = if totals.answering {
+        Some(ANSWER_WAIT)
+    } else {
+        (totals.messages == 1).then_some(FIRST_ANSWER_WAIT)
+    };
+    if let Some(wait) = wait {
+        let answer = conn.try_receive(wait).map_err(Failure::std)?;
+        totals.answering = answer.is_some();
+        totals.dropped += u64::from(totals.answering);
+    }
+    while conn
+        .try_receive(Duration::ZERO)
+        .map_err(Failure::std)?
+        .is_some()
+    {
+        totals.dropped += 1;
     }
     Ok(())
 }

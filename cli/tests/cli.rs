@@ -22,6 +22,49 @@ fn test_send_reply_echo_round_trip() {
 }
 
 #[test]
+fn test_send_lines_without_reply_against_an_echo_server_takes_and_counts_the_echoes() {
+    // The first program a user writes: no false rejection, no hang, every
+    // message through, the echoes dropped and counted.
+    let serve = Serve::start(&["--echo"]);
+    let lines: Vec<u8> = (1..=1000)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let (mut ok, mut conflicts) = (0, 0);
+    for run_no in 0..20 {
+        let out = run(&["send", &serve.addr(), "--lines"], &lines);
+        match out.code {
+            status::OK => {
+                ok += 1;
+                assert!(
+                    out.stderr.contains("sent 1000 message(s)"),
+                    "run {run_no}: {}",
+                    out.stderr
+                );
+                assert!(
+                    out.stderr
+                        .contains("the peer sent 1000 message(s) back; dropped"),
+                    "run {run_no}: {}",
+                    out.stderr
+                );
+            }
+            status::CONFLICT => {
+                conflicts += 1;
+                assert!(out.stderr.contains("use --reply"), "{}", out.stderr);
+            }
+            other => panic!("run {run_no}: exit {other}: {}", out.stderr),
+        }
+        assert!(out.stdout.is_empty(), "nothing on stdout without --reply");
+    }
+    eprintln!("seq 1 1000 | send --lines against serve --echo: {ok} ok, {conflicts} conflict(s) in 20 runs");
+    assert_eq!(ok, 20, "every run goes through: the answers are waited for");
+    // A server that never answers: no waiting per message.
+    let sink = Serve::start(&["--sink"]);
+    let out = run(&["send", &sink.addr(), "--lines"], &lines);
+    assert_eq!(out.code, status::OK, "{}", out.stderr);
+    assert!(!out.stderr.contains("back; dropped"), "{}", out.stderr);
+}
+
+#[test]
 fn test_send_empty_message_round_trip() {
     let serve = Serve::start(&["--echo"]);
     let out = run(&["send", &serve.addr(), "--reply"], b"");

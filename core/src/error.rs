@@ -35,9 +35,16 @@ pub enum Error<E = Infallible> {
     /// The server is at its connection limit: it sent 0xFE instead of the
     /// greeting.
     ConnectionLimit,
+    /// The peer sent a message while we were sending ours: where the answer
+    /// to our length was due came a byte that can only open the peer's own
+    /// length (0x01 to 0xF0; a 0x00 is read as a rejection unless the
+    /// transport shows the rest of a length right behind it). Both sides are
+    /// out of step: close the connection. Peers that both send take turns,
+    /// or use one connection per direction.
+    Conflict,
     /// A byte arrived where the protocol allows no such byte: a greeting other
-    /// than 0xFF/0xFE, or a status other than 0xFF/0x00 (for example both
-    /// sides sending at once). The connection is broken.
+    /// than 0xFF/0xFE, or a status that is neither an answer nor the start of
+    /// a length (0xF1 to 0xFE). The connection is broken.
     UnexpectedByte {
         /// Where the byte arrived.
         phase: Phase,
@@ -138,6 +145,7 @@ impl<E> Error<E> {
             Error::Io(e) => Error::Io(f(e)),
             Error::Rejected { len } => Error::Rejected { len },
             Error::ConnectionLimit => Error::ConnectionLimit,
+            Error::Conflict => Error::Conflict,
             Error::UnexpectedByte { phase, byte } => Error::UnexpectedByte { phase, byte },
             Error::TooLarge { len, capacity } => Error::TooLarge { len, capacity },
             Error::Closed => Error::Closed,
@@ -169,6 +177,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Io(e) => write!(f, "transport error: {e}"),
             Error::Rejected { len } => write!(f, "peer rejected a message of {len} bytes"),
             Error::ConnectionLimit => f.write_str("server is at its connection limit"),
+            Error::Conflict => f.write_str("the peer sent a message while we were sending ours"),
             Error::UnexpectedByte { phase, byte } => {
                 write!(f, "unexpected byte 0x{byte:02x} in the {phase}")
             }
@@ -202,6 +211,7 @@ impl<E: embedded_io::Error + 'static> embedded_io::Error for Error<E> {
             Error::Io(e) => e.kind(),
             Error::Rejected { .. } => ErrorKind::ConnectionRefused,
             Error::ConnectionLimit => ErrorKind::ConnectionRefused,
+            Error::Conflict => ErrorKind::InvalidData,
             Error::UnexpectedByte { .. } => ErrorKind::InvalidData,
             Error::TooLarge { .. } => ErrorKind::OutOfMemory,
             Error::Closed => ErrorKind::NotConnected,

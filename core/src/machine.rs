@@ -24,7 +24,9 @@
 //! place that turns a state into I/O (`io`).
 
 use crate::error::{Error, Misuse};
-use crate::wire::{Phase, Status, GREETING, LENGTH_FIELD_LEN, MAX_MESSAGE_LEN};
+use crate::wire::{
+    Phase, Status, GREETING, LENGTH_FIELD_LEN, MAX_LENGTH_FIRST_BYTE, MAX_MESSAGE_LEN,
+};
 
 /// When written bytes are flushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -616,7 +618,8 @@ impl Machine {
     }
 
     /// The state after the current field completed: the greeting rule, the
-    /// sender's status rule and where each field leads. An error breaks the
+    /// sender's status rule (0xFF accept, 0x00 reject, 0x01..=0xF0 the
+    /// peer's own length: a conflict) and where each field leads. An error breaks the
     /// connection.
     fn field_done(&self) -> Result<State, Error> {
         let empty = self.announced() == 0;
@@ -631,6 +634,10 @@ impl Machine {
             (State::SendStatus, Some(Status::Ok)) if empty => State::Sent,
             (State::SendStatus, Some(Status::Ok)) => State::SendPayload,
             (State::SendStatus, Some(Status::GenericError)) => State::Rejected,
+            // Lengths never start above 0xF0: below it, the peer is sending.
+            (State::SendStatus, None) if self.byte <= MAX_LENGTH_FIRST_BYTE => {
+                return Err(Error::Conflict)
+            }
             (State::SendStatus, _) => return Err(self.unexpected(Phase::Status)),
             (State::SendPayload, _) => State::Sent,
             (State::RecvLength, _) => State::Decide,
@@ -1047,14 +1054,20 @@ mod tests {
     #[test]
     fn test_bad_status_breaks_and_sends_no_payload() {
         let mut m = Machine::new();
-        let mut peer = Peer::new(&[0xFF, 0x42]);
+        let mut peer = Peer::new(&[0xFF, 0xF5]);
         assert_eq!(
             run!(m.transmit(b"hello"), peer),
             Err(Error::UnexpectedByte {
                 phase: Phase::Status,
-                byte: 0x42
+                byte: 0xF5
             })
         );
+        assert_eq!(peer.output, [0xFF, 0, 0, 0, 5]);
+        assert!(m.is_broken());
+        // The start of the peer's own length: a conflict, and no payload either.
+        let mut m = Machine::new();
+        let mut peer = Peer::new(&[0xFF, 0x42]);
+        assert_eq!(run!(m.transmit(b"hello"), peer), Err(Error::Conflict));
         assert_eq!(peer.output, [0xFF, 0, 0, 0, 5]);
         assert!(m.is_broken());
     }
@@ -1383,17 +1396,25 @@ mod tests {
 
     #[test]
     fn test_status_bytes_other_than_accept_and_reject_break() {
-        for byte in [0xFE, 0xFD, 0x01, 0x80] {
+        // Every byte where the answer to our length is due.
+        for byte in 0..=255u8 {
             let mut m = greeted();
-            let input = [byte];
-            assert_eq!(
-                run!(m.transmit(b"0123456789"), Peer::new(&input)),
-                Err(Error::UnexpectedByte {
+            let input = [byte, 0xFF];
+            let mut peer = Peer::new(&input);
+            let result = run!(m.transmit(b"0123456789"), peer);
+            let expected = match byte {
+                0xFF => Ok(()),
+                0x00 => Err(Error::Rejected { len: 10 }),
+                0x01..=0xF0 => Err(Error::Conflict),
+                _ => Err(Error::UnexpectedByte {
                     phase: Phase::Status,
-                    byte
-                })
-            );
-            assert!(m.is_broken());
+                    byte,
+                }),
+            };
+            assert_eq!(result, expected, "status 0x{byte:02x}");
+            assert_eq!(m.is_broken(), byte != 0xFF && byte != 0x00, "0x{byte:02x}");
+            let payload_sent = peer.output.len() > 4;
+            assert_eq!(payload_sent, byte == 0xFF, "payload only after 0xFF");
         }
     }
 

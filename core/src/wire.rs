@@ -10,6 +10,11 @@
 /// this bound the first byte of a length is never `0xFF`.
 pub const MAX_MESSAGE_LEN: u32 = 0xF0FF_FFFF;
 
+/// The largest first byte of a length (`0xF0`, from [`MAX_MESSAGE_LEN`]): a
+/// byte from `0x01` to this one where a status is due can only be the start
+/// of the peer's own length.
+pub const MAX_LENGTH_FIRST_BYTE: u8 = MAX_MESSAGE_LEN.to_be_bytes()[0];
+
 /// Size of the big-endian length field that opens every message.
 pub const LENGTH_FIELD_LEN: usize = 4;
 
@@ -112,7 +117,7 @@ mod tests {
 
     #[test]
     fn test_max_len_first_byte_is_never_ff() {
-        assert_eq!(MAX_MESSAGE_LEN.to_be_bytes()[0], 0xF0);
+        assert_eq!(MAX_LENGTH_FIRST_BYTE, 0xF0);
         assert_eq!(MAX_MESSAGE_LEN, 4_043_309_055);
     }
 }

@@ -144,13 +144,15 @@ fn test_status_conflict_is_protocol_error() {
     for byte in [0xFE, 0xFD, 0x05] {
         let mut conn =
             tinyproto::blocking::Connection::new(ScriptIo::new(vec![0xFF, byte], Shape::WHOLE));
-        assert_eq!(
-            conn.transmit(b"hello"),
-            Err(Error::UnexpectedByte {
+        let expected = if byte <= tinyproto::MAX_LENGTH_FIRST_BYTE {
+            Error::Conflict
+        } else {
+            Error::UnexpectedByte {
                 phase: Phase::Status,
-                byte
-            })
-        );
+                byte,
+            }
+        };
+        assert_eq!(conn.transmit(b"hello"), Err(expected));
         assert!(conn.is_broken());
         assert_eq!(
             conn.get_ref().output,

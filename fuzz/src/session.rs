@@ -8,10 +8,11 @@
 //! (the next operation's future is dropped after N polls over a transport
 //! that returns `Pending`; while it is half done another operation must fail
 //! with `InProgress` and touch nothing; then it is called again and must
-//! finish as if never interrupted) and `Close` (the peer's stream ends after
-//! N more bytes, possibly mid-message).
+//! finish as if never interrupted), `Close` (the peer's stream ends after
+//! N more bytes, possibly mid-message) and `Collide` (the peer starts a
+//! message of its own while we send ours: `Conflict`).
 //!
-//! Asserts: every result equals the model's (`Ok`, `Rejected`, `TooLarge`,
+//! Asserts: every result equals the model's (`Ok`, `Rejected`, `Conflict`, `TooLarge`,
 //! `Closed`, `UnexpectedEof` with its phase, greeting errors, `Broken`); the
 //! peer parses exactly the bytes the model expects (a message reaches it
 //! whole or not at all; our statuses are the model's); nothing is delivered
@@ -70,6 +71,17 @@ pub enum Op {
         /// Bytes the peer still sends.
         after: u8,
     },
+    /// We send `payload` while the peer starts a message of its own at the
+    /// same moment: where the answer to our length is due comes the first
+    /// byte of its length, `0x01 + first % 0xF0` (a length of 16 MiB or
+    /// more, so the byte cannot be a status). We must report `Conflict`,
+    /// send no payload and be broken.
+    Collide {
+        /// The message.
+        payload: Vec<u8>,
+        /// Picks the first byte of the peer's length.
+        first: u8,
+    },
 }
 
 /// The whole scenario.
@@ -122,6 +134,11 @@ enum PeerState {
     AwaitPayload { len: usize, got: Vec<u8> },
     /// We receive: our status for `payload` is due.
     AwaitStatus { payload: Vec<u8> },
+    /// Both send: collecting our length, then sending its own (first byte
+    /// `first`) instead of an answer.
+    Collide { first: u8, got: Vec<u8> },
+    /// After a collision: out of step for good, any byte from us is wrong.
+    Collided,
 }
 
 /// What the peer does next, once it is between messages.
@@ -131,6 +148,8 @@ enum PeerAction {
     Expect { accept: bool },
     /// Send `payload` to us.
     Send { payload: Vec<u8> },
+    /// Take our length, then send a length of its own starting with `first`.
+    Collide { first: u8 },
 }
 
 /// A reactive peer that follows the protocol by the letter (written
@@ -236,6 +255,14 @@ impl Sim {
                     self.state = PeerState::Idle;
                 }
             }
+            PeerState::Collide { first, got } => {
+                got.push(byte);
+                if got.len() == 4 {
+                    self.inbound.extend([*first, 0, 0, 1]);
+                    self.state = PeerState::Collided;
+                }
+            }
+            PeerState::Collided => panic!("byte {byte:#04x} from us after a conflict"),
             PeerState::AwaitStatus { payload } => {
                 self.statuses.push(byte);
                 match byte {
@@ -262,6 +289,11 @@ impl Sim {
         });
     }
 
+    /// Lets the peer collide with our next transmit.
+    fn collide(&mut self, first: u8) {
+        self.queue(PeerAction::Collide { first });
+    }
+
     fn queue(&mut self, action: PeerAction) {
         assert!(
             self.queued.is_none(),
@@ -281,6 +313,12 @@ impl Sim {
             Some(PeerAction::Expect { accept }) => {
                 self.state = PeerState::AwaitLength {
                     accept,
+                    got: Vec::new(),
+                };
+            }
+            Some(PeerAction::Collide { first }) => {
+                self.state = PeerState::Collide {
+                    first,
                     got: Vec::new(),
                 };
             }
@@ -451,6 +489,23 @@ impl Model {
         }
     }
 
+    /// Our transmit meets the peer's own length where its answer is due.
+    fn collide(&mut self, payload: &[u8]) -> Result<Vec<u8>, Error> {
+        if self.broken {
+            return Err(Error::Broken);
+        }
+        if let Err(e) = self.greet() {
+            return self.fail(e);
+        }
+        let _ = payload; // none of it is sent
+        if !self.take(1) {
+            return self.fail(Error::UnexpectedEof {
+                phase: Phase::Status,
+            });
+        }
+        self.fail(Error::Conflict)
+    }
+
     fn receive(&mut self, payload: &[u8], capacity: usize) -> Result<Vec<u8>, Error> {
         if self.broken {
             return Err(Error::Broken);
@@ -532,6 +587,17 @@ pub fn check(input: &Input) {
                     conn.get_mut().expect_message(*accept);
                 }
                 let want = model.transmit(payload, *accept);
+                let got = run_to_end(&mut conn, Kind::Transmit, cancel.take(), |conn, polls| {
+                    drive(conn.transmit(payload), polls).map(|r| r.map(|()| Vec::new()))
+                });
+                (got, want)
+            }
+            Op::Collide { payload, first } => {
+                let first = 0x01 + first % 0xF0;
+                if !model.broken {
+                    conn.get_mut().collide(first);
+                }
+                let want = model.collide(payload);
                 let got = run_to_end(&mut conn, Kind::Transmit, cancel.take(), |conn, polls| {
                     drive(conn.transmit(payload), polls).map(|r| r.map(|()| Vec::new()))
                 });

@@ -115,6 +115,28 @@ mod session {
     }
 
     #[test]
+    fn test_collision_is_a_conflict_then_broken() {
+        // The peer starts its own message where our status is due: every
+        // first byte a length can have but 0x00, byte by byte or at once,
+        // with a cancel and a stall on the way.
+        for first in [0u8, 0x41, 0xEF] {
+            let ops = vec![
+                tx(b"before", true),
+                Op::Cancel { polls: 3 },
+                Op::Stall { after: 2 },
+                Op::Collide {
+                    payload: b"crossed".to_vec(),
+                    first,
+                },
+                tx(b"after", true),
+                rx(b"never", 8),
+            ];
+            session(0, &[], ops.clone());
+            session(0, &[0x80, 0x00, 0x81], ops);
+        }
+    }
+
+    #[test]
     fn test_stall_and_cancel_resume() {
         let mut ops = Vec::new();
         for polls in 0..12 {

@@ -206,3 +206,99 @@ fn python_client_at_the_rust_server_connection_limit() {
     holder.close();
     server.stop();
 }
+
+/// The reference client sends a stream of messages while the Rust server
+/// pushes messages of its own from `loop_pass`: the server never reads the
+/// client's length as a rejection. It takes a message that is arriving
+/// before it sends, and where two lengths do cross it reports a `Conflict`
+/// and closes (the reference then reads the close as a rejection: it
+/// cannot tell).
+#[test]
+fn python_client_sending_while_the_rust_server_pushes_gets_no_false_rejection_from_us() {
+    let Some(py) = python() else { return };
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Seen {
+        received: usize,
+        pushed: usize,
+        errors: Vec<String>,
+    }
+    struct Pusher(Arc<Mutex<Seen>>);
+    impl Handler for Pusher {
+        fn transmission_received(&mut self, _: &mut Conn, _: &[u8]) -> Result<(), Error> {
+            self.0.lock().unwrap().received += 1;
+            Ok(())
+        }
+        fn loop_pass(&mut self, conn: &mut Conn) -> Result<(), Error> {
+            if self.0.lock().unwrap().pushed >= 200 {
+                return Ok(());
+            }
+            let result = conn.transmit(b"push");
+            let mut seen = self.0.lock().unwrap();
+            match &result {
+                Ok(()) => seen.pushed += 1,
+                Err(e) => seen.errors.push(format!("{e:?}")),
+            }
+            result
+        }
+    }
+
+    const CODE: &str = r#"
+import selectors, socket, sys, tinyproto
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+conn = tinyproto.TinyProtoConnection(sock, socket_already_up=True)
+conn._initialise_connection()
+sel = selectors.DefaultSelector()
+sel.register(sock, selectors.EVENT_READ)
+sent = got = 0
+try:
+    for i in range(n):
+        while sel.select(0):
+            conn._receive()
+            got += 1
+        conn._transmit(b"py%d" % i)
+        sent += 1
+except (tinyproto.TinyProtoError, OSError) as e:
+    print("PYCLIENT CROSSED sent=%d got=%d (%s)" % (sent, got, e), flush=True)
+    sys.exit(0)
+print("PYCLIENT DONE sent=%d got=%d" % (sent, got), flush=True)
+"#;
+    let mut crossed = 0;
+    for _ in 0..5 {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let counts = Counts::default();
+        let mut server = Server::new();
+        let handler_seen = seen.clone();
+        server.set_conn_handler(move || Pusher(handler_seen.clone()));
+        server.set_loop_pass_interval(Some(Duration::from_millis(1)));
+        server.set_hooks(counts.clone());
+        let mut server = RunningServer::start(server);
+        let port = server.addr.port().to_string();
+        let mut client = PyProcess::spawn_code(&py, "pusher-client", CODE, &[&port, "500"]);
+        let line = client.expect_line("PYCLIENT", LONG);
+        assert_eq!(client.wait(LONG), 0, "{line}");
+        assert!(counts.wait_shutdowns(1, LONG), "{line}");
+        let results = counts.results.lock().unwrap().clone();
+        let seen = seen.lock().unwrap();
+        eprintln!(
+            "{line} | server: received {} pushed {} errors {:?} end {results:?}",
+            seen.received, seen.pushed, seen.errors
+        );
+        for e in seen.errors.iter().chain(&results) {
+            assert!(
+                !e.contains("Rejected"),
+                "a false rejection on our side: {e}"
+            );
+        }
+        if line.contains("CROSSED") {
+            crossed += 1;
+        } else {
+            assert!(line.contains("sent=500"), "{line}");
+            assert_eq!(seen.received, 500, "{line}");
+        }
+        server.stop();
+    }
+    eprintln!("reference client vs pushing server: {crossed} of 5 runs crossed");
+}

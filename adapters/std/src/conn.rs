@@ -9,6 +9,7 @@
 //! length of the next leave together; the loop flushes whenever a hook
 //! returns.
 
+use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +30,9 @@ use crate::reactor::Readiness;
 /// most this much beyond the bytes that actually arrived.
 pub(crate) const RECEIVE_CHUNK: usize = 64 * 1024;
 
-/// The shortest wait of [`Conn::try_receive`].
-const MIN_WAIT: Duration = Duration::from_millis(1);
+/// At most this many of the peer's messages are taken (or refused) before
+/// one of ours goes out.
+const MAX_TAKEN_BEFORE_SEND: usize = 64;
 
 /// A failure inside a receive or chunked transmit: the core's, or the
 /// caller's (a chunk consumer or source).
@@ -71,6 +73,11 @@ pub struct Conn {
     partial: Vec<u8>,
     /// Buffer of chunked receives and transmits (allocated on first use).
     scratch: Vec<u8>,
+    /// Messages the peer had begun to send when this side was about to
+    /// send: taken first (so that neither side reads the other's length as
+    /// an answer), they wait here for the next receive or the loop's
+    /// handler. At most `max_message_len` bytes in all.
+    held: VecDeque<Vec<u8>>,
     started: Instant,
     last_activity: Instant,
     /// A deadline ran out mid-message or the protocol broke: carry nothing more.
@@ -117,6 +124,7 @@ impl Conn {
             cfg,
             partial: Vec::new(),
             scratch: Vec::new(),
+            held: VecDeque::new(),
             started: now,
             last_activity: now,
             failed: false,
@@ -265,13 +273,25 @@ impl Conn {
     ///
     /// `Err(Error::Protocol(tinyproto::Error::Rejected { .. }))` when the
     /// peer refused its length: a normal answer; the connection stays usable.
+    ///
+    /// **Who may send when.** The protocol is half-duplex: one message at a
+    /// time on a connection. Right before our length goes out, a message the
+    /// peer has begun to send is taken first, whole (up to
+    /// [`max_message_len`](Self::max_message_len)), and held for the next
+    /// [`receive`](Self::receive) or [`try_receive`](Self::try_receive) (in a
+    /// connection loop: for the handler); then ours is sent. Only a peer that
+    /// starts at the very moment ours leaves can cross it: then both sides
+    /// read the other's length where an answer is due, and this side reports
+    /// `Error::Protocol(tinyproto::Error::Conflict)` (never a rejection it
+    /// can tell is none) and closes the connection at once. Peers that both
+    /// send at any time take turns, or use one connection per direction.
     pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
-        self.greet()?;
+        self.before_send()?;
         let wire = self.cfg.plugins.transmit(msg).map_err(Error::Plugin)?;
         self.arm_message_deadline();
         let result = self.inner.transmit(&wire);
         self.io().set_write_deadline(None);
-        match result {
+        match self.answered(result) {
             Ok(()) => {
                 self.last_activity = Instant::now();
                 log::trace!("{} sent {} bytes", self.id, wire.len());
@@ -279,6 +299,69 @@ impl Conn {
             }
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// Greets, then takes any message the peer has begun to send, so that
+    /// ours starts only when nothing of the peer's is arriving.
+    fn before_send(&mut self) -> Result<(), Error> {
+        self.greet()?;
+        // Bounded: a peer that keeps sending refused messages cannot hold
+        // ours back for ever (what crosses it then is a conflict).
+        for _ in 0..MAX_TAKEN_BEFORE_SEND {
+            if self.inner.is_in_progress() {
+                break;
+            }
+            let waiting = self.io().look();
+            match waiting {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(self.fail(tinyproto::Error::Io(e))),
+            }
+            let held: usize = self.held.iter().map(Vec::len).sum();
+            let room = (self.cfg.max_message_len as usize).saturating_sub(held) as u32;
+            match self.receive_now(Duration::ZERO, room) {
+                Ok(Some(msg)) => {
+                    log::debug!(
+                        "{}: took a message of {} bytes that arrived as ours was due",
+                        self.id,
+                        msg.len()
+                    );
+                    self.held.push_back(msg);
+                }
+                Ok(None) => return Ok(()),
+                Err(e) if e.is_recoverable() && !self.failed => {
+                    log::info!("{}: a message that arrived as ours was due: {e}", self.id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The core's verdict on our length, with what the transport shows: a
+    /// 0x00 with the rest of one length right behind it (and nothing more)
+    /// is the peer's own length, not a rejection.
+    fn answered(&mut self, result: Result<(), ProtocolError>) -> Result<(), ProtocolError> {
+        match result {
+            Err(tinyproto::Error::Rejected { .. }) if self.peer_length_behind() => {
+                Err(tinyproto::Error::Conflict)
+            }
+            other => other,
+        }
+    }
+
+    /// True when exactly the three other bytes of a length came with a 0x00
+    /// read as a status: the peer's own length, after which it waits for
+    /// our answer. A genuine rejection is followed by nothing, or by the
+    /// whole four-byte length of the peer's next message.
+    fn peer_length_behind(&mut self) -> bool {
+        let rest = tinyproto::LENGTH_FIELD_LEN - 1;
+        let io = self.io();
+        let behind = match io.ahead_len() {
+            n if n >= rest => n,
+            _ => io.look().unwrap_or(0),
+        };
+        behind == rest
     }
 
     /// Sends messages back to back, each whole, and returns how many went:
@@ -344,13 +427,31 @@ impl Conn {
     /// Like [`receive`](Self::receive), but waits only `wait` for a message
     /// to begin, and returns `Ok(None)` if none did (the connection stays
     /// usable). A message that began is always received whole or not at all.
+    ///
+    /// A message held by [`transmit`](Self::transmit) (one the peer had
+    /// begun to send as ours was due) comes first, without a wait. A zero
+    /// `wait` looks at the socket once without waiting.
     pub fn try_receive(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(msg) = self.held.pop_front() {
+            return Ok(Some(msg));
+        }
+        self.receive_now(wait, self.cfg.max_message_len)
+    }
+
+    /// A message that the peer had begun to send as ours was due, held by
+    /// [`transmit`](Self::transmit) for the loop's handler.
+    pub(crate) fn take_held(&mut self) -> Option<Vec<u8>> {
+        self.held.pop_front()
+    }
+
+    /// Receives a message from the socket (not from `held`): a length over
+    /// `limit` is answered 0x00.
+    fn receive_now(&mut self, wait: Duration, limit: u32) -> Result<Option<Vec<u8>>, Error> {
         if !self.inner.is_in_progress() {
             self.partial.clear();
         }
         let Some(_len) = self.wait_for_message(wait, |conn| {
             let mut partial = std::mem::take(&mut conn.partial);
-            let limit = conn.cfg.max_message_len;
             let result = conn.receive_raw(limit, &mut partial);
             conn.partial = partial;
             result
@@ -410,10 +511,14 @@ impl Conn {
     /// [`Error::Plugin`] when any is registered.
     pub fn transmit_from(&mut self, len: u32, src: &mut dyn std::io::Read) -> Result<(), Error> {
         self.check_no_plugins("transmit")?;
-        self.greet()?;
+        self.before_send()?;
         self.arm_message_deadline();
         let result = self.transmit_from_raw(len, src);
         self.io().set_write_deadline(None);
+        let result = match result {
+            Err(RawError::Core(e)) => self.answered(Err(e)).map_err(RawError::Core),
+            other => other,
+        };
         match result {
             Ok(()) => {
                 self.last_activity = Instant::now();
@@ -554,8 +659,8 @@ impl Conn {
         let io = self.io();
         if !in_progress {
             io.mark_idle();
-            // At least one short read, even for a zero wait.
-            io.set_read_deadline(now + wait.max(MIN_WAIT), Deadline::Receive);
+            // A deadline already passed still gets one look at the socket.
+            io.set_read_deadline(now + wait, Deadline::Receive);
             io.set_write_deadline(None);
         } else {
             // Resuming a message (only after a `Receive` wait ran out on it).
@@ -668,6 +773,12 @@ impl Conn {
         };
         if !e.is_recoverable() {
             self.break_off();
+        }
+        if let Error::Protocol(tinyproto::Error::Conflict) = e {
+            // Both sides are out of step: the peer learns it from the close
+            // now, not from a deadline.
+            log::info!("{}: {e}: closing", self.id);
+            self.shutdown();
         }
         e
     }

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, RECEIVE_CHUNK};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Handler, Take};
 
@@ -50,6 +50,7 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
     // One buffer for every whole message: no allocation when sizes repeat.
     let mut buf = Vec::new();
     while !conn.is_stopping() {
+        deliver_held(conn, handler)?;
         match wait(conn, next_pass)? {
             Wake::Readable => {
                 // A look, not a wait: a wake-up whose bytes this thread took
@@ -71,6 +72,7 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
                         break;
                     }
                     hook(conn, |conn| handler.loop_pass(conn))?;
+                    deliver_held(conn, handler)?;
                     len = if has_mail(conn) {
                         Ok(None)
                     } else {
@@ -92,7 +94,33 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
         Some(a) => std::mem::take(&mut a.mailbox.lock().queued),
         None => VecDeque::new(),
     };
-    send_queued(conn, queued)
+    send_queued(conn, queued)?;
+    deliver_held(conn, handler)
+}
+
+/// Hands the messages that `transmit` took because they arrived as one of
+/// ours was due (the peer's, in the order they came) to the handler, as if
+/// each was announced now. They were accepted already: a handler that
+/// rejects one only drops it.
+fn deliver_held(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
+    while let Some(msg) = conn.take_held() {
+        let len = msg.len() as u32;
+        match handler.message_announced(conn, len) {
+            Take::Whole => hook(conn, |conn| handler.transmission_received(conn, &msg))?,
+            Take::Chunks => hook(conn, |conn| {
+                for chunk in msg.chunks(RECEIVE_CHUNK) {
+                    handler.transmission_chunk(chunk)?;
+                }
+                handler.transmission_complete(conn, len)
+            })?,
+            Take::Reject => log::info!(
+                "{}: dropped a message of {len} bytes that arrived as ours was due \
+                 (the handler rejects it; the peer was told it arrived)",
+                conn.id()
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Transmits what other connections queued, in order, flushed at the end.

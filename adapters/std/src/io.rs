@@ -24,10 +24,6 @@ const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// a small message, or one message and the next, cost one system call.
 const READ_AHEAD: usize = 512;
 
-/// The wait of the one read a deadline that has already passed still gets:
-/// in effect a look at what the socket holds, without blocking.
-const LOOK: Duration = Duration::from_micros(1);
-
 /// A `TcpStream` with deadlines, as a `std::io` stream.
 #[derive(Debug)]
 pub(crate) struct Io {
@@ -138,6 +134,39 @@ impl Io {
         self.ahead_pos < self.ahead_end
     }
 
+    /// Bytes read ahead and not handed out yet.
+    pub(crate) fn ahead_len(&self) -> usize {
+        self.ahead_end - self.ahead_pos
+    }
+
+    /// Looks at the socket without waiting and keeps what arrived with the
+    /// bytes already read ahead; how many wait now (0: nothing arrived, or
+    /// the peer closed, which the next read finds). The read deadline is
+    /// left as it was.
+    pub(crate) fn look(&mut self) -> Result<usize, io::Error> {
+        if self.ahead.is_empty() {
+            self.ahead = vec![0; READ_AHEAD];
+        }
+        self.ahead.copy_within(self.ahead_pos..self.ahead_end, 0);
+        self.ahead_end -= self.ahead_pos;
+        self.ahead_pos = 0;
+        if self.ahead_end == self.ahead.len() {
+            return Ok(self.ahead_end);
+        }
+        let saved = (self.read_deadline, self.read_kind, self.read_tried);
+        self.set_read_deadline(Instant::now(), Deadline::Receive);
+        let mut ahead = std::mem::take(&mut self.ahead);
+        let read = self.read_socket(&mut ahead[self.ahead_end..]);
+        self.ahead = ahead;
+        (self.read_deadline, self.read_kind, self.read_tried) = saved;
+        match read {
+            Ok(n) => self.ahead_end += n,
+            Err(e) if self.expired.take().is_some() || is_timeout(&e) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(self.ahead_len())
+    }
+
     /// The deadline that made the last failing call fail, if one did.
     pub(crate) fn take_expired(&mut self) -> Option<Deadline> {
         self.expired.take()
@@ -187,7 +216,8 @@ impl Io {
             let wait = if now < self.read_deadline {
                 (self.read_deadline - now).max(MIN_TIMEOUT)
             } else if !self.read_tried {
-                LOOK
+                self.read_tried = true;
+                return self.read_without_waiting(buf);
             } else {
                 return Err(self.expire(self.read_kind));
             };
@@ -215,6 +245,32 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+impl Io {
+    /// One read that takes what the socket holds and never waits. (A socket
+    /// timeout cannot do this: the kernel rounds any timeout up to a clock
+    /// tick, some milliseconds.)
+    fn read_without_waiting(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
+        self.stream.set_nonblocking(true)?;
+        let read = loop {
+            match (&*self.stream).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        self.stream.set_nonblocking(false)?;
+        match read {
+            Ok(n) => {
+                if n > 0 && self.first_byte.is_none() {
+                    self.first_byte = Some(Instant::now());
+                }
+                Ok(n)
+            }
+            Err(e) if is_timeout(&e) => Err(self.expire(self.read_kind)),
+            Err(e) => Err(e),
         }
     }
 }
@@ -300,6 +356,41 @@ mod tests {
         assert_eq!(got, big);
         drop(peer);
         assert_eq!(io.read(&mut payload).unwrap(), 0, "end of stream");
+    }
+
+    #[test]
+    fn test_look_keeps_what_arrived_without_waiting() {
+        let (mut io, mut peer) = pair();
+        io.set_read_deadline(Instant::now() + Duration::from_secs(30), Deadline::Message);
+        let start = Instant::now();
+        assert_eq!(io.look().unwrap(), 0, "nothing there");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a look does not wait"
+        );
+        peer.write_all(&[1, 2]).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(io.read(&mut byte).unwrap(), 1);
+        assert_eq!(io.ahead_len(), 1);
+        peer.write_all(&[3, 4]).unwrap();
+        // The bytes may take a moment over loopback: a bounded number of looks.
+        let mut ahead = io.ahead_len();
+        for _ in 0..1000 {
+            ahead = io.look().unwrap();
+            if ahead == 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(ahead, 3, "the byte ahead, then the two that came");
+        let mut rest = [0u8; 3];
+        assert_eq!(io.read(&mut rest).unwrap(), 3);
+        assert_eq!(rest, [2, 3, 4]);
+        assert_eq!(io.take_expired(), None, "a look leaves no expired deadline");
+        assert!(
+            io.read_deadline > Instant::now(),
+            "the read deadline is kept"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod status {
     pub const CONNECTION_LIMIT: i32 = 5;
     pub const TIMEOUT: i32 = 6;
     pub const PROTOCOL: i32 = 7;
+    pub const CONFLICT: i32 = 8;
 }
 
 /// The binary under test.

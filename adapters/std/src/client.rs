@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::config::{settings_methods, Settings};
 use crate::conn::Conn;
 use crate::connections::{Connections, Context, Ended, LoopEvent, StopHandle};
+use crate::duplex::Duplex;
 use crate::error::{Deadline, Error};
 use crate::handler::{call_hook, Handler};
 use crate::id::ConnId;
@@ -146,6 +147,20 @@ impl Client {
         conn.greet()?;
         log::debug!("{id}: connected to {}", conn.peer_addr());
         Ok(conn)
+    }
+
+    /// Opens a [`Duplex`] link to a duplex server
+    /// ([`Server::set_duplex`](crate::Server::set_duplex)): two connections,
+    /// one per direction, so that both sides send whenever they like and no
+    /// message ever crosses another. Returns once the server has registered
+    /// both halves (within [`Timeouts::receive`](crate::Timeouts::receive)).
+    /// [`Error::NotDuplex`] when the server answers as a plain one.
+    pub fn connect_duplex(&self, addr: impl ToSocketAddrs) -> Result<Duplex, Error> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        Duplex::open(
+            || self.connect(&addrs[..]),
+            self.settings.conn.timeouts.receive,
+        )
     }
 
     /// Connects, exchanges the greeting, and runs the connection's loop with

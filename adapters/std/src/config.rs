@@ -98,6 +98,8 @@ pub(crate) struct Config {
     /// `loop_pass` also runs this long after the last one when nothing else
     /// woke the loop (`None`: never on a timer).
     pub loop_pass_interval: Option<Duration>,
+    /// Server only: every connection is half of a duplex link.
+    pub duplex: bool,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             queue_len: DEFAULT_QUEUE_LEN,
             plugins: Plugins::default(),
             loop_pass_interval: None,
+            duplex: false,
         }
     }
 }

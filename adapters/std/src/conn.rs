@@ -21,6 +21,7 @@ use tinyproto::FlushPolicy;
 
 use crate::config::SharedConfig;
 use crate::connections::{Connections, Mailbox, Shared, StopHandle};
+use crate::duplex::Direction;
 use crate::error::{Deadline, Error, ProtocolError};
 use crate::id::ConnId;
 use crate::io::Io;
@@ -82,6 +83,8 @@ pub struct Conn {
     last_activity: Instant,
     /// A deadline ran out mid-message or the protocol broke: carry nothing more.
     failed: bool,
+    /// Which half of a duplex link this is (set by a duplex server's loop).
+    direction: Option<Direction>,
     stop: bool,
     attached: Option<Attached>,
 }
@@ -128,6 +131,7 @@ impl Conn {
             started: now,
             last_activity: now,
             failed: false,
+            direction: None,
             stop: false,
             attached: None,
         }
@@ -175,6 +179,16 @@ impl Conn {
     /// the connection carries nothing more.
     pub fn is_broken(&self) -> bool {
         self.failed
+    }
+
+    /// On a duplex server, which half of its [`Duplex`](crate::Duplex) link
+    /// this connection is; `None` elsewhere.
+    pub fn direction(&self) -> Option<Direction> {
+        self.direction
+    }
+
+    pub(crate) fn set_direction(&mut self, direction: Direction) {
+        self.direction = Some(direction);
     }
 
     /// True when bytes of the peer's were read ahead and wait to be used.
@@ -304,6 +318,9 @@ impl Conn {
     /// Greets, then takes any message the peer has begun to send, so that
     /// ours starts only when nothing of the peer's is arriving.
     fn before_send(&mut self) -> Result<(), Error> {
+        if self.direction == Some(Direction::Up) {
+            return Err(Error::UpHalf);
+        }
         self.greet()?;
         // Bounded: a peer that keeps sending refused messages cannot hold
         // ours back for ever (what crosses it then is a conflict).

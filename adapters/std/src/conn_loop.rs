@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::conn::{Conn, RECEIVE_CHUNK};
+use crate::duplex::{self, Direction};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Handler, Take};
 
@@ -44,6 +45,9 @@ pub(crate) fn run_connection(conn: &mut Conn, handler: &mut dyn Handler) -> Resu
 
 fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error> {
     conn.greet()?;
+    if conn.config().duplex {
+        pair(conn)?;
+    }
     hook(conn, |conn| handler.pre_loop(conn))?;
     let interval = conn.config().loop_pass_interval;
     let mut next_pass = interval.map(|i| Instant::now() + i);
@@ -120,6 +124,29 @@ fn deliver_held(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error>
             ),
         }
     }
+    Ok(())
+}
+
+/// On a duplex server: takes the connection's hello, within the greeting
+/// deadline, and registers which half of which link it is; a down half is
+/// told so, and from then on messages may go to it.
+fn pair(conn: &mut Conn) -> Result<(), Error> {
+    let wait = conn.config().timeouts.greeting;
+    let hello = conn
+        .try_receive(wait)?
+        .ok_or(Error::Timeout(Deadline::Greeting))?;
+    let (direction, pair) = duplex::parse_hello(&hello).ok_or(Error::NotDuplex)?;
+    if direction == Direction::Down {
+        conn.transmit(duplex::WELCOME)?;
+    }
+    conn.set_direction(direction);
+    if let Some(attached) = conn.attached() {
+        attached.shared.set_half(conn.id(), direction, pair);
+    }
+    log::debug!(
+        "{}: {direction:?} half of duplex link {pair:032x}",
+        conn.id()
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use crate::duplex::{Direction, Half};
 use crate::error::Error;
 use crate::id::ConnId;
 
@@ -151,6 +152,8 @@ pub(crate) struct Entry {
     /// descriptor): the reactor reads its readiness, a forced stop shuts it.
     pub(crate) stream: Arc<TcpStream>,
     pub(crate) peer: SocketAddr,
+    /// Which half of a duplex link it is (on a duplex server).
+    pub(crate) half: Half,
 }
 
 /// State shared by a server or client, its reactor and its connection threads.
@@ -175,6 +178,13 @@ impl Shared {
         self.draining.store(true, Ordering::SeqCst);
         for entry in self.conns().values() {
             entry.mailbox.post(|inbox| inbox.stop = true);
+        }
+    }
+
+    /// Records which half of which duplex link connection `id` is.
+    pub(crate) fn set_half(&self, id: ConnId, direction: Direction, pair: u128) {
+        if let Some(entry) = self.conns().get_mut(&id) {
+            entry.half = Half::Paired(direction, pair);
         }
     }
 
@@ -236,11 +246,31 @@ impl Connections {
         self.shared.conns().get(&id).map(|e| e.peer)
     }
 
-    /// Queues `msg` for connection `id`.
+    /// Queues `msg` for connection `id`. On a duplex server, a message for
+    /// the up half of a link goes to its down half, and a connection whose
+    /// hello has not come yet is not there to send to.
+    ///
+    /// **Who may send when.** The receiving connection's thread transmits a
+    /// queued message between its messages, and only when nothing of its
+    /// peer's is arriving (checked right before the length goes out; a
+    /// message that has begun is taken first and goes to its handler). A
+    /// peer that starts a message at that very moment crosses it: both
+    /// connections end at once with a [`Conflict`](tinyproto::Error::Conflict).
+    /// Clients that send whenever they like take no such chance on a
+    /// duplex server ([`Server::set_duplex`](crate::Server::set_duplex)),
+    /// where messages go only to the halves on which the client never sends.
     pub fn send_to(&self, id: ConnId, msg: &[u8]) -> Result<(), Error> {
         let conns = self.shared.conns();
         let entry = conns.get(&id).ok_or(Error::UnknownConnection(id))?;
-        if entry.mailbox.queue(Arc::from(msg)) {
+        let target = match entry.half {
+            Half::Plain | Half::Paired(Direction::Down, _) => entry,
+            Half::Pending => return Err(Error::UnknownConnection(id)),
+            Half::Paired(Direction::Up, pair) => conns
+                .values()
+                .find(|e| e.half == Half::Paired(Direction::Down, pair))
+                .ok_or(Error::UnknownConnection(id))?,
+        };
+        if target.mailbox.queue(Arc::from(msg)) {
             Ok(())
         } else {
             Err(Error::QueueFull(id))
@@ -248,13 +278,26 @@ impl Connections {
     }
 
     /// Queues `msg` for every active connection but `except`; returns how
-    /// many took it (a connection with a full queue is skipped).
+    /// many took it (a connection with a full queue is skipped). On a duplex
+    /// server it goes to every down half but that of `except`'s link.
+    ///
+    /// Who may send when: as for [`send_to`](Self::send_to).
     pub fn broadcast(&self, msg: &[u8], except: Option<ConnId>) -> usize {
         let msg: Arc<[u8]> = Arc::from(msg);
         let conns = self.shared.conns();
+        let except_link = except
+            .and_then(|id| conns.get(&id))
+            .and_then(|e| match e.half {
+                Half::Paired(_, pair) => Some(pair),
+                Half::Plain | Half::Pending => None,
+            });
         conns
             .iter()
-            .filter(|(id, _)| Some(**id) != except)
+            .filter(|(id, e)| match e.half {
+                Half::Plain => Some(**id) != except,
+                Half::Paired(Direction::Down, pair) => Some(pair) != except_link,
+                Half::Paired(Direction::Up, _) | Half::Pending => false,
+            })
             .filter(|(_, e)| e.mailbox.queue(msg.clone()))
             .count()
     }

@@ -66,6 +66,14 @@ pub enum Error {
     UnknownConnection(ConnId),
     /// The connection's queue of messages from other connections is full.
     QueueFull(ConnId),
+    /// A duplex link did not pair: a connection to a duplex server did not
+    /// open with a duplex hello, or a server answered a duplex hello as a
+    /// plain one.
+    NotDuplex,
+    /// This connection is the up half of a duplex link: only the client
+    /// sends on it. Send through its pair: `Connections::send_to` with this
+    /// connection's id goes to the down half.
+    UpHalf,
 }
 
 impl Error {
@@ -92,7 +100,8 @@ impl Error {
             Error::Protocol(e) => e.is_recoverable(),
             Error::Timeout(d) => *d == Deadline::Receive,
             Error::Plugin(_) | Error::UnknownConnection(_) | Error::QueueFull(_) => true,
-            Error::Panicked(_) => false,
+            Error::UpHalf => true,
+            Error::Panicked(_) | Error::NotDuplex => false,
         }
     }
 }
@@ -106,6 +115,10 @@ impl fmt::Display for Error {
             Error::Panicked(msg) => write!(f, "handler panicked: {msg}"),
             Error::UnknownConnection(id) => write!(f, "no active connection {id}"),
             Error::QueueFull(id) => write!(f, "queue of connection {id} is full"),
+            Error::NotDuplex => f.write_str("the peer is not half of a duplex link"),
+            Error::UpHalf => {
+                f.write_str("this is the up half of a duplex link: only the client sends on it")
+            }
         }
     }
 }

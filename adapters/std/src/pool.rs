@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::conn::{Attached, Conn};
 use crate::conn_loop::run_connection;
 use crate::connections::{Ended, Entry, LoopEvent, Mailbox, Shared, StopHandle};
+use crate::duplex::Half;
 use crate::error::{Deadline, Error};
 use crate::handler::Handler;
 use crate::id::ConnId;
@@ -116,6 +117,11 @@ impl Pool {
                 mailbox: mailbox.clone(),
                 stream: conn.shared_stream(),
                 peer,
+                half: if conn.config().duplex {
+                    Half::Pending
+                } else {
+                    Half::Plain
+                },
             },
         );
         // Registered first, so that nothing sent to every connection misses

@@ -154,6 +154,21 @@ impl Server {
         Ok(local)
     }
 
+    /// Makes every connection half of a [`Duplex`](crate::Duplex) link
+    /// (clients connect with [`Client::connect_duplex`](crate::Client::connect_duplex)):
+    /// one connection per direction, so that both sides send whenever they
+    /// like and no message crosses another. Each connection must open with
+    /// its hello (others end with [`Error::NotDuplex`](crate::Error::NotDuplex)),
+    /// nothing is sent on it before, nothing ever on an up half, and
+    /// [`Connections::send_to`](crate::Connections::send_to) and
+    /// [`broadcast`](crate::Connections::broadcast) go to down halves (a
+    /// message for an up half's id goes to its pair). Handlers see which
+    /// half they run on with [`Conn::direction`](crate::Conn::direction).
+    /// Default `false`.
+    pub fn set_duplex(&mut self, duplex: bool) {
+        self.settings.conn.duplex = duplex;
+    }
+
     /// The addresses listened on.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners

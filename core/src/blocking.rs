@@ -9,7 +9,7 @@
 //! transport that returns `WouldBlock`, simply call the same operation again
 //! later.
 
-use embedded_io::{ErrorType, Read, Write};
+use embedded_io::{ErrorType, Read, ReadReady, Write};
 
 use crate::error::{Error, Misuse};
 use crate::machine::{FlushPolicy, Io, Machine, Moved, Step};
@@ -90,6 +90,11 @@ impl<T> Connection<T> {
     /// True while a message is half sent or half received.
     pub fn is_in_progress(&self) -> bool {
         self.machine.is_in_progress()
+    }
+
+    /// Puts the connection out of step for good (see [`Machine::break_off`]).
+    pub fn break_off(&mut self) {
+        self.machine.break_off();
     }
 
     /// The transport.
@@ -199,6 +204,19 @@ impl<T: Read + Write> Connection<T> {
                 Step::Done(result) => return result.map_err(Error::widen),
             }
         }
+    }
+}
+
+impl<T: Read + Write + ReadReady> Connection<T> {
+    /// True when nothing of a message is in flight and the transport has
+    /// bytes to read at once ([`ReadReady`]): the peer has begun a message
+    /// (or closed). A transmit now could cross it: receive first. Looks
+    /// without waiting.
+    pub fn peer_has_begun(&mut self) -> Result<bool, Error<T::Error>> {
+        if self.machine.is_in_progress() || !self.machine.is_greeted() {
+            return Ok(false);
+        }
+        Ok(self.io.read_ready()?)
     }
 }
 

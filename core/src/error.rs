@@ -68,6 +68,12 @@ pub enum Error<E = Infallible> {
         /// Where the stream ended.
         phase: Phase,
     },
+    /// The peer has begun a message of its own, so ours was not started:
+    /// it would have crossed the peer's. Nothing was sent and the connection
+    /// stays in step: receive the peer's message, then send again. Reported
+    /// where the transport shows what has arrived (`peer_has_begun` on the
+    /// drivers; tinyproto-embassy's sends).
+    PeerSending,
     /// Another operation on this connection is half done (a cancelled future,
     /// a `WouldBlock`, a dropped chunk reader or writer). Finish it first by
     /// calling that operation again.
@@ -134,6 +140,7 @@ impl<E> Error<E> {
             Error::Io(_)
                 | Error::Rejected { .. }
                 | Error::TooLarge { .. }
+                | Error::PeerSending
                 | Error::InProgress
                 | Error::Misuse(_)
         )
@@ -150,6 +157,7 @@ impl<E> Error<E> {
             Error::TooLarge { len, capacity } => Error::TooLarge { len, capacity },
             Error::Closed => Error::Closed,
             Error::UnexpectedEof { phase } => Error::UnexpectedEof { phase },
+            Error::PeerSending => Error::PeerSending,
             Error::InProgress => Error::InProgress,
             Error::Broken => Error::Broken,
             Error::Misuse(m) => Error::Misuse(m),
@@ -188,6 +196,9 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::UnexpectedEof { phase } => {
                 write!(f, "connection ended in the middle of the {phase}")
             }
+            Error::PeerSending => {
+                f.write_str("the peer has begun a message: receive it first (nothing was sent)")
+            }
             Error::InProgress => f.write_str("another operation is in progress"),
             Error::Broken => f.write_str("connection is out of step after an earlier error"),
             Error::Misuse(m) => write!(f, "misuse: {m}"),
@@ -216,6 +227,7 @@ impl<E: embedded_io::Error + 'static> embedded_io::Error for Error<E> {
             Error::TooLarge { .. } => ErrorKind::OutOfMemory,
             Error::Closed => ErrorKind::NotConnected,
             Error::UnexpectedEof { .. } => ErrorKind::ConnectionAborted,
+            Error::PeerSending => ErrorKind::Interrupted,
             Error::InProgress => ErrorKind::Other,
             Error::Broken => ErrorKind::NotConnected,
             Error::Misuse(_) => ErrorKind::InvalidInput,

@@ -6,6 +6,7 @@
 
 pub mod asynch;
 pub mod blocking;
+pub mod duplex;
 mod error;
 mod machine;
 #[cfg(feature = "std")]

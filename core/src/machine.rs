@@ -254,6 +254,14 @@ impl Machine {
         matches!(self.state, State::Broken | State::GreetFailed)
     }
 
+    /// Puts the connection out of step for good, for what an adapter learns
+    /// beyond the bytes reported (its transport shows that a 0x00 answer was
+    /// the start of the peer's own length: a conflict): every later
+    /// operation says [`Error::Broken`].
+    pub fn break_off(&mut self) {
+        self.state = State::Broken;
+    }
+
     /// True while a message is half sent or half received.
     pub fn is_in_progress(&self) -> bool {
         !self.is_free()
@@ -1649,6 +1657,17 @@ mod tests {
         m.moved(Moved::Flushed).unwrap();
         assert_eq!(m.flush(), Step::Done(Ok(())));
         expect_io!(m.transmit(b"hello"), Io::Write(&[0, 5]));
+    }
+
+    #[test]
+    fn test_break_off_ends_the_connection_for_every_operation() {
+        let mut m = greeted();
+        m.break_off();
+        assert!(m.is_broken());
+        assert_eq!(m.transmit(b"x"), Step::Done(Err(Error::Broken)));
+        assert_eq!(m.receive(&mut [0; 4]), Step::Done(Err(Error::Broken)));
+        assert_eq!(m.next_length(), Step::Done(Err(Error::Broken)));
+        assert_eq!(m.greet(), Step::Done(Err(Error::Broken)));
     }
 
     #[test]

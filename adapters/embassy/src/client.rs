@@ -4,6 +4,7 @@
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpEndpoint, Stack};
 use tinyproto::asynch::{IncomingMessage, OutgoingMessage};
+use tinyproto::duplex::{self, Direction};
 
 use crate::error::{Deadline, Error, NetError};
 use crate::session::{self, ConnInfo, Session};
@@ -95,9 +96,37 @@ impl<'a> Client<'a> {
         Session::new(&mut self.conn, ConnInfo { slot: 0, remote })
     }
 
+    /// Makes this connection one half of a duplex link to a duplex server
+    /// (tinyproto-std's `Server::set_duplex`): one connection per
+    /// direction, so that the device and the server both send whenever they
+    /// like and nothing crosses. Sends the hello of the `direction` half of
+    /// link `link`; for the down half, waits (within [`Timeouts::receive`])
+    /// for the server's welcome, after which only the server sends on it.
+    /// Open two clients, join the down half first, then send on the up half
+    /// and receive on the down half. `link` names the pair: take it from the
+    /// board's random number generator.
+    /// `Error::Io(NetError::NotDuplex)` when the server does not welcome the
+    /// down half.
+    pub async fn join_duplex(&mut self, direction: Direction, link: u128) -> Result<(), Error> {
+        let mut hello = [0u8; duplex::HELLO_MAX_LEN];
+        self.transmit(duplex::hello(direction, link, &mut hello))
+            .await?;
+        if direction == Direction::Down {
+            let mut welcome = [0u8; duplex::WELCOME.len()];
+            match self.receive(&mut welcome).await {
+                Ok(msg) if msg == duplex::WELCOME => {}
+                Ok(_) | Err(Error::TooLarge { .. }) => return Err(Error::Io(NetError::NotDuplex)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends one whole message within [`Timeouts::message`].
     /// [`Error::Rejected`](tinyproto::Error::Rejected) if the server refused
-    /// its length (the connection stays usable).
+    /// its length (the connection stays usable). Who may send when: see
+    /// [`Session::transmit`] ([`Error::PeerSending`](tinyproto::Error::PeerSending)
+    /// when a message of the server's has begun).
     pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
         session::transmit(&mut self.conn, msg).await
     }

@@ -59,6 +59,9 @@ pub enum NetError {
     Accept(AcceptError),
     /// A deadline passed before the operation completed.
     TimedOut(Deadline),
+    /// [`Client::join_duplex`](crate::Client::join_duplex): the server did
+    /// not welcome the down half (it is no duplex server).
+    NotDuplex,
 }
 
 impl From<embassy_net::tcp::Error> for NetError {
@@ -76,6 +79,7 @@ impl fmt::Display for NetError {
             NetError::Connect(e) => write!(f, "connect failed: {e:?}"),
             NetError::Accept(e) => write!(f, "listen failed: {e:?}"),
             NetError::TimedOut(d) => write!(f, "{d} deadline passed"),
+            NetError::NotDuplex => f.write_str("the server is no duplex server"),
         }
     }
 }
@@ -92,6 +96,7 @@ impl tinyproto::embedded_io::Error for NetError {
             NetError::Connect(_) => ErrorKind::NotConnected,
             NetError::Accept(_) => ErrorKind::AddrNotAvailable,
             NetError::TimedOut(_) => ErrorKind::TimedOut,
+            NetError::NotDuplex => ErrorKind::Unsupported,
         }
     }
 }

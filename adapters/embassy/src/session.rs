@@ -60,6 +60,19 @@ impl<'s, 'a> Session<'s, 'a> {
     }
 
     /// Sends one whole message (see `tinyproto::asynch::Connection::transmit`).
+    ///
+    /// **Who may send when.** The protocol is half-duplex: one message at a
+    /// time on a connection. If the peer has begun a message of its own when
+    /// ours is due, nothing is sent and this is
+    /// [`Error::PeerSending`](tinyproto::Error::PeerSending) (the connection
+    /// stays in step): there is no heap to hold the peer's message, so
+    /// receive it first (in a server handler: return, and the slot's loop
+    /// takes it), then send again. Only a peer that starts within the same
+    /// round trip can still cross ours: that is
+    /// [`Error::Conflict`](tinyproto::Error::Conflict), and the connection
+    /// is aborted at once, so the peer learns it from the reset rather than
+    /// from a deadline. Peers that both send whenever they like use one
+    /// connection per direction ([`Client::join_duplex`](crate::Client::join_duplex)).
     pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
         transmit(self.conn, msg).await
     }
@@ -109,9 +122,42 @@ pub(crate) async fn greet(conn: &mut Connection<'_>) -> Result<(), Error> {
 
 pub(crate) async fn transmit(conn: &mut Connection<'_>, msg: &[u8]) -> Result<(), Error> {
     greet(conn).await?;
+    peer_not_sending(conn)?;
     conn.get_mut().begin_exchange(Deadline::Message);
     let r = conn.transmit(msg).await;
     conn.get_mut().end_exchange();
+    crossed(conn, r)
+}
+
+/// Before our length goes out: a message of the peer's that has begun would
+/// cross it.
+fn peer_not_sending(conn: &mut Connection<'_>) -> Result<(), Error> {
+    if conn.peer_has_begun()? {
+        debug!("the peer is sending: ours waits");
+        return Err(Error::PeerSending);
+    }
+    Ok(())
+}
+
+/// After a send, with what the socket shows: a 0x00 read as the answer with
+/// exactly the other three bytes of a length behind it is the peer's own
+/// length, not a rejection. A crossing puts both sides out of step; the peer
+/// learns it from the reset now, not from a deadline.
+fn crossed<T>(conn: &mut Connection<'_>, r: Result<T, Error>) -> Result<T, Error> {
+    let r = match r {
+        Err(Error::Rejected { .. })
+            if conn.get_ref().tcp().recv_queue() == tinyproto::LENGTH_FIELD_LEN - 1 =>
+        {
+            Err(Error::Conflict)
+        }
+        other => other,
+    };
+    if let Err(Error::Conflict) = r {
+        info!("the peer sent a message while we were sending ours: aborting");
+        conn.break_off();
+        // The reset leaves with the stack's next poll.
+        conn.get_mut().tcp_mut().abort();
+    }
     r
 }
 
@@ -169,6 +215,11 @@ pub(crate) async fn begin_transmit<'c, 'a>(
     len: u32,
 ) -> Result<OutgoingMessage<'c, Socket<'a>>, Error> {
     greet(conn).await?;
+    peer_not_sending(conn)?;
     conn.get_mut().begin_exchange(Deadline::Message);
+    // The length and the peer's answer first, so that a crossing can abort
+    // the socket; then the writer (the same call resumes at once).
+    let answered = conn.begin_transmit(len).await.map(drop);
+    crossed(conn, answered)?;
     conn.begin_transmit(len).await
 }

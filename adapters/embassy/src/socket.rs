@@ -15,7 +15,7 @@ use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::IpEndpoint;
 use embassy_time::{Duration, Instant, Timer};
-use tinyproto::embedded_io_async::{ErrorType, Read, Write};
+use tinyproto::embedded_io_async::{ErrorType, Read, ReadReady, Write};
 
 use crate::error::{Deadline, NetError};
 
@@ -240,6 +240,15 @@ impl Read for Socket<'_> {
             self.begin_exchange(Deadline::Message);
         }
         Ok(n)
+    }
+}
+
+impl ReadReady for Socket<'_> {
+    /// True when bytes of the peer's wait in the receive buffer. (Unlike
+    /// `TcpSocket`'s own, a peer that closed with nothing waiting is not
+    /// "ready" here: the next read says so.)
+    fn read_ready(&mut self) -> Result<bool, NetError> {
+        Ok(self.tcp.can_recv())
     }
 }
 

@@ -1089,3 +1089,135 @@ fn test_each_slot_has_its_own_handler_state() {
         },
     );
 }
+
+/// Waits (bounded) until bytes of the peer's wait in `client`'s socket.
+async fn until_bytes_wait(client: &mut Client<'_>) {
+    let until = Instant::now() + Duration::from_secs(3);
+    while !client.connection().get_ref().tcp().can_recv() && Instant::now() < until {
+        Timer::after(Duration::from_millis(5)).await;
+    }
+    assert!(
+        client.connection().get_ref().tcp().can_recv(),
+        "nothing arrived"
+    );
+}
+
+#[test]
+fn test_a_send_while_the_peers_message_waits_is_peer_sending_and_sends_nothing() {
+    let handler = Echo::default();
+    EchoTest::new(&handler, 1024).connect(4096, async |mut client, _| {
+        client.transmit(b"send 5").await.unwrap();
+        // The server's 5 bytes are in our socket before our next length.
+        until_bytes_wait(&mut client).await;
+        assert_eq!(client.transmit(b"x").await, Err(Error::PeerSending));
+        assert!(!client.connection().is_broken() && !client.connection().is_in_progress());
+        let mut buf = [0u8; 16];
+        assert_eq!(client.receive(&mut buf).await.unwrap(), &pattern(5, 9)[..]);
+        // Now nothing waits: it goes, and comes back.
+        client.transmit(b"x").await.unwrap();
+        assert_eq!(client.receive(&mut buf).await.unwrap(), b"x");
+        client.close().await.unwrap();
+        settle(|| !handler.ended.borrow().is_empty()).await;
+    });
+    assert_eq!(
+        handler.received.get(),
+        2,
+        "the refused send never reached it"
+    );
+    assert!(handler.send_errors.borrow().is_empty());
+}
+
+#[test]
+fn test_a_length_where_the_answer_is_due_is_a_conflict_that_aborts_at_once() {
+    // The peer's own length, 0x00 first with exactly three bytes behind it,
+    // or a first byte that can only open a length.
+    for answer in [[0u8, 0, 0, 9], [0x41, 0, 0, 0]] {
+        run_pair(
+            Faults::default(),
+            Duration::from_secs(30),
+            async |a, b, _| {
+                let (mut srx, mut stx) = ([0u8; 1024], [0u8; 1024]);
+                let mut raw = TcpSocket::new(b, &mut srx, &mut stx);
+                let peer = async {
+                    raw.accept(PORT).await.unwrap();
+                    let mut byte = [0u8; 1];
+                    raw.write(&[0xFF]).await.unwrap();
+                    raw.read(&mut byte).await.unwrap();
+                    let mut len = [0u8; 4];
+                    let mut got = 0;
+                    while got < 4 {
+                        got += raw.read(&mut len[got..]).await.unwrap();
+                    }
+                    assert_eq!(len, 5u32.to_be_bytes(), "our length");
+                    raw.write(&answer).await.unwrap();
+                    raw.flush().await.unwrap();
+                    let start = Instant::now();
+                    // The client aborts: a reset or the end, quickly, no payload.
+                    let mut rest = [0u8; 16];
+                    let r = raw.read(&mut rest).await;
+                    assert!(matches!(r, Ok(0) | Err(_)), "{answer:02x?}: {r:?}");
+                    start.elapsed()
+                };
+                let client = async {
+                    let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+                    let mut client = Client::connect(
+                        a,
+                        &mut rx,
+                        &mut tx,
+                        server_endpoint(PORT),
+                        quick_timeouts(),
+                    )
+                    .await
+                    .unwrap();
+                    assert_eq!(
+                        client.transmit(b"hello").await,
+                        Err(Error::Conflict),
+                        "{answer:02x?}"
+                    );
+                    assert!(client.connection().is_broken());
+                };
+                let (waited, ()) = embassy_futures::join::join(peer, client).await;
+                assert!(waited < Duration::from_secs(2), "aborted after {waited:?}");
+            },
+        );
+    }
+}
+
+/// Answers a down half's hello with the welcome, as a duplex server does.
+#[derive(Default)]
+struct DuplexGreeter {
+    hellos: RefCell<Vec<(tinyproto::duplex::Direction, u128)>>,
+}
+
+impl SharedHandler for DuplexGreeter {
+    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+        let Some((direction, link)) = tinyproto::duplex::parse_hello(msg) else {
+            return Flow::Continue;
+        };
+        self.hellos.borrow_mut().push((direction, link));
+        if direction == tinyproto::duplex::Direction::Down {
+            session.transmit(tinyproto::duplex::WELCOME).await.unwrap();
+        }
+        Flow::Continue
+    }
+}
+
+#[test]
+fn test_join_duplex_sends_the_hello_and_waits_for_the_welcome() {
+    use tinyproto::duplex::Direction;
+    let handler = DuplexGreeter::default();
+    let link = 0x1234_5678_9abc_def0_0fed_cba9_8765_4321;
+    EchoTest::new(&handler, 1024).connect(4096, async |mut client, _| {
+        client.join_duplex(Direction::Down, link).await.unwrap();
+        client.close().await.unwrap();
+    });
+    assert_eq!(*handler.hellos.borrow(), vec![(Direction::Down, link)]);
+    // An echo server is no duplex server: it sends the hello back.
+    let echo = Echo::default();
+    EchoTest::new(&echo, 1024).connect(4096, async |mut client, _| {
+        assert_eq!(
+            client.join_duplex(Direction::Down, link).await,
+            Err(Error::Io(NetError::NotDuplex))
+        );
+    });
+}

@@ -9,8 +9,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tinyproto::duplex::{self, Direction};
+
 use crate::conn::{Conn, RECEIVE_CHUNK};
-use crate::duplex::{self, Direction};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Handler, Take};
 

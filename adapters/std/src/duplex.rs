@@ -7,14 +7,8 @@
 //! connections to one server: on the *up* half only the client sends, on
 //! the *down* half only the server does (after the client's hello). Each
 //! half is a plain tinyproto connection, so the wire protocol is unchanged;
-//! the pairing is this crate's convention, in the first message of each
-//! half (see `PROTOCOL.md`):
-//!
-//! ```text
-//! up half:   client -> "tinyproto/duplex up <32 hex digits>"
-//! down half: client -> "tinyproto/duplex down <the same digits>"
-//!            server -> "tinyproto/duplex ok"     (the down half is registered)
-//! ```
+//! the pairing is a hello in the first message of each half
+//! ([`tinyproto::duplex`]).
 //!
 //! A server in duplex mode ([`Server::set_duplex`](crate::Server::set_duplex))
 //! sends nothing on a connection before its hello, never sends on an up
@@ -25,17 +19,11 @@
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
+pub use tinyproto::duplex::Direction;
+use tinyproto::duplex::{self, WELCOME};
+
 use crate::conn::Conn;
 use crate::error::{Deadline, Error};
-
-/// Which way messages go on one half of a [`Duplex`] link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Client to server: only the client sends.
-    Up,
-    /// Server to client: only the server sends (after the client's hello).
-    Down,
-}
 
 /// Where a connection of a duplex server stands, as the registry sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,35 +36,10 @@ pub(crate) enum Half {
     Paired(Direction, u128),
 }
 
-const PREFIX: &[u8] = b"tinyproto/duplex ";
-
-/// The server's answer on a down half, once that half is registered.
-pub(crate) const WELCOME: &[u8] = b"tinyproto/duplex ok";
-
-/// The first message of one half of pair `pair`.
-pub(crate) fn hello(direction: Direction, pair: u128) -> Vec<u8> {
-    let role = match direction {
-        Direction::Up => "up",
-        Direction::Down => "down",
-    };
-    let mut msg = PREFIX.to_vec();
-    msg.extend_from_slice(format!("{role} {pair:032x}").as_bytes());
-    msg
-}
-
-/// Reads a hello: which half, of which pair; `None` for anything else.
-pub(crate) fn parse_hello(msg: &[u8]) -> Option<(Direction, u128)> {
-    let rest = std::str::from_utf8(msg.strip_prefix(PREFIX)?).ok()?;
-    let (role, pair) = rest.split_once(' ')?;
-    let direction = match role {
-        "up" => Direction::Up,
-        "down" => Direction::Down,
-        _ => return None,
-    };
-    if pair.len() != 32 {
-        return None;
-    }
-    Some((direction, u128::from_str_radix(pair, 16).ok()?))
+/// The first message of the `direction` half of link `link`.
+pub(crate) fn hello(direction: Direction, link: u128) -> Vec<u8> {
+    let mut buf = [0u8; duplex::HELLO_MAX_LEN];
+    duplex::hello(direction, link, &mut buf).to_vec()
 }
 
 /// A fresh pair id: 128 bits from the standard library's randomly keyed
@@ -166,25 +129,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_hello_round_trips_and_strangers_are_not_hellos() {
-        let pair = new_pair_id();
-        assert_ne!(pair, new_pair_id(), "two links, two ids");
-        for direction in [Direction::Up, Direction::Down] {
-            assert_eq!(
-                parse_hello(&hello(direction, pair)),
-                Some((direction, pair))
-            );
-        }
-        for stranger in [
-            &b""[..],
-            b"hello",
-            b"tinyproto/duplex",
-            b"tinyproto/duplex sideways 00000000000000000000000000000000",
-            b"tinyproto/duplex up 123",
-            b"tinyproto/duplex up 0000000000000000000000000000000g",
-            WELCOME,
-        ] {
-            assert_eq!(parse_hello(stranger), None, "{stranger:?}");
-        }
+    fn test_two_links_get_two_ids() {
+        assert_ne!(new_pair_id(), new_pair_id());
     }
 }

@@ -248,10 +248,7 @@ impl<T: Read + Write + ReadReady> Connection<T> {
     /// (or closed). A transmit now could cross it: receive first. Looks
     /// without waiting.
     pub fn peer_has_begun(&mut self) -> Result<bool, Error<T::Error>> {
-        if self.machine.is_in_progress() || !self.machine.is_greeted() {
-            return Ok(false);
-        }
-        Ok(self.io.read_ready()?)
+        Ok(self.machine.is_between_messages() && self.io.read_ready()?)
     }
 }
 

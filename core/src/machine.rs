@@ -254,6 +254,12 @@ impl Machine {
         matches!(self.state, State::Broken | State::GreetFailed)
     }
 
+    /// True when greeted, not broken, and nothing of a message is in flight:
+    /// where a new message of either side may begin.
+    pub fn is_between_messages(&self) -> bool {
+        self.is_greeted() && !self.is_broken() && self.is_free()
+    }
+
     /// Puts the connection out of step for good, for what an adapter learns
     /// beyond the bytes reported (its transport shows that a 0x00 answer was
     /// the start of the peer's own length: a conflict): every later

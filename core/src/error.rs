@@ -38,7 +38,11 @@ pub enum Error<E = Infallible> {
     /// The peer sent a message while we were sending ours: where the answer
     /// to our length was due came a byte that can only open the peer's own
     /// length (0x01 to 0xF0; a 0x00 is read as a rejection unless the
-    /// transport shows the rest of a length right behind it). Both sides are
+    /// transport shows the rest of a length right behind it, see
+    /// [`zero_answer_is_a_length`](crate::zero_answer_is_a_length)). The
+    /// reference's reserved status 0xFD ([`Status::Conflict`](crate::Status::Conflict)),
+    /// which it never sends, stays an [`UnexpectedByte`](Error::UnexpectedByte).
+    /// Both sides are
     /// out of step: close the connection. Peers that both send take turns,
     /// or use one connection per direction.
     Conflict,

@@ -16,8 +16,8 @@ mod wire;
 pub use error::{Error, Misuse};
 pub use machine::{FlushPolicy, Io, Machine, Moved, Step};
 pub use wire::{
-    Phase, Status, CONNECTION_LIMIT_REFUSAL, GREETING, LENGTH_FIELD_LEN, MAX_LENGTH_FIRST_BYTE,
-    MAX_MESSAGE_LEN,
+    zero_answer_is_a_length, Phase, Status, CONNECTION_LIMIT_REFUSAL, GREETING, LENGTH_FIELD_LEN,
+    MAX_LENGTH_FIRST_BYTE, MAX_MESSAGE_LEN,
 };
 
 /// Re-exported so drivers' users name the same trait versions.

@@ -18,6 +18,17 @@ pub const MAX_LENGTH_FIRST_BYTE: u8 = MAX_MESSAGE_LEN.to_be_bytes()[0];
 /// Size of the big-endian length field that opens every message.
 pub const LENGTH_FIELD_LEN: usize = 4;
 
+/// The rule for a 0x00 where the answer to our length was due, where the
+/// transport shows what came with it: followed by exactly the other three
+/// bytes of a length (and nothing more: the peer now waits for *our*
+/// answer), it is the peer's own length, a conflict. A genuine rejection is
+/// followed by nothing, or by the whole length of the peer's next message.
+/// The machine reads one byte at a time and cannot see this; adapters with
+/// read-ahead or a socket buffer apply it.
+pub const fn zero_answer_is_a_length(bytes_behind: usize) -> bool {
+    bytes_behind == LENGTH_FIELD_LEN - 1
+}
+
 /// The byte each side sends right after the TCP connection is up.
 pub const GREETING: u8 = Status::Ok as u8;
 
@@ -113,6 +124,12 @@ mod tests {
         assert_eq!(Status::try_from(0x42), Err(0x42));
         assert_eq!(u8::from(Status::ConnectionLimit), 0xFE);
         assert_eq!(GREETING, 0xFF);
+    }
+
+    #[test]
+    fn test_a_zero_answer_is_a_length_with_exactly_three_bytes_behind() {
+        let verdicts: [bool; 6] = core::array::from_fn(zero_answer_is_a_length);
+        assert_eq!(verdicts, [false, false, false, true, false, false]);
     }
 
     #[test]

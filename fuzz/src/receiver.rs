@@ -154,9 +154,9 @@ fn sans_io(data: &[u8], capacity: u32, max_len: u32, manual_decision: bool, plan
                         continue;
                     }
                     Step::Done(Err(e)) => panic!("reject failed: {e:?}"),
-                    step => step.map_len(),
+                    step => as_receive_step(step),
                 },
-                step => step.map_len(),
+                step => as_receive_step(step),
             }
         } else {
             machine.receive(&mut buf)
@@ -218,16 +218,10 @@ fn sans_io(data: &[u8], capacity: u32, max_len: u32, manual_decision: bool, plan
 
 /// A step of `next_length` or `reject` as a step of `receive` (their
 /// results never reach here: only their I/O does).
-trait MapLen<'a> {
-    fn map_len(self) -> Step<'a, usize>;
-}
-
-impl<'a> MapLen<'a> for Step<'a, u32> {
-    fn map_len(self) -> Step<'a, usize> {
-        match self {
-            Step::Io(io) => Step::Io(io),
-            Step::Done(result) => Step::Done(result.map(|len| len as usize)),
-        }
+fn as_receive_step(step: Step<'_, u32>) -> Step<'_, usize> {
+    match step {
+        Step::Io(io) => Step::Io(io),
+        Step::Done(result) => Step::Done(result.map(|len| len as usize)),
     }
 }
 

@@ -139,14 +139,14 @@ fn peer_not_sending(conn: &mut Connection<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// After a send, with what the socket shows: a 0x00 read as the answer with
-/// exactly the other three bytes of a length behind it is the peer's own
-/// length, not a rejection. A crossing puts both sides out of step; the peer
-/// learns it from the reset now, not from a deadline.
+/// After a send, with what the socket shows: a 0x00 answer may be the
+/// peer's own length ([`tinyproto::zero_answer_is_a_length`]). A crossing
+/// puts both sides out of step; the peer learns it from the reset now, not
+/// from a deadline.
 fn crossed<T>(conn: &mut Connection<'_>, r: Result<T, Error>) -> Result<T, Error> {
     let r = match r {
         Err(Error::Rejected { .. })
-            if conn.get_ref().tcp().recv_queue() == tinyproto::LENGTH_FIELD_LEN - 1 =>
+            if tinyproto::zero_answer_is_a_length(conn.get_ref().tcp().recv_queue()) =>
         {
             Err(Error::Conflict)
         }

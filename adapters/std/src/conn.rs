@@ -367,18 +367,15 @@ impl Conn {
         }
     }
 
-    /// True when exactly the three other bytes of a length came with a 0x00
-    /// read as a status: the peer's own length, after which it waits for
-    /// our answer. A genuine rejection is followed by nothing, or by the
-    /// whole four-byte length of the peer's next message.
+    /// The core's [`zero_answer_is_a_length`](tinyproto::zero_answer_is_a_length)
+    /// over what is read ahead, looked for if too little is.
     fn peer_length_behind(&mut self) -> bool {
-        let rest = tinyproto::LENGTH_FIELD_LEN - 1;
         let io = self.io();
         let behind = match io.ahead_len() {
-            n if n >= rest => n,
+            n if n >= tinyproto::LENGTH_FIELD_LEN - 1 => n,
             _ => io.look().unwrap_or(0),
         };
-        behind == rest
+        tinyproto::zero_answer_is_a_length(behind)
     }
 
     /// Sends messages back to back, each whole, and returns how many went:

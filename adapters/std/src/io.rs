@@ -153,17 +153,10 @@ impl Io {
         if self.ahead_end == self.ahead.len() {
             return Ok(self.ahead_end);
         }
-        let saved = (self.read_deadline, self.read_kind, self.read_tried);
-        self.set_read_deadline(Instant::now(), Deadline::Receive);
         let mut ahead = std::mem::take(&mut self.ahead);
-        let read = self.read_socket(&mut ahead[self.ahead_end..]);
+        let read = self.read_without_waiting(&mut ahead[self.ahead_end..]);
         self.ahead = ahead;
-        (self.read_deadline, self.read_kind, self.read_tried) = saved;
-        match read {
-            Ok(n) => self.ahead_end += n,
-            Err(e) if self.expired.take().is_some() || is_timeout(&e) => {}
-            Err(e) => return Err(e),
-        }
+        self.ahead_end += read?.unwrap_or(0);
         Ok(self.ahead_len())
     }
 
@@ -217,7 +210,10 @@ impl Io {
                 (self.read_deadline - now).max(MIN_TIMEOUT)
             } else if !self.read_tried {
                 self.read_tried = true;
-                return self.read_without_waiting(buf);
+                return match self.read_without_waiting(buf)? {
+                    Some(n) => Ok(n),
+                    None => Err(self.expire(self.read_kind)),
+                };
             } else {
                 return Err(self.expire(self.read_kind));
             };
@@ -250,10 +246,10 @@ impl Io {
 }
 
 impl Io {
-    /// One read that takes what the socket holds and never waits. (A socket
-    /// timeout cannot do this: the kernel rounds any timeout up to a clock
-    /// tick, some milliseconds.)
-    fn read_without_waiting(&mut self, buf: &mut [u8]) -> Result<usize, io::Error> {
+    /// One read that takes what the socket holds and never waits; `None`
+    /// when it holds nothing. (A socket timeout cannot do this: the kernel
+    /// rounds any timeout up to a clock tick, some milliseconds.)
+    fn read_without_waiting(&mut self, buf: &mut [u8]) -> Result<Option<usize>, io::Error> {
         self.stream.set_nonblocking(true)?;
         let read = loop {
             match (&*self.stream).read(buf) {
@@ -267,9 +263,9 @@ impl Io {
                 if n > 0 && self.first_byte.is_none() {
                     self.first_byte = Some(Instant::now());
                 }
-                Ok(n)
+                Ok(Some(n))
             }
-            Err(e) if is_timeout(&e) => Err(self.expire(self.read_kind)),
+            Err(e) if is_timeout(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -74,6 +74,12 @@ struct ServeCli {
     /// --sink and --print, which stream them].
     #[arg(long, value_name = "BYTES", value_parser = parse_message_len)]
     max_message: Option<u32>,
+    /// Hold at most BYTES of incoming messages at once, over all
+    /// connections; a message that does not fit waits for room before it is
+    /// accepted, one larger than BYTES is answered 0x00 [default: 268435456,
+    /// the std adapter's].
+    #[arg(long, value_name = "BYTES")]
+    memory_budget: Option<u64>,
     /// Close a connection idle this long between messages, or whose greeting,
     /// any single write, or any whole message takes longer [default: the std
     /// adapter's: greeting 10 s, write 10 s, message 60 s, never idle].
@@ -187,6 +193,7 @@ fn main() -> ExitCode {
             },
             max_connections: s.max_connections,
             max_message: s.max_message,
+            memory_budget: s.memory_budget,
             timeout: s.timeout,
         }),
         Command::Send(s) => send::run(&send::SendArgs {

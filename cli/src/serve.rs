@@ -47,6 +47,9 @@ pub struct ServeArgs {
     pub max_connections: Option<usize>,
     /// Message length limit; the std adapter's default when `None`.
     pub max_message: Option<u32>,
+    /// Bytes of incoming messages held at once; the std adapter's default
+    /// when `None`.
+    pub memory_budget: Option<u64>,
     /// Greeting, write and idle deadline.
     pub timeout: Option<Duration>,
 }
@@ -151,6 +154,9 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
         Mode::Sink | Mode::Print => MAX_MESSAGE_LEN,
     });
     server.set_max_message_len(limit);
+    if let Some(budget) = args.memory_budget {
+        server.set_memory_budget(budget);
+    }
     match args.mode {
         Mode::Echo => server.set_conn_handler(|| Echo),
         Mode::Sink => {

@@ -3,9 +3,12 @@
 //! on a fresh connection, the CPU of a server holding many idle
 //! connections, a broadcast reaching every connection, the memory each
 //! connection costs; and that every one of the connections still echoes.
+//! Then the echo job (64 B request, 64 B reply, tokio clients) at 1, 100
+//! and 1,000 connections, against the tinyproto-std server, a raw tokio
+//! echo and a tokio-util `LengthDelimitedCodec` echo.
 //!
 //! ```text
-//! cargo run --release -p tinyproto-std --example server_bench -- [--connections N] [--idle-secs S]
+//! cargo run --release -p tinyproto-std --example server_bench -- [--connections N] [--idle-secs S] [--echo-only]
 //! ```
 //!
 //! The servers run in a child process (this program started again with
@@ -40,6 +43,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(kind) = flag(&args, "--serve") {
         return serve(&kind);
     }
+    if args.iter().any(|a| a == "--echo-only") {
+        return echo_job();
+    }
     let connections: usize = flag(&args, "--connections").map_or(Ok(10_000), |v| v.parse())?;
     let idle_secs: u64 = flag(&args, "--idle-secs").map_or(Ok(10), |v| v.parse())?;
     let limit = rlimit::increase_nofile_limit(u64::MAX)?;
@@ -63,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    Ok(())
+    echo_job()
 }
 
 fn flag(args: &[String], name: &str) -> Option<String> {
@@ -76,6 +82,10 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 enum Kind {
     Tinyproto,
     Raw,
+    /// A raw echo on tokio (the echo job's baseline).
+    TokioRaw,
+    /// tokio-util's `LengthDelimitedCodec` on tokio.
+    TokioCodec,
 }
 
 impl Kind {
@@ -83,6 +93,8 @@ impl Kind {
         match self {
             Kind::Tinyproto => "tinyproto",
             Kind::Raw => "raw",
+            Kind::TokioRaw => "tokio-raw",
+            Kind::TokioCodec => "tokio-codec",
         }
     }
 }
@@ -109,7 +121,7 @@ impl Peer {
     fn connect(kind: Kind, client: &Client, addr: SocketAddr) -> io::Result<Self> {
         match kind {
             Kind::Tinyproto => Ok(Peer::Tinyproto(Box::new(client.connect(addr)?))),
-            Kind::Raw => {
+            Kind::Raw | Kind::TokioRaw | Kind::TokioCodec => {
                 let mut stream = TcpStream::connect(addr)?;
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -307,6 +319,7 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
             io::stdout().flush()?;
             server.start()?;
         }
+        "tokio-raw" | "tokio-codec" => serve_tokio(kind == "tokio-codec")?,
         _ => {
             rlimit::increase_nofile_limit(u64::MAX)?;
             let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -433,4 +446,167 @@ fn print_table(tp: &Figures, raw: &Figures, connections: usize, idle_secs: u64) 
         connections - tp.echo_errors.min(connections),
         connections - raw.echo_errors.min(connections)
     );
+}
+
+// ---- the echo job: 64 B request, 64 B reply, tokio clients ----
+
+/// Connections of the echo job.
+const ECHO_CONNECTIONS: [usize; 3] = [1, 100, 1_000];
+/// How long each echo case runs.
+const ECHO_TIME: Duration = Duration::from_secs(2);
+/// The request and reply of the echo job.
+const ECHO_LEN: usize = 64;
+
+/// The echo job against each server, with the table of replies per second.
+fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    let kinds = [Kind::TokioRaw, Kind::TokioCodec, Kind::Tinyproto];
+    let mut rows = Vec::new();
+    for connections in ECHO_CONNECTIONS {
+        let mut rates = Vec::new();
+        for kind in kinds {
+            let server = start_server(kind)?;
+            rates.push(echo_rate(kind, server.addr, connections)?);
+        }
+        rows.push((connections, rates));
+    }
+    println!();
+    println!("echo job: {ECHO_LEN} B request, {ECHO_LEN} B reply, tokio clients, {} s per case (loopback, release)", ECHO_TIME.as_secs());
+    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec, replies/s | tinyproto-std, replies/s | tinyproto/raw | codec/raw |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (connections, rates) in rows {
+        let (raw, codec, tp) = (rates[0], rates[1], rates[2]);
+        println!(
+            "| {connections} | {raw:.0} | {codec:.0} | {tp:.0} | {:.2} | {:.2} |",
+            tp / raw,
+            codec / raw
+        );
+    }
+    Ok(())
+}
+
+/// Replies per second of `connections` tokio clients echoing against the
+/// server of `kind`; fails if any reply is wrong.
+fn echo_rate(
+    kind: Kind,
+    addr: SocketAddr,
+    connections: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        // Everyone connects (and greets) first; then all echo at once.
+        let mut streams = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            streams.push(stream);
+        }
+        let until = tokio::time::Instant::now() + ECHO_TIME;
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut stream)| {
+                tokio::spawn(async move {
+                    let mut request = [0u8; ECHO_LEN];
+                    request[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                    let mut replies = 0u64;
+                    match kind {
+                        Kind::Tinyproto => {
+                            let mut conn = tinyproto::asynch::Connection::new(
+                                embedded_io_adapters::tokio_1::FromTokio::new(stream),
+                            );
+                            let mut buf = [0u8; ECHO_LEN];
+                            while tokio::time::Instant::now() < until {
+                                conn.transmit(&request).await.map_err(|e| e.to_string())?;
+                                let reply =
+                                    conn.receive(&mut buf).await.map_err(|e| e.to_string())?;
+                                if reply != request {
+                                    return Err("wrong reply".to_string());
+                                }
+                                replies += 1;
+                            }
+                        }
+                        Kind::TokioCodec | Kind::TokioRaw | Kind::Raw => {
+                            let framed = kind == Kind::TokioCodec;
+                            let mut out = Vec::with_capacity(4 + ECHO_LEN);
+                            if framed {
+                                out.extend_from_slice(&(ECHO_LEN as u32).to_be_bytes());
+                            }
+                            out.extend_from_slice(&request);
+                            let mut back = vec![0u8; out.len()];
+                            while tokio::time::Instant::now() < until {
+                                stream.write_all(&out).await.map_err(|e| e.to_string())?;
+                                stream
+                                    .read_exact(&mut back)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                                if back != out {
+                                    return Err("wrong reply".to_string());
+                                }
+                                replies += 1;
+                            }
+                        }
+                    }
+                    Ok::<u64, String>(replies)
+                })
+            })
+            .collect();
+        let start = tokio::time::Instant::now();
+        let mut total = 0u64;
+        for task in tasks {
+            total += task.await??;
+        }
+        let elapsed = start.elapsed().as_secs_f64().max(ECHO_TIME.as_secs_f64());
+        Ok::<f64, Box<dyn std::error::Error>>(total as f64 / elapsed)
+    })
+}
+
+/// The child of a tokio echo: raw (bytes back as they come) or framed by
+/// `LengthDelimitedCodec` (each frame decoded, then encoded back).
+fn serve_tokio(framed: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("listening on {}", listener.local_addr()?);
+        io::stdout().flush()?;
+        loop {
+            let (mut stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            tokio::spawn(async move {
+                let mut input = BytesMut::with_capacity(4096);
+                let mut output = BytesMut::with_capacity(4096);
+                let mut codec = LengthDelimitedCodec::new();
+                loop {
+                    match stream.read_buf(&mut input).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    if framed {
+                        while let Ok(Some(frame)) = codec.decode(&mut input) {
+                            if codec.encode(frame.freeze(), &mut output).is_err() {
+                                return;
+                            }
+                        }
+                    } else {
+                        output.extend_from_slice(&input.split());
+                    }
+                    if stream.write_all_buf(&mut output).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), io::Error>(())
+    })?;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::budget::{Budget, DEFAULT_MEMORY_BUDGET};
 use crate::plugin::Plugins;
 
 /// The time limits of a connection. Every one is enforced with socket
@@ -100,6 +101,8 @@ pub(crate) struct Config {
     pub loop_pass_interval: Option<Duration>,
     /// Server only: every connection is half of a duplex link.
     pub duplex: bool,
+    /// Incoming messages held at once, shared by every connection.
+    pub budget: Arc<Budget>,
 }
 
 impl Default for Config {
@@ -112,6 +115,7 @@ impl Default for Config {
             plugins: Plugins::default(),
             loop_pass_interval: None,
             duplex: false,
+            budget: Budget::new(DEFAULT_MEMORY_BUDGET),
         }
     }
 }
@@ -157,6 +161,21 @@ macro_rules! settings_methods {
         /// ones are answered 0x00 and the connection goes on.
         pub fn set_max_message_len(&mut self, len: u32) {
             self.settings.conn.max_message_len = len;
+        }
+
+        /// Bounds the bytes of incoming messages held at once by all the
+        /// connections together (default
+        /// [`DEFAULT_MEMORY_BUDGET`](crate::DEFAULT_MEMORY_BUDGET)). A whole
+        /// message takes its length from the budget before its length is
+        /// answered, and gives it back once its handler returned (or
+        /// [`Conn::receive`](crate::Conn::receive) returned it); a chunked
+        /// one takes its chunk buffer. A message that does not fit yet waits
+        /// for room before its status byte goes out (the sender waits for
+        /// the 0xFF), until the message deadline; one larger than the whole
+        /// budget, or still without room then, is answered 0x00 with
+        /// [`Error::MemoryBudget`](crate::Error::MemoryBudget).
+        pub fn set_memory_budget(&mut self, bytes: u64) {
+            self.settings.conn.budget = $crate::budget::Budget::new(bytes);
         }
 
         /// `TCP_NODELAY` on new sockets (default `true`).

@@ -19,6 +19,7 @@ use tinyproto::blocking::Connection;
 use tinyproto::std_io::WriteBuffered;
 use tinyproto::FlushPolicy;
 
+use crate::budget::{Lease, NoRoom};
 use crate::config::SharedConfig;
 use crate::connections::{Connections, Mailbox, Shared, StopHandle};
 use crate::duplex::Direction;
@@ -27,9 +28,18 @@ use crate::id::ConnId;
 use crate::io::Io;
 use crate::reactor::Readiness;
 
-/// Payload bytes read per step of a receive: a message buffer grows by at
-/// most this much beyond the bytes that actually arrived.
+/// Payload bytes read per step of a receive, at most: the size of a chunk.
 pub(crate) const RECEIVE_CHUNK: usize = 64 * 1024;
+
+/// The first step of a whole message's buffer; each later one is at most
+/// as large as what arrived before it, so the buffer never holds more than
+/// twice the bytes that came (and never more than the message).
+const FIRST_STEP: usize = 4 * 1024;
+
+/// A message buffer larger than this is released once its message is done.
+/// An idle connection keeps at most this, its 16 KiB write buffer and its
+/// read-ahead: under 64 KiB, whatever it received before.
+const KEPT_BUFFER: usize = 16 * 1024;
 
 /// At most this many of the peer's messages are taken (or refused) before
 /// one of ours goes out.
@@ -72,7 +82,9 @@ pub struct Conn {
     cfg: SharedConfig,
     /// Payload of the message being received by `receive`.
     partial: Vec<u8>,
-    /// Buffer of chunked receives and transmits (allocated on first use).
+    /// The memory budget's lease on `partial`'s message, from its length on.
+    lease: Option<Lease>,
+    /// Buffer of chunked receives and transmits (allocated for each one).
     scratch: Vec<u8>,
     /// Messages the peer had begun to send when this side was about to
     /// send: taken first (so that neither side reads the other's length as
@@ -126,6 +138,7 @@ impl Conn {
             local,
             cfg,
             partial: Vec::new(),
+            lease: None,
             scratch: Vec::new(),
             held: VecDeque::new(),
             started: now,
@@ -461,7 +474,13 @@ impl Conn {
     /// Receives a message from the socket (not from `held`): a length over
     /// `limit` is answered 0x00.
     fn receive_now(&mut self, wait: Duration, limit: u32) -> Result<Option<Vec<u8>>, Error> {
-        if !self.inner.is_in_progress() {
+        if self.lease.is_none() && self.inner.machine().remaining() == 0 {
+            let Some(len) = self.announced(wait)? else {
+                return Ok(None);
+            };
+            if len <= limit {
+                self.lease = Some(self.lease_for(len, len.into())?);
+            }
             self.partial.clear();
         }
         let Some(_len) = self.wait_for_message(wait, |conn| {
@@ -474,6 +493,8 @@ impl Conn {
             return Ok(None);
         };
         let raw = std::mem::take(&mut self.partial);
+        // The caller owns the message now: it is not in flight any more.
+        self.lease = None;
         log::trace!("{} received {} bytes", self.id, raw.len());
         let msg = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
         Ok(Some(msg))
@@ -511,7 +532,48 @@ impl Conn {
         on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<Option<u32>, Error> {
         self.check_no_plugins("receive")?;
-        self.wait_for_message(wait, |conn| conn.receive_chunks_raw(limit, on_chunk))
+        let Some(len) = self.announced(wait)? else {
+            return Ok(None);
+        };
+        // Over the limit, the receive answers 0x00: no buffer.
+        let _lease = if len <= limit {
+            Some(self.lease_for(len, chunk_buffer_len(len))?)
+        } else {
+            None
+        };
+        let result = self.wait_for_message(wait, |conn| conn.receive_chunks_raw(limit, on_chunk));
+        self.scratch = Vec::new();
+        result
+    }
+
+    /// Waits up to `wait` for a message to begin, and reads its length
+    /// (not answered yet).
+    fn announced(&mut self, wait: Duration) -> Result<Option<u32>, Error> {
+        self.wait_for_message(wait, |conn| Ok(conn.inner.next_length()?))
+    }
+
+    /// Takes `bytes` from the memory budget for the message of `len` bytes
+    /// whose length was just read, waiting for room until the message
+    /// deadline; without room then (or ever), answers 0x00.
+    pub(crate) fn lease_for(&mut self, len: u32, bytes: u64) -> Result<Lease, Error> {
+        let start = self.io().first_byte().unwrap_or_else(Instant::now);
+        let deadline = start + self.cfg.timeouts.message;
+        let budget = self.cfg.budget.clone();
+        match budget.lease(bytes, deadline, || self.is_stopping()) {
+            Ok(lease) => Ok(lease),
+            Err(why) => {
+                self.reject_announced()?;
+                let why = match why {
+                    NoRoom::OverBudget => "larger than the whole budget",
+                    NoRoom::NoRoomInTime => "no room in time",
+                };
+                log::info!("{}: refused a message of {len} bytes: {why}", self.id);
+                Err(Error::MemoryBudget {
+                    len,
+                    budget: budget.limit(),
+                })
+            }
+        }
     }
 
     /// Sends one message of `len` bytes read from `src` in chunks, without
@@ -528,6 +590,7 @@ impl Conn {
         self.before_send()?;
         self.arm_message_deadline();
         let result = self.transmit_from_raw(len, src);
+        self.scratch = Vec::new();
         self.io().set_write_deadline(None);
         let result = match result {
             Err(RawError::Core(e)) => self.answered(Err(e)).map_err(RawError::Core),
@@ -616,12 +679,17 @@ impl Conn {
         Ok(buf)
     }
 
-    /// Takes the announced message in chunks to `on_chunk`; its length.
+    /// Takes the announced message of `len` bytes in chunks to `on_chunk`
+    /// (its chunk buffer leased from the memory budget); its length.
     pub(crate) fn take_chunks(
         &mut self,
+        len: u32,
         on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<u32, Error> {
-        match self.receive_chunks_raw(tinyproto::MAX_MESSAGE_LEN, on_chunk) {
+        let _lease = self.lease_for(len, chunk_buffer_len(len))?;
+        let result = self.receive_chunks_raw(tinyproto::MAX_MESSAGE_LEN, on_chunk);
+        self.scratch = Vec::new();
+        match result {
             Ok(len) => {
                 self.last_activity = Instant::now();
                 Ok(len)
@@ -722,8 +790,8 @@ impl Conn {
         }
     }
 
-    /// Receives the payload into `buf`, growing it only by bytes that
-    /// arrived (a resume keeps what `buf` holds). Lengths over `limit` are
+    /// Receives the payload into `buf`, growing it in steps no larger than
+    /// what arrived before (a resume keeps what `buf` holds). Lengths over `limit` are
     /// answered 0x00. Resumable after an `Io` error.
     fn receive_raw(&mut self, limit: u32, buf: &mut Vec<u8>) -> Result<u32, RawError> {
         let mut msg = self.inner.begin_receive(limit)?;
@@ -734,7 +802,8 @@ impl Conn {
                 return Ok(len);
             }
             let old = buf.len();
-            buf.resize(old + remaining.min(RECEIVE_CHUNK), 0);
+            let step = old.clamp(FIRST_STEP, RECEIVE_CHUNK).min(remaining);
+            buf.resize(old + step, 0);
             match msg.read(&mut buf[old..]) {
                 Ok(n) => buf.truncate(old + n),
                 Err(e) => {
@@ -775,6 +844,7 @@ impl Conn {
     pub(crate) fn break_off(&mut self) {
         self.failed = true;
         self.partial = Vec::new();
+        self.lease = None;
     }
 
     /// Maps a core error (a deadline shows as `Io(TimedOut)`), breaking the
@@ -806,5 +876,25 @@ impl Conn {
 
     pub(crate) fn shutdown(&self) {
         let _ = self.tcp_stream().shutdown(Shutdown::Both);
+    }
+}
+
+/// The chunk buffer a chunked receive of `len` bytes leases.
+fn chunk_buffer_len(len: u32) -> u64 {
+    u64::from(len).min(RECEIVE_CHUNK as u64)
+}
+
+/// Releases what a message buffer holds beyond [`KEPT_BUFFER`] once its
+/// message is done.
+///
+/// Shrunk, not dropped: with glibc, freeing a large buffer raises the size
+/// from which allocations get their own mapping (its dynamic mmap
+/// threshold), and from then on large buffers come from the heap, whose
+/// freed middle stays resident. Shrinking a mapped buffer gives its pages
+/// back to the system at once, and the threshold stays where it was.
+pub(crate) fn release(buf: &mut Vec<u8>) {
+    buf.clear();
+    if buf.capacity() > KEPT_BUFFER {
+        buf.shrink_to(KEPT_BUFFER);
     }
 }

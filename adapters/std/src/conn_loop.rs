@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tinyproto::duplex::{self, Direction};
 
-use crate::conn::{Conn, RECEIVE_CHUNK};
+use crate::conn::{release, Conn, RECEIVE_CHUNK};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Handler, Take};
 
@@ -197,11 +197,17 @@ fn receive_one(
     };
     match take {
         Take::Whole => {
-            let msg = conn.take_whole(buf)?;
-            hook(conn, |conn| handler.transmission_received(conn, msg))
+            // Given back (with the buffer, if large) once the handler returned.
+            let _lease = conn.lease_for(len, len.into())?;
+            let result = match conn.take_whole(buf) {
+                Ok(msg) => hook(conn, |conn| handler.transmission_received(conn, msg)),
+                Err(e) => Err(e),
+            };
+            release(buf);
+            result
         }
         Take::Chunks => {
-            let len = conn.take_chunks(&mut |chunk| handler.transmission_chunk(chunk))?;
+            let len = conn.take_chunks(len, &mut |chunk| handler.transmission_chunk(chunk))?;
             hook(conn, |conn| handler.transmission_complete(conn, len))
         }
         Take::Reject => {

@@ -70,6 +70,16 @@ pub enum Error {
     /// open with a duplex hello, or a server answered a duplex hello as a
     /// plain one.
     NotDuplex,
+    /// The memory budget ([`Server::set_memory_budget`](crate::Server::set_memory_budget))
+    /// had no room for a message of `len` bytes (it is larger than the
+    /// whole budget, or no room came within the message deadline): it was
+    /// answered 0x00 and the connection goes on.
+    MemoryBudget {
+        /// The announced length.
+        len: u32,
+        /// The whole budget, in bytes.
+        budget: u64,
+    },
     /// This connection is the up half of a duplex link: only the client
     /// sends on it. Send through its pair: `Connections::send_to` with this
     /// connection's id goes to the down half.
@@ -100,7 +110,7 @@ impl Error {
             Error::Protocol(e) => e.is_recoverable(),
             Error::Timeout(d) => *d == Deadline::Receive,
             Error::Plugin(_) | Error::UnknownConnection(_) | Error::QueueFull(_) => true,
-            Error::UpHalf => true,
+            Error::UpHalf | Error::MemoryBudget { .. } => true,
             Error::Panicked(_) | Error::NotDuplex => false,
         }
     }
@@ -115,6 +125,11 @@ impl fmt::Display for Error {
             Error::Panicked(msg) => write!(f, "handler panicked: {msg}"),
             Error::UnknownConnection(id) => write!(f, "no active connection {id}"),
             Error::QueueFull(id) => write!(f, "queue of connection {id} is full"),
+            Error::MemoryBudget { len, budget } => write!(
+                f,
+                "no room for a message of {len} bytes in the memory budget of {budget} bytes \
+                 (answered 0x00)"
+            ),
             Error::NotDuplex => f.write_str("the peer is not half of a duplex link"),
             Error::UpHalf => {
                 f.write_str("this is the up half of a duplex link: only the client sends on it")
@@ -193,6 +208,7 @@ mod tests {
             (Error::Plugin("bad".into()), true),
             (Error::Panicked("boom".into()), false),
             (Error::QueueFull(ConnId(1)), true),
+            (Error::MemoryBudget { len: 9, budget: 8 }, true),
         ];
         for (e, recoverable) in cases {
             assert_eq!(e.is_recoverable(), recoverable, "{e:?}");

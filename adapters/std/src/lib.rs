@@ -5,6 +5,7 @@
 // Top-down: the server and the client run connection threads (pool) woken
 // by the reactor; each runs the loop (conn_loop) of its handler over a Conn,
 // which speaks the protocol over io.
+mod budget;
 mod client;
 mod config;
 mod conn;
@@ -20,6 +21,7 @@ mod pool;
 mod reactor;
 mod server;
 
+pub use budget::DEFAULT_MEMORY_BUDGET;
 pub use client::{Client, ClientHooks};
 pub use config::{Timeouts, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_QUEUE_LEN};
 pub use conn::Conn;

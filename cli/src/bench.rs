@@ -223,8 +223,12 @@ fn measure(case: Case, size: u32, count: u64, connections: u32) -> Result<Measur
             .map_err(|e| fail("spawn", e))?;
         clients.push(client);
     }
-    barrier.wait();
+    // The clock starts before the release, not after: a client may finish
+    // a short run before this thread is scheduled again, and a time taken
+    // then would measure almost nothing (the clients are already waiting
+    // at the barrier, so this adds only their release).
     let start = Instant::now();
+    barrier.wait();
     let mut errors = Vec::new();
     for client in clients {
         match client.join() {

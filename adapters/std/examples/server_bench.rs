@@ -46,6 +46,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.iter().any(|a| a == "--echo-only") {
         return echo_job();
     }
+    if let Some(addr) = flag(&args, "--echo-against") {
+        // The tinyproto echo job against a server already running (for
+        // `strace -c -f -p` on it, say): 100 connections.
+        let rate = echo_rate(Kind::Tinyproto, addr.parse()?, 100)?;
+        println!("{rate:.0} replies/s");
+        return Ok(());
+    }
     let connections: usize = flag(&args, "--connections").map_or(Ok(10_000), |v| v.parse())?;
     let idle_secs: u64 = flag(&args, "--idle-secs").map_or(Ok(10), |v| v.parse())?;
     let limit = rlimit::increase_nofile_limit(u64::MAX)?;
@@ -86,6 +93,9 @@ enum Kind {
     TokioRaw,
     /// tokio-util's `LengthDelimitedCodec` on tokio.
     TokioCodec,
+    /// The core's async driver on a plain tokio server: the protocol's own
+    /// cost without this crate's threads.
+    TokioTinyproto,
 }
 
 impl Kind {
@@ -95,6 +105,7 @@ impl Kind {
             Kind::Raw => "raw",
             Kind::TokioRaw => "tokio-raw",
             Kind::TokioCodec => "tokio-codec",
+            Kind::TokioTinyproto => "tokio-tinyproto",
         }
     }
 }
@@ -121,7 +132,7 @@ impl Peer {
     fn connect(kind: Kind, client: &Client, addr: SocketAddr) -> io::Result<Self> {
         match kind {
             Kind::Tinyproto => Ok(Peer::Tinyproto(Box::new(client.connect(addr)?))),
-            Kind::Raw | Kind::TokioRaw | Kind::TokioCodec => {
+            Kind::Raw | Kind::TokioRaw | Kind::TokioCodec | Kind::TokioTinyproto => {
                 let mut stream = TcpStream::connect(addr)?;
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -319,7 +330,7 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
             io::stdout().flush()?;
             server.start()?;
         }
-        "tokio-raw" | "tokio-codec" => serve_tokio(kind == "tokio-codec")?,
+        "tokio-raw" | "tokio-codec" | "tokio-tinyproto" => serve_tokio(kind)?,
         _ => {
             rlimit::increase_nofile_limit(u64::MAX)?;
             let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -460,7 +471,12 @@ const ECHO_LEN: usize = 64;
 /// The echo job against each server, with the table of replies per second.
 fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
     rlimit::increase_nofile_limit(u64::MAX)?;
-    let kinds = [Kind::TokioRaw, Kind::TokioCodec, Kind::Tinyproto];
+    let kinds = [
+        Kind::TokioRaw,
+        Kind::TokioCodec,
+        Kind::TokioTinyproto,
+        Kind::Tinyproto,
+    ];
     let mut rows = Vec::new();
     for connections in ECHO_CONNECTIONS {
         let mut rates = Vec::new();
@@ -472,14 +488,15 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!("echo job: {ECHO_LEN} B request, {ECHO_LEN} B reply, tokio clients, {} s per case (loopback, release)", ECHO_TIME.as_secs());
-    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec, replies/s | tinyproto-std, replies/s | tinyproto/raw | codec/raw |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | tinyproto-std | codec/raw | core on tokio/raw | tinyproto-std/raw | goal |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (connections, rates) in rows {
-        let (raw, codec, tp) = (rates[0], rates[1], rates[2]);
+        let (raw, codec, core, tp) = (rates[0], rates[1], rates[2], rates[3]);
         println!(
-            "| {connections} | {raw:.0} | {codec:.0} | {tp:.0} | {:.2} | {:.2} |",
+            "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {tp:.0} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
+            codec / raw,
+            core / raw,
             tp / raw,
-            codec / raw
         );
     }
     Ok(())
@@ -514,7 +531,7 @@ fn echo_rate(
                     request[..8].copy_from_slice(&(i as u64).to_be_bytes());
                     let mut replies = 0u64;
                     match kind {
-                        Kind::Tinyproto => {
+                        Kind::Tinyproto | Kind::TokioTinyproto => {
                             let mut conn = tinyproto::asynch::Connection::new(
                                 embedded_io_adapters::tokio_1::FromTokio::new(stream),
                             );
@@ -564,9 +581,12 @@ fn echo_rate(
     })
 }
 
-/// The child of a tokio echo: raw (bytes back as they come) or framed by
-/// `LengthDelimitedCodec` (each frame decoded, then encoded back).
-fn serve_tokio(framed: bool) -> Result<(), Box<dyn std::error::Error>> {
+/// The child of a tokio echo: raw (bytes back as they come), framed by
+/// `LengthDelimitedCodec` (each frame decoded, then encoded back), or
+/// tinyproto through the core's async driver.
+fn serve_tokio(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let framed = kind == "tokio-codec";
+    let tinyproto = kind == "tokio-tinyproto";
     use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
@@ -581,6 +601,21 @@ fn serve_tokio(framed: bool) -> Result<(), Box<dyn std::error::Error>> {
         loop {
             let (mut stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
+            if tinyproto {
+                tokio::spawn(async move {
+                    let mut conn = tinyproto::asynch::Connection::new(
+                        embedded_io_adapters::tokio_1::FromTokio::new(stream),
+                    );
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(msg) = conn.receive(&mut buf).await {
+                        let len = msg.len();
+                        if conn.transmit(&buf[..len]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                continue;
+            }
             tokio::spawn(async move {
                 let mut input = BytesMut::with_capacity(4096);
                 let mut output = BytesMut::with_capacity(4096);

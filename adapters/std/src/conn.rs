@@ -45,6 +45,14 @@ const KEPT_BUFFER: usize = 16 * 1024;
 /// one of ours goes out.
 const MAX_TAKEN_BEFORE_SEND: usize = 64;
 
+/// A look at the socket before a send costs three system calls; when the
+/// read that ended the peer's last message found the socket empty less
+/// than this long ago, it stands in for the look (a handler answering at
+/// once). A message the peer begins in so short a window
+/// crosses ours with about the odds of one that begins between a look and
+/// our length: the look narrows the window, it cannot close it.
+const FRESH_DRAIN: Duration = Duration::from_micros(200);
+
 /// A failure inside a receive or chunked transmit: the core's, or the
 /// caller's (a chunk consumer or source).
 enum RawError {
@@ -93,6 +101,8 @@ pub struct Conn {
     held: VecDeque<Vec<u8>>,
     started: Instant,
     last_activity: Instant,
+    /// The last message that moved was the peer's: a send now answers it.
+    received_last: bool,
     /// A deadline ran out mid-message or the protocol broke: carry nothing more.
     failed: bool,
     /// Which half of a duplex link this is (set by a duplex server's loop).
@@ -143,6 +153,7 @@ impl Conn {
             held: VecDeque::new(),
             started: now,
             last_activity: now,
+            received_last: false,
             failed: false,
             direction: None,
             stop: false,
@@ -320,7 +331,7 @@ impl Conn {
         self.io().set_write_deadline(None);
         match self.answered(result) {
             Ok(()) => {
-                self.last_activity = Instant::now();
+                self.message_moved(false);
                 log::trace!("{} sent {} bytes", self.id, wire.len());
                 Ok(())
             }
@@ -335,6 +346,9 @@ impl Conn {
             return Err(Error::UpHalf);
         }
         self.greet()?;
+        if self.received_last && self.io().drained_within(FRESH_DRAIN) {
+            return Ok(());
+        }
         // Bounded: a peer that keeps sending refused messages cannot hold
         // ours back for ever (what crosses it then is a conflict).
         for _ in 0..MAX_TAKEN_BEFORE_SEND {
@@ -598,7 +612,7 @@ impl Conn {
         };
         match result {
             Ok(()) => {
-                self.last_activity = Instant::now();
+                self.message_moved(false);
                 Ok(())
             }
             Err(RawError::Core(e)) => Err(self.fail(e)),
@@ -637,12 +651,12 @@ impl Conn {
 
     // ---- the loop's side: a message whose first bytes are known to be here ----
 
-    /// The length of the next message if its first bytes are here already
-    /// (a peer streaming messages), without waiting: `None` when nothing is.
-    pub(crate) fn try_next_length(&mut self) -> Result<Option<u32>, Error> {
+    /// The length of the next message if its first bytes come within
+    /// `wait` (zero: are here already): `None` when nothing came.
+    pub(crate) fn try_next_length(&mut self, wait: Duration) -> Result<Option<u32>, Error> {
         self.check_usable()?;
         let io = self.io();
-        io.set_read_deadline(Instant::now(), Deadline::Receive);
+        io.set_read_deadline(Instant::now() + wait, Deadline::Receive);
         io.set_write_deadline(None);
         let result = self.inner.next_length();
         // What follows (the rest of the length, the payload) has the message
@@ -671,7 +685,7 @@ impl Conn {
             Err(RawError::Core(e)) => return Err(self.fail(e)),
             Err(RawError::Sink(e)) => return Err(e),
         }
-        self.last_activity = Instant::now();
+        self.message_moved(true);
         if !self.cfg.plugins.is_empty() {
             let raw = std::mem::take(buf);
             *buf = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
@@ -691,7 +705,7 @@ impl Conn {
         self.scratch = Vec::new();
         match result {
             Ok(len) => {
-                self.last_activity = Instant::now();
+                self.message_moved(true);
                 Ok(len)
             }
             Err(RawError::Core(e)) => Err(self.fail(e)),
@@ -713,6 +727,12 @@ impl Conn {
         let io = self.io();
         io.set_read_deadline(deadline, Deadline::Message);
         io.set_write_deadline(Some((deadline, Deadline::Message)));
+    }
+
+    /// A message moved, the peer's (`received`) or ours.
+    fn message_moved(&mut self, received: bool) {
+        self.last_activity = Instant::now();
+        self.received_last = received;
     }
 
     fn check_no_plugins(&self, what: &str) -> Result<(), Error> {
@@ -753,7 +773,7 @@ impl Conn {
         loop {
             match step(self) {
                 Ok(value) => {
-                    self.last_activity = Instant::now();
+                    self.message_moved(true);
                     return Ok(Some(value));
                 }
                 Err(RawError::Core(tinyproto::Error::Io(e))) => {

@@ -7,13 +7,20 @@
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tinyproto::duplex::{self, Direction};
 
 use crate::conn::{release, Conn, RECEIVE_CHUNK};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Handler, Take};
+
+/// After a message, the thread waits this long in a read of its own for the
+/// next one before it goes to sleep: a peer that answers at once (request
+/// and reply) is served without a wake-up through the reactor. The kernel
+/// rounds it up to a clock tick (1 to 10 ms); queued messages and a stop
+/// wait at most that long.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// What ended a connection thread's sleep.
 enum Wake {
@@ -58,9 +65,9 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
         deliver_held(conn, handler)?;
         match wait(conn, next_pass)? {
             Wake::Readable => {
-                // A look, not a wait: a wake-up whose bytes this thread took
+                // Hardly a wait: a wake-up whose bytes this thread took
                 // itself meanwhile finds nothing and goes back to sleep.
-                let mut len = conn.try_next_length();
+                let mut len = conn.try_next_length(LINGER);
                 // Messages that follow at once are taken without going back to
                 // sleep (a stream of messages): only when nothing is there
                 // does the thread wait to be woken.
@@ -81,7 +88,7 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
                     len = if has_mail(conn) {
                         Ok(None)
                     } else {
-                        conn.try_next_length()
+                        conn.try_next_length(LINGER)
                     };
                 }
             }

@@ -44,6 +44,9 @@ pub(crate) struct Io {
     expired: Option<Deadline>,
     /// When the first byte arrived since the last [`Io::mark_idle`].
     first_byte: Option<Instant>,
+    /// When a read last took fewer bytes than it asked for: the socket held
+    /// nothing more then.
+    drained_at: Option<Instant>,
     /// Writes fail with this [`Deadline`] after this instant, if set.
     write_deadline: Option<(Instant, Deadline)>,
     write_timeout_set: Option<Duration>,
@@ -82,6 +85,7 @@ impl Io {
             write_timeout,
             expired: None,
             first_byte: None,
+            drained_at: None,
             write_deadline: None,
             write_timeout_set: None,
             read_timeout_set: None,
@@ -132,6 +136,12 @@ impl Io {
     /// there is something to read.
     pub(crate) fn has_input(&self) -> bool {
         self.ahead_pos < self.ahead_end
+    }
+
+    /// True when nothing is read ahead and a read found the socket empty
+    /// (it took fewer bytes than it asked for) less than `within` ago.
+    pub(crate) fn drained_within(&self, within: Duration) -> bool {
+        !self.has_input() && self.drained_at.is_some_and(|at| at.elapsed() < within)
     }
 
     /// Bytes read ahead and not handed out yet.
@@ -229,9 +239,7 @@ impl Io {
             match (&*self.stream).read(buf) {
                 Ok(n) => {
                     self.read_timed_out = false;
-                    if n > 0 && self.first_byte.is_none() {
-                        self.first_byte = Some(Instant::now());
-                    }
+                    self.note_read(n, buf.len());
                     return Ok(n);
                 }
                 Err(e) if is_timeout(&e) => {
@@ -260,14 +268,27 @@ impl Io {
         self.stream.set_nonblocking(false)?;
         match read {
             Ok(n) => {
-                if n > 0 && self.first_byte.is_none() {
-                    self.first_byte = Some(Instant::now());
-                }
+                self.note_read(n, buf.len());
                 Ok(Some(n))
             }
-            Err(e) if is_timeout(&e) => Ok(None),
+            Err(e) if is_timeout(&e) => {
+                self.drained_at = Some(Instant::now());
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// Notes a read of `n` bytes into a buffer of `asked`.
+    fn note_read(&mut self, n: usize, asked: usize) {
+        if n > 0 && self.first_byte.is_none() {
+            self.first_byte = Some(Instant::now());
+        }
+        self.drained_at = if n < asked {
+            Some(Instant::now())
+        } else {
+            None
+        };
     }
 }
 

@@ -144,7 +144,7 @@ fn connect(addr: &str, timeouts: Timeouts) -> Result<Conn, Failure> {
     let mut client = Client::new();
     client.set_timeouts(timeouts);
     client.connect(addr).map_err(|e| match e {
-        tinyproto_std::Error::Protocol(tinyproto::Error::Io(e)) => {
+        tinyproto_std::Error::Io(e) => {
             Failure::new(exit::CONNECT, format!("cannot connect to {addr}: {e}"))
         }
         e => Failure::std(e),
@@ -275,8 +275,9 @@ fn transmit(conn: &mut Conn, source: &mut Source) -> Result<(), Failure> {
         None => Box::new(&mut source.reader),
     };
     let result = conn.transmit_from(len, &mut reader).map_err(|e| match e {
-        tinyproto_std::Error::Protocol(tinyproto::Error::Io(e))
-            if e.kind() == io::ErrorKind::UnexpectedEof =>
+        tinyproto_std::Error::Handler(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::UnexpectedEof) =>
         {
             Failure::new(
                 exit::OTHER,
@@ -293,18 +294,11 @@ fn transmit(conn: &mut Conn, source: &mut Source) -> Result<(), Failure> {
 
 /// Receives one message and writes it to stdout once all of it is in.
 fn reply_to_stdout(conn: &mut Conn, spool: &mut Spool, newline: bool) -> Result<(), Failure> {
-    let mut local = None;
-    let received = conn.receive_chunked(MAX_MESSAGE_LEN, &mut |chunk| {
+    let received = conn.receive_chunked(MAX_MESSAGE_LEN, |chunk| {
         spool.write(chunk).map_err(|e| {
-            let err = tinyproto_std::Error::Plugin(e.to_string().into());
-            local = Some(e);
-            err
+            tinyproto_std::Error::handler(io::Error::new(e.kind(), format!("temporary file: {e}")))
         })
     });
-    if let Some(e) = local {
-        spool.clear();
-        return Err(Failure::io("temporary file", e));
-    }
     if let Err(e) = received {
         spool.clear();
         return Err(Failure::std(e));

@@ -117,15 +117,15 @@ impl Handler for Print {
     }
 
     fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        self.spool.write(chunk)?;
-        Ok(())
+        self.spool.write(chunk).map_err(Error::handler)
     }
 
     fn transmission_complete(&mut self, _conn: &mut Conn, _len: u32) -> Result<(), Error> {
         let mut out = io::stdout().lock();
-        self.spool.copy_to(&mut out)?;
-        out.flush()?;
-        Ok(())
+        self.spool
+            .copy_to(&mut out)
+            .and_then(|()| out.flush())
+            .map_err(Error::handler)
     }
 
     fn post_loop(&mut self, _conn: &mut Conn, _result: &Result<(), Error>) {

@@ -33,9 +33,7 @@ impl Handler for EchoConnection {
             String::from_utf8_lossy(msg)
         );
         if msg == b"shutdown" {
-            if let Some(stop) = conn.loop_stop_handle() {
-                stop.stop();
-            }
+            conn.loop_stop_handle().stop();
         }
         conn.transmit(msg)
     }

@@ -36,9 +36,7 @@ fn serve(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!("hub on {}", server.add_addr(addr)?);
     server.set_conn_handler(|| {
         on_message(|conn, msg| {
-            if let Some(all) = conn.active_connections() {
-                all.broadcast(msg, Some(conn.id()));
-            }
+            conn.active_connections().broadcast(msg, Some(conn.id()));
             Ok(())
         })
     });

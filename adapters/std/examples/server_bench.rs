@@ -318,9 +318,7 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
             server.set_conn_handler(|| {
                 on_message(|conn, msg| match msg.strip_prefix(b"all:") {
                     Some(rest) => {
-                        if let Some(all) = conn.active_connections() {
-                            all.broadcast(rest, Some(conn.id()));
-                        }
+                        conn.active_connections().broadcast(rest, Some(conn.id()));
                         conn.transmit(b"sent")
                     }
                     None => conn.transmit(msg),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{settings_methods, Settings};
-use crate::conn::Conn;
+use crate::conn::{Conn, Owner};
 use crate::connections::{Connections, Context, Ended, LoopEvent, StopHandle};
 use crate::duplex::Duplex;
 use crate::error::{Deadline, Error};
@@ -143,7 +143,12 @@ impl Client {
     pub fn connect(&self, addr: impl ToSocketAddrs) -> Result<Conn, Error> {
         let (stream, peer) = self.open(addr)?;
         let id = self.pool.shared.new_id();
-        let mut conn = Conn::new(id, stream, peer, Arc::new(self.settings.conn.clone()));
+        let owner = Owner {
+            connections: self.active_connections(),
+            stop: self.stop_handle(),
+        };
+        let cfg = Arc::new(self.settings.conn.clone());
+        let mut conn = Conn::new(id, stream, peer, cfg, owner);
         conn.greet()?;
         log::debug!("{id}: connected to {}", conn.peer_addr());
         Ok(conn)

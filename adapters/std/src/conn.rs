@@ -73,7 +73,6 @@ pub(crate) struct Attached {
     pub(crate) shared: Arc<Shared>,
     pub(crate) mailbox: Arc<Mailbox>,
     pub(crate) readiness: Arc<Readiness>,
-    pub(crate) stop: StopHandle,
 }
 
 /// A connected, tinyproto-speaking TCP connection.
@@ -108,7 +107,17 @@ pub struct Conn {
     /// Which half of a duplex link this is (set by a duplex server's loop).
     direction: Option<Direction>,
     stop: bool,
+    /// The registry and stop handle of the server or client this
+    /// connection belongs to.
+    owner: Owner,
     attached: Option<Attached>,
+}
+
+/// What a connection reaches of the server or client it belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    pub(crate) connections: Connections,
+    pub(crate) stop: StopHandle,
 }
 
 impl std::fmt::Debug for Conn {
@@ -126,7 +135,13 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// Wraps a connected stream. Never fails: a socket that was reset
     /// already fails at the greeting, with a typed error its handler sees.
-    pub(crate) fn new(id: ConnId, stream: TcpStream, peer: SocketAddr, cfg: SharedConfig) -> Self {
+    pub(crate) fn new(
+        id: ConnId,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cfg: SharedConfig,
+        owner: Owner,
+    ) -> Self {
         if let Err(e) = stream
             .set_nonblocking(false)
             .and_then(|()| stream.set_nodelay(cfg.nodelay))
@@ -157,6 +172,7 @@ impl Conn {
             failed: false,
             direction: None,
             stop: false,
+            owner,
             attached: None,
         }
     }
@@ -238,19 +254,18 @@ impl Conn {
         self.last_activity
     }
 
-    /// The active connections of the server or client running this
-    /// connection's loop (`None` for a plain [`Client::connect`](crate::Client::connect)
-    /// connection).
-    pub fn active_connections(&self) -> Option<Connections> {
-        self.attached
-            .as_ref()
-            .map(|a| Connections::new(a.shared.clone()))
+    /// The active connections of the server or client this connection
+    /// belongs to: every connection of a server; a client's
+    /// [`connect_to`](crate::Client::connect_to) connections (a plain
+    /// [`Client::connect`](crate::Client::connect) connection is not among
+    /// them: it runs no loop that could send what is queued for it).
+    pub fn active_connections(&self) -> Connections {
+        self.owner.connections.clone()
     }
 
-    /// Stops the loop of the server or client this connection belongs to
-    /// (`None` for a plain client connection).
-    pub fn loop_stop_handle(&self) -> Option<StopHandle> {
-        self.attached.as_ref().map(|a| a.stop.clone())
+    /// Stops the loop of the server or client this connection belongs to.
+    pub fn loop_stop_handle(&self) -> StopHandle {
+        self.owner.stop.clone()
     }
 
     /// Asks this connection's loop to end after the current hook (with
@@ -530,7 +545,7 @@ impl Conn {
     pub fn receive_chunked(
         &mut self,
         limit: u32,
-        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+        on_chunk: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<u32, Error> {
         let wait = self.cfg.timeouts.receive;
         self.try_receive_chunked(wait, limit, on_chunk)?
@@ -543,7 +558,7 @@ impl Conn {
         &mut self,
         wait: Duration,
         limit: u32,
-        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+        mut on_chunk: impl FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<Option<u32>, Error> {
         self.check_no_plugins("receive")?;
         let Some(len) = self.announced(wait)? else {
@@ -555,7 +570,8 @@ impl Conn {
         } else {
             None
         };
-        let result = self.wait_for_message(wait, |conn| conn.receive_chunks_raw(limit, on_chunk));
+        let result =
+            self.wait_for_message(wait, |conn| conn.receive_chunks_raw(limit, &mut on_chunk));
         self.scratch = Vec::new();
         result
     }
@@ -596,8 +612,9 @@ impl Conn {
     ///
     /// `Rejected` when the peer refused the length (nothing was read from
     /// `src`; the connection stays usable). If `src` fails or ends before
-    /// `len` bytes, the message cannot be completed and the connection is
-    /// broken. Plugins transform whole messages, so this fails with
+    /// `len` bytes ([`Error::Handler`] with the `std::io::Error`; an early end
+    /// is `UnexpectedEof`), the message cannot be completed and the
+    /// connection is broken. Plugins transform whole messages, so this fails with
     /// [`Error::Plugin`] when any is registered.
     pub fn transmit_from(&mut self, len: u32, src: &mut dyn std::io::Read) -> Result<(), Error> {
         self.check_no_plugins("transmit")?;
@@ -631,17 +648,14 @@ impl Conn {
             let want = scratch.len().min(msg.remaining() as usize);
             let n = match src.read(&mut scratch[..want]) {
                 Ok(0) => {
-                    return Err(RawError::Sink(
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "source ended before the announced length",
-                        )
-                        .into(),
-                    ))
+                    return Err(RawError::Sink(Error::handler(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "source ended before the announced length",
+                    ))))
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(RawError::Sink(e.into())),
+                Err(e) => return Err(RawError::Sink(Error::handler(e))),
             };
             msg.write_all(&scratch[..n])?;
         }
@@ -794,7 +808,7 @@ impl Conn {
                         }
                         None => {
                             self.break_off();
-                            return Err(Error::Protocol(tinyproto::Error::Io(e)));
+                            return Err(Error::Io(e));
                         }
                     }
                 }
@@ -873,7 +887,7 @@ impl Conn {
         let expired = self.io().take_expired();
         let e = match (e, expired) {
             (tinyproto::Error::Io(_), Some(kind)) => Error::Timeout(kind),
-            (e, _) => Error::Protocol(e),
+            (e, _) => Error::from(e),
         };
         if !e.is_recoverable() {
             self.break_off();

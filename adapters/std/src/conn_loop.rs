@@ -130,6 +130,12 @@ fn deliver_held(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Error>
                  (the handler rejects it; the peer was told it arrived)",
                 conn.id()
             ),
+            Take::Refuse(reason) if reason.is_recoverable() => log::info!(
+                "{}: dropped a message of {len} bytes that arrived as ours was due \
+                 (the handler refuses it: {reason}; the peer was told it arrived)",
+                conn.id()
+            ),
+            Take::Refuse(reason) => return Err(reason),
         }
     }
     Ok(())
@@ -193,13 +199,9 @@ fn receive_one(
     len: u32,
 ) -> Result<(), Error> {
     let take = match handler.message_announced(conn, len) {
-        Take::Chunks if conn.has_plugins() => {
-            log::warn!(
-                "{}: plugins need whole messages: rejecting {len} bytes",
-                conn.id()
-            );
-            Take::Reject
-        }
+        Take::Chunks if conn.has_plugins() => Take::Refuse(Error::Plugin(
+            "plugins need whole messages: no chunks with plugins".into(),
+        )),
         take => take,
     };
     match take {
@@ -221,6 +223,11 @@ fn receive_one(
             conn.reject_announced()?;
             log::debug!("{}: rejected a message of {len} bytes", conn.id());
             Ok(())
+        }
+        // The loop logs a recoverable reason and goes on; any other ends it.
+        Take::Refuse(reason) => {
+            conn.reject_announced()?;
+            Err(reason)
         }
     }
 }

@@ -51,10 +51,19 @@ impl fmt::Display for Deadline {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The protocol or the transport failed (see [`tinyproto::Error`]):
-    /// a wrong greeting byte, an unexpected status, a close mid-message,
-    /// a length over the limit, an I/O error...
+    /// The protocol failed (see [`tinyproto::Error`]): a wrong greeting
+    /// byte, an unexpected status, a close mid-message, a length over the
+    /// limit, a rejection... Never [`tinyproto::Error::Io`]: the socket's
+    /// errors are [`Error::Io`].
     Protocol(ProtocolError),
+    /// The connection's socket failed (a reset, a broken pipe): the
+    /// connection is closed. (A slow peer is an [`Error::Timeout`].)
+    Io(io::Error),
+    /// The caller's own code failed: a hook's or a chunk consumer's own
+    /// error (a file, a database), or the source of
+    /// [`Conn::transmit_from`](crate::Conn::transmit_from). Returned from a
+    /// hook it ends the connection, like any error that is not recoverable.
+    Handler(Box<dyn std::error::Error + Send + Sync>),
     /// A configured time limit ran out. After any deadline but
     /// [`Deadline::Receive`] the connection is closed.
     Timeout(Deadline),
@@ -87,6 +96,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Wraps an error of the caller's own code as [`Error::Handler`].
+    pub fn handler(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Handler(e.into())
+    }
+
     /// True when the peer closed the connection between messages: the normal end.
     pub fn is_closed(&self) -> bool {
         matches!(self, Error::Protocol(tinyproto::Error::Closed))
@@ -106,6 +120,7 @@ impl Error {
     /// is closed after it (a slow peer is a [`Error::Timeout`]).
     pub fn is_recoverable(&self) -> bool {
         match self {
+            Error::Io(_) | Error::Handler(_) => false,
             Error::Protocol(tinyproto::Error::Io(_)) => false,
             Error::Protocol(e) => e.is_recoverable(),
             Error::Timeout(d) => *d == Deadline::Receive,
@@ -120,6 +135,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Protocol(e) => write!(f, "{e}"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Handler(e) => write!(f, "{e}"),
             Error::Timeout(d) => write!(f, "{d} deadline ran out"),
             Error::Plugin(e) => write!(f, "plugin failed: {e}"),
             Error::Panicked(msg) => write!(f, "handler panicked: {msg}"),
@@ -142,21 +159,26 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Protocol(e) => Some(e),
-            Error::Plugin(e) => Some(&**e),
+            Error::Io(e) => Some(e),
+            Error::Plugin(e) | Error::Handler(e) => Some(&**e),
             _ => None,
         }
     }
 }
 
 impl From<ProtocolError> for Error {
+    /// The socket's errors become [`Error::Io`], the others [`Error::Protocol`].
     fn from(e: ProtocolError) -> Self {
-        Error::Protocol(e)
+        match e {
+            tinyproto::Error::Io(e) => Error::Io(e),
+            e => Error::Protocol(e),
+        }
     }
 }
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
-        Error::Protocol(tinyproto::Error::Io(e))
+        Error::Io(e)
     }
 }
 
@@ -165,6 +187,7 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Protocol(e) => e.into(),
+            Error::Io(e) => e,
             Error::Timeout(_) => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::UnknownConnection(_) => io::Error::new(io::ErrorKind::NotFound, e),
             Error::QueueFull(_) => io::Error::new(io::ErrorKind::WouldBlock, e),

@@ -9,7 +9,7 @@ use crate::error::Error;
 
 /// How the loop takes a message whose length was announced, decided by
 /// [`Handler::message_announced`] before any of its payload moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Take {
     /// Whole, into the loop's buffer, then to
     /// [`transmission_received`](Handler::transmission_received).
@@ -20,6 +20,12 @@ pub enum Take {
     Chunks,
     /// Answer 0x00: the peer keeps its message and the connection goes on.
     Reject,
+    /// Answer 0x00, and say why: the loop hands `reason` on as if a hook
+    /// had returned it. A recoverable one (an [`Error::Handler`] is not;
+    /// [`Error::Plugin`] is) is logged and the connection goes on; any other
+    /// ends the connection with it, and [`post_loop`](Handler::post_loop)
+    /// sees it.
+    Refuse(Error),
 }
 
 /// The hooks of a connection loop, mirroring the reference's
@@ -61,7 +67,8 @@ pub trait Handler: Send + 'static {
     /// then `transmission_received`; [`Take::Chunks`] of at most 64 KiB to
     /// `transmission_chunk`, then `transmission_complete` (not with plugins,
     /// which transform whole messages: with any registered the message is
-    /// rejected); [`Take::Reject`]: 0x00, the connection goes on. By default:
+    /// rejected); [`Take::Reject`]: 0x00, the connection goes on;
+    /// [`Take::Refuse`]: 0x00 with a reason for the loop. By default:
     /// whole up to the connection's [`max_message_len`](Conn::max_message_len),
     /// rejected beyond.
     fn message_announced(&mut self, conn: &Conn, len: u32) -> Take {

@@ -132,7 +132,6 @@ impl Pool {
             shared: self.shared.clone(),
             mailbox,
             readiness,
-            stop: self.stop.clone(),
         });
         let guard = SlotGuard {
             shared: self.shared.clone(),

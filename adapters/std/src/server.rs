@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use embedded_io_adapters::std::FromStd;
 
 use crate::config::{settings_methods, Settings};
-use crate::conn::Conn;
+use crate::conn::{Conn, Owner};
 use crate::connections::{Connections, Context, Ended, LoopEvent, StopHandle};
 use crate::error::Error;
 use crate::handler::{call_hook, panic_message, Handler};
@@ -235,6 +235,10 @@ impl Server {
             stop: stop.clone(),
             local_addrs: self.local_addrs(),
         };
+        let owner = Owner {
+            connections: self.active_connections(),
+            stop: stop.clone(),
+        };
         let lingering = Arc::new(AtomicUsize::new(0));
         let interval = cfg.loop_pass_interval;
         let hooks = &mut self.hooks;
@@ -256,7 +260,7 @@ impl Server {
                         return;
                     }
                     let id = self.pool.shared.new_id();
-                    let conn = Conn::new(id, stream, peer, cfg.clone());
+                    let conn = Conn::new(id, stream, peer, cfg.clone(), owner.clone());
                     log::debug!("{id}: accepted {peer}");
                     let factory = &self.factory;
                     let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {

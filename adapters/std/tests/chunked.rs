@@ -57,7 +57,10 @@ fn test_source_ending_early_breaks_the_connection() {
     let (addr, _events, stop) = checker_server(1000);
     let mut conn = Client::new().connect(addr).unwrap();
     match conn.transmit_from(500, &mut Pattern::new(100)) {
-        Err(Error::Protocol(tinyproto::Error::Io(e))) => {
+        Err(Error::Handler(e)) => {
+            let e = e
+                .downcast_ref::<std::io::Error>()
+                .expect("the source's io::Error");
             assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof)
         }
         other => panic!("expected UnexpectedEof, got {other:?}"),
@@ -82,7 +85,7 @@ fn test_chunked_calls_refuse_plugins() {
         Err(Error::Plugin(_))
     ));
     assert!(matches!(
-        conn.receive_chunked(10, &mut |_| Ok(())),
+        conn.receive_chunked(10, |_| Ok(())),
         Err(Error::Plugin(_))
     ));
     // Nothing moved: the connection is fine.
@@ -98,7 +101,7 @@ fn test_client_receives_32_mib_in_chunks() {
     let mut total = 0usize;
     let mut all_5a = true;
     let len = conn
-        .receive_chunked(u32::MAX, &mut |chunk| {
+        .receive_chunked(u32::MAX, |chunk| {
             total += chunk.len();
             all_5a &= chunk.iter().all(|b| *b == 0x5A);
             Ok(())
@@ -109,7 +112,7 @@ fn test_client_receives_32_mib_in_chunks() {
     assert!(all_5a);
     // A consumer that gives up mid-message breaks the connection.
     conn.transmit(b"big").unwrap();
-    let result = conn.receive_chunked(u32::MAX, &mut |_| Err(Error::Panicked("stop".into())));
+    let result = conn.receive_chunked(u32::MAX, |_| Err(Error::Panicked("stop".into())));
     assert!(matches!(result, Err(Error::Panicked(_))), "{result:?}");
     assert!(matches!(
         conn.transmit(b"x"),

@@ -239,7 +239,7 @@ fn test_client_loop_with_handler_and_hooks() {
             let n: usize = String::from_utf8(msg.to_vec()).unwrap().parse().unwrap();
             self.0.store(n, Ordering::SeqCst);
             if n == 20 {
-                conn.loop_stop_handle().unwrap().stop();
+                conn.loop_stop_handle().stop();
                 conn.stop();
                 return Ok(());
             }
@@ -316,7 +316,7 @@ fn test_connect_to_nothing_fails_typed() {
         .local_addr()
         .unwrap();
     match Client::new().connect(addr) {
-        Err(Error::Protocol(tinyproto::Error::Io(e))) => {
+        Err(Error::Io(e)) => {
             assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused)
         }
         other => panic!("expected a refused connection, got {other:?}"),
@@ -482,13 +482,20 @@ fn test_stop_still_delivers_what_was_queued() {
     thread.join().unwrap().unwrap();
 }
 
-/// Sleeps in `pre_loop` the first time (a thread a drain gives up on).
-struct SlowFirst(Arc<AtomicUsize>);
+/// Holds the first connection in `pre_loop` (a thread a drain gives up on)
+/// until released, saying when it entered and when it left.
+struct HeldFirst {
+    made: Arc<AtomicUsize>,
+    release: mpsc::Receiver<()>,
+    events: mpsc::Sender<&'static str>,
+}
 
-impl Handler for SlowFirst {
+impl Handler for HeldFirst {
     fn pre_loop(&mut self, _conn: &mut Conn) -> Result<(), Error> {
-        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
-            thread::sleep(Duration::from_secs(2));
+        if self.made.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = self.events.send("entered");
+            let _ = self.release.recv_timeout(LONG);
+            let _ = self.events.send("left");
         }
         Ok(())
     }
@@ -502,22 +509,34 @@ fn test_left_behind_thread_keeps_its_id_to_itself() {
     let mut client = Client::new();
     client.set_drain_timeout(Duration::from_millis(100));
     let made = Arc::new(AtomicUsize::new(0));
-    let counter = made.clone();
-    client.set_conn_handler(move || SlowFirst(counter.clone()));
+    let (release_tx, release) = mpsc::channel();
+    let release = Arc::new(std::sync::Mutex::new(Some(release)));
+    let (events_tx, events) = mpsc::channel();
+    client.set_conn_handler(move || HeldFirst {
+        made: made.clone(),
+        // Only the first handler gets the release; the others never wait.
+        release: release
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| mpsc::channel().1),
+        events: events_tx.clone(),
+    });
     let first = client.connect_to(h.addr).unwrap();
-    thread::sleep(Duration::from_millis(50));
-    client.close_all(); // gives up on the sleeping thread after 100 ms (+ grace)
+    assert_eq!(events.recv_timeout(LONG), Ok("entered"));
+    client.close_all(); // gives up on the held thread after 100 ms (+ grace)
     let second = client.connect_to(h.addr).unwrap();
     assert_ne!(first, second, "an id given twice");
-    // The left-behind thread ends meanwhile; `join` of the second one must
-    // not wait on it, nor hang.
-    thread::sleep(Duration::from_secs(2));
+    // The left-behind thread ends now; `join` of the second one must not
+    // take its end for the second's, nor hang.
+    release_tx.send(()).unwrap();
+    assert_eq!(events.recv_timeout(LONG), Ok("left"));
     let started = std::time::Instant::now();
     assert!(
         client.join(second, Duration::from_millis(300)).is_none(),
         "still running"
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "join hung");
+    assert!(started.elapsed() < LONG, "join hung");
     client.close_all();
 }
 
@@ -556,4 +575,62 @@ fn test_receive_answers_before_it_returns() {
     ));
     assert_eq!(seen.recv_timeout(Duration::from_secs(5)), Ok(0x00));
     peer.join().unwrap();
+}
+
+/// Refuses messages by their length, with a reason: over 100 bytes with a
+/// recoverable one (the connection goes on), exactly 13 with one that ends
+/// the connection; the reason reaches `post_loop`.
+struct Picky(mpsc::Sender<String>);
+
+impl Handler for Picky {
+    fn message_announced(&mut self, _conn: &Conn, len: u32) -> tinyproto_std::Take {
+        match len {
+            13 => tinyproto_std::Take::Refuse(Error::handler("thirteen is unlucky")),
+            101.. => tinyproto_std::Take::Refuse(Error::Plugin("over the quota".into())),
+            _ => tinyproto_std::Take::Whole,
+        }
+    }
+
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        conn.transmit(msg)
+    }
+
+    fn post_loop(&mut self, _conn: &mut Conn, result: &Result<(), Error>) {
+        let _ = self.0.send(match result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        });
+    }
+}
+
+#[test]
+fn test_a_refusal_with_a_reason_goes_on_or_ends_the_connection() {
+    let (tx, ends) = mpsc::channel();
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_conn_handler(move || Picky(tx.clone()));
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    let mut conn = Client::new().connect(addr).unwrap();
+    match conn.transmit(&[0; 101]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 101 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    conn.transmit(b"fine").unwrap();
+    assert_eq!(
+        conn.receive().unwrap(),
+        b"fine",
+        "a recoverable reason: goes on"
+    );
+    match conn.transmit(&[0; 13]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 13 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let end = ends.recv_timeout(LONG).expect("the connection ended");
+    assert_eq!(end, "thirteen is unlucky", "post_loop sees the reason");
+    // A plain client connection reaches its client's registry, which holds
+    // only connect_to connections.
+    assert!(conn.active_connections().is_empty());
+    stop.stop();
+    thread.join().unwrap().unwrap();
 }

@@ -80,7 +80,7 @@ impl Handler for Recorder {
                 Ok(())
             }
             m if m.starts_with(b"all:") => {
-                let connections = conn.active_connections().expect("server connection");
+                let connections = conn.active_connections();
                 connections.broadcast(&m[4..], Some(conn.id()));
                 conn.transmit(b"sent")
             }

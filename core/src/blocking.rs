@@ -161,6 +161,12 @@ impl<T: Read + Write> Connection<T> {
         Ok(OutgoingMessage { conn: self })
     }
 
+    /// Writes this side's greeting byte and flushes it, without waiting for
+    /// the peer's (see [`Machine::send_greeting`]).
+    pub fn send_greeting(&mut self) -> Result<(), Error<T::Error>> {
+        self.run(&mut (), |machine, ()| machine.send_greeting())
+    }
+
     /// Flushes what was written, whatever the [`FlushPolicy`].
     pub fn flush(&mut self) -> Result<(), Error<T::Error>> {
         self.run(&mut (), |machine, ()| machine.flush())

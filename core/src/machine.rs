@@ -300,6 +300,21 @@ impl Machine {
         self.step(next, Payload::None, drop)
     }
 
+    /// Writes this side's greeting byte and flushes it, without waiting for
+    /// the peer's: done once it is out. A server does this as it accepts,
+    /// so that a client's greeting completes before the connection is
+    /// served; [`greet`](Self::greet) (or any operation) reads the peer's
+    /// later.
+    pub fn send_greeting(&mut self) -> Step<'_, ()> {
+        let next = match self.state {
+            State::GreetWrite => Next::Io,
+            State::GreetRead if self.needs_flush => Next::Flush,
+            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
+            _ => Next::Done(Ok(0)),
+        };
+        self.step(next, Payload::None, drop)
+    }
+
     /// Sends `msg` whole: length, the peer's status, payload. Done with
     /// [`Error::Rejected`] if the peer refused the length (the connection
     /// stays usable), with [`Error::TooLarge`] for a message over
@@ -888,6 +903,24 @@ mod tests {
         }};
     }
 
+    #[test]
+    fn test_send_greeting_writes_and_flushes_our_byte_only() {
+        let mut m = Machine::new();
+        assert_eq!(m.send_greeting(), Step::Io(Io::Write(&[GREETING])));
+        assert_eq!(m.moved(Moved::Wrote(1)), Ok(()));
+        assert_eq!(m.send_greeting(), Step::Io(Io::Flush));
+        assert_eq!(m.moved(Moved::Flushed), Ok(()));
+        assert_eq!(m.send_greeting(), Step::Done(Ok(())));
+        assert!(!m.is_greeted(), "the peer's byte is still to come");
+        assert!(matches!(m.greet(), Step::Io(Io::Read(b)) if b.len() == 1));
+        assert_eq!(m.moved(Moved::Read(1)), Ok(()));
+        assert_eq!(m.greet(), Step::Done(Ok(())));
+        assert_eq!(
+            m.send_greeting(),
+            Step::Done(Ok(())),
+            "greeted: nothing to send"
+        );
+    }
     #[test]
     fn test_greeting_then_transmit_flushes_before_reading_and_at_the_end() {
         let mut m = Machine::new();

@@ -1,22 +1,25 @@
-//! One connection: [`Conn`], whole messages in and out with deadlines and
-//! plugins, over the core's blocking driver.
+//! One connection: [`Conn`], whole messages in and out with deadlines,
+//! plugins and the memory budget, over the core's blocking driver and the
+//! [`Transport`].
 //!
-//! Writes wait in a buffer, flushed by the core's [`FlushPolicy`]: each
-//! message is written out before its call returns
+//! Writes wait in the transport's buffer, flushed by the core's
+//! [`FlushPolicy`]: each message is written out before its call returns
 //! ([`EachMessage`](FlushPolicy::EachMessage)), except inside a connection
 //! loop's hooks and [`Conn::transmit_all`], which switch to
 //! [`BeforeRead`](FlushPolicy::BeforeRead) so the end of one message and the
 //! length of the next leave together; the loop flushes whenever a hook
-//! returns.
+//! returns. The loop's own side of a connection (a length read first, then
+//! the handler's decision) is in `conn_loop`.
+//!
+//! A connection that failed is broken in the core ([`Connection::break_off`]):
+//! that is the one record of it.
 
 use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embedded_io_adapters::std::FromStd;
 use tinyproto::blocking::Connection;
-use tinyproto::std_io::WriteBuffered;
 use tinyproto::FlushPolicy;
 
 use crate::budget::{Lease, NoRoom};
@@ -25,8 +28,8 @@ use crate::connections::{Connections, Mailbox, Shared, StopHandle};
 use crate::duplex::Direction;
 use crate::error::{Deadline, Error, ProtocolError};
 use crate::id::ConnId;
-use crate::io::Io;
 use crate::reactor::Readiness;
+use crate::transport::{Stream, Tcp, Transport};
 
 /// Payload bytes read per step of a receive, at most: the size of a chunk.
 pub(crate) const RECEIVE_CHUNK: usize = 64 * 1024;
@@ -48,14 +51,18 @@ const MAX_TAKEN_BEFORE_SEND: usize = 64;
 /// A look at the socket before a send costs three system calls; when the
 /// read that ended the peer's last message found the socket empty less
 /// than this long ago, it stands in for the look (a handler answering at
-/// once). A message the peer begins in so short a window
-/// crosses ours with about the odds of one that begins between a look and
-/// our length: the look narrows the window, it cannot close it.
+/// once). A message the peer begins in so short a window crosses ours with
+/// about the odds of one that begins between a look and our length: the
+/// look narrows the window, it cannot close it.
 const FRESH_DRAIN: Duration = Duration::from_micros(200);
 
-/// A failure inside a receive or chunked transmit: the core's, or the
+/// The transport of every connection: TCP today, any [`Stream`] over a
+/// socket (TLS) with no change above.
+pub(crate) type ConnTransport = Transport<Box<dyn Stream>>;
+
+/// A failure inside a chunked receive or transmit: the core's, or the
 /// caller's (a chunk consumer or source).
-enum RawError {
+pub(crate) enum RawError {
     Core(ProtocolError),
     Sink(Error),
 }
@@ -75,6 +82,13 @@ pub(crate) struct Attached {
     pub(crate) readiness: Arc<Readiness>,
 }
 
+/// What a connection reaches of the server or client it belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    pub(crate) connections: Connections,
+    pub(crate) stop: StopHandle,
+}
+
 /// A connected, tinyproto-speaking TCP connection.
 ///
 /// Every call is bounded by the [`Timeouts`](crate::Timeouts) it was
@@ -82,42 +96,31 @@ pub(crate) struct Attached {
 /// returned, and the buffer of an incoming message grows only as its bytes
 /// actually arrive (never to a length the peer merely announced).
 pub struct Conn {
-    id: ConnId,
-    inner: Connection<FromStd<WriteBuffered<Io>>>,
+    pub(crate) id: ConnId,
+    pub(crate) inner: Connection<ConnTransport>,
+    /// The socket, shared with the registry.
+    socket: Arc<TcpStream>,
     peer: SocketAddr,
     local: SocketAddr,
-    cfg: SharedConfig,
-    /// Payload of the message being received by `receive`.
-    partial: Vec<u8>,
-    /// The memory budget's lease on `partial`'s message, from its length on.
-    lease: Option<Lease>,
+    pub(crate) cfg: SharedConfig,
     /// Buffer of chunked receives and transmits (allocated for each one).
     scratch: Vec<u8>,
     /// Messages the peer had begun to send when this side was about to
     /// send: taken first (so that neither side reads the other's length as
     /// an answer), they wait here for the next receive or the loop's
     /// handler. At most `max_message_len` bytes in all.
-    held: VecDeque<Vec<u8>>,
+    pub(crate) held: VecDeque<Vec<u8>>,
     started: Instant,
     last_activity: Instant,
     /// The last message that moved was the peer's: a send now answers it.
     received_last: bool,
-    /// A deadline ran out mid-message or the protocol broke: carry nothing more.
-    failed: bool,
     /// Which half of a duplex link this is (set by a duplex server's loop).
-    direction: Option<Direction>,
+    pub(crate) direction: Option<Direction>,
     stop: bool,
     /// The registry and stop handle of the server or client this
     /// connection belongs to.
     owner: Owner,
-    attached: Option<Attached>,
-}
-
-/// What a connection reaches of the server or client it belongs to.
-#[derive(Debug, Clone)]
-pub(crate) struct Owner {
-    pub(crate) connections: Connections,
-    pub(crate) stop: StopHandle,
+    pub(crate) attached: Option<Attached>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -127,7 +130,6 @@ impl std::fmt::Debug for Conn {
             .field("peer", &self.peer)
             .field("local", &self.local)
             .field("protocol", self.inner.machine())
-            .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
@@ -151,25 +153,24 @@ impl Conn {
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let io = Io::new(Arc::new(stream), cfg.timeouts.write);
-        let mut inner = Connection::new(FromStd::new(WriteBuffered::new(io)));
+        let socket = Arc::new(stream);
+        let stream: Box<dyn Stream> = Box::new(Tcp(socket.clone()));
+        let mut inner = Connection::new(Transport::new(stream, cfg.timeouts.write));
         inner.set_flush_policy(FlushPolicy::EachMessage);
         inner.set_max_message_len(cfg.max_message_len);
         let now = Instant::now();
         Self {
             id,
             inner,
+            socket,
             peer,
             local,
             cfg,
-            partial: Vec::new(),
-            lease: None,
             scratch: Vec::new(),
             held: VecDeque::new(),
             started: now,
             last_activity: now,
             received_last: false,
-            failed: false,
             direction: None,
             stop: false,
             owner,
@@ -177,21 +178,13 @@ impl Conn {
         }
     }
 
-    pub(crate) fn attach(&mut self, attached: Attached) {
-        self.attached = Some(attached);
-    }
-
-    pub(crate) fn attached(&self) -> Option<&Attached> {
-        self.attached.as_ref()
-    }
-
-    fn io(&mut self) -> &mut Io {
-        self.inner.get_mut().inner_mut().get_mut()
+    pub(crate) fn transport(&mut self) -> &mut ConnTransport {
+        self.inner.get_mut()
     }
 
     /// The socket, shared with the registry.
-    pub(crate) fn shared_stream(&self) -> Arc<TcpStream> {
-        self.inner.get_ref().inner().get_ref().stream().clone()
+    pub(crate) fn shared_socket(&self) -> Arc<TcpStream> {
+        self.socket.clone()
     }
 
     /// This connection's id (unique within its server or client).
@@ -212,36 +205,19 @@ impl Conn {
     /// The socket, for options (moving bytes through it directly puts the
     /// connection out of step).
     pub fn tcp_stream(&self) -> &TcpStream {
-        self.inner.get_ref().inner().get_ref().stream()
+        &self.socket
     }
 
     /// True after a deadline ran out mid-message or the protocol broke:
     /// the connection carries nothing more.
     pub fn is_broken(&self) -> bool {
-        self.failed
+        self.inner.is_broken()
     }
 
     /// On a duplex server, which half of its [`Duplex`](crate::Duplex) link
     /// this connection is; `None` elsewhere.
     pub fn direction(&self) -> Option<Direction> {
         self.direction
-    }
-
-    pub(crate) fn set_direction(&mut self, direction: Direction) {
-        self.direction = Some(direction);
-    }
-
-    /// True when bytes of the peer's were read ahead and wait to be used.
-    pub(crate) fn has_input_ahead(&self) -> bool {
-        self.inner.get_ref().inner().get_ref().has_input()
-    }
-
-    pub(crate) fn config(&self) -> &crate::config::Config {
-        &self.cfg
-    }
-
-    pub(crate) fn has_plugins(&self) -> bool {
-        !self.cfg.plugins.is_empty()
     }
 
     /// The largest message length this side accepts whole.
@@ -283,6 +259,8 @@ impl Conn {
                 .is_some_and(|a| a.shared.is_draining())
     }
 
+    // ---- the greeting ----
+
     /// Exchanges the greeting, within [`Timeouts::greeting`](crate::Timeouts::greeting)
     /// of the connection's start. Done by every other call first.
     pub fn greet(&mut self) -> Result<(), Error> {
@@ -290,11 +268,9 @@ impl Conn {
         if self.inner.is_greeted() {
             return Ok(());
         }
-        let deadline = self.started + self.cfg.timeouts.greeting;
-        let io = self.io();
-        io.set_read_deadline(deadline, Deadline::Greeting);
-        io.set_write_deadline(Some((deadline, Deadline::Greeting)));
+        self.begin_greeting();
         let result = self.inner.greet();
+        self.transport().end_exchange();
         result.map_err(|e| self.fail(e))
     }
 
@@ -302,22 +278,21 @@ impl Conn {
     /// peer's: a server does it as it accepts, so that a client's greeting
     /// completes without waiting for the connection's thread to start.
     pub(crate) fn send_greeting(&mut self) {
-        let deadline = self.started + self.cfg.timeouts.greeting;
-        let io = self.io();
-        // Writes 0xFF and flushes; the read of the peer's byte then fails at
-        // once, without a look at the socket, and `greet` resumes it later.
-        io.refuse_reads(Deadline::Greeting);
-        io.set_write_deadline(Some((deadline, Deadline::Greeting)));
-        match self.inner.greet() {
-            Ok(()) | Err(tinyproto::Error::Io(_)) => {
-                self.io().take_expired();
-            }
-            Err(e) => {
-                let e = self.fail(e);
-                log::debug!("{}: greeting failed at once: {e}", self.id);
-            }
+        self.begin_greeting();
+        let result = self.inner.send_greeting();
+        self.transport().end_exchange();
+        if let Err(e) = result {
+            let e = self.fail(e);
+            log::debug!("{}: greeting failed at once: {e}", self.id);
         }
     }
+
+    fn begin_greeting(&mut self) {
+        let until = self.started + self.cfg.timeouts.greeting;
+        self.transport().begin_exchange(until, Deadline::Greeting);
+    }
+
+    // ---- sending ----
 
     /// Sends one whole message (through the plugins), within
     /// [`Timeouts::message`](crate::Timeouts::message), and returns once it
@@ -341,9 +316,9 @@ impl Conn {
     pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
         self.before_send()?;
         let wire = self.cfg.plugins.transmit(msg).map_err(Error::Plugin)?;
-        self.arm_message_deadline();
+        self.begin_message();
         let result = self.inner.transmit(&wire);
-        self.io().set_write_deadline(None);
+        self.transport().end_exchange();
         match self.answered(result) {
             Ok(()) => {
                 self.message_moved(false);
@@ -361,7 +336,7 @@ impl Conn {
             return Err(Error::UpHalf);
         }
         self.greet()?;
-        if self.received_last && self.io().drained_within(FRESH_DRAIN) {
+        if self.received_last && self.transport().drained_within(FRESH_DRAIN) {
             return Ok(());
         }
         // Bounded: a peer that keeps sending refused messages cannot hold
@@ -370,8 +345,7 @@ impl Conn {
             if self.inner.is_in_progress() {
                 break;
             }
-            let waiting = self.io().look();
-            match waiting {
+            match self.transport().look() {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(self.fail(tinyproto::Error::Io(e))),
@@ -388,7 +362,7 @@ impl Conn {
                     self.held.push_back(msg);
                 }
                 Ok(None) => return Ok(()),
-                Err(e) if e.is_recoverable() && !self.failed => {
+                Err(e) if e.is_recoverable() && !self.is_broken() => {
                     log::info!("{}: a message that arrived as ours was due: {e}", self.id);
                 }
                 Err(e) => return Err(e),
@@ -412,10 +386,10 @@ impl Conn {
     /// The core's [`zero_answer_is_a_length`](tinyproto::zero_answer_is_a_length)
     /// over what is read ahead, looked for if too little is.
     fn peer_length_behind(&mut self) -> bool {
-        let io = self.io();
-        let behind = match io.ahead_len() {
+        let transport = self.transport();
+        let behind = match transport.ahead_len() {
             n if n >= tinyproto::LENGTH_FIELD_LEN - 1 => n,
-            _ => io.look().unwrap_or(0),
+            _ => transport.look().unwrap_or(0),
         };
         tinyproto::zero_answer_is_a_length(behind)
     }
@@ -441,169 +415,23 @@ impl Conn {
             sent += 1;
         }
         self.inner.set_flush_policy(policy);
-        let flushed = if self.failed { Ok(()) } else { self.flush() };
+        let flushed = if self.is_broken() {
+            Ok(())
+        } else {
+            self.flush()
+        };
         result.and(flushed).map(|()| sent).map_err(|e| (sent, e))
     }
 
     /// Writes out whatever waits in the connection's buffer.
     pub fn flush(&mut self) -> Result<(), Error> {
-        if !self.inner.machine().needs_flush() || self.failed {
+        if !self.inner.machine().needs_flush() || self.is_broken() {
             return Ok(());
         }
-        self.arm_message_deadline();
+        self.begin_message();
         let result = self.inner.flush();
-        self.io().set_write_deadline(None);
+        self.transport().end_exchange();
         result.map_err(|e| self.fail(e))
-    }
-
-    /// Lets the end of a message wait for the next one (or the next
-    /// flush): the loop sets this around its hooks.
-    pub(crate) fn set_batching(&mut self, batching: bool) {
-        self.inner.set_flush_policy(if batching {
-            FlushPolicy::BeforeRead
-        } else {
-            FlushPolicy::EachMessage
-        });
-    }
-
-    /// Receives one whole message (through the plugins): waits up to
-    /// [`Timeouts::receive`](crate::Timeouts::receive) for it to begin, then
-    /// up to [`Timeouts::message`](crate::Timeouts::message) for all of it.
-    ///
-    /// A length over [`max_message_len`](Self::max_message_len) is answered
-    /// 0x00 and reported as `Error::Protocol(tinyproto::Error::TooLarge { .. })`;
-    /// the connection stays usable. `Error::Protocol(tinyproto::Error::Closed)`
-    /// when the peer closed between messages.
-    pub fn receive(&mut self) -> Result<Vec<u8>, Error> {
-        let wait = self.cfg.timeouts.receive;
-        self.try_receive(wait)?
-            .ok_or(Error::Timeout(Deadline::Receive))
-    }
-
-    /// Like [`receive`](Self::receive), but waits only `wait` for a message
-    /// to begin, and returns `Ok(None)` if none did (the connection stays
-    /// usable). A message that began is always received whole or not at all.
-    ///
-    /// A message held by [`transmit`](Self::transmit) (one the peer had
-    /// begun to send as ours was due) comes first, without a wait. A zero
-    /// `wait` looks at the socket once without waiting.
-    pub fn try_receive(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, Error> {
-        if let Some(msg) = self.held.pop_front() {
-            return Ok(Some(msg));
-        }
-        self.receive_now(wait, self.cfg.max_message_len)
-    }
-
-    /// A message that the peer had begun to send as ours was due, held by
-    /// [`transmit`](Self::transmit) for the loop's handler.
-    pub(crate) fn take_held(&mut self) -> Option<Vec<u8>> {
-        self.held.pop_front()
-    }
-
-    /// Receives a message from the socket (not from `held`): a length over
-    /// `limit` is answered 0x00.
-    fn receive_now(&mut self, wait: Duration, limit: u32) -> Result<Option<Vec<u8>>, Error> {
-        if self.lease.is_none() && self.inner.machine().remaining() == 0 {
-            let Some(len) = self.announced(wait)? else {
-                return Ok(None);
-            };
-            if len <= limit {
-                self.lease = Some(self.lease_for(len, len.into())?);
-            }
-            self.partial.clear();
-        }
-        let Some(_len) = self.wait_for_message(wait, |conn| {
-            let mut partial = std::mem::take(&mut conn.partial);
-            let result = conn.receive_raw(limit, &mut partial);
-            conn.partial = partial;
-            result
-        })?
-        else {
-            return Ok(None);
-        };
-        let raw = std::mem::take(&mut self.partial);
-        // The caller owns the message now: it is not in flight any more.
-        self.lease = None;
-        log::trace!("{} received {} bytes", self.id, raw.len());
-        let msg = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
-        Ok(Some(msg))
-    }
-
-    /// Receives one message in chunks, for messages larger than memory:
-    /// `on_chunk` gets each piece as it arrives (at most 64 KiB each), in
-    /// order. Waits up to [`Timeouts::receive`](crate::Timeouts::receive)
-    /// for the message to begin and [`Timeouts::message`](crate::Timeouts::message)
-    /// for all of it; returns its length.
-    ///
-    /// Lengths over `limit` are answered 0x00 and reported as `TooLarge`;
-    /// the connection stays usable. (The configured
-    /// [`max_message_len`](Self::max_message_len) caps whole messages only.)
-    /// If the message breaks off (an error, a deadline, or `on_chunk`
-    /// failing), the chunks already handed over are all there will be:
-    /// discard them. Plugins transform whole messages, so this fails with
-    /// [`Error::Plugin`] when any is registered.
-    pub fn receive_chunked(
-        &mut self,
-        limit: u32,
-        on_chunk: impl FnMut(&[u8]) -> Result<(), Error>,
-    ) -> Result<u32, Error> {
-        let wait = self.cfg.timeouts.receive;
-        self.try_receive_chunked(wait, limit, on_chunk)?
-            .ok_or(Error::Timeout(Deadline::Receive))
-    }
-
-    /// Like [`receive_chunked`](Self::receive_chunked), but waits only
-    /// `wait` for a message to begin, and returns `Ok(None)` if none did.
-    pub fn try_receive_chunked(
-        &mut self,
-        wait: Duration,
-        limit: u32,
-        mut on_chunk: impl FnMut(&[u8]) -> Result<(), Error>,
-    ) -> Result<Option<u32>, Error> {
-        self.check_no_plugins("receive")?;
-        let Some(len) = self.announced(wait)? else {
-            return Ok(None);
-        };
-        // Over the limit, the receive answers 0x00: no buffer.
-        let _lease = if len <= limit {
-            Some(self.lease_for(len, chunk_buffer_len(len))?)
-        } else {
-            None
-        };
-        let result =
-            self.wait_for_message(wait, |conn| conn.receive_chunks_raw(limit, &mut on_chunk));
-        self.scratch = Vec::new();
-        result
-    }
-
-    /// Waits up to `wait` for a message to begin, and reads its length
-    /// (not answered yet).
-    fn announced(&mut self, wait: Duration) -> Result<Option<u32>, Error> {
-        self.wait_for_message(wait, |conn| Ok(conn.inner.next_length()?))
-    }
-
-    /// Takes `bytes` from the memory budget for the message of `len` bytes
-    /// whose length was just read, waiting for room until the message
-    /// deadline; without room then (or ever), answers 0x00.
-    pub(crate) fn lease_for(&mut self, len: u32, bytes: u64) -> Result<Lease, Error> {
-        let start = self.io().first_byte().unwrap_or_else(Instant::now);
-        let deadline = start + self.cfg.timeouts.message;
-        let budget = self.cfg.budget.clone();
-        match budget.lease(bytes, deadline, || self.is_stopping()) {
-            Ok(lease) => Ok(lease),
-            Err(why) => {
-                self.reject_announced()?;
-                let why = match why {
-                    NoRoom::OverBudget => "larger than the whole budget",
-                    NoRoom::NoRoomInTime => "no room in time",
-                };
-                log::info!("{}: refused a message of {len} bytes: {why}", self.id);
-                Err(Error::MemoryBudget {
-                    len,
-                    budget: budget.limit(),
-                })
-            }
-        }
     }
 
     /// Sends one message of `len` bytes read from `src` in chunks, without
@@ -614,15 +442,15 @@ impl Conn {
     /// `src`; the connection stays usable). If `src` fails or ends before
     /// `len` bytes ([`Error::Handler`] with the `std::io::Error`; an early end
     /// is `UnexpectedEof`), the message cannot be completed and the
-    /// connection is broken. Plugins transform whole messages, so this fails with
-    /// [`Error::Plugin`] when any is registered.
+    /// connection is broken. Plugins transform whole messages, so this fails
+    /// with [`Error::Plugin`] when any is registered.
     pub fn transmit_from(&mut self, len: u32, src: &mut dyn std::io::Read) -> Result<(), Error> {
         self.check_no_plugins("transmit")?;
         self.before_send()?;
-        self.arm_message_deadline();
+        self.begin_message();
         let result = self.transmit_from_raw(len, src);
         self.scratch = Vec::new();
-        self.io().set_write_deadline(None);
+        self.transport().end_exchange();
         let result = match result {
             Err(RawError::Core(e)) => self.answered(Err(e)).map_err(RawError::Core),
             other => other,
@@ -663,60 +491,184 @@ impl Conn {
         Ok(())
     }
 
-    // ---- the loop's side: a message whose first bytes are known to be here ----
+    // ---- receiving ----
 
-    /// The length of the next message if its first bytes come within
-    /// `wait` (zero: are here already): `None` when nothing came.
-    pub(crate) fn try_next_length(&mut self, wait: Duration) -> Result<Option<u32>, Error> {
-        self.check_usable()?;
-        let io = self.io();
-        io.set_read_deadline(Instant::now() + wait, Deadline::Receive);
-        io.set_write_deadline(None);
-        let result = self.inner.next_length();
-        // What follows (the rest of the length, the payload) has the message
-        // deadline.
-        self.arm_message_deadline();
-        match result {
+    /// Receives one whole message (through the plugins): waits up to
+    /// [`Timeouts::receive`](crate::Timeouts::receive) for it to begin, then
+    /// up to [`Timeouts::message`](crate::Timeouts::message) for all of it.
+    ///
+    /// A length over [`max_message_len`](Self::max_message_len) is answered
+    /// 0x00 and reported as `Error::Protocol(tinyproto::Error::TooLarge { .. })`,
+    /// one the memory budget has no room for as [`Error::MemoryBudget`]; the
+    /// connection stays usable. `Error::Protocol(tinyproto::Error::Closed)`
+    /// when the peer closed between messages.
+    pub fn receive(&mut self) -> Result<Vec<u8>, Error> {
+        let wait = self.cfg.timeouts.receive;
+        self.try_receive(wait)?
+            .ok_or(Error::Timeout(Deadline::Receive))
+    }
+
+    /// Like [`receive`](Self::receive), but waits only `wait` for a message
+    /// to begin, and returns `Ok(None)` if none did (the connection stays
+    /// usable). A message that began is always received whole or not at all.
+    ///
+    /// A message held by [`transmit`](Self::transmit) (one the peer had
+    /// begun to send as ours was due) comes first, without a wait. A zero
+    /// `wait` looks at the socket once without waiting.
+    pub fn try_receive(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(msg) = self.held.pop_front() {
+            return Ok(Some(msg));
+        }
+        self.receive_now(wait, self.cfg.max_message_len)
+    }
+
+    /// Receives a message from the socket (not from `held`): a length over
+    /// `limit` is answered 0x00.
+    fn receive_now(&mut self, wait: Duration, limit: u32) -> Result<Option<Vec<u8>>, Error> {
+        let Some(len) = self.announced(wait)? else {
+            return Ok(None);
+        };
+        let mut msg = Vec::new();
+        // The caller owns the message now: it is not in flight any more.
+        let _lease = self.receive_whole(len, limit, &mut msg)?;
+        Ok(Some(msg))
+    }
+
+    /// Receives one message in chunks, for messages larger than memory:
+    /// `on_chunk` gets each piece as it arrives (at most 64 KiB each), in
+    /// order. Waits up to [`Timeouts::receive`](crate::Timeouts::receive)
+    /// for the message to begin and [`Timeouts::message`](crate::Timeouts::message)
+    /// for all of it; returns its length.
+    ///
+    /// Lengths over `limit` are answered 0x00 and reported as `TooLarge`;
+    /// the connection stays usable. (The configured
+    /// [`max_message_len`](Self::max_message_len) caps whole messages only.)
+    /// If the message breaks off (an error, a deadline, or `on_chunk`
+    /// failing), the chunks already handed over are all there will be:
+    /// discard them. Plugins transform whole messages, so this fails with
+    /// [`Error::Plugin`] when any is registered.
+    pub fn receive_chunked(
+        &mut self,
+        limit: u32,
+        on_chunk: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u32, Error> {
+        let wait = self.cfg.timeouts.receive;
+        self.try_receive_chunked(wait, limit, on_chunk)?
+            .ok_or(Error::Timeout(Deadline::Receive))
+    }
+
+    /// Like [`receive_chunked`](Self::receive_chunked), but waits only
+    /// `wait` for a message to begin, and returns `Ok(None)` if none did.
+    pub fn try_receive_chunked(
+        &mut self,
+        wait: Duration,
+        limit: u32,
+        mut on_chunk: impl FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<Option<u32>, Error> {
+        self.check_no_plugins("receive")?;
+        let Some(len) = self.announced(wait)? else {
+            return Ok(None);
+        };
+        self.receive_chunks(len, limit, &mut on_chunk).map(Some)
+    }
+
+    /// Waits up to `wait` for a message to begin (zero: looks once) and
+    /// reads its length, not answered yet; `None` when none began. The
+    /// first byte starts the message deadline.
+    pub(crate) fn announced(&mut self, wait: Duration) -> Result<Option<u32>, Error> {
+        self.greet()?;
+        if !self.inner.is_in_progress() {
+            let message = self.cfg.timeouts.message;
+            let until = Instant::now() + wait;
+            self.transport()
+                .await_exchange(until, Deadline::Receive, message);
+        } else if self.transport().deadline().is_none() {
+            // A message half read: it has the message deadline, never a
+            // receive wait.
+            self.begin_message();
+        }
+        match self.inner.next_length() {
             Ok(len) => Ok(Some(len)),
-            Err(tinyproto::Error::Io(_)) if self.io().take_expired() == Some(Deadline::Receive) => {
-                if !self.inner.is_in_progress() {
-                    return Ok(None);
-                }
-                // Part of the length is here: the rest of it.
-                self.inner.next_length().map(Some).map_err(|e| self.fail(e))
+            Err(tinyproto::Error::Io(_))
+                if !self.inner.is_in_progress()
+                    && self.transport().take_expired() == Some(Deadline::Receive) =>
+            {
+                Ok(None)
             }
             Err(e) => Err(self.fail(e)),
         }
     }
 
-    /// Takes the announced message whole into `buf` (reused: it grows only
-    /// as bytes arrive), through the plugins; returns the message.
-    pub(crate) fn take_whole<'b>(&mut self, buf: &'b mut Vec<u8>) -> Result<&'b [u8], Error> {
-        let limit = self.cfg.max_message_len;
+    /// Takes the message whose length `len` was just read, whole into `buf`
+    /// (through the plugins), growing it in steps no larger than what
+    /// arrived. A length over `limit` is answered 0x00 (`TooLarge`), one the
+    /// memory budget has no room for too (`MemoryBudget`). The lease keeps
+    /// the message's room in the budget: drop it once `buf` is released.
+    pub(crate) fn receive_whole(
+        &mut self,
+        len: u32,
+        limit: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Lease>, Error> {
+        // Over the limit, the receive answers 0x00: nothing to hold.
+        let lease = if len <= limit {
+            Some(self.lease_for(len, len.into())?)
+        } else {
+            None
+        };
         buf.clear();
-        match self.receive_raw(limit, buf) {
-            Ok(_) => {}
-            Err(RawError::Core(e)) => return Err(self.fail(e)),
-            Err(RawError::Sink(e)) => return Err(e),
+        if let Err(e) = self.receive_raw(limit, buf) {
+            return Err(self.fail(e));
         }
+        self.transport().end_exchange();
         self.message_moved(true);
+        log::trace!("{} received {} bytes", self.id, buf.len());
         if !self.cfg.plugins.is_empty() {
             let raw = std::mem::take(buf);
             *buf = self.cfg.plugins.receive(raw).map_err(Error::Plugin)?;
         }
-        Ok(buf)
+        Ok(lease)
     }
 
-    /// Takes the announced message of `len` bytes in chunks to `on_chunk`
-    /// (its chunk buffer leased from the memory budget); its length.
-    pub(crate) fn take_chunks(
+    fn receive_raw(&mut self, limit: u32, buf: &mut Vec<u8>) -> Result<u32, ProtocolError> {
+        let mut msg = self.inner.begin_receive(limit)?;
+        let len = msg.len();
+        loop {
+            let remaining = msg.remaining() as usize;
+            if remaining == 0 {
+                return Ok(len);
+            }
+            let old = buf.len();
+            let step = old.clamp(FIRST_STEP, RECEIVE_CHUNK).min(remaining);
+            buf.resize(old + step, 0);
+            match msg.read(&mut buf[old..]) {
+                Ok(n) => buf.truncate(old + n),
+                Err(e) => {
+                    buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Takes the message whose length `len` was just read in chunks to
+    /// `on_chunk`, through one buffer leased from the memory budget; its
+    /// length. A length over `limit` is answered 0x00 (`TooLarge`).
+    pub(crate) fn receive_chunks(
         &mut self,
         len: u32,
+        limit: u32,
         on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
     ) -> Result<u32, Error> {
-        let _lease = self.lease_for(len, chunk_buffer_len(len))?;
-        let result = self.receive_chunks_raw(tinyproto::MAX_MESSAGE_LEN, on_chunk);
+        // Over the limit, the receive answers 0x00: no buffer.
+        let _lease = if len <= limit {
+            Some(self.lease_for(len, chunk_buffer_len(len))?)
+        } else {
+            None
+        };
+        let result = self.receive_chunks_raw(limit, on_chunk);
         self.scratch = Vec::new();
+        self.transport().end_exchange();
         match result {
             Ok(len) => {
                 self.message_moved(true);
@@ -724,23 +676,70 @@ impl Conn {
             }
             Err(RawError::Core(e)) => Err(self.fail(e)),
             Err(RawError::Sink(e)) => {
-                self.break_off();
+                // Half read: the connection is out of step.
+                if self.inner.is_in_progress() {
+                    self.break_off();
+                }
                 Err(e)
+            }
+        }
+    }
+
+    fn receive_chunks_raw(
+        &mut self,
+        limit: u32,
+        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
+    ) -> Result<u32, RawError> {
+        let Self { inner, scratch, .. } = self;
+        let mut msg = inner.begin_receive(limit)?;
+        let len = msg.len();
+        scratch.resize(chunk_buffer_len(len) as usize, 0);
+        while msg.remaining() > 0 {
+            let n = msg.read(scratch)?;
+            on_chunk(&scratch[..n]).map_err(RawError::Sink)?;
+        }
+        Ok(len)
+    }
+
+    /// Takes `bytes` from the memory budget for the message of `len` bytes
+    /// whose length was just read, waiting for room until the message
+    /// deadline; without room then (or ever), answers 0x00.
+    fn lease_for(&mut self, len: u32, bytes: u64) -> Result<Lease, Error> {
+        let deadline = match self.transport().deadline() {
+            Some((at, _)) => at,
+            None => Instant::now() + self.cfg.timeouts.message,
+        };
+        let budget = self.cfg.budget.clone();
+        match budget.lease(bytes, deadline, || self.is_stopping()) {
+            Ok(lease) => Ok(lease),
+            Err(why) => {
+                self.reject_announced()?;
+                let why = match why {
+                    NoRoom::OverBudget => "larger than the whole budget",
+                    NoRoom::NoRoomInTime => "no room in time",
+                };
+                log::info!("{}: refused a message of {len} bytes: {why}", self.id);
+                Err(Error::MemoryBudget {
+                    len,
+                    budget: budget.limit(),
+                })
             }
         }
     }
 
     /// Answers 0x00 to the announced message; its length.
     pub(crate) fn reject_announced(&mut self) -> Result<u32, Error> {
-        self.inner.reject().map_err(|e| self.fail(e))
+        let result = self.inner.reject();
+        self.transport().end_exchange();
+        result.map_err(|e| self.fail(e))
     }
 
-    /// Sets the read and write deadlines of a message starting now.
-    fn arm_message_deadline(&mut self) {
-        let deadline = Instant::now() + self.cfg.timeouts.message;
-        let io = self.io();
-        io.set_read_deadline(deadline, Deadline::Message);
-        io.set_write_deadline(Some((deadline, Deadline::Message)));
+    // ---- bookkeeping ----
+
+    /// The read and write deadline of a message starting now.
+    fn begin_message(&mut self) {
+        let until = Instant::now() + self.cfg.timeouts.message;
+        self.transport().begin_exchange(until, Deadline::Message);
     }
 
     /// A message moved, the peer's (`received`) or ours.
@@ -759,115 +758,8 @@ impl Conn {
         }
     }
 
-    /// Waits up to `wait` for a message to begin, then runs `step` (a
-    /// resumable receive) to its end under the message deadline. Outside a
-    /// batch the core writes our answer to its length out before this
-    /// returns, so that a peer is never left waiting for it.
-    fn wait_for_message<T>(
-        &mut self,
-        wait: Duration,
-        mut step: impl FnMut(&mut Self) -> Result<T, RawError>,
-    ) -> Result<Option<T>, Error> {
-        self.greet()?;
-        let now = Instant::now();
-        let message = self.cfg.timeouts.message;
-        let in_progress = self.inner.is_in_progress();
-        let io = self.io();
-        if !in_progress {
-            io.mark_idle();
-            // A deadline already passed still gets one look at the socket.
-            io.set_read_deadline(now + wait, Deadline::Receive);
-            io.set_write_deadline(None);
-        } else {
-            // Resuming a message (only after a `Receive` wait ran out on it).
-            let start = io.first_byte().unwrap_or(now);
-            io.set_read_deadline(start + message, Deadline::Message);
-            io.set_write_deadline(Some((start + message, Deadline::Message)));
-        }
-        loop {
-            match step(self) {
-                Ok(value) => {
-                    self.message_moved(true);
-                    return Ok(Some(value));
-                }
-                Err(RawError::Core(tinyproto::Error::Io(e))) => {
-                    let in_progress = self.inner.is_in_progress();
-                    let io = self.io();
-                    match io.take_expired() {
-                        Some(Deadline::Receive) if !in_progress => return Ok(None),
-                        Some(Deadline::Receive) => {
-                            // The message began: it gets the message deadline
-                            // from its first byte on.
-                            let start = io.first_byte().unwrap_or(now);
-                            io.set_read_deadline(start + message, Deadline::Message);
-                            io.set_write_deadline(Some((start + message, Deadline::Message)));
-                        }
-                        Some(kind) => {
-                            self.break_off();
-                            return Err(Error::Timeout(kind));
-                        }
-                        None => {
-                            self.break_off();
-                            return Err(Error::Io(e));
-                        }
-                    }
-                }
-                Err(RawError::Core(e)) => return Err(self.fail(e)),
-                Err(RawError::Sink(e)) => {
-                    // The message is half read: the connection is out of step.
-                    if self.inner.is_in_progress() {
-                        self.break_off();
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// Receives the payload into `buf`, growing it in steps no larger than
-    /// what arrived before (a resume keeps what `buf` holds). Lengths over `limit` are
-    /// answered 0x00. Resumable after an `Io` error.
-    fn receive_raw(&mut self, limit: u32, buf: &mut Vec<u8>) -> Result<u32, RawError> {
-        let mut msg = self.inner.begin_receive(limit)?;
-        let len = msg.len();
-        loop {
-            let remaining = msg.remaining() as usize;
-            if remaining == 0 {
-                return Ok(len);
-            }
-            let old = buf.len();
-            let step = old.clamp(FIRST_STEP, RECEIVE_CHUNK).min(remaining);
-            buf.resize(old + step, 0);
-            match msg.read(&mut buf[old..]) {
-                Ok(n) => buf.truncate(old + n),
-                Err(e) => {
-                    buf.truncate(old);
-                    return Err(e.into());
-                }
-            }
-        }
-    }
-
-    /// Receives the payload through a fixed buffer, handing each chunk to
-    /// `on_chunk`. Resumable after an `Io` error.
-    fn receive_chunks_raw(
-        &mut self,
-        limit: u32,
-        on_chunk: &mut dyn FnMut(&[u8]) -> Result<(), Error>,
-    ) -> Result<u32, RawError> {
-        let Self { inner, scratch, .. } = self;
-        let mut msg = inner.begin_receive(limit)?;
-        let len = msg.len();
-        scratch.resize(RECEIVE_CHUNK, 0);
-        while msg.remaining() > 0 {
-            let n = msg.read(scratch)?;
-            on_chunk(&scratch[..n]).map_err(RawError::Sink)?;
-        }
-        Ok(len)
-    }
-
     fn check_usable(&self) -> Result<(), Error> {
-        if self.failed {
+        if self.is_broken() {
             Err(Error::Protocol(tinyproto::Error::Broken))
         } else {
             Ok(())
@@ -876,15 +768,13 @@ impl Conn {
 
     /// The connection carries nothing more.
     pub(crate) fn break_off(&mut self) {
-        self.failed = true;
-        self.partial = Vec::new();
-        self.lease = None;
+        self.inner.break_off();
     }
 
     /// Maps a core error (a deadline shows as `Io(TimedOut)`), breaking the
     /// connection unless it is still in step.
     fn fail(&mut self, e: ProtocolError) -> Error {
-        let expired = self.io().take_expired();
+        let expired = self.transport().take_expired();
         let e = match (e, expired) {
             (tinyproto::Error::Io(_), Some(kind)) => Error::Timeout(kind),
             (e, _) => Error::from(e),
@@ -909,11 +799,11 @@ impl Conn {
     }
 
     pub(crate) fn shutdown(&self) {
-        let _ = self.tcp_stream().shutdown(Shutdown::Both);
+        let _ = self.socket.shutdown(Shutdown::Both);
     }
 }
 
-/// The chunk buffer a chunked receive of `len` bytes leases.
+/// The chunk buffer a chunked receive of `len` bytes uses (and leases).
 fn chunk_buffer_len(len: u32) -> u64 {
     u64::from(len).min(RECEIVE_CHUNK as u64)
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tinyproto::duplex::{self, Direction};
+use tinyproto::FlushPolicy;
 
-use crate::conn::{release, Conn, RECEIVE_CHUNK};
+use crate::conn::{release, Attached, Conn, RECEIVE_CHUNK};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Handler, Take};
 
@@ -67,7 +68,7 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
             Wake::Readable => {
                 // Hardly a wait: a wake-up whose bytes this thread took
                 // itself meanwhile finds nothing and goes back to sleep.
-                let mut len = conn.try_next_length(LINGER);
+                let mut len = conn.announced(LINGER);
                 // Messages that follow at once are taken without going back to
                 // sleep (a stream of messages): only when nothing is there
                 // does the thread wait to be woken.
@@ -88,7 +89,7 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
                     len = if has_mail(conn) {
                         Ok(None)
                     } else {
-                        conn.try_next_length(LINGER)
+                        conn.announced(LINGER)
                     };
                 }
             }
@@ -206,17 +207,20 @@ fn receive_one(
     };
     match take {
         Take::Whole => {
-            // Given back (with the buffer, if large) once the handler returned.
-            let _lease = conn.lease_for(len, len.into())?;
-            let result = match conn.take_whole(buf) {
-                Ok(msg) => hook(conn, |conn| handler.transmission_received(conn, msg)),
+            let limit = conn.max_message_len();
+            // Its room in the budget is given back (and the buffer released,
+            // if large) once the handler returned.
+            let result = match conn.receive_whole(len, limit, buf) {
+                Ok(_lease) => hook(conn, |conn| handler.transmission_received(conn, buf)),
                 Err(e) => Err(e),
             };
             release(buf);
             result
         }
         Take::Chunks => {
-            let len = conn.take_chunks(len, &mut |chunk| handler.transmission_chunk(chunk))?;
+            let len = conn.receive_chunks(len, tinyproto::MAX_MESSAGE_LEN, &mut |chunk| {
+                handler.transmission_chunk(chunk)
+            })?;
             hook(conn, |conn| handler.transmission_complete(conn, len))
         }
         Take::Reject => {
@@ -263,7 +267,7 @@ fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Wake, Error> {
         return Ok(Wake::Stop);
     };
     let (mailbox, readiness) = (attached.mailbox.clone(), attached.readiness.clone());
-    let stream = conn.shared_stream();
+    let stream = conn.shared_socket();
     let idle = conn
         .config()
         .timeouts
@@ -300,4 +304,49 @@ fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Wake, Error> {
         return Err(Error::Timeout(Deadline::Idle));
     }
     Ok(Wake::Interval)
+}
+
+/// The loop's side of a connection.
+impl Conn {
+    pub(crate) fn attach(&mut self, attached: Attached) {
+        self.attached = Some(attached);
+    }
+
+    pub(crate) fn attached(&self) -> Option<&Attached> {
+        self.attached.as_ref()
+    }
+
+    fn set_direction(&mut self, direction: Direction) {
+        self.direction = Some(direction);
+    }
+
+    /// True when bytes of the peer's were read ahead and wait to be used:
+    /// no readiness would report them.
+    fn has_input_ahead(&self) -> bool {
+        self.inner.get_ref().has_input()
+    }
+
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.cfg
+    }
+
+    fn has_plugins(&self) -> bool {
+        !self.cfg.plugins.is_empty()
+    }
+
+    /// A message that the peer had begun to send as ours was due, held by
+    /// [`transmit`](Conn::transmit) for the handler.
+    fn take_held(&mut self) -> Option<Vec<u8>> {
+        self.held.pop_front()
+    }
+
+    /// Lets the end of a message wait for the next one (or the next
+    /// flush): the loop sets this around its hooks.
+    fn set_batching(&mut self, batching: bool) {
+        self.inner.set_flush_policy(if batching {
+            FlushPolicy::BeforeRead
+        } else {
+            FlushPolicy::EachMessage
+        });
+    }
 }

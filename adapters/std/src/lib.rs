@@ -4,7 +4,7 @@
 
 // Top-down: the server and the client run connection threads (pool) woken
 // by the reactor; each runs the loop (conn_loop) of its handler over a Conn,
-// which speaks the protocol over io.
+// which speaks the protocol over its transport.
 mod budget;
 mod client;
 mod config;
@@ -15,11 +15,11 @@ mod duplex;
 mod error;
 mod handler;
 mod id;
-mod io;
 mod plugin;
 mod pool;
 mod reactor;
 mod server;
+mod transport;
 
 pub use budget::DEFAULT_MEMORY_BUDGET;
 pub use client::{Client, ClientHooks};

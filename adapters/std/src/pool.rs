@@ -115,7 +115,7 @@ impl Pool {
             id,
             Entry {
                 mailbox: mailbox.clone(),
-                stream: conn.shared_stream(),
+                stream: conn.shared_socket(),
                 peer,
                 half: if conn.config().duplex {
                     Half::Pending

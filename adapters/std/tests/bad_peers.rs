@@ -167,6 +167,14 @@ fn test_slowloris_is_cut_by_the_message_deadline() {
     l.write_all(&[0]).unwrap();
     assert_eq!(read_to_close(&mut l), b"");
     assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Message));
+
+    // ... also when the start of the length came with its greeting, in one
+    // segment (read ahead with the greeting, never seen by the socket's
+    // readiness): those bytes start the message deadline.
+    let mut a = raw(h.addr);
+    a.write_all(&[0xFF, 0, 0]).unwrap();
+    assert_eq!(read_to_close(&mut a), [0xFF]);
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Message));
     assert_serves(&h);
 }
 

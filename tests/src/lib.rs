@@ -16,7 +16,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use tinyproto_std::{
-    Conn, ConnId, Context, Error, Handler, Plugin, PluginError, Server, ServerHooks, StopHandle,
+    Conn, ConnId, Context, Error, Handler, Hooks, Plugin, PluginError, Server, StopHandle,
 };
 
 /// `n` bytes of `i % 251`, the same as `pattern()` in `python/common.py`.
@@ -247,7 +247,7 @@ pub struct Counts {
     pub results: Arc<Mutex<Vec<String>>>,
 }
 
-impl ServerHooks for Counts {
+impl Hooks for Counts {
     fn conn_init(&mut self, _: &Context, _: ConnId, _: SocketAddr) {
         self.inits.fetch_add(1, Ordering::SeqCst);
     }

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tinyproto_std::{Conn, ConnId, Context, Error, Handler, Server, ServerHooks};
+use tinyproto_std::{Conn, ConnId, Context, Error, Handler, Hooks, Server};
 
 /// One per connection, like a `TinyProtoConnection` subclass.
 struct EchoConnection {
@@ -54,7 +54,7 @@ struct EchoServer {
     run_for: Duration,
 }
 
-impl ServerHooks for EchoServer {
+impl Hooks for EchoServer {
     fn pre_loop(&mut self, server: &Context) {
         println!("listening on {:?}", server.local_addrs());
     }

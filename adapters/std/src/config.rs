@@ -141,26 +141,54 @@ impl Default for Settings {
     }
 }
 
-/// The public setters of [`Settings`], written once for the server and the
-/// client: invoked inside `impl Server` and `impl Client`, whose `settings`
-/// field they set.
+/// The public methods a server and a client share, written once: invoked
+/// inside `impl Server` and `impl Client`, whose `runner` they reach.
 macro_rules! settings_methods {
     () => {
+        /// Sets the factory that makes one handler per connection (a
+        /// client's: per [`connect_to`](crate::Client::connect_to)
+        /// connection). A panicking factory is logged and its connection
+        /// closed.
+        pub fn set_conn_handler<H, F>(&mut self, factory: F)
+        where
+            H: $crate::Handler,
+            F: Fn() -> H + Send + Sync + 'static,
+        {
+            self.runner
+                .set_factory(::std::sync::Arc::new(move || Box::new(factory())));
+        }
+
+        /// Sets the hooks of the loop ([`start`](Self::start)).
+        pub fn set_hooks(&mut self, hooks: impl $crate::Hooks) {
+            self.runner.set_hooks(Box::new(hooks));
+        }
+
+        /// The registry of active connections.
+        pub fn active_connections(&self) -> $crate::Connections {
+            self.runner.active_connections()
+        }
+
+        /// A handle that stops [`start`](Self::start) from another thread
+        /// (or from a hook). Stopping before `start` makes it return at once.
+        pub fn stop_handle(&self) -> $crate::StopHandle {
+            self.runner.stop_handle()
+        }
+
         /// Sets every time limit of new connections.
         pub fn set_timeouts(&mut self, timeouts: $crate::Timeouts) {
-            self.settings.conn.timeouts = timeouts;
+            self.runner.settings.conn.timeouts = timeouts;
         }
 
         /// The time limits of new connections.
         pub fn timeouts(&self) -> $crate::Timeouts {
-            self.settings.conn.timeouts
+            self.runner.settings.conn.timeouts
         }
 
         /// Caps the length of accepted messages (default
         /// [`DEFAULT_MAX_MESSAGE_LEN`](crate::DEFAULT_MAX_MESSAGE_LEN)); longer
         /// ones are answered 0x00 and the connection goes on.
         pub fn set_max_message_len(&mut self, len: u32) {
-            self.settings.conn.max_message_len = len;
+            self.runner.settings.conn.max_message_len = len;
         }
 
         /// Bounds the bytes of incoming messages held at once by all the
@@ -175,26 +203,26 @@ macro_rules! settings_methods {
         /// budget, or still without room then, is answered 0x00 with
         /// [`Error::MemoryBudget`](crate::Error::MemoryBudget).
         pub fn set_memory_budget(&mut self, bytes: u64) {
-            self.settings.conn.budget = $crate::budget::Budget::new(bytes);
+            self.runner.settings.conn.budget = $crate::budget::Budget::new(bytes);
         }
 
         /// `TCP_NODELAY` on new sockets (default `true`).
         pub fn set_nodelay(&mut self, nodelay: bool) {
-            self.settings.conn.nodelay = nodelay;
+            self.runner.settings.conn.nodelay = nodelay;
         }
 
         /// How many messages [`Connections`](crate::Connections) may queue
         /// for one connection (default
         /// [`DEFAULT_QUEUE_LEN`](crate::DEFAULT_QUEUE_LEN)).
         pub fn set_queue_len(&mut self, len: usize) {
-            self.settings.conn.queue_len = len;
+            self.runner.settings.conn.queue_len = len;
         }
 
         /// How long a graceful stop waits for connections to end before
         /// closing them (default
         /// [`DEFAULT_DRAIN_TIMEOUT`](crate::DEFAULT_DRAIN_TIMEOUT)).
         pub fn set_drain_timeout(&mut self, timeout: ::std::time::Duration) {
-            self.settings.drain_timeout = timeout;
+            self.runner.settings.drain_timeout = timeout;
         }
 
         /// Runs the `loop_pass` hooks (the connections' and the loop's own)
@@ -202,12 +230,13 @@ macro_rules! settings_methods {
         /// they run after each message and event only, and idle connections
         /// sleep). The Python package polls every 30 ms instead.
         pub fn set_loop_pass_interval(&mut self, interval: Option<::std::time::Duration>) {
-            self.settings.conn.loop_pass_interval = interval;
+            self.runner.settings.conn.loop_pass_interval = interval;
         }
 
         /// Adds a plugin at the end of the chain of new connections.
         pub fn register_plugin(&mut self, plugin: impl $crate::Plugin) {
-            self.settings
+            self.runner
+                .settings
                 .conn
                 .plugins
                 .push(::std::sync::Arc::new(plugin));

@@ -2,9 +2,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// Top-down: the server and the client run connection threads (pool) woken
-// by the reactor; each runs the loop (conn_loop) of its handler over a Conn,
-// which speaks the protocol over its transport.
+// Top-down: the server and the client share one loop (event_loop), which
+// accepts (listen) and runs connection threads (pool) woken by the reactor;
+// each runs the loop (conn_loop) of its handler over a Conn, which speaks
+// the protocol over its transport.
 mod budget;
 mod client;
 mod config;
@@ -13,8 +14,10 @@ mod conn_loop;
 mod connections;
 mod duplex;
 mod error;
+mod event_loop;
 mod handler;
 mod id;
+mod listen;
 mod plugin;
 mod pool;
 mod reactor;
@@ -22,18 +25,19 @@ mod server;
 mod transport;
 
 pub use budget::DEFAULT_MEMORY_BUDGET;
-pub use client::{Client, ClientHooks};
+pub use client::Client;
 pub use config::{Timeouts, DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_MESSAGE_LEN, DEFAULT_QUEUE_LEN};
 pub use conn::Conn;
 pub use connections::{Connections, Context, StopHandle};
 pub use duplex::{Direction, Duplex};
 pub use error::{Deadline, Error, ProtocolError};
+pub use event_loop::Hooks;
 pub use handler::{on_message, Handler, OnMessage, Take};
 pub use id::ConnId;
 #[cfg(feature = "zlib")]
 pub use plugin::ZlibPlugin;
 pub use plugin::{Plugin, PluginError};
-pub use server::{Server, ServerHooks};
+pub use server::Server;
 
 /// Re-exported: the core crate.
 pub use tinyproto;

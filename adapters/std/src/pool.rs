@@ -21,9 +21,6 @@ use crate::reactor::Reactor;
 /// How long a forced close waits for threads to notice their closed sockets.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// The factory of handlers, one per connection.
-pub(crate) type Factory = Arc<dyn Fn() -> Box<dyn Handler> + Send + Sync>;
-
 /// Frees the connection's slot and reports its end on every exit path of
 /// its thread, a panic included.
 struct SlotGuard {
@@ -88,7 +85,11 @@ impl Pool {
     /// The reactor, started on first use.
     pub(crate) fn reactor(&mut self) -> std::io::Result<&Reactor> {
         if self.reactor.is_none() {
-            self.reactor = Some(Reactor::start(self.shared.clone(), self.events_tx.clone())?);
+            self.reactor = Some(Reactor::start(
+                self.shared.clone(),
+                self.events_tx.clone(),
+                self.stop.clone(),
+            )?);
         }
         Ok(self.reactor.as_ref().expect("started above"))
     }

@@ -27,7 +27,7 @@ use std::thread::{self, JoinHandle};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use crate::connections::{Inbox, LoopEvent, Shared};
+use crate::connections::{Inbox, LoopEvent, Shared, StopHandle};
 use crate::id::ConnId;
 
 /// Wakes the reactor thread to stop.
@@ -83,8 +83,14 @@ pub(crate) struct Reactor {
 }
 
 impl Reactor {
-    /// Starts the reactor thread. Listener readiness goes to `events`.
-    pub(crate) fn start(shared: Arc<Shared>, events: Sender<LoopEvent>) -> io::Result<Self> {
+    /// Starts the reactor thread. Listener readiness goes to `events`; if
+    /// waiting for readiness ever fails, the thread stops its owner with
+    /// `stop` (nothing would wake the connections or the loop any more).
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        events: Sender<LoopEvent>,
+        stop: StopHandle,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let readiness = Arc::new(Readiness {
             registry: poll.registry().try_clone()?,
@@ -96,7 +102,7 @@ impl Reactor {
             let readiness = readiness.clone();
             thread::Builder::new()
                 .name("tinyproto-reactor".into())
-                .spawn(move || run(poll, &readiness, &shared, &events, &stopping))?
+                .spawn(move || run(poll, &readiness, &shared, &events, &stop, &stopping))?
         };
         Ok(Self {
             readiness,
@@ -148,6 +154,7 @@ fn run(
     readiness: &Readiness,
     shared: &Shared,
     events: &Sender<LoopEvent>,
+    stop: &StopHandle,
     stopping: &AtomicBool,
 ) {
     let mut ready = Events::with_capacity(1024);
@@ -158,7 +165,7 @@ fn run(
             }
             log::error!("reactor: waiting for readiness failed: {e}; stopping");
             // Nothing would wake the connections or the loop any more.
-            let _ = events.send(LoopEvent::Stop);
+            stop.stop();
             shared.start_draining();
             return;
         }

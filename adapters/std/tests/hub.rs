@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tinyproto_std::{on_message, Client, ConnId, Connections, Context, Error, Server, ServerHooks};
+use tinyproto_std::{on_message, Client, ConnId, Connections, Context, Error, Hooks, Server};
 use tinyproto_tests::RunningServer;
 
 const CLIENTS: usize = 8;
@@ -22,7 +22,7 @@ const LONG: Duration = Duration::from_secs(60);
 #[derive(Clone, Default)]
 struct Ends(Arc<Mutex<Vec<String>>>);
 
-impl ServerHooks for Ends {
+impl Hooks for Ends {
     fn conn_shutdown(
         &mut self,
         _: &Context,

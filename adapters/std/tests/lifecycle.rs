@@ -11,9 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use tinyproto_std::{
-    Client, ClientHooks, Conn, Context, Deadline, Error, Handler, Server, ServerHooks, Timeouts,
-};
+use tinyproto_std::{Client, Conn, Context, Deadline, Error, Handler, Hooks, Server, Timeouts};
 
 #[test]
 fn test_several_addresses_ipv4_and_ipv6_port_zero() {
@@ -153,7 +151,7 @@ fn test_registry_broadcast_and_send_to() {
 fn test_server_hook_order() {
     #[derive(Clone)]
     struct Log(mpsc::Sender<String>);
-    impl ServerHooks for Log {
+    impl Hooks for Log {
         fn pre_loop(&mut self, _: &Context) {
             let _ = self.0.send("server pre_loop".into());
         }
@@ -249,8 +247,8 @@ fn test_client_loop_with_handler_and_hooks() {
             conn.transmit(&echo)
         }
     }
-    struct Hooks(Arc<AtomicUsize>);
-    impl ClientHooks for Hooks {
+    struct Counting(Arc<AtomicUsize>);
+    impl Hooks for Counting {
         fn pre_loop(&mut self, _: &Context) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
@@ -279,7 +277,7 @@ fn test_client_loop_with_handler_and_hooks() {
     let mut client = Client::new();
     let c = count.clone();
     client.set_conn_handler(move || Counter(c.clone()));
-    client.set_hooks(Hooks(hooks.clone()));
+    client.set_hooks(Counting(hooks.clone()));
     let id = client.connect_to(h.addr).unwrap();
     assert!(client.active_connections().contains(id));
     let watchdog = client.stop_handle();
@@ -450,7 +448,7 @@ fn test_handler_decides_each_message_on_its_length() {
 /// Broadcasts `bye` once asked, then stops the server.
 struct ByeThenStop(Arc<std::sync::atomic::AtomicBool>);
 
-impl ServerHooks for ByeThenStop {
+impl Hooks for ByeThenStop {
     fn loop_pass(&mut self, ctx: &Context) {
         if self.0.load(Ordering::SeqCst) {
             ctx.active_connections().broadcast(b"bye", None);

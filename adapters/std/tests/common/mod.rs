@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use tinyproto::Phase;
 use tinyproto_std::{
-    Conn, ConnId, Connections, Context, Deadline, Error, Handler, Server, ServerHooks, StopHandle,
-    Take,
+    Conn, ConnId, Connections, Context, Deadline, Error, Handler, Hooks, Server, StopHandle, Take,
 };
 
 pub use tinyproto_tests::wait_until;
@@ -97,12 +96,12 @@ impl Handler for Recorder {
 
 /// Counts the connection hooks and forwards `conn_shutdown`.
 #[derive(Clone)]
-pub struct Hooks {
+pub struct Recording {
     pub inits: Arc<AtomicUsize>,
     pub events: Sender<(ConnId, Event)>,
 }
 
-impl ServerHooks for Hooks {
+impl Hooks for Recording {
     fn conn_init(&mut self, _: &Context, _: ConnId, _: SocketAddr) {
         self.inits.fetch_add(1, Ordering::SeqCst);
     }
@@ -133,7 +132,7 @@ impl Harness {
         server.set_conn_handler(move || Recorder {
             events: handler_tx.clone(),
         });
-        server.set_hooks(Hooks {
+        server.set_hooks(Recording {
             inits: inits.clone(),
             events: tx,
         });

@@ -141,6 +141,10 @@ fn test_idle_connections_keep_no_message_buffers() {
                 scope.spawn(move || {
                     greet(s);
                     echo(s, &msg);
+                    // A connection takes its next message only once it has
+                    // released the last one's buffer: after this echo the
+                    // server has let go of the large one.
+                    echo(s, b"ping");
                 });
             }
         });

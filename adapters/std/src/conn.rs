@@ -24,11 +24,11 @@ use tinyproto::FlushPolicy;
 
 use crate::budget::{Lease, NoRoom};
 use crate::config::SharedConfig;
-use crate::connections::{Connections, Mailbox, Shared, StopHandle};
+use crate::connections::{Connections, Shared, StopHandle};
 use crate::duplex::Direction;
 use crate::error::{Deadline, Error, ProtocolError};
 use crate::id::ConnId;
-use crate::reactor::Readiness;
+use crate::sleep::{Mailbox, Readiness};
 use crate::transport::{Stream, Tcp, Transport};
 
 /// Payload bytes read per step of a receive, at most: the size of a chunk.

@@ -1,8 +1,9 @@
 //! The loop of one connection thread: the greeting, the [`Handler`] hooks in
-//! the reference's order, and between messages a sleep that only the socket
-//! (a message begins, the peer closes), a queued message or a stop ends;
-//! never a timer, unless the handler asked for a `loop_pass` interval or an
-//! idle deadline is set.
+//! the reference's order, and between messages a sleep (`sleep`'s rule)
+//! that only the socket (a message begins, the peer closes), a queued
+//! message or a stop ends; never a timer, unless the handler asked for a
+//! `loop_pass` interval or an idle deadline is set. Also the loop's side of
+//! a [`Conn`].
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,6 +16,7 @@ use tinyproto::FlushPolicy;
 use crate::conn::{release, Attached, Conn, RECEIVE_CHUNK};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Handler, Take};
+use crate::sleep::{sleep, Woken};
 
 /// After a message, the thread waits this long in a read of its own for the
 /// next one before it goes to sleep: a peer that answers at once (request
@@ -22,18 +24,6 @@ use crate::handler::{panic_message, Handler, Take};
 /// rounds it up to a clock tick (1 to 10 ms); queued messages and a stop
 /// wait at most that long.
 const LINGER: Duration = Duration::from_millis(1);
-
-/// What ended a connection thread's sleep.
-enum Wake {
-    /// A message began (or the peer closed).
-    Readable,
-    /// Other connections queued these messages.
-    Queued(VecDeque<Arc<[u8]>>),
-    /// The `loop_pass` interval came round.
-    Interval,
-    /// The server or client is stopping.
-    Stop,
-}
 
 /// The loop of one connection, hooks included; never panics. Runs
 /// `post_loop` however the loop ends, then closes the socket.
@@ -65,7 +55,7 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
     while !conn.is_stopping() {
         deliver_held(conn, handler)?;
         match wait(conn, next_pass)? {
-            Wake::Readable => {
+            Woken::Readable => {
                 // Hardly a wait: a wake-up whose bytes this thread took
                 // itself meanwhile finds nothing and goes back to sleep.
                 let mut len = conn.announced(LINGER);
@@ -93,12 +83,12 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
                     };
                 }
             }
-            Wake::Queued(queued) => send_queued(conn, queued)?,
-            Wake::Interval => {
+            Woken::Queued(queued) => send_queued(conn, queued)?,
+            Woken::Timer => {
                 next_pass = interval.map(|i| Instant::now() + i);
                 hook(conn, |conn| handler.loop_pass(conn))?;
             }
-            Wake::Stop => break,
+            Woken::Stop => break,
         }
     }
     // Stopping: what other connections queued (and were told was queued)
@@ -185,10 +175,8 @@ fn send_queued(conn: &mut Conn, queued: VecDeque<Arc<[u8]>>) -> Result<(), Error
 
 /// True when other connections queued messages for this one, or a stop came.
 fn has_mail(conn: &Conn) -> bool {
-    conn.attached().is_some_and(|a| {
-        let inbox = a.mailbox.lock();
-        inbox.stop || !inbox.queued.is_empty()
-    })
+    conn.attached()
+        .is_some_and(|a| a.mailbox.is_draining() || !a.mailbox.lock().queued.is_empty())
 }
 
 /// Takes the message whose length `len` was just read as the handler
@@ -262,12 +250,10 @@ fn hook(conn: &mut Conn, f: impl FnOnce(&mut Conn) -> Result<(), Error>) -> Resu
 
 /// Sleeps until the socket has bytes, a message is queued, a stop, or
 /// `next_pass`; fails when the idle deadline passes first.
-fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Wake, Error> {
+fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Woken, Error> {
     let Some(attached) = conn.attached() else {
-        return Ok(Wake::Stop);
+        return Ok(Woken::Stop);
     };
-    let (mailbox, readiness) = (attached.mailbox.clone(), attached.readiness.clone());
-    let stream = conn.shared_socket();
     let idle = conn
         .config()
         .timeouts
@@ -277,33 +263,18 @@ fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Wake, Error> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    // Bytes read ahead are not the socket's any more: no wake-up would come.
-    if conn.has_input_ahead() {
-        return Ok(Wake::Readable);
-    }
-    let mut inbox = mailbox.lock();
-    if !inbox.readable && !inbox.stop && inbox.queued.is_empty() {
-        readiness.arm(&mut inbox, conn.id(), &stream)?;
-        inbox = mailbox.wait(inbox, until);
-    }
-    // From here on this thread moves the bytes: no wake-up for them.
-    readiness.disarm(&mut inbox, &stream);
-    // On a stop, what was queued still goes out and a message that began
-    // arriving is still taken; then the loop ends.
-    if !inbox.queued.is_empty() {
-        return Ok(Wake::Queued(std::mem::take(&mut inbox.queued)));
-    }
-    if std::mem::take(&mut inbox.readable) {
-        return Ok(Wake::Readable);
-    }
-    if inbox.stop {
-        return Ok(Wake::Stop);
-    }
-    drop(inbox);
-    if idle.is_some_and(|idle| Instant::now() >= idle) {
+    let woken = sleep(
+        &attached.mailbox,
+        &attached.readiness,
+        conn.id(),
+        &conn.shared_socket(),
+        conn.has_input_ahead(),
+        until,
+    )?;
+    if matches!(woken, Woken::Timer) && idle.is_some_and(|idle| Instant::now() >= idle) {
         return Err(Error::Timeout(Deadline::Idle));
     }
-    Ok(Wake::Interval)
+    Ok(woken)
 }
 
 /// The loop's side of a connection.

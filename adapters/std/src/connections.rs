@@ -1,22 +1,18 @@
 //! The active connections of a server or client: the registry through which
-//! connections reach each other ([`Connections`]), each connection's mailbox
-//! (what wakes its thread), the hooks' [`Context`] and the [`StopHandle`].
-//!
-//! A connection thread between messages sleeps on its [`Mailbox`]. Three
-//! things wake it: its socket became readable (the reactor says so), another
-//! connection queued a message for it, or a stop. Nothing else: no timer
-//! unless the handler asked for a `loop_pass` interval or an idle deadline.
+//! connections reach each other ([`Connections`]: a message for another
+//! connection goes to its mailbox, see `sleep`), the hooks' [`Context`] and
+//! the [`StopHandle`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::duplex::{Direction, Half};
 use crate::error::Error;
 use crate::id::ConnId;
+use crate::sleep::Mailbox;
 
 /// Locks a mutex; a panic while it was held leaves our data consistent.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,82 +65,6 @@ impl StopHandle {
     }
 }
 
-/// What a sleeping connection thread finds when it wakes.
-#[derive(Debug, Default)]
-pub(crate) struct Inbox {
-    /// Its socket became readable (a message began, or the peer closed).
-    pub(crate) readable: bool,
-    /// Its socket is registered with the reactor: the next byte wakes it.
-    pub(crate) armed: bool,
-    /// Messages other connections queued for it.
-    pub(crate) queued: VecDeque<Arc<[u8]>>,
-    /// Its server or client is stopping.
-    pub(crate) stop: bool,
-}
-
-/// Where a connection thread sleeps between messages, and what wakes it.
-#[derive(Debug)]
-pub(crate) struct Mailbox {
-    inbox: Mutex<Inbox>,
-    changed: Condvar,
-    capacity: usize,
-}
-
-impl Mailbox {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            inbox: Mutex::new(Inbox::default()),
-            changed: Condvar::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inbox> {
-        lock(&self.inbox)
-    }
-
-    /// Changes the inbox and wakes the thread.
-    pub(crate) fn post(&self, change: impl FnOnce(&mut Inbox)) {
-        change(&mut self.lock());
-        self.changed.notify_one();
-    }
-
-    /// Queues a message; false when the queue is full.
-    fn queue(&self, msg: Arc<[u8]>) -> bool {
-        let mut inbox = self.lock();
-        if inbox.queued.len() >= self.capacity {
-            return false;
-        }
-        inbox.queued.push_back(msg);
-        drop(inbox);
-        self.changed.notify_one();
-        true
-    }
-
-    /// Sleeps until something is in the inbox, or `until` passes.
-    pub(crate) fn wait<'m>(
-        &'m self,
-        mut inbox: MutexGuard<'m, Inbox>,
-        until: Option<Instant>,
-    ) -> MutexGuard<'m, Inbox> {
-        while !inbox.readable && !inbox.stop && inbox.queued.is_empty() {
-            inbox = match until {
-                None => self.changed.wait(inbox).unwrap_or_else(|e| e.into_inner()),
-                Some(until) => {
-                    let Some(left) = until.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
-                    self.changed
-                        .wait_timeout(inbox, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-        }
-        inbox
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) mailbox: Arc<Mailbox>,
@@ -160,7 +80,8 @@ pub(crate) struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     conns: Mutex<HashMap<ConnId, Entry>>,
-    draining: AtomicBool,
+    /// Its connections are to finish and end (shared with their mailboxes).
+    draining: Arc<AtomicBool>,
     next_id: AtomicU64,
 }
 
@@ -173,11 +94,17 @@ impl Shared {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// The draining flag, for a new connection's mailbox.
+    pub(crate) fn draining_flag(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
     /// Tells every connection to finish and end.
     pub(crate) fn start_draining(&self) {
+        // Set before the mailboxes are woken: no sleeper misses it.
         self.draining.store(true, Ordering::SeqCst);
         for entry in self.conns().values() {
-            entry.mailbox.post(|inbox| inbox.stop = true);
+            entry.mailbox.post(|_| {});
         }
     }
 

@@ -22,6 +22,7 @@ mod plugin;
 mod pool;
 mod reactor;
 mod server;
+mod sleep;
 mod transport;
 
 pub use budget::DEFAULT_MEMORY_BUDGET;

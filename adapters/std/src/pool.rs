@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use crate::conn::{Attached, Conn};
 use crate::conn_loop::run_connection;
-use crate::connections::{Ended, Entry, LoopEvent, Mailbox, Shared, StopHandle};
+use crate::connections::{Ended, Entry, LoopEvent, Shared, StopHandle};
 use crate::duplex::Half;
 use crate::error::{Deadline, Error};
 use crate::handler::Handler;
 use crate::id::ConnId;
 use crate::reactor::Reactor;
+use crate::sleep::Mailbox;
 
 /// How long a forced close waits for threads to notice their closed sockets.
 const FORCED_CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -111,7 +112,7 @@ impl Pool {
         let readiness = self.reactor()?.readiness();
         let id = conn.id();
         let peer = conn.peer_addr();
-        let mailbox = Arc::new(Mailbox::new(queue_len));
+        let mailbox = Arc::new(Mailbox::new(queue_len, self.shared.draining_flag()));
         self.shared.conns().insert(
             id,
             Entry {

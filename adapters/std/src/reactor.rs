@@ -2,14 +2,9 @@
 //! BSDs, through `mio`) per server or client, and the one thread that waits
 //! on it.
 //!
-//! A connection thread that has nothing to do **arms** its socket (registers
-//! it) and sleeps on its [`Mailbox`](crate::connections::Mailbox). When bytes
-//! arrive (or the peer closes), the reactor disarms the socket and marks the
-//! mailbox readable, which wakes the thread; the thread reads the message
-//! with ordinary blocking calls under its deadlines, and arms again before
-//! it sleeps. Arming and disarming happen under the mailbox's lock, so each
-//! arming wakes the thread at most once and a wake-up is never lost:
-//! registering a socket that already has bytes reports it at once.
+//! The connection threads arm their sockets in it before they sleep; the
+//! reactor wakes the thread of each socket that becomes readable. The rule
+//! and its invariant (no wake-up lost) are `sleep`'s.
 //!
 //! Listeners stay registered; their readiness goes to the server's loop as
 //! [`LoopEvent::Acceptable`]. File descriptors: one per connection (the
@@ -17,7 +12,7 @@
 //! readiness set and one for the reactor's waker.
 
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -25,10 +20,11 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::connections::{Inbox, LoopEvent, Shared, StopHandle};
+use crate::connections::{LoopEvent, Shared, StopHandle};
 use crate::id::ConnId;
+use crate::sleep::Readiness;
 
 /// Wakes the reactor thread to stop.
 const WAKER: Token = Token(usize::MAX);
@@ -38,40 +34,6 @@ const LISTENERS: usize = usize::MAX - 1;
 
 /// At most this many listeners per server.
 const MAX_LISTENERS: usize = 1 << 16;
-
-/// How connection threads register and deregister their sockets.
-#[derive(Debug)]
-pub(crate) struct Readiness {
-    registry: Registry,
-}
-
-impl Readiness {
-    /// Registers `stream` so that its next readiness wakes connection `id`
-    /// (once). Call with the connection's inbox locked.
-    pub(crate) fn arm(&self, inbox: &mut Inbox, id: ConnId, stream: &TcpStream) -> io::Result<()> {
-        if !inbox.armed {
-            let token = Token(usize::try_from(id.as_u64()).unwrap_or(0));
-            self.registry.register(
-                &mut SourceFd(&stream.as_raw_fd()),
-                token,
-                Interest::READABLE,
-            )?;
-            inbox.armed = true;
-        }
-        Ok(())
-    }
-
-    /// Deregisters `stream` if it is armed: the thread is about to move bytes
-    /// itself. Call with the connection's inbox locked.
-    pub(crate) fn disarm(&self, inbox: &mut Inbox, stream: &TcpStream) {
-        if inbox.armed {
-            inbox.armed = false;
-            if let Err(e) = self.registry.deregister(&mut SourceFd(&stream.as_raw_fd())) {
-                log::debug!("deregistering a socket: {e}");
-            }
-        }
-    }
-}
 
 /// The readiness set of a server or client and the thread that waits on it.
 #[derive(Debug)]
@@ -92,9 +54,7 @@ impl Reactor {
         stop: StopHandle,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let readiness = Arc::new(Readiness {
-            registry: poll.registry().try_clone()?,
-        });
+        let readiness = Arc::new(Readiness::new(poll.registry().try_clone()?));
         let waker = Waker::new(poll.registry(), WAKER)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -126,7 +86,7 @@ impl Reactor {
                 "too many listeners",
             ));
         }
-        self.readiness.registry.register(
+        self.readiness.registry().register(
             &mut SourceFd(&listener.as_raw_fd()),
             Token(LISTENERS - index),
             Interest::READABLE,
@@ -182,12 +142,7 @@ fn run(
                     let Some(entry) = conns.get(&id) else {
                         continue; // ended meanwhile
                     };
-                    entry.mailbox.post(|inbox| {
-                        if inbox.armed {
-                            readiness.disarm(inbox, &entry.stream);
-                            inbox.readable = true;
-                        }
-                    });
+                    readiness.readable(&entry.mailbox, &entry.stream);
                 }
             }
         }

@@ -30,6 +30,10 @@ pub const PROTOCOL: u8 = 7;
 /// The peer sent a message while we were sending ours (the protocol is
 /// half-duplex): both lengths crossed, and the connection was closed.
 pub const CONFLICT: u8 = 8;
+/// TLS failed: a certificate or key file could not be used, or the
+/// handshake failed (an untrusted or expired certificate, a wrong server
+/// name, a missing client certificate, a peer that does not speak TLS).
+pub const TLS: u8 = 9;
 
 /// The text for `--help`.
 pub const HELP: &str = "\
@@ -42,7 +46,8 @@ Exit status:
   5  server at its connection limit (it sent 0xFE instead of the greeting)
   6  timeout (a deadline ran out: --timeout, --message-timeout)
   7  protocol error (unexpected byte, connection ended mid-exchange or before the reply)
-  8  conflict: the peer sent a message while we were sending ours (if it answers each message, use --reply)";
+  8  conflict: the peer sent a message while we were sending ours (if it answers each message, use --reply)
+  9  TLS failed (a --tls-* file, or the handshake: untrusted or expired certificate, wrong name, no client certificate)";
 
 /// A failure of a command: one line for stderr and the exit status.
 #[derive(Debug)]
@@ -75,6 +80,7 @@ impl Failure {
                 TIMEOUT,
                 format!("timed out: the {deadline} deadline ran out"),
             ),
+            e @ tinyproto_std::Error::Tls(_) => Self::new(TLS, e.to_string()),
             other => Self::new(OTHER, other.to_string()),
         }
     }

@@ -14,6 +14,7 @@ mod exit;
 mod send;
 mod serve;
 mod spool;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +86,15 @@ struct ServeCli {
     /// adapter's: greeting 10 s, write 10 s, message 60 s, never idle].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     timeout: Option<Duration>,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +124,19 @@ struct SendCli {
     /// first byte to its last (a peer dripping its reply) [default: 60 s].
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     message_timeout: Option<Duration>,
+    /// Connect over TLS, trusting this CA (PEM) for the server's certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Present this certificate chain (PEM) to a server that asks; needs
+    /// --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of ADDR].
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
 }
 
 impl SendCli {
@@ -195,6 +218,11 @@ fn main() -> ExitCode {
             max_message: s.max_message,
             memory_budget: s.memory_budget,
             timeout: s.timeout,
+            tls: tls::TlsFiles {
+                cert: s.tls_cert,
+                key: s.tls_key,
+                ca: s.tls_ca,
+            },
         }),
         Command::Send(s) => send::run(&send::SendArgs {
             timeouts: s.timeouts(),
@@ -202,6 +230,12 @@ fn main() -> ExitCode {
             files: s.files,
             lines: s.lines,
             reply: s.reply,
+            tls: tls::TlsFiles {
+                cert: s.tls_cert,
+                key: s.tls_key,
+                ca: s.tls_ca,
+            },
+            tls_server_name: s.tls_server_name,
         }),
         Command::Bench(b) => bench::run(&bench::BenchArgs {
             size: b.size,

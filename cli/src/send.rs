@@ -23,6 +23,7 @@ use tinyproto_std::{Client, Conn, Timeouts};
 
 use crate::exit::{self, Failure};
 use crate::spool::Spool;
+use crate::tls::{self, TlsFiles};
 
 /// Without `--reply`, how long `send` waits after its first message to learn
 /// whether the peer answers each message.
@@ -49,6 +50,10 @@ pub struct SendArgs {
     pub reply: bool,
     /// The deadlines of the connection.
     pub timeouts: Timeouts,
+    /// `--tls-*`: connect over TLS (and present a certificate).
+    pub tls: TlsFiles,
+    /// The name the server's certificate must carry, if not the host's.
+    pub tls_server_name: Option<String>,
 }
 
 /// Where a message comes from, with its length known up front.
@@ -97,7 +102,7 @@ pub fn run(args: &SendArgs) -> Result<(), Failure> {
             sources.push(source);
         }
     }
-    let mut conn = connect(&args.addr, args.timeouts)?;
+    let mut conn = connect(args)?;
     let mut totals = Totals {
         messages: 0,
         bytes: 0,
@@ -139,10 +144,16 @@ pub fn run(args: &SendArgs) -> Result<(), Failure> {
     result
 }
 
-/// Connects and greets, on the std adapter's client.
-fn connect(addr: &str, timeouts: Timeouts) -> Result<Conn, Failure> {
+/// Connects and greets (over TLS if asked), on the std adapter's client.
+fn connect(args: &SendArgs) -> Result<Conn, Failure> {
+    let addr = args.addr.as_str();
     let mut client = Client::new();
-    client.set_timeouts(timeouts);
+    client.set_timeouts(args.timeouts);
+    if let Some((config, name)) =
+        tls::client_config(&args.tls, addr, args.tls_server_name.as_deref())?
+    {
+        client.set_tls(config, name);
+    }
     client.connect(addr).map_err(|e| match e {
         tinyproto_std::Error::Io(e) => {
             Failure::new(exit::CONNECT, format!("cannot connect to {addr}: {e}"))

@@ -23,6 +23,7 @@ use tinyproto_std::{Conn, Error, Handler, Server, Take, Timeouts};
 
 use crate::exit::{self, Failure};
 use crate::spool::Spool;
+use crate::tls::{self, TlsFiles};
 use tinyproto::MAX_MESSAGE_LEN;
 
 /// What the server does with each message.
@@ -52,6 +53,8 @@ pub struct ServeArgs {
     pub memory_budget: Option<u64>,
     /// Greeting, write and idle deadline.
     pub timeout: Option<Duration>,
+    /// `--tls-*`: serve over TLS (and require client certificates).
+    pub tls: TlsFiles,
 }
 
 /// Default `--max-message` of `--echo`, which holds whole messages.
@@ -137,6 +140,9 @@ impl Handler for Print {
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<(), Failure> {
     let mut server = Server::new();
+    if let Some(config) = tls::server_config(&args.tls)? {
+        server.set_tls(config);
+    }
     {
         let mut out = io::stdout().lock();
         for addr in &args.listen {

@@ -58,6 +58,20 @@ impl Client {
         }
     }
 
+    /// Runs every connection in TLS with `config` (feature `tls`: its
+    /// trusted roots, and its own certificate for a server that asks for
+    /// one); the server's certificate must be valid for `server_name`. The
+    /// handshake is part of the greeting, within its deadline; a failure is
+    /// [`Error::Tls`].
+    #[cfg(feature = "tls")]
+    pub fn set_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) {
+        self.runner.settings.conn.tls = Some(crate::tls::TlsSide::Client(config, server_name));
+    }
+
     /// Like the reference's `timeout`: sets the connect, greeting and
     /// receive time limits to `timeout` (see [`Timeouts`](crate::Timeouts)).
     pub fn set_timeout(&mut self, timeout: Duration) {
@@ -76,7 +90,7 @@ impl Client {
     pub fn connect(&self, addr: impl ToSocketAddrs) -> Result<Conn, Error> {
         let (stream, peer) = self.open(addr)?;
         let cfg = Arc::new(self.runner.settings.conn.clone());
-        let mut conn = self.runner.new_conn(stream, peer, cfg);
+        let mut conn = self.runner.new_conn(stream, peer, cfg)?;
         conn.greet()?;
         log::debug!("{}: connected to {}", conn.id(), conn.peer_addr());
         Ok(conn)

@@ -103,6 +103,9 @@ pub(crate) struct Config {
     pub duplex: bool,
     /// Incoming messages held at once, shared by every connection.
     pub budget: Arc<Budget>,
+    /// TLS under the protocol, if set.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsSide>,
 }
 
 impl Default for Config {
@@ -116,6 +119,8 @@ impl Default for Config {
             loop_pass_interval: None,
             duplex: false,
             budget: Budget::new(DEFAULT_MEMORY_BUDGET),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

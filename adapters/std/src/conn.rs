@@ -135,15 +135,16 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// Wraps a connected stream. Never fails: a socket that was reset
-    /// already fails at the greeting, with a typed error its handler sees.
+    /// Wraps a connected stream (in TLS if configured). A socket that was
+    /// reset already fails at the greeting, with a typed error its handler
+    /// sees; only a TLS configuration rustls refuses fails here.
     pub(crate) fn new(
         id: ConnId,
         stream: TcpStream,
         peer: SocketAddr,
         cfg: SharedConfig,
         owner: Owner,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         if let Err(e) = stream
             .set_nonblocking(false)
             .and_then(|()| stream.set_nodelay(cfg.nodelay))
@@ -154,12 +155,19 @@ impl Conn {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let socket = Arc::new(stream);
-        let stream: Box<dyn Stream> = Box::new(Tcp(socket.clone()));
+        let tcp = Tcp(socket.clone());
+        #[cfg(feature = "tls")]
+        let stream: Box<dyn Stream> = match &cfg.tls {
+            Some(tls) => tls.wrap(tcp).map_err(Error::Tls)?,
+            None => Box::new(tcp),
+        };
+        #[cfg(not(feature = "tls"))]
+        let stream: Box<dyn Stream> = Box::new(tcp);
         let mut inner = Connection::new(Transport::new(stream, cfg.timeouts.write));
         inner.set_flush_policy(FlushPolicy::EachMessage);
         inner.set_max_message_len(cfg.max_message_len);
         let now = Instant::now();
-        Self {
+        Ok(Self {
             id,
             inner,
             socket,
@@ -175,7 +183,7 @@ impl Conn {
             stop: false,
             owner,
             attached: None,
-        }
+        })
     }
 
     pub(crate) fn transport(&mut self) -> &mut ConnTransport {
@@ -206,6 +214,24 @@ impl Conn {
     /// connection out of step).
     pub fn tcp_stream(&self) -> &TcpStream {
         &self.socket
+    }
+
+    /// True when the connection runs in TLS.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.cfg.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// Who the peer is, from the certificate it presented over TLS (and
+    /// that the TLS configuration verified): `None` without TLS, before the
+    /// handshake (every call greets first; hooks run after it), or when the
+    /// peer presented none (a server that does not ask for one).
+    #[cfg(feature = "tls")]
+    pub fn peer_identity(&self) -> Option<crate::tls::PeerIdentity> {
+        let certificate = self.inner.get_ref().stream().peer_certificate()?;
+        crate::tls::PeerIdentity::from_certificate(certificate)
     }
 
     /// True after a deadline ran out mid-message or the protocol broke:
@@ -782,6 +808,11 @@ impl Conn {
         if !e.is_recoverable() {
             self.break_off();
         }
+        #[cfg(feature = "tls")]
+        if let Error::Tls(_) = e {
+            // The alert rustls queued tells the peer why, rather than a bare close.
+            self.transport().close();
+        }
         if let Error::Protocol(tinyproto::Error::Conflict) = e {
             // Both sides are out of step: the peer learns it from the close
             // now, not from a deadline.
@@ -792,9 +823,19 @@ impl Conn {
     }
 
     /// Closes the connection (both directions), after writing out what
-    /// waits in its buffer.
+    /// waits in its buffer (and, over TLS, ending the session).
     pub fn close(mut self) {
         let _ = self.flush();
+        self.finish();
+    }
+
+    /// Ends the stream's session (TLS's close_notify, within the write
+    /// timeout) and shuts the socket.
+    pub(crate) fn finish(&mut self) {
+        if !self.is_broken() {
+            self.transport().end_exchange();
+            self.transport().close();
+        }
         self.shutdown();
     }
 

@@ -38,7 +38,7 @@ pub(crate) fn run_connection(conn: &mut Conn, handler: &mut dyn Handler) -> Resu
         log::error!("{}: post_loop panicked", conn.id());
     }
     let _ = conn.flush();
-    conn.shutdown();
+    conn.finish();
     result
 }
 
@@ -251,6 +251,7 @@ fn hook(conn: &mut Conn, f: impl FnOnce(&mut Conn) -> Result<(), Error>) -> Resu
 /// Sleeps until the socket has bytes, a message is queued, a stop, or
 /// `next_pass`; fails when the idle deadline passes first.
 fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Woken, Error> {
+    let ahead = conn.has_input_ahead();
     let Some(attached) = conn.attached() else {
         return Ok(Woken::Stop);
     };
@@ -268,7 +269,7 @@ fn wait(conn: &mut Conn, next_pass: Option<Instant>) -> Result<Woken, Error> {
         &attached.readiness,
         conn.id(),
         &conn.shared_socket(),
-        conn.has_input_ahead(),
+        ahead,
         until,
     )?;
     if matches!(woken, Woken::Timer) && idle.is_some_and(|idle| Instant::now() >= idle) {
@@ -293,8 +294,8 @@ impl Conn {
 
     /// True when bytes of the peer's were read ahead and wait to be used:
     /// no readiness would report them.
-    fn has_input_ahead(&self) -> bool {
-        self.inner.get_ref().has_input()
+    fn has_input_ahead(&mut self) -> bool {
+        self.transport().has_input()
     }
 
     pub(crate) fn config(&self) -> &crate::config::Config {

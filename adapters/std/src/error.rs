@@ -59,6 +59,11 @@ pub enum Error {
     /// The connection's socket failed (a reset, a broken pipe): the
     /// connection is closed. (A slow peer is an [`Error::Timeout`].)
     Io(io::Error),
+    /// TLS failed (feature `tls`): the handshake (an untrusted or expired
+    /// certificate, a wrong server name, a missing client certificate, a
+    /// peer that does not speak TLS) or a record. The connection is closed.
+    #[cfg(feature = "tls")]
+    Tls(rustls::Error),
     /// The caller's own code failed: a hook's or a chunk consumer's own
     /// error (a file, a database), or the source of
     /// [`Conn::transmit_from`](crate::Conn::transmit_from). Returned from a
@@ -121,6 +126,8 @@ impl Error {
     pub fn is_recoverable(&self) -> bool {
         match self {
             Error::Io(_) | Error::Handler(_) => false,
+            #[cfg(feature = "tls")]
+            Error::Tls(_) => false,
             Error::Protocol(tinyproto::Error::Io(_)) => false,
             Error::Protocol(e) => e.is_recoverable(),
             Error::Timeout(d) => *d == Deadline::Receive,
@@ -136,6 +143,8 @@ impl fmt::Display for Error {
         match self {
             Error::Protocol(e) => write!(f, "{e}"),
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            #[cfg(feature = "tls")]
+            Error::Tls(e) => write!(f, "TLS: {e}"),
             Error::Handler(e) => write!(f, "{e}"),
             Error::Timeout(d) => write!(f, "{d} deadline ran out"),
             Error::Plugin(e) => write!(f, "plugin failed: {e}"),
@@ -160,6 +169,8 @@ impl std::error::Error for Error {
         match self {
             Error::Protocol(e) => Some(e),
             Error::Io(e) => Some(e),
+            #[cfg(feature = "tls")]
+            Error::Tls(e) => Some(e),
             Error::Plugin(e) | Error::Handler(e) => Some(&**e),
             _ => None,
         }
@@ -167,17 +178,23 @@ impl std::error::Error for Error {
 }
 
 impl From<ProtocolError> for Error {
-    /// The socket's errors become [`Error::Io`], the others [`Error::Protocol`].
+    /// The socket's errors become [`Error::Io`] (or [`Error::Tls`]), the
+    /// others [`Error::Protocol`].
     fn from(e: ProtocolError) -> Self {
         match e {
-            tinyproto::Error::Io(e) => Error::Io(e),
+            tinyproto::Error::Io(e) => e.into(),
             e => Error::Protocol(e),
         }
     }
 }
 
 impl From<io::Error> for Error {
+    /// A TLS failure rustls reported through the stream is [`Error::Tls`].
     fn from(e: io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            return Error::Tls(tls.clone());
+        }
         Error::Io(e)
     }
 }

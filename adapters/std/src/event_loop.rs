@@ -129,7 +129,12 @@ impl Runner {
     }
 
     /// A new connection over `stream`, with a fresh id.
-    pub(crate) fn new_conn(&self, stream: TcpStream, peer: SocketAddr, cfg: Arc<Config>) -> Conn {
+    pub(crate) fn new_conn(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cfg: Arc<Config>,
+    ) -> Result<Conn, Error> {
         let owner = Owner {
             connections: self.active_connections(),
             stop: self.stop_handle(),
@@ -175,7 +180,7 @@ impl Runner {
         let stop = self.stop_handle();
         let cfg = Arc::new(self.settings.conn.clone());
         let interval = cfg.loop_pass_interval;
-        let refusals = Refusals::default();
+        let refusals = Refusals::new(&cfg);
         call_hook("pre_loop", || self.hooks.pre_loop(&ctx));
         // Connections that came before the loop are waiting: accept them now.
         let mut acceptable: Vec<usize> = (0..self.listeners.len()).collect();
@@ -236,9 +241,13 @@ impl Runner {
                 refusals.refuse(stream);
                 continue;
             }
-            let conn = self.new_conn(stream, peer, cfg.clone());
-            log::debug!("{}: accepted {peer}", conn.id());
-            self.spawn(conn, ctx);
+            match self.new_conn(stream, peer, cfg.clone()) {
+                Ok(conn) => {
+                    log::debug!("{}: accepted {peer}", conn.id());
+                    self.spawn(conn, ctx);
+                }
+                Err(e) => log::error!("{peer}: not served: {e}"),
+            }
         }
         result
     }

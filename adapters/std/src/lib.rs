@@ -23,6 +23,8 @@ mod pool;
 mod reactor;
 mod server;
 mod sleep;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 pub use budget::DEFAULT_MEMORY_BUDGET;
@@ -38,7 +40,12 @@ pub use id::ConnId;
 #[cfg(feature = "zlib")]
 pub use plugin::ZlibPlugin;
 pub use plugin::{Plugin, PluginError};
+/// Re-exported (feature `tls`): the TLS library, for its configurations.
+#[cfg(feature = "tls")]
+pub use rustls;
 pub use server::Server;
+#[cfg(feature = "tls")]
+pub use tls::PeerIdentity;
 
 /// Re-exported: the core crate.
 pub use tinyproto;

@@ -2,7 +2,7 @@
 //! refusal of a connection past the limit (the single byte 0xFE, then a
 //! brief linger so that the peer can read it).
 
-use std::io::{self, Read as _};
+use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,6 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use embedded_io_adapters::std::FromStd;
+
+use crate::transport::Stream;
 
 /// At most this many refused connections linger at once, waiting for the
 /// peer to read the 0xFE before the close; more are closed at once.
@@ -75,53 +77,92 @@ pub(crate) fn raise_open_file_limit() {
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
     lingering: Arc<AtomicUsize>,
+    /// Over TLS, the 0xFE goes inside the session, after a handshake.
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsSide>,
 }
 
 impl Refusals {
-    /// Answers `stream` 0xFE and closes it (see [`refuse`]).
+    pub(crate) fn new(cfg: &crate::config::Config) -> Self {
+        let _ = cfg;
+        Self {
+            lingering: Arc::default(),
+            #[cfg(feature = "tls")]
+            tls: cfg.tls.clone(),
+        }
+    }
+
+    /// Answers a connection past the limit with the single byte 0xFE and
+    /// closes it, letting it linger briefly so the peer can read the byte
+    /// before the close (a close with the peer's greeting unread would
+    /// reset the connection and could destroy the 0xFE in flight). At most
+    /// [`MAX_LINGERING_REFUSALS`] linger at once; more are closed at once.
+    /// Over TLS all of it (the handshake first) is on the lingering thread:
+    /// never a round trip on the accepting loop.
     pub(crate) fn refuse(&self, stream: TcpStream) {
-        refuse(stream, &self.lingering);
+        if let Err(e) = stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_write_timeout(Some(REFUSAL_LINGER)))
+            .and_then(|()| stream.set_read_timeout(Some(REFUSAL_LINGER)))
+        {
+            log::debug!("refusal not sent: {e}");
+            return;
+        }
+        let socket = Arc::new(stream);
+        let tcp = crate::transport::Tcp(socket.clone());
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            match tls.wrap(tcp) {
+                Ok(stream) => self.linger(stream, socket, true),
+                Err(e) => log::debug!("refusal not sent: {e}"),
+            }
+            return;
+        }
+        let mut stream: Box<dyn Stream> = Box::new(tcp);
+        if let Err(e) = send_refusal(&mut stream) {
+            log::debug!("refusal not sent: {e}");
+            return;
+        }
+        self.linger(stream, socket, false);
+    }
+
+    /// Lingers on a thread of its own (sending the refusal first if
+    /// `send`), reading until the peer closes or the linger ends.
+    fn linger(&self, mut stream: Box<dyn Stream>, socket: Arc<TcpStream>, send: bool) {
+        if self.lingering.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING_REFUSALS {
+            self.lingering.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let lingering = self.lingering.clone();
+        let spawned = thread::Builder::new()
+            .name("tinyproto-refuse".into())
+            .spawn(move || {
+                if !send || send_refusal(&mut stream).is_ok() {
+                    let _ = socket.shutdown(Shutdown::Write);
+                    let deadline = Instant::now() + REFUSAL_LINGER;
+                    let mut buf = [0u8; 64];
+                    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                        if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+                            break;
+                        }
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                    }
+                }
+                lingering.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            self.lingering.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
-/// Answers a connection past the limit with the single byte 0xFE and
-/// closes it, letting it linger briefly so the peer can read the byte
-/// before the close (a close with the peer's greeting unread would reset
-/// the connection and could destroy the 0xFE in flight).
-fn refuse(mut stream: TcpStream, lingering: &Arc<AtomicUsize>) {
-    let sent = stream
-        .set_nonblocking(false)
-        .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(1))))
-        .and_then(|()| {
-            tinyproto::blocking::refuse_connection_limit(&mut FromStd::new(&mut stream))
-        });
-    if let Err(e) = sent {
-        log::debug!("refusal not sent: {e}");
-        return;
-    }
-    let _ = stream.shutdown(Shutdown::Write);
-    if lingering.fetch_add(1, Ordering::SeqCst) >= MAX_LINGERING_REFUSALS {
-        lingering.fetch_sub(1, Ordering::SeqCst);
-        return;
-    }
-    let lingering2 = lingering.clone();
-    let spawned = thread::Builder::new()
-        .name("tinyproto-refuse".into())
-        .spawn(move || {
-            let deadline = Instant::now() + REFUSAL_LINGER;
-            let mut buf = [0u8; 64];
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
-                    break;
-                }
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            lingering2.fetch_sub(1, Ordering::SeqCst);
-        });
-    if spawned.is_err() {
-        lingering.fetch_sub(1, Ordering::SeqCst);
-    }
+/// Writes the refusal (0xFE) and ends the stream's session.
+fn send_refusal(stream: &mut Box<dyn Stream>) -> io::Result<()> {
+    tinyproto::blocking::refuse_connection_limit(&mut FromStd::new(&mut *stream))?;
+    stream.flush()?;
+    stream.close();
+    Ok(())
 }

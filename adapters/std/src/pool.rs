@@ -129,7 +129,11 @@ impl Pool {
         // Registered first, so that nothing sent to every connection misses
         // it; then this side's greeting goes out at once (a client's greeting
         // need not wait for the thread to start; a no-op if greeted already).
-        conn.send_greeting();
+        // (Over TLS the greeting follows the handshake, on the connection's
+        // own thread: never a round trip on the accepting loop.)
+        if !conn.is_tls() {
+            conn.send_greeting();
+        }
         conn.attach(Attached {
             shared: self.shared.clone(),
             mailbox,

@@ -86,6 +86,18 @@ impl Server {
         self.runner.settings.conn.duplex = duplex;
     }
 
+    /// Runs every connection in TLS with `config` (feature `tls`): its
+    /// certificate and key, and whether clients must present certificates
+    /// of their own (mutual TLS: a `rustls::server::WebPkiClientVerifier`).
+    /// The handshake is part of the greeting, within its deadline; handlers
+    /// see the client's identity with [`Conn::peer_identity`](crate::Conn::peer_identity)
+    /// (a `pre_loop` that returns an error refuses the connection). A
+    /// handshake that fails ends the connection with [`Error::Tls`](crate::Error::Tls).
+    #[cfg(feature = "tls")]
+    pub fn set_tls(&mut self, config: std::sync::Arc<rustls::ServerConfig>) {
+        self.runner.settings.conn.tls = Some(crate::tls::TlsSide::Server(config));
+    }
+
     /// The addresses listened on.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.runner.context().local_addrs

@@ -50,9 +50,25 @@ pub(crate) trait Stream: io::Read + io::Write + Send {
     /// True when the stream holds bytes it read from the socket already and
     /// has not handed out (a TLS stream's decrypted records): the socket may
     /// be quiet, yet there is something to read.
-    fn has_buffered_input(&self) -> bool {
+    fn has_buffered_input(&mut self) -> bool {
         false
     }
+
+    /// The certificate the peer presented (TLS), once the handshake is done.
+    #[cfg(feature = "tls")]
+    fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        None
+    }
+
+    /// True while a read may also write and a write also read (a TLS
+    /// handshake): both socket timeouts then bound every call.
+    fn talks_both_ways(&self) -> bool {
+        false
+    }
+
+    /// Ends the stream's own session before the socket closes (TLS's
+    /// close_notify), without reading; nothing for a plain socket.
+    fn close(&mut self) {}
 }
 
 /// A plain TCP connection, its socket shared with the registry (one file
@@ -88,8 +104,21 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
         (**self).socket()
     }
 
-    fn has_buffered_input(&self) -> bool {
+    fn has_buffered_input(&mut self) -> bool {
         (**self).has_buffered_input()
+    }
+
+    #[cfg(feature = "tls")]
+    fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        (**self).peer_certificate()
+    }
+
+    fn talks_both_ways(&self) -> bool {
+        (**self).talks_both_ways()
+    }
+
+    fn close(&mut self) {
+        (**self).close()
     }
 }
 
@@ -242,8 +271,23 @@ impl<S: Stream> Transport<S> {
     /// True when bytes wait here, read ahead from the socket: the socket
     /// may be empty, yet there is something to read (no readiness would
     /// report it).
-    pub(crate) fn has_input(&self) -> bool {
+    pub(crate) fn has_input(&mut self) -> bool {
         self.ahead_pos < self.ahead_end || self.stream.has_buffered_input()
+    }
+
+    /// The stream, for what only it knows (the peer's certificate).
+    #[cfg(feature = "tls")]
+    pub(crate) fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Writes out what waits and ends the stream's own session (TLS's
+    /// close_notify), within the exchange's deadline or the write timeout.
+    pub(crate) fn close(&mut self) {
+        if !self.stream.talks_both_ways() {
+            let _ = self.write_out();
+        }
+        self.stream.close();
     }
 
     /// Bytes read ahead and not handed out yet.
@@ -253,7 +297,7 @@ impl<S: Stream> Transport<S> {
 
     /// True when nothing waits here and a read found the socket empty (it
     /// took fewer bytes than it asked for) less than `within` ago.
-    pub(crate) fn drained_within(&self, within: Duration) -> bool {
+    pub(crate) fn drained_within(&mut self, within: Duration) -> bool {
         !self.has_input() && self.drained_at.is_some_and(|at| at.elapsed() < within)
     }
 
@@ -299,6 +343,9 @@ impl<S: Stream> Transport<S> {
             };
             self.read_tried = true;
             self.set_read_timeout(wait)?;
+            if self.stream.talks_both_ways() {
+                self.set_write_timeout(wait.min(self.write_timeout))?;
+            }
             match self.stream.read(buf) {
                 Ok(n) => {
                     self.read_timed_out = false;
@@ -325,6 +372,16 @@ impl<S: Stream> Transport<S> {
         if !keeps(set, wait) && (self.read_timed_out || !shorter) {
             self.stream.socket().set_read_timeout(Some(wait))?;
             self.read_timeout_set = Some(wait);
+        }
+        Ok(())
+    }
+
+    /// Sets the socket's write timeout, unless the one set will do.
+    fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        let timeout = timeout.max(MIN_TIMEOUT);
+        if !keeps(self.write_timeout_set, timeout) {
+            self.stream.socket().set_write_timeout(Some(timeout))?;
+            self.write_timeout_set = Some(timeout);
         }
         Ok(())
     }
@@ -370,9 +427,10 @@ impl<S: Stream> Transport<S> {
             }
         }
         let timeout = timeout.max(MIN_TIMEOUT);
-        if !keeps(self.write_timeout_set, timeout) {
-            self.stream.socket().set_write_timeout(Some(timeout))?;
-            self.write_timeout_set = Some(timeout);
+        self.set_write_timeout(timeout)?;
+        if self.stream.talks_both_ways() {
+            self.read_timed_out = true; // set it exactly, not a shorter one left
+            self.set_read_timeout(timeout)?;
         }
         loop {
             match self.stream.write(buf) {

@@ -29,6 +29,7 @@ pub mod status {
     pub const TIMEOUT: i32 = 6;
     pub const PROTOCOL: i32 = 7;
     pub const CONFLICT: i32 = 8;
+    pub const TLS: i32 = 9;
 }
 
 /// The binary under test.

@@ -1,0 +1,362 @@
+//! tinyproto over TLS (feature `tls`), std to std on loopback: whole and
+//! chunked messages, a rejection, the connection limit's 0xFE and the
+//! peer's identity, with and without client certificates; and each way a
+//! handshake can fail, a typed error on both ends while the server goes on.
+//! Certificates are made here, at test time.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use tinyproto_std::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tinyproto_std::rustls::server::WebPkiClientVerifier;
+use tinyproto_std::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tinyproto_std::{Client, Conn, Error, Handler, Server, StopHandle};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A CA, and what it signs.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    /// A certificate for `dns` (and common name `cn`), valid now unless
+    /// `expired`.
+    fn issue(
+        &self,
+        dns: &str,
+        cn: &str,
+        expired: bool,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (vec![cert.der().clone()], key)
+    }
+
+    fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        Arc::new(roots)
+    }
+}
+
+/// A server config for `localhost` signed by `ca`; client certificates
+/// signed by `client_ca` required if given.
+fn server_config(ca: &Ca, client_ca: Option<&Ca>, expired: bool) -> Arc<ServerConfig> {
+    let (chain, key) = ca.issue("localhost", "test server", expired);
+    let builder = ServerConfig::builder();
+    let builder = match client_ca {
+        Some(client_ca) => builder.with_client_cert_verifier(
+            WebPkiClientVerifier::builder(client_ca.roots())
+                .build()
+                .unwrap(),
+        ),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(builder.with_single_cert(chain, key).unwrap())
+}
+
+/// A client config trusting `ca`, presenting a certificate of `client`'s
+/// (common name `cn`) if given.
+fn client_config(ca: &Ca, client: Option<(&Ca, &str)>) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder().with_root_certificates(ca.roots());
+    Arc::new(match client {
+        Some((issuer, cn)) => {
+            let (chain, key) = issuer.issue("device.example", cn, false);
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    })
+}
+
+fn tls_client(config: Arc<ClientConfig>, name: &str) -> Client {
+    let mut client = Client::new();
+    client.set_timeout(LONG);
+    client.set_tls(config, ServerName::try_from(name.to_owned()).unwrap());
+    client
+}
+
+/// Echoes; `whoami` answers the client's common name; `big` answers 1 MiB.
+/// Each connection's end goes to `ends`.
+struct Tester(mpsc::Sender<String>);
+
+impl Handler for Tester {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        match msg {
+            b"whoami" => {
+                let identity = conn.peer_identity();
+                let name = identity.and_then(|i| i.common_name).unwrap_or_default();
+                conn.transmit(name.as_bytes())
+            }
+            b"big" => conn.transmit(&vec![0x5A; 1 << 20]),
+            other => conn.transmit(other),
+        }
+    }
+
+    fn post_loop(&mut self, _conn: &mut Conn, result: &Result<(), Error>) {
+        let _ = self.0.send(match result {
+            Ok(()) => "ok".to_owned(),
+            Err(e @ Error::Tls(_)) => format!("tls: {e}"),
+            Err(e) => format!("other: {e}"),
+        });
+    }
+}
+
+/// A TLS server (with `configure` for more), its ends and its stop.
+fn start(
+    config: Arc<ServerConfig>,
+    configure: impl FnOnce(&mut Server),
+) -> (
+    SocketAddr,
+    mpsc::Receiver<String>,
+    StopHandle,
+    thread::JoinHandle<std::io::Result<()>>,
+) {
+    let (tx, ends) = mpsc::channel();
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_tls(config);
+    server.set_max_message_len(2 << 20);
+    server.set_conn_handler(move || Tester(tx.clone()));
+    configure(&mut server);
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    (addr, ends, stop, thread)
+}
+
+/// A well-behaved TLS client still gets its echo.
+fn assert_serves(addr: SocketAddr, client: &Client) {
+    let mut conn = client.connect(addr).expect("served");
+    conn.transmit(b"still here").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"still here");
+    conn.close();
+}
+
+#[test]
+fn test_messages_rejection_and_connection_limit_over_tls() {
+    let ca = Ca::new("test CA");
+    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |s| {
+        s.set_connection_limit(Some(1))
+    });
+    let client = tls_client(client_config(&ca, None), "localhost");
+    let mut conn = client.connect(addr).unwrap();
+    assert!(conn.is_tls());
+    for size in [0usize, 1, 1000, 100_000] {
+        let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        conn.transmit(&msg).unwrap();
+        assert_eq!(conn.receive().unwrap(), msg, "{size} bytes");
+    }
+    conn.transmit(b"big").unwrap();
+    let mut total = 0;
+    let len = conn
+        .receive_chunked(u32::MAX, |chunk| {
+            assert!(chunk.iter().all(|b| *b == 0x5A));
+            total += chunk.len();
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!((len, total), (1 << 20, 1 << 20), "chunked, whole");
+    match conn.transmit(&vec![0; (2 << 20) + 1]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { .. })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(
+        conn.peer_identity().and_then(|i| i.common_name).as_deref(),
+        Some("test server")
+    );
+    // The one slot is taken: the next client reads 0xFE inside TLS.
+    match client.connect(addr) {
+        Err(Error::Protocol(tinyproto::Error::ConnectionLimit)) => {}
+        other => panic!("expected the connection limit, got {other:?}"),
+    }
+    conn.transmit(b"after").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"after");
+    conn.close();
+    assert_eq!(ends.recv_timeout(LONG).unwrap(), "ok");
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}
+
+#[test]
+fn test_mutual_tls_shows_the_client_identity_to_handlers() {
+    let ca = Ca::new("server CA");
+    let devices = Ca::new("device CA");
+    let (addr, ends, stop, thread) = start(server_config(&ca, Some(&devices), false), |_| {});
+    let client = tls_client(
+        client_config(&ca, Some((&devices, "device 7"))),
+        "localhost",
+    );
+    let mut conn = client.connect(addr).unwrap();
+    conn.transmit(b"whoami").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"device 7");
+    conn.close();
+    assert_eq!(ends.recv_timeout(LONG).unwrap(), "ok");
+
+    // No client certificate, or one from another CA: refused, on both ends.
+    let strangers = Ca::new("stranger CA");
+    for config in [
+        client_config(&ca, None),
+        client_config(&ca, Some((&strangers, "intruder"))),
+    ] {
+        let result = tls_client(config, "localhost")
+            .connect(addr)
+            .and_then(|mut conn| {
+                // TLS 1.3: the server's verdict on our certificate comes with
+                // its first record after the handshake.
+                conn.transmit(b"x")?;
+                conn.receive()
+            });
+        assert!(
+            matches!(
+                result,
+                Err(Error::Tls(_)) | Err(Error::Io(_)) | Err(Error::Protocol(_))
+            ),
+            "refused: {result:?}"
+        );
+        let end = ends.recv_timeout(LONG).unwrap();
+        assert!(
+            end.starts_with("tls: "),
+            "the server saw a TLS error: {end}"
+        );
+    }
+    assert_serves(
+        addr,
+        &tls_client(
+            client_config(&ca, Some((&devices, "device 8"))),
+            "localhost",
+        ),
+    );
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}
+
+#[test]
+fn test_handshake_failures_are_typed_on_both_ends() {
+    let ca = Ca::new("test CA");
+    let other = Ca::new("other CA");
+    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |_| {});
+    // An untrusted CA, and a wrong server name.
+    for client in [
+        tls_client(client_config(&other, None), "localhost"),
+        tls_client(client_config(&ca, None), "not-this-server.example"),
+    ] {
+        match client.connect(addr) {
+            Err(Error::Tls(_)) => {}
+            other => panic!("expected a TLS error, got {other:?}"),
+        }
+        let end = ends.recv_timeout(LONG).unwrap();
+        assert!(
+            end.starts_with("tls: "),
+            "the server saw a TLS error: {end}"
+        );
+    }
+    stop.stop();
+    thread.join().unwrap().unwrap();
+
+    // An expired server certificate.
+    let (addr, ends, stop, thread) = start(server_config(&ca, None, true), |_| {});
+    match tls_client(client_config(&ca, None), "localhost").connect(addr) {
+        Err(Error::Tls(e)) => assert!(e.to_string().contains("expired"), "{e}"),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    let end = ends.recv_timeout(LONG).unwrap();
+    assert!(
+        end.starts_with("tls: "),
+        "the server saw a TLS error: {end}"
+    );
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}
+
+#[test]
+fn test_plaintext_and_tls_peers_do_not_mix() {
+    let ca = Ca::new("test CA");
+    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |_| {});
+    // A plaintext client on the TLS port: nothing of tinyproto comes back.
+    let mut raw = common::raw(addr);
+    raw.write_all(&[0xFF, 0, 0, 0, 1, b'x']).unwrap();
+    let answer = common::read_to_close(&mut raw);
+    assert!(
+        !answer.starts_with(&[0xFF]),
+        "no greeting in the clear: {answer:?}"
+    );
+    let end = ends.recv_timeout(LONG).unwrap();
+    assert!(
+        end.starts_with("tls: "),
+        "the server saw a TLS error: {end}"
+    );
+    match Client::new().connect(addr) {
+        Err(Error::Protocol(tinyproto::Error::UnexpectedByte { .. }))
+        | Err(Error::Protocol(tinyproto::Error::Closed)) => {}
+        other => panic!("a plaintext client gets a clear error, got {other:?}"),
+    }
+    let _ = ends.recv_timeout(LONG).unwrap();
+    assert_serves(addr, &tls_client(client_config(&ca, None), "localhost"));
+    stop.stop();
+    thread.join().unwrap().unwrap();
+
+    // A TLS client against a plaintext server.
+    let h = common::Harness::start(|_| {});
+    match tls_client(client_config(&ca, None), "localhost").connect(h.addr) {
+        Err(Error::Tls(_)) => {}
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    common::assert_serves(&h);
+}
+
+/// rustls' own errors name what failed.
+#[test]
+fn test_tls_error_is_not_recoverable() {
+    let e = Error::Tls(rustls::Error::HandshakeNotComplete);
+    assert!(!e.is_recoverable());
+    assert!(e.to_string().starts_with("TLS: "));
+}
+
+/// A peer that connects to a TLS port and never starts a handshake is cut
+/// by the greeting deadline, which covers the handshake.
+#[test]
+fn test_a_silent_peer_is_cut_by_the_greeting_deadline() {
+    let ca = Ca::new("test CA");
+    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |s| {
+        s.set_timeouts(tinyproto_std::Timeouts::default().with_greeting(Duration::from_millis(500)))
+    });
+    let mut silent = common::raw(addr);
+    assert_eq!(
+        common::read_to_close(&mut silent),
+        b"",
+        "closed, nothing sent"
+    );
+    assert_eq!(
+        ends.recv_timeout(LONG).unwrap(),
+        "other: greeting deadline ran out"
+    );
+    assert_serves(addr, &tls_client(client_config(&ca, None), "localhost"));
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}

@@ -80,7 +80,17 @@ impl Failure {
                 TIMEOUT,
                 format!("timed out: the {deadline} deadline ran out"),
             ),
-            e @ tinyproto_std::Error::Tls(_) => Self::new(TLS, e.to_string()),
+            e @ tinyproto_std::Error::Tls(_) => {
+                let mut message = e.to_string();
+                if message.contains("CaUsedAsEndEntity") {
+                    // `openssl req -x509` makes a CA certificate by default.
+                    message.push_str(
+                        " (the server's certificate is a CA's: serve a certificate issued by a CA, \
+                         or make a self-signed one with -addext basicConstraints=critical,CA:FALSE)",
+                    );
+                }
+                Self::new(TLS, message)
+            }
             other => Self::new(OTHER, other.to_string()),
         }
     }

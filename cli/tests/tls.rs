@@ -340,3 +340,16 @@ fn test_cli_send_tls_to_openssl_server() {
     assert_eq!(server.next_line(WAIT), "done");
     assert_eq!(server.wait(WAIT), 0, "python server: {}", server.stderr());
 }
+
+/// A server certificate that is a CA's (what `openssl req -x509` makes by
+/// default) is refused with a hint at the fix.
+#[test]
+fn test_a_ca_certificate_served_as_its_own_gets_a_hint() {
+    let pki = Pki::new("ca-as-server");
+    std::fs::write(pki.path("ca.key"), pki.ca_key.serialize_pem()).unwrap();
+    let key = pki.path("ca.key").to_string_lossy().into_owned();
+    let serve = Serve::start(&["--echo", "--tls-cert", &pki.ca(), "--tls-key", &key]);
+    let out = run(&["send", &localhost(&serve), "--tls-ca", &pki.ca()], b"x");
+    assert_eq!(out.code, status::TLS, "{}", out.stderr);
+    assert!(out.stderr.contains("CA:FALSE"), "{}", out.stderr);
+}

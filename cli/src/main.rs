@@ -1,11 +1,14 @@
 //! `tinyproto`: talk tinyproto over TCP from the command line.
 //!
 //! - `tinyproto serve --listen ADDR [--listen ADDR]... [--echo | --sink | --print]
-//!   [--max-connections N] [--max-message BYTES] [--timeout SECS]`
-//! - `tinyproto send ADDR [FILE]... [--lines] [--reply] [--timeout SECS] [--message-timeout SECS]`
+//!   [--max-connections N] [--max-message BYTES] [--memory-budget BYTES]
+//!   [--timeout SECS] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]`
+//! - `tinyproto send ADDR [FILE]... [--lines] [--reply] [--timeout SECS] [--message-timeout SECS]
+//!   [--tls-ca FILE [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]]`
 //! - `tinyproto bench [--size BYTES] [--count N] [--connections C] [--json]`
 //!
-//! The exit statuses are listed in [`exit`] and in `tinyproto --help`.
+//! The exit statuses are listed in [`exit`] and in `tinyproto --help`. Logs
+//! go to stderr (`-v`, `-vv`, or `RUST_LOG`).
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +32,28 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log more to stderr: -v connections and messages, -vv every byte
+    /// count [default: serve logs refused, rejected and failed
+    /// connections; send only warnings]. `RUST_LOG` overrides both.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+/// Logs to stderr through `env_logger`: `RUST_LOG` if set, else by `-v`.
+fn init_logging(command: &Command, verbose: u8) {
+    let quiet = match command {
+        // A server's log is its record of who was refused and what failed.
+        Command::Serve(_) => "warn,tinyproto_std=info",
+        Command::Send(_) | Command::Bench(_) => "warn",
+    };
+    let filter = match verbose {
+        0 => quiet,
+        1 => "info,tinyproto_std=debug,tinyproto=debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format_timestamp_millis()
+        .init();
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +229,7 @@ fn main() -> ExitCode {
             });
         }
     };
+    init_logging(&cli.command, cli.verbose);
     let result = match cli.command {
         Command::Serve(s) => serve::run(&serve::ServeArgs {
             listen: s.listen,

@@ -48,14 +48,6 @@ const KEPT_BUFFER: usize = 16 * 1024;
 /// one of ours goes out.
 const MAX_TAKEN_BEFORE_SEND: usize = 64;
 
-/// A look at the socket before a send costs three system calls; when the
-/// read that ended the peer's last message found the socket empty less
-/// than this long ago, it stands in for the look (a handler answering at
-/// once). A message the peer begins in so short a window crosses ours with
-/// about the odds of one that begins between a look and our length: the
-/// look narrows the window, it cannot close it.
-const FRESH_DRAIN: Duration = Duration::from_micros(200);
-
 /// The transport of every connection: TCP today, any [`Stream`] over a
 /// socket (TLS) with no change above.
 pub(crate) type ConnTransport = Transport<Box<dyn Stream>>;
@@ -112,8 +104,6 @@ pub struct Conn {
     pub(crate) held: VecDeque<Vec<u8>>,
     started: Instant,
     last_activity: Instant,
-    /// The last message that moved was the peer's: a send now answers it.
-    received_last: bool,
     /// Which half of a duplex link this is (set by a duplex server's loop).
     pub(crate) direction: Option<Direction>,
     stop: bool,
@@ -178,7 +168,6 @@ impl Conn {
             held: VecDeque::new(),
             started: now,
             last_activity: now,
-            received_last: false,
             direction: None,
             stop: false,
             owner,
@@ -347,7 +336,7 @@ impl Conn {
         self.transport().end_exchange();
         match self.answered(result) {
             Ok(()) => {
-                self.message_moved(false);
+                self.message_moved();
                 log::trace!("{} sent {} bytes", self.id, wire.len());
                 Ok(())
             }
@@ -362,9 +351,6 @@ impl Conn {
             return Err(Error::UpHalf);
         }
         self.greet()?;
-        if self.received_last && self.transport().drained_within(FRESH_DRAIN) {
-            return Ok(());
-        }
         // Bounded: a peer that keeps sending refused messages cannot hold
         // ours back for ever (what crosses it then is a conflict).
         for _ in 0..MAX_TAKEN_BEFORE_SEND {
@@ -483,7 +469,7 @@ impl Conn {
         };
         match result {
             Ok(()) => {
-                self.message_moved(false);
+                self.message_moved();
                 Ok(())
             }
             Err(RawError::Core(e)) => Err(self.fail(e)),
@@ -647,7 +633,7 @@ impl Conn {
             return Err(self.fail(e));
         }
         self.transport().end_exchange();
-        self.message_moved(true);
+        self.message_moved();
         log::trace!("{} received {} bytes", self.id, buf.len());
         if !self.cfg.plugins.is_empty() {
             let raw = std::mem::take(buf);
@@ -697,7 +683,7 @@ impl Conn {
         self.transport().end_exchange();
         match result {
             Ok(len) => {
-                self.message_moved(true);
+                self.message_moved();
                 Ok(len)
             }
             Err(RawError::Core(e)) => Err(self.fail(e)),
@@ -768,10 +754,9 @@ impl Conn {
         self.transport().begin_exchange(until, Deadline::Message);
     }
 
-    /// A message moved, the peer's (`received`) or ours.
-    fn message_moved(&mut self, received: bool) {
+    /// A message moved, either way.
+    fn message_moved(&mut self) {
         self.last_activity = Instant::now();
-        self.received_last = received;
     }
 
     fn check_no_plugins(&self, what: &str) -> Result<(), Error> {

@@ -213,7 +213,7 @@ fn receive_one(
         }
         Take::Reject => {
             conn.reject_announced()?;
-            log::debug!("{}: rejected a message of {len} bytes", conn.id());
+            log::info!("{}: rejected a message of {len} bytes", conn.id());
             Ok(())
         }
         // The loop logs a recoverable reason and goes on; any other ends it.

@@ -145,9 +145,6 @@ pub(crate) struct Transport<S> {
     expired: Option<Deadline>,
     write_timeout_set: Option<Duration>,
     read_timeout_set: Option<Duration>,
-    /// When a read last took fewer bytes than it asked for: the socket held
-    /// nothing more then.
-    drained_at: Option<Instant>,
     /// Bytes read ahead of the reads asking for them (allocated on first
     /// use), and where those not handed out yet begin and end.
     ahead: Vec<u8>,
@@ -196,7 +193,6 @@ impl<S: Stream> Transport<S> {
             expired: None,
             write_timeout_set: None,
             read_timeout_set: None,
-            drained_at: None,
             ahead: Vec::new(),
             ahead_pos: 0,
             ahead_end: 0,
@@ -260,12 +256,6 @@ impl<S: Stream> Transport<S> {
         }
     }
 
-    /// A read from the stream took `n` bytes of the `asked`: fewer, and the
-    /// socket held nothing more.
-    fn note_drained(&mut self, n: usize, asked: usize) {
-        self.drained_at = (n < asked).then(Instant::now);
-    }
-
     // ---- what is there to read ----
 
     /// True when bytes wait here, read ahead from the socket: the socket
@@ -293,12 +283,6 @@ impl<S: Stream> Transport<S> {
     /// Bytes read ahead and not handed out yet.
     pub(crate) fn ahead_len(&self) -> usize {
         self.ahead_end - self.ahead_pos
-    }
-
-    /// True when nothing waits here and a read found the socket empty (it
-    /// took fewer bytes than it asked for) less than `within` ago.
-    pub(crate) fn drained_within(&mut self, within: Duration) -> bool {
-        !self.has_input() && self.drained_at.is_some_and(|at| at.elapsed() < within)
     }
 
     /// Looks at the socket without waiting and keeps what arrived with the
@@ -349,7 +333,6 @@ impl<S: Stream> Transport<S> {
             match self.stream.read(buf) {
                 Ok(n) => {
                     self.read_timed_out = false;
-                    self.note_drained(n, buf.len());
                     return Ok(n);
                 }
                 Err(e) if is_timeout(&e) => {
@@ -399,14 +382,8 @@ impl<S: Stream> Transport<S> {
         };
         self.stream.socket().set_nonblocking(false)?;
         match read {
-            Ok(n) => {
-                self.note_drained(n, buf.len());
-                Ok(Some(n))
-            }
-            Err(e) if is_timeout(&e) => {
-                self.drained_at = Some(Instant::now());
-                Ok(None)
-            }
+            Ok(n) => Ok(Some(n)),
+            Err(e) if is_timeout(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -132,8 +132,8 @@ impl<'a> Client<'a> {
     }
 
     /// Receives one whole message into `buf`: waits up to
-    /// [`Timeouts::idle`] for it to start, then [`Timeouts::message`] for
-    /// all of it. A longer message than `buf` is refused with 0x00
+    /// [`Timeouts::receive`] for it to start (`None`: as long as it takes),
+    /// then [`Timeouts::message`] for all of it. A longer message than `buf` is refused with 0x00
     /// ([`Error::TooLarge`](tinyproto::Error::TooLarge); the connection
     /// stays usable).
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {

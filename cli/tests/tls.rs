@@ -8,30 +8,23 @@ mod common;
 use std::path::PathBuf;
 
 use common::{pattern, run, scratch, status, Serve, WAIT};
+use tinyproto_tests::pki::TestCa;
 use tinyproto_tests::{python, PyProcess};
 
-/// PEM files of a CA and of what it signs, in this test's scratch directory.
+/// PEM files of a test CA and of what it signs, in this test's scratch
+/// directory.
 struct Pki {
     dir: String,
-    ca_cert: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    ca: TestCa,
 }
 
 impl Pki {
     fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca_cert = params.self_signed(&ca_key).unwrap();
         let pki = Self {
             dir: name.to_owned(),
-            ca_cert,
-            ca_key,
+            ca: TestCa::new(&format!("{name} CA")),
         };
-        std::fs::write(pki.path("ca.pem"), pki.ca_cert.pem()).unwrap();
+        std::fs::write(pki.path("ca.pem"), pki.ca.cert_pem()).unwrap();
         pki
     }
 
@@ -46,25 +39,27 @@ impl Pki {
     /// A certificate for `localhost` (and 127.0.0.1) named `who`: its cert
     /// and key files.
     fn issue(&self, who: &str) -> (String, String) {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, who);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
-        let (cert_path, key_path) = (
+        let issued = self.ca.issue(&["localhost", "127.0.0.1"], who, false);
+        let (cert, key) = (
             self.path(&format!("{who}.pem")),
             self.path(&format!("{who}.key")),
         );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&cert, issued.cert_pem()).unwrap();
+        std::fs::write(&key, issued.key_pem()).unwrap();
         (
-            cert_path.to_string_lossy().into_owned(),
-            key_path.to_string_lossy().into_owned(),
+            cert.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
         )
     }
+}
+
+/// `send ADDR --reply --tls-ca CA [--tls-cert C --tls-key K]` of `msg`.
+fn send_tls(addr: &str, ca: &str, client: Option<&(String, String)>, msg: &[u8]) -> common::Output {
+    let mut args = vec!["send", addr, "--reply", "--tls-ca", ca];
+    if let Some((cert, key)) = client {
+        args.extend(["--tls-cert", cert, "--tls-key", key]);
+    }
+    run(&args, msg)
 }
 
 /// `host:port` under the name the certificates carry.
@@ -81,7 +76,7 @@ fn test_send_and_serve_over_tls_and_mutual_tls() {
     let addr = localhost(&serve);
     let ca = servers.ca();
     for msg in [b"over tls".to_vec(), Vec::new(), pattern(1 << 20)] {
-        let out = run(&["send", &addr, "--reply", "--tls-ca", &ca], &msg);
+        let out = send_tls(&addr, &ca, None, &msg);
         assert_eq!(out.code, status::OK, "{}", out.stderr);
         assert!(out.stdout == msg, "echo of {} bytes differs", msg.len());
     }
@@ -117,59 +112,17 @@ fn test_send_and_serve_over_tls_and_mutual_tls() {
         &devices.ca(),
     ]);
     let addr = localhost(&serve);
-    let (device_cert, device_key) = devices.issue("device-1");
-    let out = run(
-        &[
-            "send",
-            &addr,
-            "--reply",
-            "--tls-ca",
-            &ca,
-            "--tls-cert",
-            &device_cert,
-            "--tls-key",
-            &device_key,
-        ],
-        b"hello",
-    );
+    let device = devices.issue("device-1");
+    let out = send_tls(&addr, &ca, Some(&device), b"hello");
     assert_eq!(out.code, status::OK, "{}", out.stderr);
     assert_eq!(out.stdout, b"hello");
-    let out = run(
-        &["send", &addr, "--reply", "--tls-ca", &ca],
-        b"no certificate",
-    );
+    let out = send_tls(&addr, &ca, None, b"no certificate");
     assert_eq!(out.code, status::TLS, "{}", out.stderr);
-    let (stranger_cert, stranger_key) = servers.issue("stranger");
-    let out = run(
-        &[
-            "send",
-            &addr,
-            "--reply",
-            "--tls-ca",
-            &ca,
-            "--tls-cert",
-            &stranger_cert,
-            "--tls-key",
-            &stranger_key,
-        ],
-        b"wrong certificate",
-    );
+    let stranger = servers.issue("stranger");
+    let out = send_tls(&addr, &ca, Some(&stranger), b"wrong certificate");
     assert_eq!(out.code, status::TLS, "{}", out.stderr);
     // And the server goes on.
-    let out = run(
-        &[
-            "send",
-            &addr,
-            "--reply",
-            "--tls-ca",
-            &ca,
-            "--tls-cert",
-            &device_cert,
-            "--tls-key",
-            &device_key,
-        ],
-        b"again",
-    );
+    let out = send_tls(&addr, &ca, Some(&device), b"again");
     assert_eq!(out.code, status::OK, "{}", out.stderr);
     let (code, stderr) = serve.terminate();
     assert_eq!(code, status::OK, "{stderr}");
@@ -346,7 +299,7 @@ fn test_cli_send_tls_to_openssl_server() {
 #[test]
 fn test_a_ca_certificate_served_as_its_own_gets_a_hint() {
     let pki = Pki::new("ca-as-server");
-    std::fs::write(pki.path("ca.key"), pki.ca_key.serialize_pem()).unwrap();
+    std::fs::write(pki.path("ca.key"), pki.ca.key_pem()).unwrap();
     let key = pki.path("ca.key").to_string_lossy().into_owned();
     let serve = Serve::start(&["--echo", "--tls-cert", &pki.ca(), "--tls-key", &key]);
     let out = run(&["send", &localhost(&serve), "--tls-ca", &pki.ca()], b"x");

@@ -5,6 +5,8 @@
 //! `<workspace root>/.venv/bin/python`; without one the tests print a skip
 //! message and pass, unless `$CI` is set, where they fail.
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

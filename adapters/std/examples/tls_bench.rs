@@ -7,16 +7,17 @@
 //! ```
 //!
 //! The certificates (ECDSA P-256, as a device's would be) are made at
-//! start-up with rcgen; TLS 1.3 with rustls' default cipher suites.
+//! start-up (the test helpers' `pki`, on rcgen); TLS 1.3 with rustls' default cipher suites.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tinyproto_std::rustls::pki_types::{PrivateKeyDer, ServerName};
+use tinyproto_std::rustls::pki_types::ServerName;
 use tinyproto_std::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tinyproto_std::{Client, Conn, Error, Handler, Server, Take};
+use tinyproto_tests::pki::TestCa;
 
 /// Sequential connections timed for the handshake rate.
 const HANDSHAKES: usize = 500;
@@ -68,21 +69,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// A CA, the server's certificate for `localhost`, and the client's trust.
 fn configs() -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), Box<dyn std::error::Error>> {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
-        .signed_by(&key, &ca, &ca_key)?;
+    let ca = TestCa::new("bench CA");
+    let cert = ca.issue(&["localhost"], "bench server", false);
     let server = ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::try_from(key.serialize_der())?,
-        )?;
+        .with_single_cert(cert.chain(), cert.key_der())?;
     let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone())?;
+    roots.add(ca.cert_der())?;
     let client = ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::settings_methods;
+use crate::config::shared_methods;
 use crate::conn::Conn;
 use crate::duplex::Duplex;
 use crate::error::{Deadline, Error};
@@ -81,7 +81,7 @@ impl Client {
         t.receive = timeout;
     }
 
-    settings_methods!();
+    shared_methods!();
 
     /// Connects and exchanges the greeting, for plain synchronous use: the
     /// returned connection runs no loop and no handler.

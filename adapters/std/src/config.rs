@@ -148,7 +148,7 @@ impl Default for Settings {
 
 /// The public methods a server and a client share, written once: invoked
 /// inside `impl Server` and `impl Client`, whose `runner` they reach.
-macro_rules! settings_methods {
+macro_rules! shared_methods {
     () => {
         /// Sets the factory that makes one handler per connection (a
         /// client's: per [`connect_to`](crate::Client::connect_to)
@@ -248,4 +248,4 @@ macro_rules! settings_methods {
         }
     };
 }
-pub(crate) use settings_methods;
+pub(crate) use shared_methods;

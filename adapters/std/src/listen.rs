@@ -83,8 +83,8 @@ pub(crate) struct Refusals {
 }
 
 impl Refusals {
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     pub(crate) fn new(cfg: &crate::config::Config) -> Self {
-        let _ = cfg;
         Self {
             lingering: Arc::default(),
             #[cfg(feature = "tls")]

@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
-use crate::config::settings_methods;
+use crate::config::shared_methods;
 use crate::event_loop::Runner;
 use crate::listen::raise_open_file_limit;
 
@@ -109,7 +109,7 @@ impl Server {
         self.runner.limit = limit;
     }
 
-    settings_methods!();
+    shared_methods!();
 
     /// Runs the server until stopped: accepts connections, runs one thread
     /// per connection, then stops gracefully (no new accepts; connections

@@ -326,7 +326,7 @@ impl<S: Stream> Transport<S> {
                 };
             };
             self.read_tried = true;
-            self.set_read_timeout(wait)?;
+            self.set_read_timeout(wait, !self.read_timed_out)?;
             if self.stream.talks_both_ways() {
                 self.set_write_timeout(wait.min(self.write_timeout))?;
             }
@@ -346,13 +346,13 @@ impl<S: Stream> Transport<S> {
     }
 
     /// Sets the socket's read timeout for a wait of `wait`, unless the one
-    /// set will do. A shorter one left from a brief wait is kept while
-    /// bytes come at once; once a read waits it out, the next one gets the
-    /// right one.
-    fn set_read_timeout(&mut self, wait: Duration) -> io::Result<()> {
+    /// set will do: within a sixteenth, or shorter if `shorter_will_do` (a
+    /// shorter one left from a brief wait is kept while bytes come at once;
+    /// once a read waits it out, the next one gets the right one).
+    fn set_read_timeout(&mut self, wait: Duration, shorter_will_do: bool) -> io::Result<()> {
         let set = self.read_timeout_set;
-        let shorter = set.is_some_and(|set| set <= wait);
-        if !keeps(set, wait) && (self.read_timed_out || !shorter) {
+        let will_do = keeps(set, wait) || (shorter_will_do && set.is_some_and(|set| set <= wait));
+        if !will_do {
             self.stream.socket().set_read_timeout(Some(wait))?;
             self.read_timeout_set = Some(wait);
         }
@@ -406,8 +406,8 @@ impl<S: Stream> Transport<S> {
         let timeout = timeout.max(MIN_TIMEOUT);
         self.set_write_timeout(timeout)?;
         if self.stream.talks_both_ways() {
-            self.read_timed_out = true; // set it exactly, not a shorter one left
-            self.set_read_timeout(timeout)?;
+            // A read inside a write must not time out early.
+            self.set_read_timeout(timeout, false)?;
         }
         loop {
             match self.stream.write(buf) {

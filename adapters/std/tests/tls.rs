@@ -12,84 +12,51 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use tinyproto_std::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tinyproto_std::rustls::pki_types::ServerName;
 use tinyproto_std::rustls::server::WebPkiClientVerifier;
 use tinyproto_std::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tinyproto_std::{Client, Conn, Error, Handler, Server, StopHandle};
+use tinyproto_tests::pki::TestCa;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A CA, and what it signs.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Self { cert, key }
-    }
-
-    /// A certificate for `dns` (and common name `cn`), valid now unless
-    /// `expired`.
-    fn issue(
-        &self,
-        dns: &str,
-        cn: &str,
-        expired: bool,
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let mut params = rcgen::CertificateParams::new(vec![dns.to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        (vec![cert.der().clone()], key)
-    }
-
-    fn roots(&self) -> Arc<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.cert.der().clone()).unwrap();
-        Arc::new(roots)
-    }
+/// The roots that trust `ca`.
+fn roots(ca: &TestCa) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert_der()).unwrap();
+    Arc::new(roots)
 }
 
 /// A server config for `localhost` signed by `ca`; client certificates
 /// signed by `client_ca` required if given.
-fn server_config(ca: &Ca, client_ca: Option<&Ca>, expired: bool) -> Arc<ServerConfig> {
-    let (chain, key) = ca.issue("localhost", "test server", expired);
+fn server_config(ca: &TestCa, client_ca: Option<&TestCa>, expired: bool) -> Arc<ServerConfig> {
+    let cert = ca.issue(&["localhost"], "test server", expired);
     let builder = ServerConfig::builder();
     let builder = match client_ca {
         Some(client_ca) => builder.with_client_cert_verifier(
-            WebPkiClientVerifier::builder(client_ca.roots())
+            WebPkiClientVerifier::builder(roots(client_ca))
                 .build()
                 .unwrap(),
         ),
         None => builder.with_no_client_auth(),
     };
-    Arc::new(builder.with_single_cert(chain, key).unwrap())
+    Arc::new(
+        builder
+            .with_single_cert(cert.chain(), cert.key_der())
+            .unwrap(),
+    )
 }
 
 /// A client config trusting `ca`, presenting a certificate of `client`'s
 /// (common name `cn`) if given.
-fn client_config(ca: &Ca, client: Option<(&Ca, &str)>) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder().with_root_certificates(ca.roots());
+fn client_config(ca: &TestCa, client: Option<(&TestCa, &str)>) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder().with_root_certificates(roots(ca));
     Arc::new(match client {
         Some((issuer, cn)) => {
-            let (chain, key) = issuer.issue("device.example", cn, false);
-            builder.with_client_auth_cert(chain, key).unwrap()
+            let device = issuer.issue(&["device.example"], cn, false);
+            builder
+                .with_client_auth_cert(device.chain(), device.key_der())
+                .unwrap()
         }
         None => builder.with_no_client_auth(),
     })
@@ -128,16 +95,38 @@ impl Handler for Tester {
     }
 }
 
-/// A TLS server (with `configure` for more), its ends and its stop.
-fn start(
-    config: Arc<ServerConfig>,
-    configure: impl FnOnce(&mut Server),
-) -> (
-    SocketAddr,
-    mpsc::Receiver<String>,
-    StopHandle,
-    thread::JoinHandle<std::io::Result<()>>,
-) {
+/// A TLS server running [`Tester`], and how each of its connections ended.
+struct TlsServer {
+    addr: SocketAddr,
+    ends: mpsc::Receiver<String>,
+    stop: StopHandle,
+    thread: thread::JoinHandle<std::io::Result<()>>,
+}
+
+impl TlsServer {
+    /// The next connection's end, as `Tester::post_loop` put it.
+    fn end(&self) -> String {
+        self.ends.recv_timeout(LONG).expect("a connection ended")
+    }
+
+    /// The next connection ended with a TLS error.
+    fn assert_tls_end(&self) {
+        let end = self.end();
+        assert!(
+            end.starts_with("tls: "),
+            "the server saw a TLS error: {end}"
+        );
+    }
+
+    /// Stops the server and waits for it.
+    fn finish(self) {
+        self.stop.stop();
+        self.thread.join().unwrap().unwrap();
+    }
+}
+
+/// Starts a TLS server with `config` (and `configure` for more).
+fn start(config: Arc<ServerConfig>, configure: impl FnOnce(&mut Server)) -> TlsServer {
     let (tx, ends) = mpsc::channel();
     let mut server = Server::new();
     let addr = server.add_addr("127.0.0.1:0").unwrap();
@@ -147,7 +136,12 @@ fn start(
     configure(&mut server);
     let stop = server.stop_handle();
     let thread = thread::spawn(move || server.start());
-    (addr, ends, stop, thread)
+    TlsServer {
+        addr,
+        ends,
+        stop,
+        thread,
+    }
 }
 
 /// A well-behaved TLS client still gets its echo.
@@ -160,10 +154,11 @@ fn assert_serves(addr: SocketAddr, client: &Client) {
 
 #[test]
 fn test_messages_rejection_and_connection_limit_over_tls() {
-    let ca = Ca::new("test CA");
-    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |s| {
+    let ca = TestCa::new("test CA");
+    let server = start(server_config(&ca, None, false), |s| {
         s.set_connection_limit(Some(1))
     });
+    let addr = server.addr;
     let client = tls_client(client_config(&ca, None), "localhost");
     let mut conn = client.connect(addr).unwrap();
     assert!(conn.is_tls());
@@ -198,16 +193,16 @@ fn test_messages_rejection_and_connection_limit_over_tls() {
     conn.transmit(b"after").unwrap();
     assert_eq!(conn.receive().unwrap(), b"after");
     conn.close();
-    assert_eq!(ends.recv_timeout(LONG).unwrap(), "ok");
-    stop.stop();
-    thread.join().unwrap().unwrap();
+    assert_eq!(server.end(), "ok");
+    server.finish();
 }
 
 #[test]
 fn test_mutual_tls_shows_the_client_identity_to_handlers() {
-    let ca = Ca::new("server CA");
-    let devices = Ca::new("device CA");
-    let (addr, ends, stop, thread) = start(server_config(&ca, Some(&devices), false), |_| {});
+    let ca = TestCa::new("server CA");
+    let devices = TestCa::new("device CA");
+    let server = start(server_config(&ca, Some(&devices), false), |_| {});
+    let addr = server.addr;
     let client = tls_client(
         client_config(&ca, Some((&devices, "device 7"))),
         "localhost",
@@ -216,10 +211,10 @@ fn test_mutual_tls_shows_the_client_identity_to_handlers() {
     conn.transmit(b"whoami").unwrap();
     assert_eq!(conn.receive().unwrap(), b"device 7");
     conn.close();
-    assert_eq!(ends.recv_timeout(LONG).unwrap(), "ok");
+    assert_eq!(server.end(), "ok");
 
     // No client certificate, or one from another CA: refused, on both ends.
-    let strangers = Ca::new("stranger CA");
+    let strangers = TestCa::new("stranger CA");
     for config in [
         client_config(&ca, None),
         client_config(&ca, Some((&strangers, "intruder"))),
@@ -239,11 +234,7 @@ fn test_mutual_tls_shows_the_client_identity_to_handlers() {
             ),
             "refused: {result:?}"
         );
-        let end = ends.recv_timeout(LONG).unwrap();
-        assert!(
-            end.starts_with("tls: "),
-            "the server saw a TLS error: {end}"
-        );
+        server.assert_tls_end();
     }
     assert_serves(
         addr,
@@ -252,15 +243,15 @@ fn test_mutual_tls_shows_the_client_identity_to_handlers() {
             "localhost",
         ),
     );
-    stop.stop();
-    thread.join().unwrap().unwrap();
+    server.finish();
 }
 
 #[test]
 fn test_handshake_failures_are_typed_on_both_ends() {
-    let ca = Ca::new("test CA");
-    let other = Ca::new("other CA");
-    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |_| {});
+    let ca = TestCa::new("test CA");
+    let other = TestCa::new("other CA");
+    let server = start(server_config(&ca, None, false), |_| {});
+    let addr = server.addr;
     // An untrusted CA, and a wrong server name.
     for client in [
         tls_client(client_config(&other, None), "localhost"),
@@ -270,34 +261,26 @@ fn test_handshake_failures_are_typed_on_both_ends() {
             Err(Error::Tls(_)) => {}
             other => panic!("expected a TLS error, got {other:?}"),
         }
-        let end = ends.recv_timeout(LONG).unwrap();
-        assert!(
-            end.starts_with("tls: "),
-            "the server saw a TLS error: {end}"
-        );
+        server.assert_tls_end();
     }
-    stop.stop();
-    thread.join().unwrap().unwrap();
+    server.finish();
 
     // An expired server certificate.
-    let (addr, ends, stop, thread) = start(server_config(&ca, None, true), |_| {});
+    let server = start(server_config(&ca, None, true), |_| {});
+    let addr = server.addr;
     match tls_client(client_config(&ca, None), "localhost").connect(addr) {
         Err(Error::Tls(e)) => assert!(e.to_string().contains("expired"), "{e}"),
         other => panic!("expected a TLS error, got {other:?}"),
     }
-    let end = ends.recv_timeout(LONG).unwrap();
-    assert!(
-        end.starts_with("tls: "),
-        "the server saw a TLS error: {end}"
-    );
-    stop.stop();
-    thread.join().unwrap().unwrap();
+    server.assert_tls_end();
+    server.finish();
 }
 
 #[test]
 fn test_plaintext_and_tls_peers_do_not_mix() {
-    let ca = Ca::new("test CA");
-    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |_| {});
+    let ca = TestCa::new("test CA");
+    let server = start(server_config(&ca, None, false), |_| {});
+    let addr = server.addr;
     // A plaintext client on the TLS port: nothing of tinyproto comes back.
     let mut raw = common::raw(addr);
     raw.write_all(&[0xFF, 0, 0, 0, 1, b'x']).unwrap();
@@ -306,20 +289,15 @@ fn test_plaintext_and_tls_peers_do_not_mix() {
         !answer.starts_with(&[0xFF]),
         "no greeting in the clear: {answer:?}"
     );
-    let end = ends.recv_timeout(LONG).unwrap();
-    assert!(
-        end.starts_with("tls: "),
-        "the server saw a TLS error: {end}"
-    );
+    server.assert_tls_end();
     match Client::new().connect(addr) {
         Err(Error::Protocol(tinyproto::Error::UnexpectedByte { .. }))
         | Err(Error::Protocol(tinyproto::Error::Closed)) => {}
         other => panic!("a plaintext client gets a clear error, got {other:?}"),
     }
-    let _ = ends.recv_timeout(LONG).unwrap();
+    let _ = server.end();
     assert_serves(addr, &tls_client(client_config(&ca, None), "localhost"));
-    stop.stop();
-    thread.join().unwrap().unwrap();
+    server.finish();
 
     // A TLS client against a plaintext server.
     let h = common::Harness::start(|_| {});
@@ -342,21 +320,18 @@ fn test_tls_error_is_not_recoverable() {
 /// by the greeting deadline, which covers the handshake.
 #[test]
 fn test_a_silent_peer_is_cut_by_the_greeting_deadline() {
-    let ca = Ca::new("test CA");
-    let (addr, ends, stop, thread) = start(server_config(&ca, None, false), |s| {
+    let ca = TestCa::new("test CA");
+    let server = start(server_config(&ca, None, false), |s| {
         s.set_timeouts(tinyproto_std::Timeouts::default().with_greeting(Duration::from_millis(500)))
     });
+    let addr = server.addr;
     let mut silent = common::raw(addr);
     assert_eq!(
         common::read_to_close(&mut silent),
         b"",
         "closed, nothing sent"
     );
-    assert_eq!(
-        ends.recv_timeout(LONG).unwrap(),
-        "other: greeting deadline ran out"
-    );
+    assert_eq!(server.end(), "other: greeting deadline ran out");
     assert_serves(addr, &tls_client(client_config(&ca, None), "localhost"));
-    stop.stop();
-    thread.join().unwrap().unwrap();
+    server.finish();
 }

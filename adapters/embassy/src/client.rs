@@ -3,13 +3,13 @@
 
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpEndpoint, Stack};
-use tinyproto::asynch::{IncomingMessage, OutgoingMessage};
+use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 use tinyproto::duplex::{self, Direction};
 
 use crate::error::{Deadline, Error, NetError};
 use crate::session::{self, ConnInfo, Session};
 use crate::socket::{bounded, Socket, Timeouts};
-use crate::Connection;
+use crate::transport::Transport;
 
 /// A tinyproto client connection over an embassy-net TCP socket whose
 /// buffers the caller owns.
@@ -29,9 +29,13 @@ use crate::Connection;
 /// client.close().await?;
 /// # Ok(()) }
 /// ```
+///
+/// `T` is the byte stream: a [`Socket`] (the default), or TLS over one
+/// (feature `tls`: `Client::connect_tls`).
 #[derive(Debug)]
-pub struct Client<'a> {
-    conn: Connection<'a>,
+pub struct Client<'a, T: Transport = Socket<'a>> {
+    conn: Connection<T>,
+    session_lifetime: core::marker::PhantomData<&'a ()>,
 }
 
 impl<'a> Client<'a> {
@@ -62,21 +66,7 @@ impl<'a> Client<'a> {
         remote: impl Into<IpEndpoint>,
     ) -> Result<Self, (Error, Socket<'a>)> {
         let remote = remote.into();
-        let limit = Some((
-            embassy_time::Instant::now() + socket.timeouts().connect,
-            Deadline::Connect,
-        ));
-        let connected = bounded(limit, async {
-            socket
-                .tcp_mut()
-                .connect(remote)
-                .await
-                .map_err(NetError::Connect)
-        })
-        .await;
-        if let Err(e) = connected {
-            debug!("connect to {:?} failed: {:?}", remote, e);
-            socket.abort().await;
+        if let Err(e) = connect_tcp(&mut socket, remote).await {
             return Err((Error::Io(e), socket));
         }
         let mut conn = Connection::new(socket);
@@ -87,11 +77,21 @@ impl<'a> Client<'a> {
             socket.abort().await;
             return Err((e, socket));
         }
-        Ok(Self { conn })
+        Ok(Self::greeted(conn))
+    }
+}
+
+impl<'a, T: Transport> Client<'a, T> {
+    /// A client over a connection that has exchanged the greeting.
+    pub(crate) fn greeted(conn: Connection<T>) -> Self {
+        Self {
+            conn,
+            session_lifetime: core::marker::PhantomData,
+        }
     }
 
     /// The operations with their deadlines, as the server's handlers get them.
-    pub fn session(&mut self) -> Session<'_, 'a> {
+    pub fn session(&mut self) -> Session<'_, 'a, T> {
         let remote = self.conn.get_ref().remote_endpoint();
         Session::new(&mut self.conn, ConnInfo { slot: 0, remote })
     }
@@ -144,30 +144,50 @@ impl<'a> Client<'a> {
     /// Starts a chunked receive of a message of up to `limit` bytes, larger
     /// than any buffer: read it with the returned reader (the message
     /// deadline applies to the reads).
-    pub async fn begin_receive(
-        &mut self,
-        limit: u32,
-    ) -> Result<IncomingMessage<'_, Socket<'a>>, Error> {
+    pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
         let wait = session::receive_limit(&self.conn);
         session::begin_receive(&mut self.conn, limit, wait).await
     }
 
     /// Starts a chunked send of `len` bytes; write them, then `finish`.
-    pub async fn begin_transmit(
-        &mut self,
-        len: u32,
-    ) -> Result<OutgoingMessage<'_, Socket<'a>>, Error> {
+    pub async fn begin_transmit(&mut self, len: u32) -> Result<OutgoingMessage<'_, T>, Error> {
         session::begin_transmit(&mut self.conn, len).await
     }
 
     /// The core connection (for `set_max_message_len`, state queries…).
-    pub fn connection(&mut self) -> &mut Connection<'a> {
+    pub fn connection(&mut self) -> &mut Connection<T> {
         &mut self.conn
     }
 
-    /// Closes in order (see [`Socket::close`]): `Ok` once the server has
-    /// acknowledged everything written and our FIN.
-    pub async fn close(mut self) -> Result<(), Error> {
-        self.conn.get_mut().close().await.map_err(Error::Io)
+    /// Closes in order (see [`Socket::close`]; over TLS, after TLS's own
+    /// close): `Ok` once the server has acknowledged everything written and
+    /// our FIN.
+    pub async fn close(self) -> Result<(), Error> {
+        self.conn.into_inner().shutdown().await.map_err(Error::Io)
     }
+}
+
+/// Opens the TCP connection within [`Timeouts::connect`]; on failure the
+/// socket is aborted, ready for another attempt.
+pub(crate) async fn connect_tcp(
+    socket: &mut Socket<'_>,
+    remote: IpEndpoint,
+) -> Result<(), NetError> {
+    let limit = Some((
+        embassy_time::Instant::now() + socket.timeouts().connect,
+        Deadline::Connect,
+    ));
+    let connected = bounded(limit, async {
+        socket
+            .tcp_mut()
+            .connect(remote)
+            .await
+            .map_err(NetError::Connect)
+    })
+    .await;
+    if let Err(e) = connected {
+        debug!("connect to {:?} failed: {:?}", remote, e);
+        socket.abort().await;
+    }
+    connected
 }

@@ -12,6 +12,7 @@ mod error;
 mod server;
 mod session;
 mod socket;
+mod transport;
 
 pub use client::Client;
 pub use error::{Deadline, Error, NetError};
@@ -21,6 +22,7 @@ pub use server::{
 };
 pub use session::{ConnInfo, Session};
 pub use socket::{Socket, Timeouts};
+pub use transport::Transport;
 
 /// The core's async connection over a [`Socket`].
 pub type Connection<'a> = tinyproto::asynch::Connection<Socket<'a>>;

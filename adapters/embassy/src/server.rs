@@ -614,7 +614,7 @@ async fn run_connection<H: Handler, const N: usize>(
     if let Err(e) = session::greet(conn).await {
         return Ended::Failed(e);
     }
-    let mut session = Session { conn, info };
+    let mut session = Session::new(conn, info);
     let ended = serve_loop(&mut session, message, config, handler, stopping).await;
     handler.post_loop(&mut session, &ended).await;
     ended

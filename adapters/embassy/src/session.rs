@@ -2,12 +2,14 @@
 //! deadlines of its [`Timeouts`](crate::Timeouts) applied, shared by the
 //! client and by the server's handlers.
 
+use core::marker::PhantomData;
+
 use embassy_time::Instant;
-use tinyproto::asynch::{IncomingMessage, OutgoingMessage};
+use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 
 use crate::error::{Deadline, Error};
 use crate::socket::Socket;
-use crate::Connection;
+use crate::transport::Transport;
 
 /// What a connection is, as the server's hooks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,18 +32,28 @@ pub struct ConnInfo {
 ///
 /// A deadline fails with `Error::Io(NetError::TimedOut(_))`; the message is
 /// then resumable by calling the same operation again (fresh deadline), as
-/// after any transport error — or close the connection.
+/// after any transport error — or close the connection. Over TLS
+/// (`tls::TlsSocket`) only a `receive` that timed out
+/// before its message began is resumable: a record cut in the middle ends
+/// the TLS stream.
+///
+/// `T` is the byte stream: a [`Socket`] (the default), or TLS over one.
 #[derive(Debug)]
-pub struct Session<'s, 'a> {
-    pub(crate) conn: &'s mut Connection<'a>,
+pub struct Session<'s, 'a, T: Transport = Socket<'a>> {
+    pub(crate) conn: &'s mut Connection<T>,
     pub(crate) info: ConnInfo,
+    socket: PhantomData<&'a ()>,
 }
 
-impl<'s, 'a> Session<'s, 'a> {
+impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
     /// Wraps a connection (for using these operations on your own
-    /// [`Connection`]).
-    pub fn new(conn: &'s mut Connection<'a>, info: ConnInfo) -> Self {
-        Self { conn, info }
+    /// [`Connection`](crate::Connection)).
+    pub fn new(conn: &'s mut Connection<T>, info: ConnInfo) -> Self {
+        Self {
+            conn,
+            info,
+            socket: PhantomData,
+        }
     }
 
     /// Who the peer is.
@@ -50,7 +62,7 @@ impl<'s, 'a> Session<'s, 'a> {
     }
 
     /// The core connection, for anything not wrapped here.
-    pub fn connection(&mut self) -> &mut Connection<'a> {
+    pub fn connection(&mut self) -> &mut Connection<T> {
         self.conn
     }
 
@@ -84,33 +96,27 @@ impl<'s, 'a> Session<'s, 'a> {
     }
 
     /// Starts a chunked receive of a message of at most `limit` bytes.
-    pub async fn begin_receive(
-        &mut self,
-        limit: u32,
-    ) -> Result<IncomingMessage<'_, Socket<'a>>, Error> {
+    pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
         let wait = receive_limit(self.conn);
         begin_receive(self.conn, limit, wait).await
     }
 
     /// Starts a chunked send of a message of `len` bytes.
-    pub async fn begin_transmit(
-        &mut self,
-        len: u32,
-    ) -> Result<OutgoingMessage<'_, Socket<'a>>, Error> {
+    pub async fn begin_transmit(&mut self, len: u32) -> Result<OutgoingMessage<'_, T>, Error> {
         begin_transmit(self.conn, len).await
     }
 }
 
 /// When a receive gives up on a message that has not begun:
 /// [`Timeouts::receive`](crate::Timeouts::receive) from now (`None`: never).
-pub(crate) fn receive_limit(conn: &Connection<'_>) -> Option<(Instant, Deadline)> {
+pub(crate) fn receive_limit<T: Transport>(conn: &Connection<T>) -> Option<(Instant, Deadline)> {
     conn.get_ref()
         .timeouts()
         .receive
         .map(|wait| (Instant::now() + wait, Deadline::Receive))
 }
 
-pub(crate) async fn greet(conn: &mut Connection<'_>) -> Result<(), Error> {
+pub(crate) async fn greet<T: Transport>(conn: &mut Connection<T>) -> Result<(), Error> {
     if conn.is_greeted() {
         return Ok(());
     }
@@ -120,7 +126,10 @@ pub(crate) async fn greet(conn: &mut Connection<'_>) -> Result<(), Error> {
     r
 }
 
-pub(crate) async fn transmit(conn: &mut Connection<'_>, msg: &[u8]) -> Result<(), Error> {
+pub(crate) async fn transmit<T: Transport>(
+    conn: &mut Connection<T>,
+    msg: &[u8],
+) -> Result<(), Error> {
     greet(conn).await?;
     peer_not_sending(conn)?;
     conn.get_mut().begin_exchange(Deadline::Message);
@@ -131,7 +140,7 @@ pub(crate) async fn transmit(conn: &mut Connection<'_>, msg: &[u8]) -> Result<()
 
 /// Before our length goes out: a message of the peer's that has begun would
 /// cross it.
-fn peer_not_sending(conn: &mut Connection<'_>) -> Result<(), Error> {
+fn peer_not_sending<T: Transport>(conn: &mut Connection<T>) -> Result<(), Error> {
     if conn.peer_has_begun()? {
         debug!("the peer is sending: ours waits");
         return Err(Error::PeerSending);
@@ -143,11 +152,9 @@ fn peer_not_sending(conn: &mut Connection<'_>) -> Result<(), Error> {
 /// peer's own length ([`tinyproto::zero_answer_is_a_length`]). A crossing
 /// puts both sides out of step; the peer learns it from the reset now, not
 /// from a deadline.
-fn crossed<T>(conn: &mut Connection<'_>, r: Result<T, Error>) -> Result<T, Error> {
+fn crossed<T: Transport, R>(conn: &mut Connection<T>, r: Result<R, Error>) -> Result<R, Error> {
     let r = match r {
-        Err(Error::Rejected { .. })
-            if tinyproto::zero_answer_is_a_length(conn.get_ref().tcp().recv_queue()) =>
-        {
+        Err(Error::Rejected { .. }) if conn.get_mut().zero_answer_is_a_length() => {
             Err(Error::Conflict)
         }
         other => other,
@@ -156,14 +163,14 @@ fn crossed<T>(conn: &mut Connection<'_>, r: Result<T, Error>) -> Result<T, Error
         info!("the peer sent a message while we were sending ours: aborting");
         conn.break_off();
         // The reset leaves with the stack's next poll.
-        conn.get_mut().tcp_mut().abort();
+        conn.get_mut().reset();
     }
     r
 }
 
 /// Arms the receive deadlines: a message already half in gets the message
 /// deadline at once; otherwise wait until `wait` for its first byte.
-fn arm_receive(conn: &mut Connection<'_>, wait: Option<(Instant, Deadline)>) {
+fn arm_receive<T: Transport>(conn: &mut Connection<T>, wait: Option<(Instant, Deadline)>) {
     if conn.is_in_progress() {
         conn.get_mut().begin_exchange(Deadline::Message);
     } else {
@@ -171,8 +178,8 @@ fn arm_receive(conn: &mut Connection<'_>, wait: Option<(Instant, Deadline)>) {
     }
 }
 
-pub(crate) async fn receive<'b>(
-    conn: &mut Connection<'_>,
+pub(crate) async fn receive<'b, T: Transport>(
+    conn: &mut Connection<T>,
     buf: &'b mut [u8],
     wait: Option<(Instant, Deadline)>,
 ) -> Result<&'b [u8], Error> {
@@ -187,8 +194,8 @@ pub(crate) async fn receive<'b>(
 /// then the message deadline. On success the exchange stays armed: the
 /// caller takes (or rejects) the message under the same deadline, then ends
 /// the exchange.
-pub(crate) async fn next_length(
-    conn: &mut Connection<'_>,
+pub(crate) async fn next_length<T: Transport>(
+    conn: &mut Connection<T>,
     wait: Option<(Instant, Deadline)>,
 ) -> Result<u32, Error> {
     greet(conn).await?;
@@ -200,20 +207,20 @@ pub(crate) async fn next_length(
     r
 }
 
-pub(crate) async fn begin_receive<'c, 'a>(
-    conn: &'c mut Connection<'a>,
+pub(crate) async fn begin_receive<'c, T: Transport>(
+    conn: &'c mut Connection<T>,
     limit: u32,
     wait: Option<(Instant, Deadline)>,
-) -> Result<IncomingMessage<'c, Socket<'a>>, Error> {
+) -> Result<IncomingMessage<'c, T>, Error> {
     greet(conn).await?;
     arm_receive(conn, wait);
     conn.begin_receive(limit).await
 }
 
-pub(crate) async fn begin_transmit<'c, 'a>(
-    conn: &'c mut Connection<'a>,
+pub(crate) async fn begin_transmit<'c, T: Transport>(
+    conn: &'c mut Connection<T>,
     len: u32,
-) -> Result<OutgoingMessage<'c, Socket<'a>>, Error> {
+) -> Result<OutgoingMessage<'c, T>, Error> {
     greet(conn).await?;
     peer_not_sending(conn)?;
     conn.get_mut().begin_exchange(Deadline::Message);

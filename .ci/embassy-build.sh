@@ -15,7 +15,8 @@ fi
 rustup target add thumbv6m-none-eabi thumbv7em-none-eabihf >/dev/null
 
 for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
-    for features in "" "--features defmt" "--features log" "--no-default-features --features medium-ip"; do
+    for features in "" "--features defmt" "--features log" "--no-default-features --features medium-ip" \
+        "--features tls" "--features tls,defmt"; do
         echo "==> cargo build -p tinyproto-embassy --target $target $features"
         # shellcheck disable=SC2086
         cargo build -q -p tinyproto-embassy --target "$target" $features

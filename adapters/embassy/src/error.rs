@@ -46,7 +46,7 @@ impl fmt::Display for Deadline {
 /// A [`TimedOut`](NetError::TimedOut) leaves the core connection resumable
 /// (the message stopped at a byte boundary, see `tinyproto::asynch`): call the
 /// same operation again to go on, or close the connection. The server closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum NetError {
@@ -62,7 +62,34 @@ pub enum NetError {
     /// [`Client::join_duplex`](crate::Client::join_duplex): the server did
     /// not welcome the down half (it is no duplex server).
     NotDuplex,
+    /// TLS failed (feature `tls`): the handshake (an untrusted or misnamed
+    /// server certificate, an alert from the server, which is how it refuses
+    /// our certificate), or a record that did not decrypt. The connection
+    /// is over.
+    #[cfg(feature = "tls")]
+    Tls(embedded_tls::TlsError),
 }
+
+/// Equal when of the same kind; two `NetError::Tls` compare by the kind of
+/// TLS error (embedded-tls' errors do not compare).
+impl PartialEq for NetError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (NetError::ConnectionReset, NetError::ConnectionReset)
+            | (NetError::NotDuplex, NetError::NotDuplex) => true,
+            (NetError::Connect(a), NetError::Connect(b)) => a == b,
+            (NetError::Accept(a), NetError::Accept(b)) => a == b,
+            (NetError::TimedOut(a), NetError::TimedOut(b)) => a == b,
+            #[cfg(feature = "tls")]
+            (NetError::Tls(a), NetError::Tls(b)) => {
+                core::mem::discriminant(a) == core::mem::discriminant(b)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for NetError {}
 
 impl From<embassy_net::tcp::Error> for NetError {
     fn from(e: embassy_net::tcp::Error) -> Self {
@@ -80,6 +107,8 @@ impl fmt::Display for NetError {
             NetError::Accept(e) => write!(f, "listen failed: {e:?}"),
             NetError::TimedOut(d) => write!(f, "{d} deadline passed"),
             NetError::NotDuplex => f.write_str("the server is no duplex server"),
+            #[cfg(feature = "tls")]
+            NetError::Tls(e) => write!(f, "TLS failed: {e:?}"),
         }
     }
 }
@@ -97,6 +126,8 @@ impl tinyproto::embedded_io::Error for NetError {
             NetError::Accept(_) => ErrorKind::AddrNotAvailable,
             NetError::TimedOut(_) => ErrorKind::TimedOut,
             NetError::NotDuplex => ErrorKind::Unsupported,
+            #[cfg(feature = "tls")]
+            NetError::Tls(_) => ErrorKind::PermissionDenied,
         }
     }
 }

@@ -12,6 +12,8 @@ mod error;
 mod server;
 mod session;
 mod socket;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use client::Client;

@@ -10,7 +10,12 @@
 #     clients against the firmware server, then the firmware client against
 #     `tinyproto serve --echo` and against the Python reference server;
 #   - on both, the throughput table of firmware nic_bench (tinyproto beside
-#     raw TCP, both directions; informational).
+#     raw TCP, both directions; informational);
+#   - TAP: the firmware TLS client (feature tls, a test PKI made now by
+#     firmware-pki.sh) against `tinyproto serve --tls-cert --tls-ca`: the link
+#     check inside mutual TLS, an impostor server refused by the firmware, a
+#     firmware without a certificate or with another CA's refused by the
+#     server; and the TLS client's size beside the plain client's.
 # Installs what it needs; as non-root it says so and runs the rest. Ends
 # with `qemu-nic: N passed, F failed` (N, F: checks). About 1-2 min.
 set -euo pipefail
@@ -31,17 +36,27 @@ rustup target add thumbv7em-none-eabihf >/dev/null
 bash .ci/python-peer.sh
 python=$root/.venv/bin/python
 
-echo "==> building the firmware for mps2-an386 and the host tools"
+logs=$(mktemp -d)
+echo "==> building the firmware for mps2-an386 (and its TLS client, with a test PKI made now) and the host tools"
+pki=$logs/pki
+bash .ci/firmware-pki.sh "$pki"
 fw=examples/firmware/target/mps2-an386/thumbv7em-none-eabihf/release
 (cd examples/firmware && cargo build -q --release --locked --features mps2-an386 --target-dir target/mps2-an386)
+(cd examples/firmware && TINYPROTO_FW_TLS_DIR=$pki cargo build -q --release --locked --features tls \
+    --target-dir target/mps2-an386 --bin tls_client)
 python3 examples/firmware/size-report.py "$fw"
+# The TLS client beside the plain one: same board, same link check.
+(cd "$fw" && arm-none-eabi-size client tls_client) | awk '
+    NR == 1 { printf "| image | flash B | RAM B |\n|---|---:|---:|\n"; next }
+    { flash[$6] = $1 + $2; ram[$6] = $2 + $3; printf "| %s | %d | %d |\n", $6, $1 + $2, $2 + $3 }
+    END { printf "TLS adds %d B of flash and %d B of RAM to the client\n",
+          flash["tls_client"] - flash["client"], ram["tls_client"] - ram["client"] }'
 cargo build -q --release -p tinyproto-std --example device
 cargo build -q --release -p tinyproto-cli
 device=$root/target/release/examples/device
 tinyproto=$root/target/release/tinyproto
 peer=$root/adapters/embassy/tests/tap_peer.py
 
-logs=$(mktemp -d)
 passed=0
 failed=0
 pids=()
@@ -244,6 +259,49 @@ else
         fail "TAP: Python reference server"
         sed 's/^/    /' "$logs/python-server.log"
     fi
+
+    # The TLS client: a server with a certificate from the firmware's CA
+    # that requires client certificates from it (7443), and an impostor
+    # whose certificate another CA signed (7444).
+    echo "==> TAP: firmware TLS client -> tinyproto serve --tls-cert ... --tls-ca ... at 192.168.1.10:7443 and an impostor at :7444"
+    "${in_ns[@]}" timeout 120 "$tinyproto" serve --echo --listen 192.168.1.10:7443 \
+        --tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --tls-ca "$pki/fleet-ca.pem" \
+        >"$logs/tls-server.log" 2>&1 &
+    pids+=($!)
+    "${in_ns[@]}" timeout 120 "$tinyproto" serve --echo --listen 192.168.1.10:7444 \
+        --tls-cert "$pki/impostor.pem" --tls-key "$pki/impostor-key.pem" >"$logs/tls-impostor.log" 2>&1 &
+    pids+=($!)
+    wait_for "$logs/tls-server.log" "listening on" 10 || true
+    wait_for "$logs/tls-impostor.log" "listening on" 10 || true
+    fwlog=$logs/tls-client.log
+    qemu "$fwlog" "$fw/tls_client" "$tap" "${in_ns[@]}"
+    wait_for "$fwlog" "tls checks: done" 120 || true
+    stop_qemu
+    if grep -q "tls link check: passed" "$fwlog"; then
+        pass "TAP TLS: the firmware verified the server, the server the firmware; $(grep -c 'B echoed' "$fwlog") echoes (0 B to 1 MiB) checked inside TLS"
+    else
+        fail "TAP TLS: link check inside mutual TLS"
+    fi
+    if grep -q "tls refused: an impostor server: Io(Tls(InvalidCertificate))" "$fwlog"; then
+        pass "TAP TLS: the firmware refused a server whose certificate another CA signed"
+    else
+        fail "TAP TLS: the firmware refused the impostor server"
+    fi
+    # refused WHAT SERVER-LOG-LINE: the server refused the firmware, and it knows.
+    refused() {
+        if grep -q "tls refused: $1:" "$fwlog" && grep -q "$2" "$logs/tls-server.log"; then
+            pass "TAP TLS: the server refused a firmware with $1 ($2)"
+        else
+            fail "TAP TLS: the server refused a firmware with $1"
+        fi
+    }
+    refused "no client certificate" "peer sent no certificates"
+    refused "a client certificate from another CA" "UnknownIssuer"
+    if grep -q "ACCEPTED\|a message crossed" "$fwlog"; then
+        fail "TAP TLS: a refused connection carried a message"
+    fi
+    sed 's/^/    firmware: /' "$fwlog"
+    sed 's/^/    server: /' "$logs/tls-server.log"
 fi
 
 echo "qemu-nic: $passed passed, $failed failed"

@@ -13,6 +13,8 @@ pub mod board;
 #[cfg(feature = "mps2-an386")]
 #[path = "board_mps2_an386.rs"]
 pub mod board;
+#[cfg(all(feature = "tls", feature = "mps2-an386"))]
+pub mod host_entropy;
 #[cfg(feature = "mps2-an386")]
 pub mod lan9118;
 
@@ -21,6 +23,8 @@ pub mod systick_driver;
 
 #[path = "../../qemu-test/src/receipt.rs"]
 pub mod receipt;
+
+pub mod link_check;
 
 use embassy_net::{Config, Ipv4Address, Ipv4Cidr, StaticConfigV4};
 

@@ -75,6 +75,8 @@ struct Shared<'a> {
     last_error: Option<NetError>,
     /// The peer closed the TCP stream (embedded-tls reports it as an error).
     peer_closed: bool,
+    /// The peer's first byte has arrived and was a TLS record's.
+    records_begun: bool,
     /// A look ([`TlsSocket::decrypted_waiting`]): reads go straight to the
     /// TCP socket, without the deadline's timer, which only an embassy
     /// task's waker may arm, and without starting a message deadline.
@@ -105,6 +107,10 @@ impl<'a> TlsStorage<'a> {
     }
 }
 
+/// The first byte of every TLS record: its content type (RFC 8446 §5.1:
+/// change_cipher_spec, alert, handshake, application_data, heartbeat).
+const TLS_CONTENT_TYPES: core::ops::RangeInclusive<u8> = 20..=24;
+
 /// The byte stream embedded-tls reads and writes: the shared socket, with
 /// its deadlines.
 struct Records<'s, 'a>(&'s SharedCell<'a>);
@@ -130,6 +136,17 @@ impl Read for Records<'_, '_> {
         match r {
             Ok(0) => shared.peer_closed = true,
             Err(e) => shared.last_error = Some(e),
+            Ok(_) if !shared.records_begun => {
+                shared.records_begun = true;
+                // A plaintext tinyproto server greets with 0xFF (or refuses
+                // with 0xFE) and then waits: say so now, not when the
+                // handshake's deadline passes.
+                if !buf.first().is_some_and(|b| TLS_CONTENT_TYPES.contains(b)) {
+                    let not_tls = NetError::Tls(TlsError::InvalidRecord);
+                    shared.last_error = Some(not_tls);
+                    return Err(not_tls);
+                }
+            }
             Ok(_) => {}
         }
         r
@@ -506,6 +523,7 @@ impl<'s, 'a: 's> Client<'s, TlsSocket<'s, 'a>> {
             socket,
             last_error: None,
             peer_closed: false,
+            records_begun: false,
             looking: false,
         });
         let shared = &*shared;

@@ -544,3 +544,45 @@ fn test_tls_a_message_of_the_servers_is_seen_before_ours_goes() {
         assert_eq!(served, Ok(1));
     });
 }
+
+#[test]
+fn test_tls_client_against_a_plaintext_server_fails_cleanly() {
+    let pki = pki();
+    run_pair(Faults::default(), limit(), async |a, b, _| {
+        let plaintext_server = async {
+            let (mut rx, mut tx) = ([0u8; 4096], [0u8; 4096]);
+            let mut tcp = TcpSocket::new(b, &mut rx, &mut tx);
+            tcp.accept(PORT).await.expect("accept");
+            let mut conn = tinyproto::asynch::Connection::new(tcp);
+            let mut buf = [0u8; 64];
+            conn.receive(&mut buf).await.map(<[u8]>::len)
+        };
+        let mut buffers = DeviceBuffers::new(MAX_RECORD_LEN);
+        let device = device(
+            a,
+            &mut buffers,
+            &pki.ca,
+            None,
+            NAME,
+            timeouts(),
+            async |c| {
+                let _ = c.transmit(b"plaintext?").await;
+            },
+        );
+        let (served, device) = join(plaintext_server, device).await;
+        // The server's 0xFF greeting is no TLS record (the device says so at
+        // once, not at its greeting deadline); the ClientHello is no
+        // greeting: both ends fail, and no message is delivered.
+        assert!(
+            matches!(
+                device,
+                Err(Error::Io(NetError::Tls(TlsError::InvalidRecord)))
+            ),
+            "the device: {device:?}"
+        );
+        assert!(
+            served.is_err(),
+            "the plaintext server got a message: {served:?}"
+        );
+    });
+}

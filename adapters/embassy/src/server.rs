@@ -569,7 +569,9 @@ async fn take_message<H: Handler>(
     let capacity = session.conn.machine().whole_capacity(message.len());
     match handler.message_announced(&info, len, capacity).await {
         Take::Whole => {
-            let received = session.conn.receive(message).await.map(<[u8]>::len);
+            // Through the chunked reader, which `Take::Chunks` needs anyway:
+            // one read path in the image, not two.
+            let received = receive_whole(session.conn, message, capacity).await;
             session.conn.get_mut().end_exchange();
             let received = received?;
             Ok(handler
@@ -596,6 +598,25 @@ async fn take_message<H: Handler>(
     }
 }
 
+/// Receives a whole message of at most `capacity` bytes (no more than
+/// `buffer` holds) into `buffer`; its length. Over `capacity` it is
+/// answered 0x00: `Error::TooLarge`, as for the core's `receive`.
+async fn receive_whole(
+    conn: &mut Connection<'_>,
+    buffer: &mut [u8],
+    capacity: u32,
+) -> Result<usize, Error> {
+    let mut incoming = conn.begin_receive(capacity).await?;
+    let mut filled = 0;
+    loop {
+        let rest = buffer.get_mut(filled..).unwrap_or_default();
+        match incoming.read(rest).await? {
+            0 => return Ok(filled),
+            n => filled += n,
+        }
+    }
+}
+
 /// Streams the accepted message through `buffer` to the handler's
 /// `transmission_chunk`: `Continue` once all of it came, or the flow with
 /// which the handler stopped it.
@@ -613,9 +634,9 @@ async fn stream_chunks<H: Handler>(
         if n == 0 {
             return Ok(Flow::Continue);
         }
-        let flow = handler.transmission_chunk(info, &buffer[..n]).await;
-        if flow != Flow::Continue {
-            return Ok(flow);
+        match handler.transmission_chunk(info, &buffer[..n]).await {
+            Flow::Continue => {}
+            stopped => return Ok(stopped),
         }
     }
 }

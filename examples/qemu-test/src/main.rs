@@ -8,7 +8,6 @@
 
 mod link;
 mod receipt;
-mod systick_driver;
 
 use core::cell::Cell;
 
@@ -24,8 +23,8 @@ use panic_semihosting as _;
 use receipt::Checksum;
 use static_cell::StaticCell;
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Error, Flow, Reserve, ServerConfig, Handler, Session, Slot,
-    Take, Timeouts,
+    serve, Client, ConnInfo, Error, Flow, Handler, Reserve, ServerConfig, Session, Slot, Take,
+    Timeouts,
 };
 
 /// The LM3S6965's core clock as QEMU models it.
@@ -308,7 +307,7 @@ async fn clients(a: Stack<'_>) {
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
-    systick_driver::init(core.SYST, CORE_HZ);
+    systick_time_driver::init(core.SYST, CORE_HZ);
     hprintln!("tinyproto-embassy QEMU test: starting");
 
     static STATE_A: StaticCell<ch::State<MTU, 2, 2>> = StaticCell::new();

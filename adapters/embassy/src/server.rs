@@ -11,7 +11,7 @@
 
 use core::convert::Infallible;
 
-use embassy_futures::join::{join3, join_array};
+use embassy_futures::join::{join, join_array};
 use embassy_futures::select::{select, select3, Either, Either3};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
@@ -23,7 +23,7 @@ use tinyproto::MAX_MESSAGE_LEN;
 
 use crate::error::{Deadline, Error};
 use crate::session::{self, ConnInfo, Session};
-use crate::socket::{bounded, Socket, Timeouts};
+use crate::socket::{Socket, Timeouts};
 use crate::Connection;
 
 /// What a handler says after each hook.
@@ -330,10 +330,44 @@ impl Default for ReserveStorage {
 
 /// What the reserve loops watch: how many slots hold a connection, and
 /// whether the server stops.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Pool {
     busy: usize,
     stopping: bool,
+}
+
+/// How a slot loop learns that the server stops: a receiver of
+/// [`serve_until`]'s stop `Watch`, or, in [`serve`], [`NeverStops`] (so an
+/// image that never stops carries no stop code: about 0.9 KiB of flash).
+trait Stopping {
+    /// True once the server stops.
+    fn is_stopping(&self) -> bool;
+    /// Completes once the server stops.
+    async fn stopping(&mut self);
+}
+
+impl<const N: usize> Stopping for Receiver<'_, NoopRawMutex, (), N> {
+    fn is_stopping(&self) -> bool {
+        // Any value in the stop `Watch` means "stop".
+        self.contains_value()
+    }
+
+    async fn stopping(&mut self) {
+        self.get().await
+    }
+}
+
+/// The stop of [`serve`]: none.
+struct NeverStops;
+
+impl Stopping for NeverStops {
+    fn is_stopping(&self) -> bool {
+        false
+    }
+
+    async fn stopping(&mut self) {
+        core::future::pending().await
+    }
 }
 
 /// Serves tinyproto on `config.port` with one connection per slot, all
@@ -352,8 +386,9 @@ pub async fn serve<H: Handler, const N: usize, const K: usize>(
     reserves: [Reserve<'_>; K],
     handlers: [H; N],
 ) -> Infallible {
-    let never = Signal::<NoopRawMutex, ()>::new();
-    serve_until(stack, config, slots, reserves, handlers, &never).await;
+    let pool = Watch::new_with(Pool::default());
+    let no_stop = || Some(NeverStops);
+    serve_slots(stack, config, slots, reserves, handlers, &pool, no_stop).await;
     // Only reached with no slot and no reserve.
     loop {
         core::future::pending::<()>().await;
@@ -380,23 +415,7 @@ pub async fn serve_until<H: Handler, M: RawMutex, const N: usize, const K: usize
     // `N + K` cannot be written: the slots watch `stopped` (a value there
     // means "stop"), the reserves watch `pool`.
     let stopped = Watch::<NoopRawMutex, (), N>::new();
-    let pool = Watch::<NoopRawMutex, Pool, K>::new_with(Pool {
-        busy: 0,
-        stopping: false,
-    });
-    info!("tinyproto server on port {}, {} slots", config.port, N);
-    // Slot i gets handler i (both arrays have N entries).
-    let mut handlers = handlers.map(Some);
-    let mut next = 0;
-    let loops = slots.map(|slot| {
-        let index = next;
-        next += 1;
-        let handler = handlers.get_mut(index).and_then(Option::take);
-        let stop = stopped.receiver();
-        serve_slot(stack, config, index, slot, handler, stop, pool.sender())
-    });
-    let refusing =
-        reserves.map(|reserve| serve_reserve(stack, config, reserve, pool.receiver(), N));
+    let pool = Watch::new_with(Pool::default());
     let pass_on_stop = async {
         stop.wait().await;
         info!("tinyproto server stopping");
@@ -407,17 +426,45 @@ pub async fn serve_until<H: Handler, M: RawMutex, const N: usize, const K: usize
             }
         });
     };
+    let stops = || stopped.receiver();
+    let serving = serve_slots(stack, config, slots, reserves, handlers, &pool, stops);
     // Without slots the loops end at once: then only a stop ends this.
-    join3(join_array(loops), join_array(refusing), pass_on_stop).await;
+    join(serving, pass_on_stop).await;
 }
 
-async fn serve_slot<H: Handler, const N: usize, const K: usize>(
+/// The slot loops and the reserve loops of a server, all in this future;
+/// `stops` gives each slot its view of the stop.
+async fn serve_slots<H: Handler, S: Stopping, const N: usize, const K: usize>(
+    stack: Stack<'_>,
+    config: &ServerConfig,
+    slots: [Slot<'_>; N],
+    reserves: [Reserve<'_>; K],
+    handlers: [H; N],
+    pool: &Watch<NoopRawMutex, Pool, K>,
+    mut stops: impl FnMut() -> Option<S>,
+) {
+    info!("tinyproto server on port {}, {} slots", config.port, N);
+    // Slot i gets handler i (both arrays have N entries).
+    let mut handlers = handlers.map(Some);
+    let mut next = 0;
+    let loops = slots.map(|slot| {
+        let index = next;
+        next += 1;
+        let handler = handlers.get_mut(index).and_then(Option::take);
+        serve_slot(stack, config, index, slot, handler, stops(), pool.sender())
+    });
+    let refusing =
+        reserves.map(|reserve| serve_reserve(stack, config, reserve, pool.receiver(), N));
+    join(join_array(loops), join_array(refusing)).await;
+}
+
+async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     index: usize,
     slot: Slot<'_>,
     handler: Option<H>,
-    stop: Option<Receiver<'_, NoopRawMutex, (), N>>,
+    stop: Option<S>,
     pool: Sender<'_, NoopRawMutex, Pool, K>,
 ) {
     // Both are there: one handler and one receiver were made per slot.
@@ -425,9 +472,9 @@ async fn serve_slot<H: Handler, const N: usize, const K: usize>(
         return;
     };
     let Slot { rx, tx, message } = slot;
-    while !stop.contains_value() {
+    while !stop.is_stopping() {
         let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
-        match select(socket.tcp_mut().accept(config.port), stop.get()).await {
+        match select(socket.tcp_mut().accept(config.port), stop.stopping()).await {
             Either::First(Ok(())) => {}
             Either::First(Err(e)) => {
                 warn!("slot {}: listen failed: {:?}", index, e);
@@ -462,13 +509,13 @@ async fn serve_slot<H: Handler, const N: usize, const K: usize>(
     }
 }
 
-async fn run_connection<H: Handler, const N: usize>(
+async fn run_connection<H: Handler, S: Stopping>(
     conn: &mut Connection<'_>,
     message: &mut [u8],
     config: &ServerConfig,
     info: ConnInfo,
     handler: &mut H,
-    stop: &mut Receiver<'_, NoopRawMutex, (), N>,
+    stop: &mut S,
 ) -> Ended {
     if let Some(ended) = handler.conn_init(&info).await.ended() {
         return ended;
@@ -490,12 +537,12 @@ enum Event {
     Tick,
 }
 
-async fn serve_loop<H: Handler, const N: usize>(
+async fn serve_loop<H: Handler, S: Stopping>(
     session: &mut Session<'_, '_>,
     message: &mut [u8],
     config: &ServerConfig,
     handler: &mut H,
-    stop: &mut Receiver<'_, NoopRawMutex, (), N>,
+    stop: &mut S,
 ) -> Ended {
     if let Some(ended) = handler.pre_loop(session).await.ended() {
         return ended;
@@ -512,7 +559,12 @@ async fn serve_loop<H: Handler, const N: usize>(
                 None => core::future::pending().await,
             }
         };
-        let event = match select3(session::next_length(session.conn, idle), stop.get(), tick).await
+        let event = match select3(
+            session::next_length(session.conn, idle),
+            stop.stopping(),
+            tick,
+        )
+        .await
         {
             Either3::First(announced) => Event::Announced(announced),
             // A length already half in is a message in flight: it is
@@ -550,7 +602,7 @@ async fn serve_loop<H: Handler, const N: usize>(
         if let Some(ended) = handler.loop_pass(session).await.ended() {
             return ended;
         }
-        if stop.contains_value() {
+        if stop.is_stopping() {
             return Ended::Stopped;
         }
     }
@@ -669,12 +721,10 @@ async fn serve_reserve<const K: usize>(
                     tcp.remote_endpoint()
                 );
                 let mut socket = Socket::new(tcp, config.timeouts);
-                let deadline = Some((Instant::now() + config.timeouts.close, Deadline::Close));
-                let refused = bounded(
-                    deadline,
-                    tinyproto::asynch::refuse_connection_limit(socket.tcp_mut()),
-                )
-                .await;
+                // Through the socket's own deadline (the close's), as every
+                // other write of the server goes.
+                socket.begin_exchange(Deadline::Close);
+                let refused = tinyproto::asynch::refuse_connection_limit(&mut socket).await;
                 let closed = socket.close().await;
                 debug!("refusal: {:?}, close {:?}", refused, closed);
             }

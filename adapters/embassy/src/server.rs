@@ -568,9 +568,10 @@ async fn serve_loop<H: Handler, S: Stopping>(
         {
             Either3::First(announced) => Event::Announced(announced),
             // A length already half in is a message in flight: it is
-            // finished first, whatever else came.
+            // finished first, whatever else came, under the deadline its
+            // first byte started (the exchange stays armed).
             _ if session.conn.is_in_progress() => {
-                Event::Announced(session::next_length(session.conn, idle).await)
+                Event::Announced(session.conn.next_length().await)
             }
             Either3::Second(()) => return Ended::Stopped,
             Either3::Third(()) => Event::Tick,

@@ -414,6 +414,69 @@ fn test_dripping_peer_timed_out() {
     );
 }
 
+/// The quiet-connection tick (`loop_pass_interval`, 20 ms here) that fires
+/// while a length is half in does not restart the message deadline: a peer
+/// that goes silent after the first byte of a length is cut off by that
+/// deadline (300 ms), ticks or not, and nothing is delivered.
+#[test]
+fn test_ticks_while_a_length_is_half_in_keep_its_deadline() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = Timeouts {
+        message: Duration::from_millis(300),
+        close: Duration::from_millis(200),
+        ..quick_timeouts()
+    };
+    config.loop_pass_interval = Some(Duration::from_millis(20));
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            let mut storage = SlotStorage::<4096, 4096, 1024>::new();
+            let server = serve(b, &config, [storage.slot()], [], [&handler]);
+            let peer = async {
+                let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+                let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
+                raw.connect(server_endpoint(PORT)).await.unwrap();
+                let mut byte = [0u8; 1];
+                raw.write(&[0xFF]).await.unwrap();
+                raw.read(&mut byte).await.unwrap();
+                assert_eq!(byte, [0xFF], "greeted");
+                // The first byte of a length, then silence for 2 s: the
+                // deadline must cut in long before that.
+                raw.write(&[0x00]).await.unwrap();
+                raw.flush().await.unwrap();
+                let started = Instant::now();
+                match select(raw.read(&mut byte), Timer::after(Duration::from_secs(2))).await {
+                    // The server's close shows as EOF or a reset.
+                    Either::First(r) => assert!(matches!(r, Ok(0) | Err(_)), "got {r:?}"),
+                    Either::Second(()) => panic!("the half length was never cut off"),
+                }
+                let cut_off = started.elapsed();
+                assert!(
+                    cut_off >= Duration::from_millis(250),
+                    "cut off after {} ms",
+                    cut_off.as_millis()
+                );
+                raw.abort();
+                let _ = raw.flush().await;
+                settle(|| !handler.ended.borrow().is_empty()).await;
+            };
+            match select(server, peer).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+    assert_eq!(handler.received.get(), 0);
+    assert_eq!(
+        handler.ended(),
+        vec![Ended::Failed(Error::Io(NetError::TimedOut(
+            Deadline::Message
+        )))]
+    );
+}
+
 #[test]
 fn test_silent_peers_timed_out_at_greeting_and_idle() {
     let handler = Echo::default();

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tinyproto-embassy: no_std builds (Cortex-M0 thumbv6m, Cortex-M4F thumbv7em;
 # without logging, with defmt, with log), the firmware examples (with and
-# without defmt) with their flash/RAM report, and the throughput benchmark
-# table (release, in-memory link). Installs what it needs. About 3-4 min.
+# without defmt) with their flash/RAM report, the firmware template, and the
+# throughput benchmark table (release, in-memory link). Installs what it
+# needs. About 3-4 min.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -33,6 +34,15 @@ echo "==> firmware examples (thumbv7em-none-eabihf)"
     cargo build -q --release --locked --features defmt --target-dir target/defmt
     cargo build -q --release --locked --target-dir target
     python3 size-report.py target/thumbv7em-none-eabihf/release
+)
+
+echo "==> firmware template (thumbv7em-none-eabihf): builds clean as a user copies it"
+(
+    cd examples/firmware-template
+    cargo build -q --release --locked --target-dir target
+    cargo clippy -q --release --locked --target-dir target -- -D warnings
+    cargo fmt --check
+    arm-none-eabi-size target/thumbv7em-none-eabihf/release/tinyproto-firmware-template
 )
 
 echo "==> throughput benchmark (release)"

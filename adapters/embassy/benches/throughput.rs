@@ -21,9 +21,7 @@ use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_time::{Duration, Instant};
-use tinyproto_embassy::{
-    serve, Client, Flow, ServerConfig, Session, SharedHandler, Slot, Timeouts,
-};
+use tinyproto_embassy::{serve, Client, Flow, Handler, ServerConfig, Session, Slot, Timeouts};
 
 const MIB: usize = 1 << 20;
 const SOCKET_BUFFER: usize = 32 * 1024;
@@ -44,8 +42,8 @@ struct Sink {
     received: Cell<usize>,
 }
 
-impl SharedHandler for Sink {
-    async fn transmission_received(&self, _: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+impl Handler for &Sink {
+    async fn transmission_received(&mut self, _: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         assert!(msg.len() == MIB || msg.is_empty());
         self.received.set(self.received.get() + 1);
         Flow::Continue

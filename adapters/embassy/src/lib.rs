@@ -19,8 +19,8 @@ mod transport;
 pub use client::Client;
 pub use error::{Deadline, Error, NetError};
 pub use server::{
-    serve, serve_until, Ended, Flow, Handler, Reserve, ReserveStorage, ServerConfig, SharedHandler,
-    Slot, SlotStorage, Take,
+    serve, serve_until, Ended, Flow, Handler, Reserve, ReserveStorage, ServerConfig, Slot,
+    SlotStorage, Take,
 };
 pub use session::{ConnInfo, Session};
 pub use socket::{Socket, Timeouts};

@@ -9,24 +9,21 @@
 //! K peers arriving at once beyond the slots all read 0xFE; a (K+1)-th
 //! arriving while every reserve is still refusing is reset by the stack.
 
-use core::cell::{Cell, RefCell};
 use core::convert::Infallible;
-use core::future::poll_fn;
-use core::task::Poll;
 
 use embassy_futures::join::{join, join_array};
-use embassy_futures::select::{select, Either};
+use embassy_futures::select::{select, select3, Either, Either3};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
-use embassy_sync::waitqueue::MultiWakerRegistration;
+use embassy_sync::watch::{Receiver, Sender, Watch};
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto::MAX_MESSAGE_LEN;
 
-use crate::error::{Deadline, Error, NetError};
+use crate::error::{Deadline, Error};
 use crate::session::{self, ConnInfo, Session};
-use crate::socket::{bounded, Socket, Timeouts};
+use crate::socket::{Socket, Timeouts};
 use crate::Connection;
 
 /// What a handler says after each hook.
@@ -98,9 +95,36 @@ pub enum Take {
 /// The application side of a server connection: the hooks of the std adapter
 /// and of the Python reference, async. Each slot has a handler of its own
 /// (`serve` takes one per slot), so hooks take `&mut self` and per-connection
-/// state is a plain field (reset it in `conn_init`). State shared by all
-/// slots: implement [`SharedHandler`] (`&self` hooks) and give every slot a
-/// reference, `[&handler; N]`.
+/// state is a plain field (reset it in `conn_init`).
+///
+/// **One value shared by all slots**: implement `Handler` for a reference,
+/// `impl Handler for &Shared`, and give every slot that reference,
+/// `[&shared; N]`. The hooks then reach `Shared` through `&mut &Shared`, so
+/// what they change sits in `Cell`s (or an array indexed by
+/// [`ConnInfo::slot`]): all slots run in one task, no lock is needed.
+///
+/// ```
+/// use core::cell::Cell;
+/// use tinyproto_embassy::{Flow, Handler, Session};
+///
+/// /// Counts the messages of every connection, on every slot.
+/// #[derive(Default)]
+/// struct Counter {
+///     messages: Cell<u32>,
+/// }
+///
+/// impl Handler for &Counter {
+///     async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+///         self.messages.set(self.messages.get() + 1);
+///         Flow::after(session.transmit(msg).await)
+///     }
+/// }
+///
+/// let counter = Counter::default();
+/// let handlers = [&counter, &counter]; // serve(stack, &config, slots, reserves, handlers)
+/// # fn is_handler<H: Handler>(_: &[H]) {}
+/// # is_handler(&handlers);
+/// ```
 ///
 /// Order per connection: `conn_init` → greeting → `pre_loop` → (message
 /// announced → `message_announced` → `transmission_received` (whole) or
@@ -180,118 +204,6 @@ pub trait Handler {
     /// The connection is closed and its slot is about to listen again.
     async fn conn_shutdown(&mut self, info: &ConnInfo, ended: &Ended) {
         let _ = (info, ended);
-    }
-}
-
-/// A handler whose one value serves every slot: hooks take `&self` (keep
-/// per-connection state in `Cell`s or an array indexed by
-/// [`ConnInfo::slot`]). `&T` is then a [`Handler`]: give each slot `&handler`.
-#[allow(async_fn_in_trait)]
-pub trait SharedHandler {
-    /// A peer connected on a slot (before the greeting).
-    /// [`Flow::Close`] closes it at once.
-    async fn conn_init(&self, info: &ConnInfo) -> Flow {
-        let _ = info;
-        Flow::Continue
-    }
-
-    /// The greeting succeeded; the loop is about to start.
-    async fn pre_loop(&self, session: &mut Session<'_, '_>) -> Flow {
-        let _ = session;
-        Flow::Continue
-    }
-
-    /// A message of `len` bytes was announced: decide how to take it before
-    /// any of its payload moves. `capacity` is the most the slot takes whole
-    /// (its message buffer, capped by [`ServerConfig::max_message_len`]).
-    /// By default: [`Take::Whole`] if it fits, [`Take::Reject`] (0x00, the
-    /// connection goes on) otherwise. [`Take::Chunks`] streams it through
-    /// the slot's message buffer to `transmission_chunk`, whatever its size
-    /// (a firmware image into flash through 1 KiB).
-    async fn message_announced(&self, info: &ConnInfo, len: u32, capacity: u32) -> Take {
-        let _ = info;
-        if len <= capacity {
-            Take::Whole
-        } else {
-            Take::Reject
-        }
-    }
-
-    /// A whole message arrived. Reply through `session.transmit`.
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, message: &[u8]) -> Flow;
-
-    /// The next chunk of a message taken [`Take::Chunks`], in order, at most
-    /// the slot's message buffer long. [`Flow::Close`] abandons the message
-    /// and closes the connection. If the message breaks off, `post_loop` is
-    /// told why and `transmission_complete` never runs: discard what came.
-    async fn transmission_chunk(&self, info: &ConnInfo, chunk: &[u8]) -> Flow {
-        let _ = (info, chunk);
-        Flow::Continue
-    }
-
-    /// All `len` bytes of a message taken [`Take::Chunks`] arrived.
-    async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
-        let _ = (session, len);
-        Flow::Continue
-    }
-
-    /// Called after each message, and every
-    /// [`ServerConfig::loop_pass_interval`] while the connection is quiet.
-    async fn loop_pass(&self, session: &mut Session<'_, '_>) -> Flow {
-        let _ = session;
-        Flow::Continue
-    }
-
-    /// The loop ended (the connection is still open: a last message may go).
-    async fn post_loop(&self, session: &mut Session<'_, '_>, ended: &Ended) {
-        let _ = (session, ended);
-    }
-
-    /// The connection is closed and its slot is about to listen again.
-    async fn conn_shutdown(&self, info: &ConnInfo, ended: &Ended) {
-        let _ = (info, ended);
-    }
-}
-
-impl<T: SharedHandler + ?Sized> Handler for &T {
-    async fn conn_init(&mut self, info: &ConnInfo) -> Flow {
-        (**self).conn_init(info).await
-    }
-
-    async fn pre_loop(&mut self, session: &mut Session<'_, '_>) -> Flow {
-        (**self).pre_loop(session).await
-    }
-
-    async fn message_announced(&mut self, info: &ConnInfo, len: u32, capacity: u32) -> Take {
-        (**self).message_announced(info, len, capacity).await
-    }
-
-    async fn transmission_received(
-        &mut self,
-        session: &mut Session<'_, '_>,
-        message: &[u8],
-    ) -> Flow {
-        (**self).transmission_received(session, message).await
-    }
-
-    async fn transmission_chunk(&mut self, info: &ConnInfo, chunk: &[u8]) -> Flow {
-        (**self).transmission_chunk(info, chunk).await
-    }
-
-    async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
-        (**self).transmission_complete(session, len).await
-    }
-
-    async fn loop_pass(&mut self, session: &mut Session<'_, '_>) -> Flow {
-        (**self).loop_pass(session).await
-    }
-
-    async fn post_loop(&mut self, session: &mut Session<'_, '_>, ended: &Ended) {
-        (**self).post_loop(session, ended).await
-    }
-
-    async fn conn_shutdown(&mut self, info: &ConnInfo, ended: &Ended) {
-        (**self).conn_shutdown(info, ended).await
     }
 }
 
@@ -416,45 +328,45 @@ impl Default for ReserveStorage {
     }
 }
 
-/// Shared between the slot loops and the reserve loops (one task: no locks).
-struct Pool<const K: usize> {
-    busy: Cell<usize>,
-    /// Wakes every reserve loop when `busy` changes or a stop comes.
-    changed: RefCell<MultiWakerRegistration<K>>,
-    generation: Cell<u32>,
+/// What the reserve loops watch: how many slots hold a connection, and
+/// whether the server stops.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pool {
+    busy: usize,
+    stopping: bool,
 }
 
-impl<const K: usize> Pool<K> {
-    fn new() -> Self {
-        Self {
-            busy: Cell::new(0),
-            changed: RefCell::new(MultiWakerRegistration::new()),
-            generation: Cell::new(0),
-        }
+/// How a slot loop learns that the server stops: a receiver of
+/// [`serve_until`]'s stop `Watch`, or, in [`serve`], [`NeverStops`] (so an
+/// image that never stops carries no stop code: about 0.9 KiB of flash).
+trait Stopping {
+    /// True once the server stops.
+    fn is_stopping(&self) -> bool;
+    /// Completes once the server stops.
+    async fn stopping(&mut self);
+}
+
+impl<const N: usize> Stopping for Receiver<'_, NoopRawMutex, (), N> {
+    fn is_stopping(&self) -> bool {
+        // Any value in the stop `Watch` means "stop".
+        self.contains_value()
     }
 
-    fn add(&self, delta: isize) {
-        self.busy.set(self.busy.get().saturating_add_signed(delta));
-        self.signal();
+    async fn stopping(&mut self) {
+        self.get().await
+    }
+}
+
+/// The stop of [`serve`]: none.
+struct NeverStops;
+
+impl Stopping for NeverStops {
+    fn is_stopping(&self) -> bool {
+        false
     }
 
-    fn signal(&self) {
-        self.generation.set(self.generation.get().wrapping_add(1));
-        self.changed.borrow_mut().wake();
-    }
-
-    /// Completes at the next change after the call.
-    async fn changed(&self) {
-        let seen = self.generation.get();
-        poll_fn(|cx| {
-            if self.generation.get() != seen {
-                Poll::Ready(())
-            } else {
-                self.changed.borrow_mut().register(cx.waker());
-                Poll::Pending
-            }
-        })
-        .await
+    async fn stopping(&mut self) {
+        core::future::pending().await
     }
 }
 
@@ -474,8 +386,9 @@ pub async fn serve<H: Handler, const N: usize, const K: usize>(
     reserves: [Reserve<'_>; K],
     handlers: [H; N],
 ) -> Infallible {
-    let never = Signal::<NoopRawMutex, ()>::new();
-    serve_until(stack, config, slots, reserves, handlers, &never).await;
+    let pool = Watch::new_with(Pool::default());
+    let no_stop = || Some(NeverStops);
+    serve_slots(stack, config, slots, reserves, handlers, &pool, no_stop).await;
     // Only reached with no slot and no reserve.
     loop {
         core::future::pending::<()>().await;
@@ -495,8 +408,41 @@ pub async fn serve_until<H: Handler, M: RawMutex, const N: usize, const K: usize
     handlers: [H; N],
     stop: &Signal<M, ()>,
 ) {
-    let pool = Pool::<K>::new();
-    let stopping = Stopping::<N>::new();
+    // A `Signal` has one waiter and its `wait` takes the value, while N
+    // slot loops and K reserve loops wait for the stop at once: one arm
+    // below passes it on to two `Watch`es, which any number of receivers
+    // see. Two, because a `Watch`'s receiver count is a const parameter and
+    // `N + K` cannot be written: the slots watch `stopped` (a value there
+    // means "stop"), the reserves watch `pool`.
+    let stopped = Watch::<NoopRawMutex, (), N>::new();
+    let pool = Watch::new_with(Pool::default());
+    let pass_on_stop = async {
+        stop.wait().await;
+        info!("tinyproto server stopping");
+        stopped.sender().send(());
+        pool.sender().send_modify(|pool| {
+            if let Some(pool) = pool {
+                pool.stopping = true;
+            }
+        });
+    };
+    let stops = || stopped.receiver();
+    let serving = serve_slots(stack, config, slots, reserves, handlers, &pool, stops);
+    // Without slots the loops end at once: then only a stop ends this.
+    join(serving, pass_on_stop).await;
+}
+
+/// The slot loops and the reserve loops of a server, all in this future;
+/// `stops` gives each slot its view of the stop.
+async fn serve_slots<H: Handler, S: Stopping, const N: usize, const K: usize>(
+    stack: Stack<'_>,
+    config: &ServerConfig,
+    slots: [Slot<'_>; N],
+    reserves: [Reserve<'_>; K],
+    handlers: [H; N],
+    pool: &Watch<NoopRawMutex, Pool, K>,
+    mut stops: impl FnMut() -> Option<S>,
+) {
     info!("tinyproto server on port {}, {} slots", config.port, N);
     // Slot i gets handler i (both arrays have N entries).
     let mut handlers = handlers.map(Some);
@@ -505,75 +451,30 @@ pub async fn serve_until<H: Handler, M: RawMutex, const N: usize, const K: usize
         let index = next;
         next += 1;
         let handler = handlers.get_mut(index).and_then(Option::take);
-        serve_slot(stack, config, index, slot, handler, &pool, &stopping)
+        serve_slot(stack, config, index, slot, handler, stops(), pool.sender())
     });
-    let watcher = async {
-        stop.wait().await;
-        info!("tinyproto server stopping");
-        stopping.stop();
-        pool.signal();
-    };
     let refusing =
-        reserves.map(|reserve| serve_reserve(stack, config, reserve, &pool, N, &stopping));
-    let serving = join(join_array(loops), join_array(refusing));
-    // Without slots the loops end at once: then only a stop ends this.
-    join(serving, watcher).await;
+        reserves.map(|reserve| serve_reserve(stack, config, reserve, pool.receiver(), N));
+    join(join_array(loops), join_array(refusing)).await;
 }
 
-/// The server's own stop flag, which every slot loop can await at once.
-struct Stopping<const N: usize> {
-    stopped: Cell<bool>,
-    waiters: RefCell<MultiWakerRegistration<N>>,
-}
-
-impl<const N: usize> Stopping<N> {
-    fn new() -> Self {
-        Self {
-            stopped: Cell::new(false),
-            waiters: RefCell::new(MultiWakerRegistration::new()),
-        }
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.stopped.get()
-    }
-
-    fn stop(&self) {
-        self.stopped.set(true);
-        self.waiters.borrow_mut().wake();
-    }
-
-    /// Completes once the server is stopping.
-    async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.stopped.get() {
-                Poll::Ready(())
-            } else {
-                self.waiters.borrow_mut().register(cx.waker());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
-async fn serve_slot<H: Handler, const N: usize, const K: usize>(
+async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     index: usize,
     slot: Slot<'_>,
     handler: Option<H>,
-    pool: &Pool<K>,
-    stopping: &Stopping<N>,
+    stop: Option<S>,
+    pool: Sender<'_, NoopRawMutex, Pool, K>,
 ) {
-    let Some(mut handler) = handler else {
+    // Both are there: one handler and one receiver were made per slot.
+    let (Some(mut handler), Some(mut stop)) = (handler, stop) else {
         return;
     };
-    let handler = &mut handler;
     let Slot { rx, tx, message } = slot;
-    while !stopping.is_stopped() {
+    while !stop.is_stopping() {
         let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
-        match select(socket.tcp_mut().accept(config.port), stopping.wait()).await {
+        match select(socket.tcp_mut().accept(config.port), stop.stopping()).await {
             Either::First(Ok(())) => {}
             Either::First(Err(e)) => {
                 warn!("slot {}: listen failed: {:?}", index, e);
@@ -583,7 +484,11 @@ async fn serve_slot<H: Handler, const N: usize, const K: usize>(
             // Stopping: no new connection on this slot.
             Either::Second(()) => break,
         }
-        pool.add(1);
+        pool.send_modify(|pool| {
+            if let Some(pool) = pool {
+                pool.busy += 1;
+            }
+        });
         let info = ConnInfo {
             slot: index,
             remote: socket.remote_endpoint(),
@@ -591,22 +496,26 @@ async fn serve_slot<H: Handler, const N: usize, const K: usize>(
         debug!("slot {}: connection from {:?}", index, info.remote);
         let mut conn = Connection::new(socket);
         conn.set_max_message_len(config.max_message_len);
-        let ended = run_connection(&mut conn, &mut *message, config, info, handler, stopping).await;
+        let ended = run_connection(&mut conn, message, config, info, &mut handler, &mut stop).await;
         let closed = conn.get_mut().close().await;
         debug!("slot {}: ended {:?}, close {:?}", index, ended, closed);
         handler.conn_shutdown(&info, &ended).await;
         drop(conn);
-        pool.add(-1);
+        pool.send_modify(|pool| {
+            if let Some(pool) = pool {
+                pool.busy -= 1;
+            }
+        });
     }
 }
 
-async fn run_connection<H: Handler, const N: usize>(
+async fn run_connection<H: Handler, S: Stopping>(
     conn: &mut Connection<'_>,
     message: &mut [u8],
     config: &ServerConfig,
     info: ConnInfo,
     handler: &mut H,
-    stopping: &Stopping<N>,
+    stop: &mut S,
 ) -> Ended {
     if let Some(ended) = handler.conn_init(&info).await.ended() {
         return ended;
@@ -615,169 +524,196 @@ async fn run_connection<H: Handler, const N: usize>(
         return Ended::Failed(e);
     }
     let mut session = Session::new(conn, info);
-    let ended = serve_loop(&mut session, message, config, handler, stopping).await;
+    let ended = serve_loop(&mut session, message, config, handler, stop).await;
     handler.post_loop(&mut session, &ended).await;
     ended
 }
 
-async fn serve_loop<H: Handler, const N: usize>(
+/// What the loop of a connection waits for between messages.
+enum Event {
+    /// The length of the next message (or why none came).
+    Announced(Result<u32, Error>),
+    /// [`ServerConfig::loop_pass_interval`] passed.
+    Tick,
+}
+
+async fn serve_loop<H: Handler, S: Stopping>(
     session: &mut Session<'_, '_>,
     message: &mut [u8],
     config: &ServerConfig,
     handler: &mut H,
-    stopping: &Stopping<N>,
+    stop: &mut S,
 ) -> Ended {
     if let Some(ended) = handler.pre_loop(session).await.ended() {
         return ended;
     }
     let mut active_at = Instant::now();
     loop {
-        let idle_at = config.timeouts.idle.map(|d| active_at + d);
-        let tick_at = config.loop_pass_interval.map(|d| Instant::now() + d);
-        let wait = match (idle_at, tick_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-        .map(|t| (t, Deadline::Idle));
-        let announced =
-            match select(session::next_length(session.conn, wait), stopping.wait()).await {
-                Either::First(announced) => announced,
-                // Stopping between messages: end here. A length already half in
-                // is a message in flight: it is finished first.
-                Either::Second(()) if !session.conn.is_in_progress() => return Ended::Stopped,
-                Either::Second(()) => session::next_length(session.conn, wait).await,
+        let idle = config
+            .timeouts
+            .idle
+            .map(|d| (active_at + d, Deadline::Idle));
+        let tick = async {
+            match config.loop_pass_interval {
+                Some(every) => Timer::after(every).await,
+                None => core::future::pending().await,
+            }
+        };
+        let event = match select3(
+            session::next_length(session.conn, idle),
+            stop.stopping(),
+            tick,
+        )
+        .await
+        {
+            Either3::First(announced) => Event::Announced(announced),
+            // A length already half in is a message in flight: it is
+            // finished first, whatever else came, under the deadline its
+            // first byte started (the exchange stays armed).
+            _ if session.conn.is_in_progress() => {
+                Event::Announced(session.conn.next_length().await)
+            }
+            Either3::Second(()) => return Ended::Stopped,
+            Either3::Third(()) => Event::Tick,
+        };
+        if let Event::Announced(announced) = event {
+            let taken = match announced {
+                Ok(len) => take_message(session, message, len, handler).await,
+                Err(e) => Err(e),
             };
-        match announced {
-            Ok(len) => {
-                let capacity = session.conn.machine().whole_capacity(message.len());
-                let take = handler
-                    .message_announced(&session.info, len, capacity)
-                    .await;
-                match take_message(session, &mut *message, take, handler).await {
-                    Ok(flow) => {
-                        if let Some(ended) = flow.ended() {
-                            return ended;
-                        }
-                    }
-                    Err(Error::TooLarge { len, capacity }) => info!(
-                        "slot {}: refused a message of {} bytes (limit {})",
-                        session.info.slot, len, capacity
-                    ),
-                    Err(e) => {
-                        info!("slot {}: {:?}", session.info.slot, e);
-                        return Ended::Failed(e);
+            match taken {
+                Ok(flow) => {
+                    if let Some(ended) = flow.ended() {
+                        return ended;
                     }
                 }
-                active_at = Instant::now();
-            }
-            Err(Error::Io(NetError::TimedOut(Deadline::Idle)))
-                if !session.conn.is_in_progress() =>
-            {
-                if idle_at.is_some_and(|t| Instant::now() >= t) {
-                    info!("slot {}: idle timeout", session.info.slot);
-                    return Ended::Failed(Error::Io(NetError::TimedOut(Deadline::Idle)));
+                Err(Error::TooLarge { len, capacity }) => info!(
+                    "slot {}: refused a message of {} bytes (limit {})",
+                    session.info.slot, len, capacity
+                ),
+                Err(Error::Closed) => return Ended::PeerClosed,
+                // Failures, and the idle deadline (`Deadline::Idle`).
+                Err(e) => {
+                    info!("slot {}: {:?}", session.info.slot, e);
+                    return Ended::Failed(e);
                 }
             }
-            Err(Error::Closed) => return Ended::PeerClosed,
-            Err(e) => {
-                info!("slot {}: {:?}", session.info.slot, e);
-                return Ended::Failed(e);
-            }
+            active_at = Instant::now();
         }
         if let Some(ended) = handler.loop_pass(session).await.ended() {
             return ended;
         }
-        if stopping.is_stopped() {
+        if stop.is_stopping() {
             return Ended::Stopped;
         }
     }
 }
 
-/// Takes the message whose length was just read as the handler decided,
-/// under the exchange `next_length` armed, and ends that exchange.
+/// Takes the message of `len` bytes whose length was just read, as the
+/// handler decides, under the exchange `next_length` armed; ends that
+/// exchange, then hands the message to the handler.
 async fn take_message<H: Handler>(
     session: &mut Session<'_, '_>,
     message: &mut [u8],
-    take: Take,
+    len: u32,
     handler: &mut H,
 ) -> Result<Flow, Error> {
     let info = session.info;
-    let conn = &mut *session.conn;
-    let taken = match take {
-        Take::Whole => conn.receive(message).await.map(|msg| Ok(msg.len())),
-        // Not held: the configured cap on whole messages does not apply
-        // (the core caps whole receives only).
-        Take::Chunks => stream_chunks(conn, message, &info, handler)
-            .await
-            .map(|streamed| streamed.map(|len| len as usize)),
-        Take::Reject => conn.reject().await.map(|len| {
+    let capacity = session.conn.machine().whole_capacity(message.len());
+    match handler.message_announced(&info, len, capacity).await {
+        Take::Whole => {
+            // Through the chunked reader, which `Take::Chunks` needs anyway:
+            // one read path in the image, not two.
+            let received = receive_whole(session.conn, message, capacity).await;
+            session.conn.get_mut().end_exchange();
+            let received = received?;
+            Ok(handler
+                .transmission_received(session, &message[..received])
+                .await)
+        }
+        Take::Chunks => {
+            let streamed = stream_chunks(session.conn, message, &info, handler).await;
+            session.conn.get_mut().end_exchange();
+            match streamed? {
+                Flow::Continue => Ok(handler.transmission_complete(session, len).await),
+                // The handler stopped the message half way: the connection
+                // is out of step and closes.
+                stopped => Ok(stopped),
+            }
+        }
+        Take::Reject => {
+            let rejected = session.conn.reject().await;
+            session.conn.get_mut().end_exchange();
+            rejected?;
             debug!("slot {}: rejected a message of {} bytes", info.slot, len);
-            Ok(0)
-        }),
-    };
-    session.conn.get_mut().end_exchange();
-    let len = match taken? {
-        Ok(len) => len,
-        // The handler stopped a chunked message half way: the connection
-        // is out of step and closes.
-        Err(flow) => return Ok(flow),
-    };
-    match take {
-        Take::Whole => Ok(handler
-            .transmission_received(session, &message[..len])
-            .await),
-        Take::Chunks => Ok(handler.transmission_complete(session, len as u32).await),
-        Take::Reject => Ok(Flow::Continue),
+            Ok(Flow::Continue)
+        }
+    }
+}
+
+/// Receives a whole message of at most `capacity` bytes (no more than
+/// `buffer` holds) into `buffer`; its length. Over `capacity` it is
+/// answered 0x00: `Error::TooLarge`, as for the core's `receive`.
+async fn receive_whole(
+    conn: &mut Connection<'_>,
+    buffer: &mut [u8],
+    capacity: u32,
+) -> Result<usize, Error> {
+    let mut incoming = conn.begin_receive(capacity).await?;
+    let mut filled = 0;
+    loop {
+        let rest = buffer.get_mut(filled..).unwrap_or_default();
+        match incoming.read(rest).await? {
+            0 => return Ok(filled),
+            n => filled += n,
+        }
     }
 }
 
 /// Streams the accepted message through `buffer` to the handler's
-/// `transmission_chunk`; its length, or the flow that stopped it.
+/// `transmission_chunk`: `Continue` once all of it came, or the flow with
+/// which the handler stopped it.
 async fn stream_chunks<H: Handler>(
     conn: &mut Connection<'_>,
     buffer: &mut [u8],
     info: &ConnInfo,
     handler: &mut H,
-) -> Result<Result<u32, Flow>, Error> {
+) -> Result<Flow, Error> {
+    // Not held: the configured cap on whole messages does not apply (the
+    // core caps whole receives only).
     let mut incoming = conn.begin_receive(MAX_MESSAGE_LEN).await?;
-    let len = incoming.len();
     loop {
         let n = incoming.read(buffer).await?;
         if n == 0 {
-            return Ok(Ok(len));
+            return Ok(Flow::Continue);
         }
-        let flow = handler.transmission_chunk(info, &buffer[..n]).await;
-        if flow != Flow::Continue {
-            return Ok(Err(flow));
+        match handler.transmission_chunk(info, &buffer[..n]).await {
+            Flow::Continue => {}
+            stopped => return Ok(stopped),
         }
     }
 }
 
-async fn serve_reserve<const N: usize, const K: usize>(
+async fn serve_reserve<const K: usize>(
     stack: Stack<'_>,
     config: &ServerConfig,
     reserve: Reserve<'_>,
-    pool: &Pool<K>,
+    pool: Option<Receiver<'_, NoopRawMutex, Pool, K>>,
     limit: usize,
-    stopping: &Stopping<N>,
 ) {
+    // There: one receiver was made per reserve.
+    let Some(mut pool) = pool else {
+        return;
+    };
     let Reserve { rx, tx } = reserve;
-    while !stopping.is_stopped() {
-        while pool.busy.get() < limit && !stopping.is_stopped() {
-            pool.changed().await;
-        }
-        if stopping.is_stopped() {
-            break;
-        }
+    // Listen only while every slot is busy.
+    while !pool
+        .get_and(|p| p.busy >= limit || p.stopping)
+        .await
+        .stopping
+    {
         let mut tcp = TcpSocket::new(stack, rx, tx);
-        let freed = async {
-            loop {
-                pool.changed().await;
-                if pool.busy.get() < limit || stopping.is_stopped() {
-                    break;
-                }
-            }
-        };
+        let freed = pool.get_and(|p| p.busy < limit || p.stopping);
         match select(tcp.accept(config.port), freed).await {
             Either::First(Ok(())) => {
                 info!(
@@ -786,12 +722,10 @@ async fn serve_reserve<const N: usize, const K: usize>(
                     tcp.remote_endpoint()
                 );
                 let mut socket = Socket::new(tcp, config.timeouts);
-                let deadline = Some((Instant::now() + config.timeouts.close, Deadline::Close));
-                let refused = bounded(
-                    deadline,
-                    tinyproto::asynch::refuse_connection_limit(socket.tcp_mut()),
-                )
-                .await;
+                // Through the socket's own deadline (the close's), as every
+                // other write of the server goes.
+                socket.begin_exchange(Deadline::Close);
+                let refused = tinyproto::asynch::refuse_connection_limit(&mut socket).await;
                 let closed = socket.close().await;
                 debug!("refusal: {:?}, close {:?}", refused, closed);
             }
@@ -799,8 +733,8 @@ async fn serve_reserve<const N: usize, const K: usize>(
                 warn!("reserve: listen failed: {:?}", e);
                 Timer::after(Duration::from_millis(100)).await;
             }
-            // A slot listens again: stop listening here.
-            Either::Second(()) => {}
+            // A slot listens again, or the server stops: stop listening here.
+            Either::Second(_) => {}
         }
     }
 }

@@ -11,8 +11,8 @@ use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Deadline, Ended, Error, Flow, NetError, ReserveStorage, ServerConfig,
-    Session, SharedHandler, Slot, SlotStorage, Timeouts,
+    serve, Client, ConnInfo, Deadline, Ended, Error, Flow, Handler, NetError, ReserveStorage,
+    ServerConfig, Session, Slot, SlotStorage, Timeouts,
 };
 
 const PORT: u16 = 7000;
@@ -34,8 +34,8 @@ impl Echo {
     }
 }
 
-impl SharedHandler for Echo {
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+impl Handler for &Echo {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         self.received.set(self.received.get() + 1);
         let result = if let Some(n) = msg.strip_prefix(b"send ") {
             let len: usize = std::str::from_utf8(n).unwrap().parse().unwrap();
@@ -49,7 +49,7 @@ impl SharedHandler for Echo {
         Flow::Continue
     }
 
-    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+    async fn conn_shutdown(&mut self, _info: &ConnInfo, ended: &Ended) {
         self.ended.borrow_mut().push(*ended);
     }
 }
@@ -87,7 +87,7 @@ fn quick_timeouts() -> Timeouts {
 /// One test against a one-slot server (an echo unless said otherwise) on
 /// stack B: the link, the server's timeouts and message buffer, and the test
 /// client's timeouts. [`EchoTest::new`] has the usual ones.
-struct EchoTest<'h, H: SharedHandler = Echo> {
+struct EchoTest<'h, H = Echo> {
     handler: &'h H,
     server_timeouts: Timeouts,
     /// The server slot's message buffer: the largest message it takes.
@@ -98,7 +98,10 @@ struct EchoTest<'h, H: SharedHandler = Echo> {
     limit: Duration,
 }
 
-impl<'h, H: SharedHandler> EchoTest<'h, H> {
+impl<'h, H> EchoTest<'h, H>
+where
+    &'h H: Handler,
+{
     /// A clean link, [`quick_timeouts`] on both sides, 60 s for the test.
     fn new(handler: &'h H, message_buffer: usize) -> Self {
         Self {
@@ -411,6 +414,69 @@ fn test_dripping_peer_timed_out() {
     );
 }
 
+/// The quiet-connection tick (`loop_pass_interval`, 20 ms here) that fires
+/// while a length is half in does not restart the message deadline: a peer
+/// that goes silent after the first byte of a length is cut off by that
+/// deadline (300 ms), ticks or not, and nothing is delivered.
+#[test]
+fn test_ticks_while_a_length_is_half_in_keep_its_deadline() {
+    let handler = Echo::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = Timeouts {
+        message: Duration::from_millis(300),
+        close: Duration::from_millis(200),
+        ..quick_timeouts()
+    };
+    config.loop_pass_interval = Some(Duration::from_millis(20));
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            let mut storage = SlotStorage::<4096, 4096, 1024>::new();
+            let server = serve(b, &config, [storage.slot()], [], [&handler]);
+            let peer = async {
+                let (mut rx, mut tx) = ([0u8; 1024], [0u8; 1024]);
+                let mut raw = TcpSocket::new(a, &mut rx, &mut tx);
+                raw.connect(server_endpoint(PORT)).await.unwrap();
+                let mut byte = [0u8; 1];
+                raw.write(&[0xFF]).await.unwrap();
+                raw.read(&mut byte).await.unwrap();
+                assert_eq!(byte, [0xFF], "greeted");
+                // The first byte of a length, then silence for 2 s: the
+                // deadline must cut in long before that.
+                raw.write(&[0x00]).await.unwrap();
+                raw.flush().await.unwrap();
+                let started = Instant::now();
+                match select(raw.read(&mut byte), Timer::after(Duration::from_secs(2))).await {
+                    // The server's close shows as EOF or a reset.
+                    Either::First(r) => assert!(matches!(r, Ok(0) | Err(_)), "got {r:?}"),
+                    Either::Second(()) => panic!("the half length was never cut off"),
+                }
+                let cut_off = started.elapsed();
+                assert!(
+                    cut_off >= Duration::from_millis(250),
+                    "cut off after {} ms",
+                    cut_off.as_millis()
+                );
+                raw.abort();
+                let _ = raw.flush().await;
+                settle(|| !handler.ended.borrow().is_empty()).await;
+            };
+            match select(server, peer).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+    assert_eq!(handler.received.get(), 0);
+    assert_eq!(
+        handler.ended(),
+        vec![Ended::Failed(Error::Io(NetError::TimedOut(
+            Deadline::Message
+        )))]
+    );
+}
+
 #[test]
 fn test_silent_peers_timed_out_at_greeting_and_idle() {
     let handler = Echo::default();
@@ -486,20 +552,20 @@ impl Recorder {
     }
 }
 
-impl SharedHandler for Recorder {
-    async fn conn_init(&self, info: &ConnInfo) -> Flow {
+impl Handler for &Recorder {
+    async fn conn_init(&mut self, info: &ConnInfo) -> Flow {
         self.push(format!("conn_init {}", info.slot));
         Flow::Continue
     }
 
-    async fn pre_loop(&self, session: &mut Session<'_, '_>) -> Flow {
+    async fn pre_loop(&mut self, session: &mut Session<'_, '_>) -> Flow {
         self.push("pre_loop");
         // The server may speak first.
         session.transmit(b"welcome").await.unwrap();
         Flow::Continue
     }
 
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         self.push(format!("received {}", String::from_utf8_lossy(msg)));
         if msg == b"bye" {
             return Flow::Close;
@@ -508,7 +574,7 @@ impl SharedHandler for Recorder {
         Flow::Continue
     }
 
-    async fn loop_pass(&self, _session: &mut Session<'_, '_>) -> Flow {
+    async fn loop_pass(&mut self, _session: &mut Session<'_, '_>) -> Flow {
         let mut events = self.events.borrow_mut();
         // Collapse the periodic passes of a quiet connection into one entry.
         if events.last().map(String::as_str) != Some("loop_pass") {
@@ -517,13 +583,13 @@ impl SharedHandler for Recorder {
         Flow::Continue
     }
 
-    async fn post_loop(&self, session: &mut Session<'_, '_>, ended: &Ended) {
+    async fn post_loop(&mut self, session: &mut Session<'_, '_>, ended: &Ended) {
         self.push(format!("post_loop {ended:?}"));
         // A last word is still possible here.
         session.transmit(b"farewell").await.unwrap();
     }
 
-    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+    async fn conn_shutdown(&mut self, _info: &ConnInfo, ended: &Ended) {
         self.push(format!("conn_shutdown {ended:?}"));
     }
 }
@@ -750,9 +816,9 @@ fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
     hash
 }
 
-impl SharedHandler for Flasher {
+impl Handler for &Flasher {
     async fn message_announced(
-        &self,
+        &mut self,
         _info: &ConnInfo,
         len: u32,
         capacity: u32,
@@ -767,7 +833,7 @@ impl SharedHandler for Flasher {
         }
     }
 
-    async fn transmission_chunk(&self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
+    async fn transmission_chunk(&mut self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
         self.largest_chunk
             .set(self.largest_chunk.get().max(chunk.len()));
         self.checksum.set(fnv1a(self.checksum.get(), chunk));
@@ -783,7 +849,7 @@ impl SharedHandler for Flasher {
         Flow::Continue
     }
 
-    async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+    async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
         let tail = std::mem::take(&mut *self.page.borrow_mut());
         self.flash.borrow_mut().extend_from_slice(&tail);
         let mut answer = len.to_be_bytes().to_vec();
@@ -794,7 +860,7 @@ impl SharedHandler for Flasher {
         }
     }
 
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         self.whole.set(self.whole.get() + 1);
         match session.transmit(msg).await {
             Ok(()) => Flow::Continue,
@@ -855,12 +921,12 @@ struct Insistent {
     ended: RefCell<Vec<Ended>>,
 }
 
-impl SharedHandler for Insistent {
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, _msg: &[u8]) -> Flow {
+impl Handler for &Insistent {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, _msg: &[u8]) -> Flow {
         Flow::after(session.transmit(&[7u8; 5000]).await)
     }
 
-    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+    async fn conn_shutdown(&mut self, _info: &ConnInfo, ended: &Ended) {
         self.ended.borrow_mut().push(*ended);
     }
 }
@@ -896,16 +962,16 @@ struct EchoRecording {
     post_loops: Cell<usize>,
 }
 
-impl SharedHandler for EchoRecording {
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+impl Handler for &EchoRecording {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         Flow::after(session.transmit(msg).await)
     }
 
-    async fn post_loop(&self, _session: &mut Session<'_, '_>, _ended: &Ended) {
+    async fn post_loop(&mut self, _session: &mut Session<'_, '_>, _ended: &Ended) {
         self.post_loops.set(self.post_loops.get() + 1);
     }
 
-    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+    async fn conn_shutdown(&mut self, _info: &ConnInfo, ended: &Ended) {
         self.ended.borrow_mut().push(*ended);
     }
 }
@@ -1041,7 +1107,7 @@ struct Counting {
     seen: u32,
 }
 
-impl tinyproto_embassy::Handler for Counting {
+impl Handler for Counting {
     async fn conn_init(&mut self, _info: &ConnInfo) -> Flow {
         self.seen = 0;
         Flow::Continue
@@ -1096,6 +1162,84 @@ fn test_each_slot_has_its_own_handler_state() {
             }
         },
     );
+}
+
+/// State shared by all slots: one value, `impl Handler for &Tally`.
+#[derive(Default)]
+struct Tally {
+    /// Messages of every connection together.
+    messages: Cell<u32>,
+    /// The slot of each connection, as `conn_init` saw it.
+    slots: RefCell<Vec<usize>>,
+    /// Connections ended.
+    ended: Cell<usize>,
+}
+
+impl Handler for &Tally {
+    async fn conn_init(&mut self, info: &ConnInfo) -> Flow {
+        self.slots.borrow_mut().push(info.slot);
+        Flow::Continue
+    }
+
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, _msg: &[u8]) -> Flow {
+        self.messages.set(self.messages.get() + 1);
+        Flow::after(session.transmit(&self.messages.get().to_be_bytes()).await)
+    }
+
+    async fn conn_shutdown(&mut self, _info: &ConnInfo, _ended: &Ended) {
+        self.ended.set(self.ended.get() + 1);
+    }
+}
+
+/// Two connections on two slots served by one handler value (`[&tally;
+/// 2]`): each reply counts the messages of both connections, and the one
+/// value saw both slots.
+#[test]
+fn test_one_shared_handler_serves_every_slot() {
+    let tally = Tally::default();
+    let mut config = ServerConfig::new(PORT);
+    config.timeouts = quick_timeouts();
+    run_pair(
+        Faults::default(),
+        Duration::from_secs(30),
+        async |a, b, _| {
+            let mut storage = [SlotStorage::<4096, 4096, 256>::new(), SlotStorage::new()];
+            let slots = storage.each_mut().map(SlotStorage::slot);
+            let server = serve(b, &config, slots, [], [&tally, &tally]);
+            let clients = async {
+                let to = server_endpoint(PORT);
+                let mut bufs = [[0u8; 2048]; 4];
+                let [b0, b1, b2, b3] = &mut bufs;
+                let mut one = Client::connect(a, b0, b1, to, quick_timeouts())
+                    .await
+                    .unwrap();
+                let mut two = Client::connect(a, b2, b3, to, quick_timeouts())
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 8];
+                // Which client speaks (0: one, 1: two) and the shared count.
+                for (who, expected) in [(0, 1u32), (1, 2), (0, 3), (1, 4)] {
+                    let client = if who == 0 { &mut one } else { &mut two };
+                    client.transmit(b"tick").await.unwrap();
+                    assert_eq!(
+                        client.receive(&mut buf).await.unwrap(),
+                        expected.to_be_bytes()
+                    );
+                }
+                one.close().await.unwrap();
+                two.close().await.unwrap();
+                settle(|| tally.ended.get() == 2).await;
+            };
+            match select(server, clients).await {
+                Either::First(never) => match never {},
+                Either::Second(()) => {}
+            }
+        },
+    );
+    let mut slots = tally.slots.borrow().clone();
+    slots.sort_unstable();
+    assert_eq!(slots, [0, 1]);
+    assert_eq!(tally.ended.get(), 2);
 }
 
 /// Waits (bounded) until bytes of the peer's wait in `client`'s socket.
@@ -1197,8 +1341,8 @@ struct DuplexGreeter {
     hellos: RefCell<Vec<(tinyproto::duplex::Direction, u128)>>,
 }
 
-impl SharedHandler for DuplexGreeter {
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+impl Handler for &DuplexGreeter {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         let Some((direction, link)) = tinyproto::duplex::parse_hello(msg) else {
             return Flow::Continue;
         };

@@ -43,7 +43,7 @@ type Device = ch::Device<'static, MTU>;
 
 /// Starts the time driver. With an embassy HAL, its `init` does this.
 pub fn init_time(syst: SYST) {
-    crate::systick_driver::init(syst, CORE_HZ);
+    systick_time_driver::init(syst, CORE_HZ);
 }
 
 /// Stand-in for the MAC driver: takes frames the stack transmits (a real

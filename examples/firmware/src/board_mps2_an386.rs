@@ -25,7 +25,7 @@ pub const MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 
 /// Starts the time driver.
 pub fn init_time(syst: SYST) {
-    crate::systick_driver::init(syst, CORE_HZ);
+    systick_time_driver::init(syst, CORE_HZ);
 }
 
 #[embassy_executor::task]

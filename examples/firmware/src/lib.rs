@@ -1,5 +1,5 @@
 //! Shared by the firmware examples: the board glue (the only board-specific
-//! part), its panic handler, and a SysTick time driver.
+//! part) and its panic handler.
 //!
 //! Two boards: the board-neutral stand-in (`board.rs`, the default, for
 //! size figures) and, with feature `mps2-an386`, Arm's MPS2 AN386 with its
@@ -17,9 +17,6 @@ pub mod board;
 pub mod host_entropy;
 #[cfg(feature = "mps2-an386")]
 pub mod lan9118;
-
-#[path = "../../qemu-test/src/systick_driver.rs"]
-pub mod systick_driver;
 
 #[path = "../../qemu-test/src/receipt.rs"]
 pub mod receipt;

@@ -8,7 +8,6 @@
 
 mod link;
 mod receipt;
-mod systick_driver;
 
 use core::cell::Cell;
 
@@ -24,8 +23,8 @@ use panic_semihosting as _;
 use receipt::Checksum;
 use static_cell::StaticCell;
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Error, Flow, Reserve, ServerConfig, Session, SharedHandler, Slot,
-    Take, Timeouts,
+    serve, Client, ConnInfo, Error, Flow, Handler, Reserve, ServerConfig, Session, Slot, Take,
+    Timeouts,
 };
 
 /// The LM3S6965's core clock as QEMU models it.
@@ -63,8 +62,8 @@ struct Echo {
     largest_chunk: Cell<usize>,
 }
 
-impl SharedHandler for Echo {
-    async fn message_announced(&self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
+impl Handler for &Echo {
+    async fn message_announced(&mut self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
         if len > 64 * 1024 {
             self.checksum.set(Checksum::new());
             Take::Chunks
@@ -75,7 +74,7 @@ impl SharedHandler for Echo {
         }
     }
 
-    async fn transmission_chunk(&self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
+    async fn transmission_chunk(&mut self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
         self.largest_chunk
             .set(self.largest_chunk.get().max(chunk.len()));
         let mut checksum = self.checksum.get();
@@ -84,7 +83,7 @@ impl SharedHandler for Echo {
         Flow::Continue
     }
 
-    async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+    async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
         self.received.set(self.received.get() + 1);
         match session.transmit(&self.checksum.get().receipt(len)).await {
             Ok(()) => Flow::Continue,
@@ -92,7 +91,7 @@ impl SharedHandler for Echo {
         }
     }
 
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         self.received.set(self.received.get() + 1);
         let sent = if msg == b"big" {
             send_big(session).await
@@ -308,7 +307,7 @@ async fn clients(a: Stack<'_>) {
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let core = cortex_m::Peripherals::take().unwrap();
-    systick_driver::init(core.SYST, CORE_HZ);
+    systick_time_driver::init(core.SYST, CORE_HZ);
     hprintln!("tinyproto-embassy QEMU test: starting");
 
     static STATE_A: StaticCell<ch::State<MTU, 2, 2>> = StaticCell::new();

@@ -27,8 +27,8 @@ use common::{pattern, run_pair_idle, server_endpoint, Faults, LinkStats, Rng};
 use embassy_futures::select::{select, Either};
 use embassy_time::{Duration, Instant, Timer};
 use tinyproto_embassy::{
-    serve, Client, ConnInfo, Ended, Error, Flow, ReserveStorage, ServerConfig, Session,
-    SharedHandler, SlotStorage, Take, Timeouts,
+    serve, Client, ConnInfo, Ended, Error, Flow, Handler, ReserveStorage, ServerConfig, Session,
+    SlotStorage, Take, Timeouts,
 };
 
 const PORT: u16 = 7000;
@@ -174,8 +174,8 @@ async fn send_in_chunks(
     out.finish().await
 }
 
-impl SharedHandler for Checker<'_> {
-    async fn message_announced(&self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
+impl Handler for &Checker<'_> {
+    async fn message_announced(&mut self, _info: &ConnInfo, len: u32, capacity: u32) -> Take {
         self.offset.set(0);
         if len <= capacity {
             Take::Whole
@@ -184,7 +184,7 @@ impl SharedHandler for Checker<'_> {
         }
     }
 
-    async fn transmission_received(&self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
+    async fn transmission_received(&mut self, session: &mut Session<'_, '_>, msg: &[u8]) -> Flow {
         let Some(planned) = self.expected() else {
             return self.violation(format!(
                 "server: message {} beyond the plan",
@@ -202,7 +202,7 @@ impl SharedHandler for Checker<'_> {
         self.answer(session, planned).await
     }
 
-    async fn transmission_chunk(&self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
+    async fn transmission_chunk(&mut self, _info: &ConnInfo, chunk: &[u8]) -> Flow {
         let Some(planned) = self.expected() else {
             return self.violation(format!(
                 "server: chunk of message {} beyond the plan",
@@ -221,7 +221,7 @@ impl SharedHandler for Checker<'_> {
         Flow::Continue
     }
 
-    async fn transmission_complete(&self, session: &mut Session<'_, '_>, len: u32) -> Flow {
+    async fn transmission_complete(&mut self, session: &mut Session<'_, '_>, len: u32) -> Flow {
         let Some(planned) = self.expected() else {
             return self.violation("server: completion beyond the plan".into());
         };
@@ -236,7 +236,7 @@ impl SharedHandler for Checker<'_> {
         self.answer(session, planned).await
     }
 
-    async fn conn_shutdown(&self, _info: &ConnInfo, ended: &Ended) {
+    async fn conn_shutdown(&mut self, _info: &ConnInfo, ended: &Ended) {
         self.ended.borrow_mut().push(*ended);
     }
 }

@@ -1,8 +1,24 @@
 //! A minimal embassy-time driver on the Cortex-M SysTick: a 1 kHz tick
-//! counter and embassy's timer queue, checked on every tick. Boards with an
-//! embassy HAL (embassy-stm32, embassy-rp, embassy-nrf) get a better driver
-//! from the HAL (a low-power RTC or timer); this one needs nothing but the
-//! core, which is what the emulated LM3S6965 offers.
+//! counter and embassy's timer queue, checked on every tick. It needs
+//! nothing but the core, which is what a board without an embassy HAL (or
+//! the emulated LM3S6965 and MPS2 boards of the examples) offers. Boards
+//! with an embassy HAL (embassy-stm32, embassy-rp, embassy-nrf) get a better
+//! driver from the HAL (a low-power RTC or timer, no interrupt every
+//! millisecond): leave this crate out there.
+//!
+//! Add it as a dependency, start it once with [`init`], and embassy-time
+//! (`Timer`, `Instant`, the deadlines of tinyproto-embassy) works:
+//!
+//! ```ignore
+//! let core = cortex_m::Peripherals::take().unwrap();
+//! systick_time_driver::init(core.SYST, 16_000_000); // the core clock in Hz
+//! ```
+//!
+//! It owns the `SysTick` exception handler, and it fixes embassy-time's tick
+//! rate at 1 kHz (`embassy-time-driver/tick-hz-1_000`).
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 use core::cell::{Cell, RefCell};
 use core::task::Waker;

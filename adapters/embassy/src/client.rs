@@ -7,7 +7,7 @@ use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 use tinyproto::duplex::{self, Direction};
 
 use crate::error::{Deadline, Error, NetError};
-use crate::session::{self, ConnInfo, Session};
+use crate::session::{ConnInfo, Session};
 use crate::socket::{bounded, Socket, Timeouts};
 use crate::transport::Transport;
 
@@ -35,6 +35,7 @@ use crate::transport::Transport;
 #[derive(Debug)]
 pub struct Client<'a, T: Transport = Socket<'a>> {
     conn: Connection<T>,
+    info: ConnInfo,
     session_lifetime: core::marker::PhantomData<&'a ()>,
 }
 
@@ -70,30 +71,34 @@ impl<'a> Client<'a> {
             return Err((Error::Io(e), socket));
         }
         let mut conn = Connection::new(socket);
-        if let Err(e) = session::greet(&mut conn).await {
+        let info = ConnInfo {
+            slot: 0,
+            remote: Some(remote),
+        };
+        if let Err(e) = Session::new(&mut conn, info).greet().await {
             debug!("greeting with {:?} failed: {:?}", remote, e);
             let mut socket = conn.into_inner();
             let _ = socket.close().await;
             socket.abort().await;
             return Err((e, socket));
         }
-        Ok(Self::greeted(conn))
+        Ok(Self::greeted(conn, info))
     }
 }
 
 impl<'a, T: Transport> Client<'a, T> {
     /// A client over a connection that has exchanged the greeting.
-    pub(crate) fn greeted(conn: Connection<T>) -> Self {
+    pub(crate) fn greeted(conn: Connection<T>, info: ConnInfo) -> Self {
         Self {
             conn,
+            info,
             session_lifetime: core::marker::PhantomData,
         }
     }
 
     /// The operations with their deadlines, as the server's handlers get them.
     pub fn session(&mut self) -> Session<'_, 'a, T> {
-        let remote = self.conn.get_ref().remote_endpoint();
-        Session::new(&mut self.conn, ConnInfo { slot: 0, remote })
+        Session::new(&mut self.conn, self.info)
     }
 
     /// Makes this connection one half of a duplex link to a duplex server
@@ -122,36 +127,36 @@ impl<'a, T: Transport> Client<'a, T> {
         Ok(())
     }
 
-    /// Sends one whole message within [`Timeouts::message`].
-    /// [`Error::Rejected`](tinyproto::Error::Rejected) if the server refused
-    /// its length (the connection stays usable). Who may send when: see
-    /// [`Session::transmit`] ([`Error::PeerSending`](tinyproto::Error::PeerSending)
-    /// when a message of the server's has begun).
+    /// Sends one whole message within [`Timeouts::message`]: see
+    /// [`Session::transmit`] ([`Error::Rejected`](tinyproto::Error::Rejected)
+    /// if the server refused its length, and the connection stays usable;
+    /// [`Error::PeerSending`](tinyproto::Error::PeerSending) when a message of
+    /// the server's has begun).
     pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
-        session::transmit(&mut self.conn, msg).await
+        self.session().transmit(msg).await
     }
 
-    /// Receives one whole message into `buf`: waits up to
-    /// [`Timeouts::receive`] for it to start (`None`: as long as it takes),
-    /// then [`Timeouts::message`] for all of it. A longer message than `buf` is refused with 0x00
-    /// ([`Error::TooLarge`](tinyproto::Error::TooLarge); the connection
-    /// stays usable).
+    /// Receives one whole message into `buf`: see [`Session::receive`]
+    /// (waits up to [`Timeouts::receive`] for it to begin, `None`: as long
+    /// as it takes).
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let wait = session::receive_limit(&self.conn);
-        session::receive(&mut self.conn, buf, wait).await
+        self.session().receive(buf).await
     }
 
     /// Starts a chunked receive of a message of up to `limit` bytes, larger
-    /// than any buffer: read it with the returned reader (the message
-    /// deadline applies to the reads).
+    /// than any buffer: see [`Session::begin_receive`].
     pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
-        let wait = session::receive_limit(&self.conn);
-        session::begin_receive(&mut self.conn, limit, wait).await
+        let mut session = self.session();
+        let wait = session.receive_limit();
+        session.prepare_receive(wait).await?;
+        self.conn.begin_receive(limit).await
     }
 
-    /// Starts a chunked send of `len` bytes; write them, then `finish`.
+    /// Starts a chunked send of `len` bytes; write them, then `finish`: see
+    /// [`Session::begin_transmit`].
     pub async fn begin_transmit(&mut self, len: u32) -> Result<OutgoingMessage<'_, T>, Error> {
-        session::begin_transmit(&mut self.conn, len).await
+        self.session().prepare_transmit(len).await?;
+        self.conn.begin_transmit(len).await
     }
 
     /// The core connection (for `set_max_message_len`, state queries…).

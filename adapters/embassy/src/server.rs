@@ -22,7 +22,7 @@ use embassy_time::{Duration, Instant, Timer};
 use tinyproto::MAX_MESSAGE_LEN;
 
 use crate::error::{Deadline, Error};
-use crate::session::{self, ConnInfo, Session};
+use crate::session::{ConnInfo, Session};
 use crate::socket::{Socket, Timeouts};
 use crate::Connection;
 
@@ -520,10 +520,10 @@ async fn run_connection<H: Handler, S: Stopping>(
     if let Some(ended) = handler.conn_init(&info).await.ended() {
         return ended;
     }
-    if let Err(e) = session::greet(conn).await {
+    let mut session = Session::new(conn, info);
+    if let Err(e) = session.greet().await {
         return Ended::Failed(e);
     }
-    let mut session = Session::new(conn, info);
     let ended = serve_loop(&mut session, message, config, handler, stop).await;
     handler.post_loop(&mut session, &ended).await;
     ended
@@ -559,13 +559,7 @@ async fn serve_loop<H: Handler, S: Stopping>(
                 None => core::future::pending().await,
             }
         };
-        let event = match select3(
-            session::next_length(session.conn, idle),
-            stop.stopping(),
-            tick,
-        )
-        .await
-        {
+        let event = match select3(session.next_length(idle), stop.stopping(), tick).await {
             Either3::First(announced) => Event::Announced(announced),
             // A length already half in is a message in flight: it is
             // finished first, whatever else came, under the deadline its

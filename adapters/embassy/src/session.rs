@@ -1,6 +1,7 @@
 //! [`Session`]: the tinyproto operations of one connection with the
-//! deadlines of its [`Timeouts`](crate::Timeouts) applied, shared by the
-//! client and by the server's handlers.
+//! deadlines of its [`Timeouts`](crate::Timeouts) applied: the one place
+//! they are written. The server's handlers get a `Session`; a
+//! [`Client`](crate::Client) forwards to one.
 
 use core::marker::PhantomData;
 
@@ -68,7 +69,13 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
 
     /// Exchanges the greeting if it has not happened yet.
     pub async fn greet(&mut self) -> Result<(), Error> {
-        greet(self.conn).await
+        if self.conn.is_greeted() {
+            return Ok(());
+        }
+        self.conn.get_mut().begin_exchange(Deadline::Greeting);
+        let r = self.conn.greet().await;
+        self.conn.get_mut().end_exchange();
+        r
     }
 
     /// Sends one whole message (see `tinyproto::asynch::Connection::transmit`).
@@ -86,147 +93,122 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
     /// from a deadline. Peers that both send whenever they like use one
     /// connection per direction ([`Client::join_duplex`](crate::Client::join_duplex)).
     pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error> {
-        transmit(self.conn, msg).await
+        self.greet().await?;
+        self.peer_not_sending()?;
+        self.conn.get_mut().begin_exchange(Deadline::Message);
+        let r = self.conn.transmit(msg).await;
+        self.conn.get_mut().end_exchange();
+        self.crossed(r)
     }
 
-    /// Receives one whole message into `buf`.
+    /// Receives one whole message into `buf`: waits up to
+    /// [`Timeouts::receive`](crate::Timeouts::receive) for it to begin, then
+    /// the message deadline for all of it. A longer message than `buf` is
+    /// refused with 0x00 ([`Error::TooLarge`](tinyproto::Error::TooLarge);
+    /// the connection stays usable).
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        let wait = receive_limit(self.conn);
-        receive(self.conn, buf, wait).await
+        self.prepare_receive(self.receive_limit()).await?;
+        let r = self.conn.receive(buf).await;
+        self.conn.get_mut().end_exchange();
+        r
     }
 
-    /// Starts a chunked receive of a message of at most `limit` bytes.
+    /// Starts a chunked receive of a message of at most `limit` bytes: read
+    /// it with the returned reader (the message deadline applies to the
+    /// reads).
     pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
-        let wait = receive_limit(self.conn);
-        begin_receive(self.conn, limit, wait).await
+        self.prepare_receive(self.receive_limit()).await?;
+        self.conn.begin_receive(limit).await
     }
 
-    /// Starts a chunked send of a message of `len` bytes.
+    /// Starts a chunked send of a message of `len` bytes; write them, then
+    /// `finish`.
     pub async fn begin_transmit(&mut self, len: u32) -> Result<OutgoingMessage<'_, T>, Error> {
-        begin_transmit(self.conn, len).await
+        self.prepare_transmit(len).await?;
+        self.conn.begin_transmit(len).await
     }
-}
 
-/// When a receive gives up on a message that has not begun:
-/// [`Timeouts::receive`](crate::Timeouts::receive) from now (`None`: never).
-pub(crate) fn receive_limit<T: Transport>(conn: &Connection<T>) -> Option<(Instant, Deadline)> {
-    conn.get_ref()
-        .timeouts()
-        .receive
-        .map(|wait| (Instant::now() + wait, Deadline::Receive))
-}
-
-pub(crate) async fn greet<T: Transport>(conn: &mut Connection<T>) -> Result<(), Error> {
-    if conn.is_greeted() {
-        return Ok(());
-    }
-    conn.get_mut().begin_exchange(Deadline::Greeting);
-    let r = conn.greet().await;
-    conn.get_mut().end_exchange();
-    r
-}
-
-pub(crate) async fn transmit<T: Transport>(
-    conn: &mut Connection<T>,
-    msg: &[u8],
-) -> Result<(), Error> {
-    greet(conn).await?;
-    peer_not_sending(conn)?;
-    conn.get_mut().begin_exchange(Deadline::Message);
-    let r = conn.transmit(msg).await;
-    conn.get_mut().end_exchange();
-    crossed(conn, r)
-}
-
-/// Before our length goes out: a message of the peer's that has begun would
-/// cross it.
-fn peer_not_sending<T: Transport>(conn: &mut Connection<T>) -> Result<(), Error> {
-    if conn.peer_has_begun()? {
-        debug!("the peer is sending: ours waits");
-        return Err(Error::PeerSending);
-    }
-    Ok(())
-}
-
-/// After a send, with what the socket shows: a 0x00 answer may be the
-/// peer's own length ([`tinyproto::zero_answer_is_a_length`]). A crossing
-/// puts both sides out of step; the peer learns it from the reset now, not
-/// from a deadline.
-fn crossed<T: Transport, R>(conn: &mut Connection<T>, r: Result<R, Error>) -> Result<R, Error> {
-    let r = match r {
-        Err(Error::Rejected { .. }) if conn.get_mut().zero_answer_is_a_length() => {
-            Err(Error::Conflict)
+    /// Reads the length of the next message: up to `wait` for its first
+    /// byte, then the message deadline. On success the exchange stays armed:
+    /// the caller takes (or rejects) the message under the same deadline,
+    /// then ends the exchange.
+    pub(crate) async fn next_length(
+        &mut self,
+        wait: Option<(Instant, Deadline)>,
+    ) -> Result<u32, Error> {
+        self.prepare_receive(wait).await?;
+        let r = self.conn.next_length().await;
+        if r.is_err() {
+            self.conn.get_mut().end_exchange();
         }
-        other => other,
-    };
-    if let Err(Error::Conflict) = r {
-        info!("the peer sent a message while we were sending ours: aborting");
-        conn.break_off();
-        // The reset leaves with the stack's next poll.
-        conn.get_mut().reset();
+        r
     }
-    r
-}
 
-/// Arms the receive deadlines: a message already half in gets the message
-/// deadline at once; otherwise wait until `wait` for its first byte.
-fn arm_receive<T: Transport>(conn: &mut Connection<T>, wait: Option<(Instant, Deadline)>) {
-    if conn.is_in_progress() {
-        conn.get_mut().begin_exchange(Deadline::Message);
-    } else {
-        conn.get_mut().await_exchange(wait);
+    /// When a receive gives up on a message that has not begun:
+    /// [`Timeouts::receive`](crate::Timeouts::receive) from now (`None`:
+    /// never).
+    pub(crate) fn receive_limit(&self) -> Option<(Instant, Deadline)> {
+        self.conn
+            .get_ref()
+            .timeouts()
+            .receive
+            .map(|wait| (Instant::now() + wait, Deadline::Receive))
     }
-}
 
-pub(crate) async fn receive<'b, T: Transport>(
-    conn: &mut Connection<T>,
-    buf: &'b mut [u8],
-    wait: Option<(Instant, Deadline)>,
-) -> Result<&'b [u8], Error> {
-    greet(conn).await?;
-    arm_receive(conn, wait);
-    let r = conn.receive(buf).await;
-    conn.get_mut().end_exchange();
-    r
-}
-
-/// Reads the length of the next message: up to `wait` for its first byte,
-/// then the message deadline. On success the exchange stays armed: the
-/// caller takes (or rejects) the message under the same deadline, then ends
-/// the exchange.
-pub(crate) async fn next_length<T: Transport>(
-    conn: &mut Connection<T>,
-    wait: Option<(Instant, Deadline)>,
-) -> Result<u32, Error> {
-    greet(conn).await?;
-    arm_receive(conn, wait);
-    let r = conn.next_length().await;
-    if r.is_err() {
-        conn.get_mut().end_exchange();
+    /// Greets if need be and arms the receive deadlines: a message already
+    /// half in gets the message deadline at once; otherwise wait until
+    /// `wait` for its first byte.
+    pub(crate) async fn prepare_receive(
+        &mut self,
+        wait: Option<(Instant, Deadline)>,
+    ) -> Result<(), Error> {
+        self.greet().await?;
+        if self.conn.is_in_progress() {
+            self.conn.get_mut().begin_exchange(Deadline::Message);
+        } else {
+            self.conn.get_mut().await_exchange(wait);
+        }
+        Ok(())
     }
-    r
-}
 
-pub(crate) async fn begin_receive<'c, T: Transport>(
-    conn: &'c mut Connection<T>,
-    limit: u32,
-    wait: Option<(Instant, Deadline)>,
-) -> Result<IncomingMessage<'c, T>, Error> {
-    greet(conn).await?;
-    arm_receive(conn, wait);
-    conn.begin_receive(limit).await
-}
+    /// Greets if need be, then sends the length of a chunked message and
+    /// reads the peer's answer, so that a crossing can abort the socket;
+    /// the core's `begin_transmit` then resumes at once with the writer.
+    pub(crate) async fn prepare_transmit(&mut self, len: u32) -> Result<(), Error> {
+        self.greet().await?;
+        self.peer_not_sending()?;
+        self.conn.get_mut().begin_exchange(Deadline::Message);
+        let answered = self.conn.begin_transmit(len).await.map(drop);
+        self.crossed(answered)
+    }
 
-pub(crate) async fn begin_transmit<'c, T: Transport>(
-    conn: &'c mut Connection<T>,
-    len: u32,
-) -> Result<OutgoingMessage<'c, T>, Error> {
-    greet(conn).await?;
-    peer_not_sending(conn)?;
-    conn.get_mut().begin_exchange(Deadline::Message);
-    // The length and the peer's answer first, so that a crossing can abort
-    // the socket; then the writer (the same call resumes at once).
-    let answered = conn.begin_transmit(len).await.map(drop);
-    crossed(conn, answered)?;
-    conn.begin_transmit(len).await
+    /// Before our length goes out: a message of the peer's that has begun
+    /// would cross it.
+    fn peer_not_sending(&mut self) -> Result<(), Error> {
+        if self.conn.peer_has_begun()? {
+            debug!("the peer is sending: ours waits");
+            return Err(Error::PeerSending);
+        }
+        Ok(())
+    }
+
+    /// After a send, with what the socket shows: a 0x00 answer may be the
+    /// peer's own length ([`tinyproto::zero_answer_is_a_length`]). A
+    /// crossing puts both sides out of step; the peer learns it from the
+    /// reset now, not from a deadline.
+    fn crossed<R>(&mut self, r: Result<R, Error>) -> Result<R, Error> {
+        let r = match r {
+            Err(Error::Rejected { .. }) if self.conn.get_mut().zero_answer_is_a_length() => {
+                Err(Error::Conflict)
+            }
+            other => other,
+        };
+        if let Err(Error::Conflict) = r {
+            info!("the peer sent a message while we were sending ours: aborting");
+            self.conn.break_off();
+            // The reset leaves with the stack's next poll.
+            self.conn.get_mut().reset();
+        }
+        r
+    }
 }

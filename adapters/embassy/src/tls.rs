@@ -48,7 +48,7 @@ use tinyproto::embedded_io_async::{BufRead, ErrorType, Read, ReadReady, Write};
 
 use crate::client::{connect_tcp, Client};
 use crate::error::{Deadline, Error, NetError};
-use crate::session;
+use crate::session::{ConnInfo, Session};
 use crate::socket::{Socket, Timeouts};
 use crate::transport::{Sealed, Transport};
 
@@ -545,11 +545,15 @@ impl<'s, 'a: 's> Client<'s, TlsSocket<'s, 'a>> {
             return Err(Error::Io(e));
         }
         let mut conn = Connection::new(tls);
-        if let Err(e) = session::greet(&mut conn).await {
+        let info = ConnInfo {
+            slot: 0,
+            remote: Some(remote),
+        };
+        if let Err(e) = Session::new(&mut conn, info).greet().await {
             debug!("greeting with {:?} failed: {:?}", remote, e);
             let _ = conn.into_inner().shutdown().await;
             return Err(e);
         }
-        Ok(Client::greeted(conn))
+        Ok(Client::greeted(conn, info))
     }
 }

@@ -213,8 +213,9 @@ pub struct Machine {
     /// Our greeting or answer as it goes out, or the peer's greeting or
     /// status byte as it comes in.
     byte: u8,
-    /// The message in flight moves in chunks (`begin_*`), not whole.
-    chunked: bool,
+    /// The operation that owns the message in flight (a chunked one moves
+    /// it in chunks, `begin_*`, not whole).
+    op: Op,
     /// [`UNFLUSHED`] and [`FLUSH_BEFORE_READ`]: two flags in one byte keep
     /// the machine at 16 bytes.
     flags: u8,
@@ -241,7 +242,7 @@ impl Machine {
             state: State::GreetWrite,
             // The greeting is the first byte we write.
             byte: GREETING,
-            chunked: false,
+            op: Op::Greet,
             flags: 0,
         }
     }
@@ -337,13 +338,7 @@ impl Machine {
     /// first, so calling it is optional; it is where a full server's
     /// [`Error::ConnectionLimit`] shows up.
     pub fn greet(&mut self) -> Step<'_, ()> {
-        let next = match self.state {
-            State::GreetWrite | State::GreetRead => Next::Io,
-            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
-            _ if self.flush_due() => Next::Flush,
-            _ => Next::Done(Ok(0)),
-        };
-        self.step(next, Payload::None).map(drop)
+        self.exchange(Op::Greet, 0, Payload::None).map(drop)
     }
 
     /// Writes this side's greeting byte and flushes it, without waiting for
@@ -368,7 +363,7 @@ impl Machine {
     /// as `u32::MAX`). Resume a half-sent message by calling again with the
     /// same `msg`.
     pub fn transmit<'a>(&'a mut self, msg: &'a [u8]) -> Step<'a, ()> {
-        self.exchange(true, false, len_of(msg.len()), Payload::Out(msg))
+        self.exchange(Op::Send, len_of(msg.len()), Payload::Out(msg))
             .map(drop)
     }
 
@@ -377,7 +372,7 @@ impl Machine {
     /// length, with [`Error::Rejected`] if it did not. Call again with the
     /// same `len` to resume a dropped chunked send.
     pub fn begin_transmit(&mut self, len: u32) -> Step<'_, ()> {
-        self.exchange(true, true, len, Payload::None).map(drop)
+        self.exchange(Op::SendChunks, len, Payload::None).map(drop)
     }
 
     /// Writes some of `chunk` of a message begun with
@@ -389,7 +384,7 @@ impl Machine {
         let next = match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ if chunk.is_empty() => Next::Done(Ok(0)),
-            State::SendPayload if self.chunked => Next::Io,
+            State::SendPayload if self.op.is_chunked() => Next::Io,
             _ => Next::Done(Err(Error::Misuse(Misuse::PastEnd))),
         };
         self.step(next, Payload::Out(chunk)).map(|n| n as usize)
@@ -402,8 +397,8 @@ impl Machine {
     pub fn finish(&mut self) -> Step<'_, ()> {
         let next = match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
-            State::Sent if self.chunked => Next::Settle(Ok(0)),
-            State::SendPayload if self.chunked => {
+            State::Sent if self.op.is_chunked() => Next::Settle(Ok(0)),
+            State::SendPayload if self.op.is_chunked() => {
                 Next::Done(Err(Error::Misuse(Misuse::Unfinished {
                     remaining: self.remaining(),
                 })))
@@ -419,7 +414,7 @@ impl Machine {
     /// or limit) or [`reject`](Self::reject). Waiting here may be abandoned
     /// freely until the first byte of the length arrives.
     pub fn next_length(&mut self) -> Step<'_, u32> {
-        let next = match self.open(false, false, 0) {
+        let next = match self.open(Op::Receive, 0) {
             Next::Io => match self.state {
                 State::Decide => Next::Done(Ok(self.announced())),
                 State::GreetWrite | State::GreetRead | State::RecvLength => Next::Io,
@@ -456,7 +451,7 @@ impl Machine {
     /// Resume a half-received message by calling again with the same buffer.
     pub fn receive<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
         let capacity = self.whole_capacity(buf.len());
-        self.exchange(false, false, capacity, Payload::In(buf))
+        self.exchange(Op::Receive, capacity, Payload::In(buf))
             .map(|len| len as usize)
     }
 
@@ -465,7 +460,7 @@ impl Machine {
     /// was answered 0xFF. Lengths over `limit` are answered 0x00 and done
     /// with [`Error::TooLarge`]. Call again to resume a dropped chunked receive.
     pub fn begin_receive(&mut self, limit: u32) -> Step<'_, u32> {
-        self.exchange(false, true, limit.min(MAX_MESSAGE_LEN), Payload::None)
+        self.exchange(Op::ReceiveChunks, limit.min(MAX_MESSAGE_LEN), Payload::None)
     }
 
     /// Reads the next chunk of a message begun with
@@ -476,7 +471,7 @@ impl Machine {
     pub fn read_chunk<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
         let next = match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
-            State::RecvPayload if self.chunked && !buf.is_empty() => Next::Io,
+            State::RecvPayload if self.op.is_chunked() && !buf.is_empty() => Next::Io,
             _ => Next::Done(Ok(0)),
         };
         self.step(next, Payload::In(buf)).map(|n| n as usize)
@@ -501,20 +496,15 @@ impl Machine {
     /// received length (the accept rule), and says when the operation is
     /// over: a whole message once it has moved, a chunked one once its
     /// payload may move. `payload` is the caller's whole message or buffer.
-    fn exchange<'a>(
-        &'a mut self,
-        send: bool,
-        chunked: bool,
-        bound: u32,
-        payload: Payload<'a>,
-    ) -> Step<'a, u32> {
-        let next = match self.open(send, chunked, bound) {
+    fn exchange<'a>(&'a mut self, op: Op, bound: u32, payload: Payload<'a>) -> Step<'a, u32> {
+        let chunked = op.is_chunked();
+        let next = match self.open(op, bound) {
             Next::Io => {
                 let len = self.announced();
                 match self.state {
                     // The accept rule: 0xFF for a length within `bound`, 0x00 otherwise.
                     State::Decide => {
-                        self.chunked = chunked;
+                        self.op = op;
                         self.answer(len <= bound);
                         Next::Io
                     }
@@ -543,20 +533,27 @@ impl Machine {
     /// the greeting is due, when the message in flight is this operation's
     /// to resume, or once a new message of its kind started (`len` is a
     /// send's length, checked against the send-length bound).
-    fn open(&mut self, send: bool, chunked: bool, len: u32) -> Next {
+    fn open(&mut self, op: Op, len: u32) -> Next {
+        let send = op.is_send();
         let resumes = match self.state {
             State::GreetWrite | State::GreetRead => return Next::Io,
             State::Broken | State::GreetFailed => return Next::Done(Err(Error::Broken)),
+            // Greeted: the greeting's operation is over once its byte is flushed.
+            _ if op == Op::Greet => {
+                return if self.flush_due() {
+                    Next::Flush
+                } else {
+                    Next::Done(Ok(0))
+                }
+            }
             State::SendLength
             | State::SendStatus
             | State::SendPayload
             | State::Sent
-            | State::Rejected => send && self.chunked == chunked && self.announced() == len,
+            | State::Rejected => self.op == op && self.announced() == len,
             // Nothing is decided yet: any receive may go on with it.
-            State::RecvLength | State::Decide => !send,
-            State::Answer | State::RecvPayload | State::Received | State::Refused => {
-                !send && self.chunked == chunked
-            }
+            State::RecvLength | State::Decide => op.is_receive(),
+            State::Answer | State::RecvPayload | State::Received | State::Refused => self.op == op,
             State::Idle => false,
         };
         if resumes {
@@ -580,7 +577,7 @@ impl Machine {
         // A receive's length is read over this one.
         self.length = len.to_be_bytes();
         self.moved = 0;
-        self.chunked = chunked;
+        self.op = op;
         Next::Io
     }
 
@@ -690,7 +687,7 @@ impl Machine {
             State::Answer => State::Refused,
             State::SendPayload => State::Sent,
             // A chunked message is over when its reader has had the last byte.
-            State::RecvPayload if self.chunked => State::Idle,
+            State::RecvPayload if self.op.is_chunked() => State::Idle,
             _ => State::Received,
         };
         Ok(())
@@ -777,7 +774,7 @@ impl Machine {
         }
         let moved = self.moved as usize;
         let owed = (self.field_len() - self.moved) as usize;
-        let skip = if self.chunked { 0 } else { moved };
+        let skip = if self.op.is_chunked() { 0 } else { moved };
         let field = match (self.state, payload) {
             (State::SendLength | State::RecvLength, _) => {
                 self.length.get_mut(moved..).unwrap_or_default()
@@ -800,6 +797,36 @@ impl Machine {
         } else {
             Io::Read(field)
         }
+    }
+}
+
+/// The operation an exchange serves: the greeting, or a whole or chunked
+/// send or receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
+enum Op {
+    Greet = 0,
+    Send = 1,
+    Receive = 2,
+    SendChunks = 1 | CHUNKS,
+    ReceiveChunks = 2 | CHUNKS,
+}
+
+/// The bit of an [`Op`] that says it moves its payload in chunks.
+const CHUNKS: u8 = 4;
+
+impl Op {
+    fn is_send(self) -> bool {
+        self as u8 & Op::Send as u8 != 0
+    }
+
+    fn is_receive(self) -> bool {
+        self as u8 & Op::Receive as u8 != 0
+    }
+
+    fn is_chunked(self) -> bool {
+        self as u8 & CHUNKS != 0
     }
 }
 

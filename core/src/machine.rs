@@ -338,7 +338,7 @@ impl Machine {
     /// first, so calling it is optional; it is where a full server's
     /// [`Error::ConnectionLimit`] shows up.
     pub fn greet(&mut self) -> Step<'_, ()> {
-        self.exchange(Op::Greet, 0, Payload::None).map(drop)
+        self.run(exchange::greet()).map(drop)
     }
 
     /// Writes this side's greeting byte and flushes it, without waiting for
@@ -363,8 +363,7 @@ impl Machine {
     /// as `u32::MAX`). Resume a half-sent message by calling again with the
     /// same `msg`.
     pub fn transmit<'a>(&'a mut self, msg: &'a [u8]) -> Step<'a, ()> {
-        self.exchange(Op::Send, len_of(msg.len()), Payload::Out(msg))
-            .map(drop)
+        self.run(exchange::transmit(msg)).map(drop)
     }
 
     /// Starts sending a message of `len` bytes to be written in chunks with
@@ -372,7 +371,7 @@ impl Machine {
     /// length, with [`Error::Rejected`] if it did not. Call again with the
     /// same `len` to resume a dropped chunked send.
     pub fn begin_transmit(&mut self, len: u32) -> Step<'_, ()> {
-        self.exchange(Op::SendChunks, len, Payload::None).map(drop)
+        self.run(exchange::begin_transmit(len)).map(drop)
     }
 
     /// Writes some of `chunk` of a message begun with
@@ -450,8 +449,7 @@ impl Machine {
     /// stays usable. [`Error::Closed`] when the peer closed between messages.
     /// Resume a half-received message by calling again with the same buffer.
     pub fn receive<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
-        let capacity = self.whole_capacity(buf.len());
-        self.exchange(Op::Receive, capacity, Payload::In(buf))
+        self.run(exchange::receive(self, buf))
             .map(|len| len as usize)
     }
 
@@ -460,7 +458,7 @@ impl Machine {
     /// was answered 0xFF. Lengths over `limit` are answered 0x00 and done
     /// with [`Error::TooLarge`]. Call again to resume a dropped chunked receive.
     pub fn begin_receive(&mut self, limit: u32) -> Step<'_, u32> {
-        self.exchange(Op::ReceiveChunks, limit.min(MAX_MESSAGE_LEN), Payload::None)
+        self.run(exchange::begin_receive(limit))
     }
 
     /// Reads the next chunk of a message begun with
@@ -490,13 +488,24 @@ impl Machine {
 
     // ---- the rules the operations share ----
 
+    /// One step of an exchange (see [`exchange`]): the public operations' entry.
+    #[inline(always)]
+    fn run<'a>(&'a mut self, (op, bound, payload): exchange::Args<'a>) -> Step<'a, u32> {
+        self.exchange(op, bound, payload)
+    }
+
     /// The four message operations in one: a whole or chunked (`chunked`)
     /// send or receive (`send`). `bound` is the send's length, or the most
     /// a receive takes. Greets, opens the message or resumes it, decides a
     /// received length (the accept rule), and says when the operation is
     /// over: a whole message once it has moved, a chunked one once its
     /// payload may move. `payload` is the caller's whole message or buffer.
-    fn exchange<'a>(&'a mut self, op: Op, bound: u32, payload: Payload<'a>) -> Step<'a, u32> {
+    pub(crate) fn exchange<'a>(
+        &'a mut self,
+        op: Op,
+        bound: u32,
+        payload: Payload<'a>,
+    ) -> Step<'a, u32> {
         let chunked = op.is_chunked();
         let next = match self.open(op, bound) {
             Next::Io => {
@@ -518,7 +527,7 @@ impl Machine {
                     State::Sent | State::Received => Next::Settle(Ok(len)),
                     State::SendPayload | State::RecvPayload if chunked => Next::Done(Ok(len)),
                     // Only a resume with a smaller buffer than the first call can miss.
-                    State::RecvPayload if payload.len() < len as usize => {
+                    State::RecvPayload if matches!(&payload, Payload::In(buf) if buf.len() < len as usize) => {
                         Next::Done(Err(Error::Misuse(Misuse::ShorterBuffer { len })))
                     }
                     _ => Next::Io,
@@ -526,6 +535,8 @@ impl Machine {
             }
             next => next,
         };
+        // A whole message moves from where its payload stopped.
+        let payload = payload.skip(self.moved as usize);
         self.step(next, payload)
     }
 
@@ -613,24 +624,25 @@ impl Machine {
     /// the connection is broken and every later operation says
     /// [`Error::Broken`].
     pub fn moved(&mut self, moved: Moved) -> Result<(), Error> {
-        let writes = self.state.writes();
-        let n = match moved {
-            Moved::Flushed if self.needs_flush() => {
+        let unflushed = self.needs_flush();
+        let (n, write) = match moved {
+            Moved::Flushed if unflushed => {
                 self.flags &= !UNFLUSHED;
                 return Ok(());
             }
-            Moved::Wrote(n) if writes == Some(true) => n,
-            Moved::Read(n) if writes == Some(false) && !self.needs_flush() => n,
-            _ => return Err(Error::Misuse(Misuse::WrongReport)),
+            Moved::Wrote(n) => (n, true),
+            // A read waits for what was written to be flushed.
+            Moved::Read(n) if !unflushed => (n, false),
+            Moved::Flushed | Moved::Read(_) => return Err(Error::Misuse(Misuse::WrongReport)),
         };
         let field = self.field_len();
-        if n > (field - self.moved) as usize {
+        if self.state.writes() != Some(write) || n > (field - self.moved) as usize {
             return Err(Error::Misuse(Misuse::WrongReport));
         }
         if n == 0 {
             return self.fail(self.end_of_stream());
         }
-        if writes == Some(true) {
+        if write {
             self.flags |= UNFLUSHED;
         }
         self.moved += n as u32;
@@ -760,8 +772,7 @@ impl Machine {
     }
 
     /// The I/O the state's field moves: the machine's own bytes, or the
-    /// caller's payload (a whole message or buffer from the offset on, a
-    /// chunk as it is), never past the field's end.
+    /// caller's payload (from where it stopped), never past the field's end.
     fn io<'a>(&'a mut self, payload: Payload<'a>) -> Io<'a> {
         // No operation's rules ask for I/O where nothing moves; a flush is
         // the one request that cannot move a byte out of turn.
@@ -774,17 +785,14 @@ impl Machine {
         }
         let moved = self.moved as usize;
         let owed = (self.field_len() - self.moved) as usize;
-        let skip = if self.op.is_chunked() { 0 } else { moved };
         let field = match (self.state, payload) {
             (State::SendLength | State::RecvLength, _) => {
                 self.length.get_mut(moved..).unwrap_or_default()
             }
             (State::SendPayload, Payload::Out(src)) => {
-                let src = src.get(skip..).unwrap_or_default();
                 return Io::Write(src.get(..owed).unwrap_or(src));
             }
             (State::RecvPayload, Payload::In(dest)) => {
-                let dest = dest.get_mut(skip..).unwrap_or_default();
                 let len = dest.len().min(owed);
                 &mut dest[..len]
             }
@@ -800,12 +808,60 @@ impl Machine {
     }
 }
 
+/// What the greeting and each message operation ask of
+/// [`Machine::exchange`]: the operation, its bound (a send's length, the
+/// most a receive takes) and the caller's side of the payload. Written once
+/// here, for the public operations and for the drivers, which run all of
+/// them in one loop (one copy in a firmware). Each is a plain triple, taken
+/// apart by its caller: the loop then gets its arguments in registers.
+pub(crate) mod exchange {
+    use super::{len_of, Machine, Op, Payload, MAX_MESSAGE_LEN};
+
+    /// The arguments of [`Machine::exchange`].
+    pub(crate) type Args<'a> = (Op, u32, Payload<'a>);
+
+    /// See [`Machine::greet`].
+    #[inline]
+    pub(crate) fn greet<'a>() -> Args<'a> {
+        (Op::Greet, 0, Payload::None)
+    }
+
+    /// See [`Machine::transmit`].
+    #[inline]
+    pub(crate) fn transmit(msg: &[u8]) -> Args<'_> {
+        (Op::Send, len_of(msg.len()), Payload::Out(msg))
+    }
+
+    /// See [`Machine::begin_transmit`].
+    #[inline]
+    pub(crate) fn begin_transmit<'a>(len: u32) -> Args<'a> {
+        (Op::SendChunks, len, Payload::None)
+    }
+
+    /// See [`Machine::receive`]: the buffer, capped by the machine's
+    /// [`max_message_len`](Machine::max_message_len).
+    #[inline]
+    pub(crate) fn receive<'a>(machine: &Machine, buf: &'a mut [u8]) -> Args<'a> {
+        (
+            Op::Receive,
+            machine.whole_capacity(buf.len()),
+            Payload::In(buf),
+        )
+    }
+
+    /// See [`Machine::begin_receive`].
+    #[inline]
+    pub(crate) fn begin_receive<'a>(limit: u32) -> Args<'a> {
+        (Op::ReceiveChunks, limit.min(MAX_MESSAGE_LEN), Payload::None)
+    }
+}
+
 /// The operation an exchange serves: the greeting, or a whole or chunked
 /// send or receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(u8)]
-enum Op {
+pub(crate) enum Op {
     Greet = 0,
     Send = 1,
     Receive = 2,
@@ -831,24 +887,35 @@ impl Op {
 }
 
 /// The caller's side of a payload: a whole message or buffer, or a chunk.
-enum Payload<'a> {
+pub(crate) enum Payload<'a> {
     None,
     Out(&'a [u8]),
     In(&'a mut [u8]),
 }
 
 impl Payload<'_> {
-    fn len(&self) -> usize {
+    /// The same payload, lent for one step of a loop.
+    pub(crate) fn reborrow(&mut self) -> Payload<'_> {
         match self {
-            Payload::None => 0,
-            Payload::Out(bytes) => bytes.len(),
-            Payload::In(buf) => buf.len(),
+            Payload::None => Payload::None,
+            Payload::Out(bytes) => Payload::Out(bytes),
+            Payload::In(buf) => Payload::In(buf),
+        }
+    }
+
+    /// The payload from byte `n` on (empty if it is shorter).
+    fn skip(self, n: usize) -> Self {
+        match self {
+            Payload::None => Payload::None,
+            Payload::Out(bytes) => Payload::Out(bytes.get(n..).unwrap_or_default()),
+            Payload::In(buf) => Payload::In(buf.get_mut(n..).unwrap_or_default()),
         }
     }
 }
 
 /// A slice length as a wire length; lengths beyond `u32` saturate (and are
 /// over [`MAX_MESSAGE_LEN`] either way).
+#[inline]
 fn len_of(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }

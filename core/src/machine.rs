@@ -18,11 +18,14 @@
 //! error, a dropped future, a UART with nothing to read yet) and resume when
 //! called again.
 //!
-//! How the file reads: the public types, then the operations (each a few
-//! lines of rules ending in `Next`; the four message operations share
-//! `exchange`), then [`Machine::moved`] with the one table of what completes
-//! each field (`field_done`), then the one place that turns a state into I/O
-//! (`io`).
+//! How the file reads: the public types; the operations, each a few lines
+//! of rules ending in `Next` (the greeting and the four message operations
+//! are one, `exchange`, with the arguments of each built once in
+//! [`exchange`], which the drivers use too: one loop for all five in a
+//! firmware); then [`Machine::moved`] with the one table of what completes
+//! each field (`field_done`); then the one place that turns a state into
+//! I/O (`io`). The state's number says which way its field moves and which
+//! [`Phase`] it is, so `moved` and `io` compute both instead of matching.
 
 use crate::error::{Error, Misuse};
 use crate::wire::{
@@ -787,7 +790,8 @@ impl Machine {
         let owed = (self.field_len() - self.moved) as usize;
         let field = match (self.state, payload) {
             (State::SendLength | State::RecvLength, _) => {
-                self.length.get_mut(moved..).unwrap_or_default()
+                // Below four: a length field completes at four.
+                &mut self.length[moved % LENGTH_FIELD_LEN..]
             }
             (State::SendPayload, Payload::Out(src)) => {
                 return Io::Write(src.get(..owed).unwrap_or(src));

@@ -497,12 +497,13 @@ impl Machine {
         self.exchange(op, bound, payload)
     }
 
-    /// The four message operations in one: a whole or chunked (`chunked`)
-    /// send or receive (`send`). `bound` is the send's length, or the most
-    /// a receive takes. Greets, opens the message or resumes it, decides a
-    /// received length (the accept rule), and says when the operation is
-    /// over: a whole message once it has moved, a chunked one once its
-    /// payload may move. `payload` is the caller's whole message or buffer.
+    /// The greeting and the four message operations in one (`op` says
+    /// which: greet, a whole or chunked send or receive). `bound` is the
+    /// send's length, or the most a receive takes. Greets, opens the message
+    /// or resumes it, decides a received length (the accept rule), and says
+    /// when the operation is over: the greeting once greeted, a whole
+    /// message once it has moved, a chunked one once its payload may move.
+    /// `payload` is the caller's whole message or buffer.
     pub(crate) fn exchange<'a>(
         &'a mut self,
         op: Op,
@@ -543,10 +544,11 @@ impl Machine {
         self.step(next, payload)
     }
 
-    /// Lets a message operation go on with the connection: `Next::Io` while
-    /// the greeting is due, when the message in flight is this operation's
-    /// to resume, or once a new message of its kind started (`len` is a
-    /// send's length, checked against the send-length bound).
+    /// Lets an exchange go on with the connection: `Next::Io` while the
+    /// greeting is due, when the message in flight is this operation's to
+    /// resume, or once a new message of its kind started (`len` is a send's
+    /// length, checked against the send-length bound). The greeting's
+    /// operation ends here once greeted.
     fn open(&mut self, op: Op, len: u32) -> Next {
         let send = op.is_send();
         let resumes = match self.state {

@@ -37,7 +37,7 @@
 use embedded_io_async::{ErrorType, Read, ReadReady, Write};
 
 use crate::error::{Error, Misuse};
-use crate::machine::{FlushPolicy, Io, Machine, Moved, Step};
+use crate::machine::{exchange, FlushPolicy, Io, Machine, Moved, Op, Payload, Step};
 use crate::wire::CONNECTION_LIMIT_REFUSAL;
 
 /// A tinyproto connection over an async transport.
@@ -142,20 +142,22 @@ impl<T> Connection<T> {
 impl<T: Read + Write> Connection<T> {
     /// Exchanges the greeting; see [`Machine::greet`].
     pub async fn greet(&mut self) -> Result<(), Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.greet()).await
+        let (op, bound, payload) = exchange::greet();
+        self.exchange(op, bound, payload).await.map(drop)
     }
 
     /// Sends one whole message; see [`Machine::transmit`]. Returns once every
     /// byte is written (and flushed, under the default [`FlushPolicy`]).
-    pub async fn transmit(&mut self, mut msg: &[u8]) -> Result<(), Error<T::Error>> {
-        self.run(&mut msg, |machine, msg| machine.transmit(msg))
-            .await
+    pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
+        let (op, bound, payload) = exchange::transmit(msg);
+        self.exchange(op, bound, payload).await.map(drop)
     }
 
     /// Receives one whole message into `buf` and returns it; see
     /// [`Machine::receive`].
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
-        let len = self.run(buf, |machine, buf| machine.receive(buf)).await?;
+        let (op, bound, payload) = exchange::receive(&self.machine, buf);
+        let len = self.exchange(op, bound, payload).await? as usize;
         // `len` is within `buf` (the machine checked it); `get` keeps a panic path out.
         buf.get(..len)
             .ok_or(Error::Misuse(Misuse::ShorterBuffer { len: len as u32 }))
@@ -180,9 +182,8 @@ impl<T: Read + Write> Connection<T> {
         &mut self,
         limit: u32,
     ) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
-        let len = self
-            .run(&mut (), |machine, ()| machine.begin_receive(limit))
-            .await?;
+        let (op, bound, payload) = exchange::begin_receive(limit);
+        let len = self.exchange(op, bound, payload).await?;
         Ok(IncomingMessage { conn: self, len })
     }
 
@@ -191,8 +192,8 @@ impl<T: Read + Write> Connection<T> {
         &mut self,
         len: u32,
     ) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.begin_transmit(len))
-            .await?;
+        let (op, bound, payload) = exchange::begin_transmit(len);
+        self.exchange(op, bound, payload).await?;
         Ok(OutgoingMessage { conn: self })
     }
 
@@ -211,6 +212,26 @@ impl<T: Read + Write> Connection<T> {
     ) -> Result<R, Error<T::Error>> {
         loop {
             match op(&mut self.machine, buf) {
+                Step::Io(request) => {
+                    let moved = perform(&mut self.io, request).await?;
+                    self.machine.moved(moved).map_err(Error::widen)?;
+                }
+                Step::Done(result) => return result.map_err(Error::widen),
+            }
+        }
+    }
+
+    /// [`run`](Self::run) for the greeting and the four message
+    /// operations, which the machine runs as one exchange: one loop (one
+    /// future) for all of them in a firmware.
+    async fn exchange(
+        &mut self,
+        op: Op,
+        bound: u32,
+        mut payload: Payload<'_>,
+    ) -> Result<u32, Error<T::Error>> {
+        loop {
+            match self.machine.exchange(op, bound, payload.reborrow()) {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request).await?;
                     self.machine.moved(moved).map_err(Error::widen)?;

@@ -12,7 +12,7 @@
 use embedded_io::{ErrorType, Read, ReadReady, Write};
 
 use crate::error::{Error, Misuse};
-use crate::machine::{FlushPolicy, Io, Machine, Moved, Step};
+use crate::machine::{exchange, FlushPolicy, Io, Machine, Moved, Op, Payload, Step};
 use crate::wire::CONNECTION_LIMIT_REFUSAL;
 
 /// A tinyproto connection over a blocking transport.
@@ -117,19 +117,22 @@ impl<T> Connection<T> {
 impl<T: Read + Write> Connection<T> {
     /// Exchanges the greeting; see [`Machine::greet`].
     pub fn greet(&mut self) -> Result<(), Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.greet())
+        let (op, bound, payload) = exchange::greet();
+        self.exchange(op, bound, payload).map(drop)
     }
 
     /// Sends one whole message; see [`Machine::transmit`]. Returns once every
     /// byte is written (and flushed, under the default [`FlushPolicy`]).
-    pub fn transmit(&mut self, mut msg: &[u8]) -> Result<(), Error<T::Error>> {
-        self.run(&mut msg, |machine, msg| machine.transmit(msg))
+    pub fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
+        let (op, bound, payload) = exchange::transmit(msg);
+        self.exchange(op, bound, payload).map(drop)
     }
 
     /// Receives one whole message into `buf` and returns it; see
     /// [`Machine::receive`].
     pub fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
-        let len = self.run(buf, |machine, buf| machine.receive(buf))?;
+        let (op, bound, payload) = exchange::receive(&self.machine, buf);
+        let len = self.exchange(op, bound, payload)? as usize;
         // `len` is within `buf` (the machine checked it); `get` keeps a panic path out.
         buf.get(..len)
             .ok_or(Error::Misuse(Misuse::ShorterBuffer { len: len as u32 }))
@@ -151,13 +154,15 @@ impl<T: Read + Write> Connection<T> {
     /// Starts a chunked receive, for messages larger than memory; see
     /// [`Machine::begin_receive`].
     pub fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
-        let len = self.run(&mut (), |machine, ()| machine.begin_receive(limit))?;
+        let (op, bound, payload) = exchange::begin_receive(limit);
+        let len = self.exchange(op, bound, payload)?;
         Ok(IncomingMessage { conn: self, len })
     }
 
     /// Starts a chunked send of `len` bytes; see [`Machine::begin_transmit`].
     pub fn begin_transmit(&mut self, len: u32) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.begin_transmit(len))?;
+        let (op, bound, payload) = exchange::begin_transmit(len);
+        self.exchange(op, bound, payload)?;
         Ok(OutgoingMessage { conn: self })
     }
 
@@ -182,6 +187,25 @@ impl<T: Read + Write> Connection<T> {
     ) -> Result<R, Error<T::Error>> {
         loop {
             match op(&mut self.machine, buf) {
+                Step::Io(request) => {
+                    let moved = perform(&mut self.io, request)?;
+                    self.machine.moved(moved).map_err(Error::widen)?;
+                }
+                Step::Done(result) => return result.map_err(Error::widen),
+            }
+        }
+    }
+
+    /// [`run`](Self::run) for the greeting and the four message operations,
+    /// which the machine runs as one exchange: one loop for all of them.
+    fn exchange(
+        &mut self,
+        op: Op,
+        bound: u32,
+        mut payload: Payload<'_>,
+    ) -> Result<u32, Error<T::Error>> {
+        loop {
+            match self.machine.exchange(op, bound, payload.reborrow()) {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request)?;
                     self.machine.moved(moved).map_err(Error::widen)?;

@@ -18,10 +18,14 @@
 //! error, a dropped future, a UART with nothing to read yet) and resume when
 //! called again.
 //!
-//! How the file reads: the public types, then the operations (each a few
-//! lines of rules ending in `Next`), then [`Machine::moved`] with the one
-//! table of what completes each field (`field_done`), then the one
-//! place that turns a state into I/O (`io`).
+//! How the file reads: the public types; the operations, each a few lines
+//! of rules ending in `Next` (the greeting and the four message operations
+//! are one, `exchange`, with the arguments of each built once in
+//! [`exchange`], which the drivers use too: one loop for all five in a
+//! firmware); then [`Machine::moved`] with the one table of what completes
+//! each field (`field_done`); then the one place that turns a state into
+//! I/O (`io`). The state's number says which way its field moves and which
+//! [`Phase`] it is, so `moved` and `io` compute both instead of matching.
 
 use crate::error::{Error, Misuse};
 use crate::wire::{
@@ -80,34 +84,48 @@ pub enum Step<'a, R> {
     Done(Result<R, Error>),
 }
 
-/// Where a connection stands: which field moves next.
+impl<'a> Step<'a, u32> {
+    /// Gives the result its operation's type.
+    #[inline(always)]
+    fn map<R>(self, f: fn(u32) -> R) -> Step<'a, R> {
+        match self {
+            Step::Io(io) => Step::Io(io),
+            Step::Done(result) => Step::Done(result.map(f)),
+        }
+    }
+}
+
+/// Where a connection stands: which field moves next. The first eight
+/// states each move one field, and their numbers say how: even ones write,
+/// odd ones read, and half the number is the field's [`Phase`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
 enum State {
     /// Our 0xFF goes out.
-    GreetWrite,
+    GreetWrite = 0,
     /// The peer's greeting byte comes in.
-    GreetRead,
+    GreetRead = 1,
+    /// Our length field goes out.
+    SendLength = 2,
+    /// The peer's length field comes in.
+    RecvLength = 3,
+    /// Our answer to the length goes out: the status byte in `byte`.
+    Answer = 4,
+    /// The peer's answer to our length comes in.
+    SendStatus = 5,
+    /// Our payload goes out.
+    SendPayload = 6,
+    /// The peer's payload comes in.
+    RecvPayload = 7,
     /// Greeted, no message in flight.
     Idle,
-    /// Our length field goes out.
-    SendLength,
-    /// The peer's answer to our length comes in.
-    SendStatus,
-    /// Our payload goes out.
-    SendPayload,
     /// Every byte of our message left.
     Sent,
     /// The peer answered 0x00; no payload left.
     Rejected,
-    /// The peer's length field comes in.
-    RecvLength,
     /// The length is in; accept or reject is still to decide.
     Decide,
-    /// Our answer to the length goes out: the status byte in `byte`.
-    Answer,
-    /// The peer's payload comes in.
-    RecvPayload,
     /// The whole message arrived.
     Received,
     /// The message was refused; no payload follows.
@@ -116,6 +134,25 @@ enum State {
     Broken,
     /// Broken before the greeting completed (a full server's 0xFE, say).
     GreetFailed,
+}
+
+impl State {
+    /// `Some(true)` where the state writes its field, `Some(false)` where
+    /// it reads it, `None` where nothing moves.
+    fn writes(self) -> Option<bool> {
+        let code = self as u8;
+        (code < State::Idle as u8).then_some(code & 1 == 0)
+    }
+
+    /// The field a moving state moves, as errors name it.
+    fn phase(self) -> Phase {
+        match self as u8 >> 1 {
+            0 => Phase::Greeting,
+            1 => Phase::Length,
+            2 => Phase::Status,
+            _ => Phase::Payload,
+        }
+    }
 }
 
 /// What an operation's rules decided: the state's I/O is due, a flush is due
@@ -132,7 +169,7 @@ enum Next {
     Settle(Result<u32, Error>),
 }
 
-/// The sans-IO state of one tinyproto connection (20 bytes): every rule of
+/// The sans-IO state of one tinyproto connection (16 bytes): every rule of
 /// the protocol, driven by a loop that does the I/O each step asks for.
 ///
 /// ```
@@ -179,12 +216,18 @@ pub struct Machine {
     /// Our greeting or answer as it goes out, or the peer's greeting or
     /// status byte as it comes in.
     byte: u8,
-    /// The message in flight moves in chunks (`begin_*`), not whole.
-    chunked: bool,
-    /// Bytes were written since the last flush.
-    needs_flush: bool,
-    flush_policy: FlushPolicy,
+    /// The operation that owns the message in flight (a chunked one moves
+    /// it in chunks, `begin_*`, not whole).
+    op: Op,
+    /// [`UNFLUSHED`] and [`FLUSH_BEFORE_READ`]: two flags in one byte keep
+    /// the machine at 16 bytes.
+    flags: u8,
 }
+
+/// Bytes were written since the last flush.
+const UNFLUSHED: u8 = 2;
+/// The flush policy is [`FlushPolicy::BeforeRead`].
+const FLUSH_BEFORE_READ: u8 = 4;
 
 impl Default for Machine {
     fn default() -> Self {
@@ -202,9 +245,8 @@ impl Machine {
             state: State::GreetWrite,
             // The greeting is the first byte we write.
             byte: GREETING,
-            chunked: false,
-            needs_flush: false,
-            flush_policy: FlushPolicy::EachMessage,
+            op: Op::Greet,
+            flags: 0,
         }
     }
 
@@ -233,12 +275,19 @@ impl Machine {
 
     /// Chooses when written bytes are flushed (see [`FlushPolicy`]).
     pub fn set_flush_policy(&mut self, policy: FlushPolicy) {
-        self.flush_policy = policy;
+        self.flags &= !FLUSH_BEFORE_READ;
+        if policy == FlushPolicy::BeforeRead {
+            self.flags |= FLUSH_BEFORE_READ;
+        }
     }
 
     /// The current [`FlushPolicy`].
     pub fn flush_policy(&self) -> FlushPolicy {
-        self.flush_policy
+        if self.flags & FLUSH_BEFORE_READ == 0 {
+            FlushPolicy::EachMessage
+        } else {
+            FlushPolicy::BeforeRead
+        }
     }
 
     /// True once both greeting bytes have crossed.
@@ -275,7 +324,7 @@ impl Machine {
 
     /// True when bytes were written since the last flush.
     pub fn needs_flush(&self) -> bool {
-        self.needs_flush
+        self.flags & UNFLUSHED != 0
     }
 
     /// Payload bytes still owed by the message in flight (0 outside a payload).
@@ -292,12 +341,7 @@ impl Machine {
     /// first, so calling it is optional; it is where a full server's
     /// [`Error::ConnectionLimit`] shows up.
     pub fn greet(&mut self) -> Step<'_, ()> {
-        let next = match self.state {
-            State::GreetWrite | State::GreetRead => Next::Io,
-            State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
-            _ => self.complete(Ok(0)),
-        };
-        self.step(next, Payload::None, drop)
+        self.run(exchange::greet()).map(drop)
     }
 
     /// Writes this side's greeting byte and flushes it, without waiting for
@@ -308,11 +352,11 @@ impl Machine {
     pub fn send_greeting(&mut self) -> Step<'_, ()> {
         let next = match self.state {
             State::GreetWrite => Next::Io,
-            State::GreetRead if self.needs_flush => Next::Flush,
+            State::GreetRead if self.needs_flush() => Next::Flush,
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::None, drop)
+        self.step(next, Payload::None).map(drop)
     }
 
     /// Sends `msg` whole: length, the peer's status, payload. Done with
@@ -322,17 +366,7 @@ impl Machine {
     /// as `u32::MAX`). Resume a half-sent message by calling again with the
     /// same `msg`.
     pub fn transmit<'a>(&'a mut self, msg: &'a [u8]) -> Step<'a, ()> {
-        let len = len_of(msg.len());
-        let next = match self.open(State::SendLength, len, false) {
-            Next::Io => match self.state {
-                State::Rejected => Next::Settle(Err(Error::Rejected { len })),
-                State::Sent => Next::Settle(Ok(0)),
-                _ => Next::Io,
-            },
-            next => next,
-        };
-        let rest = msg.get(self.moved as usize..).unwrap_or_default();
-        self.step(next, Payload::Out(rest), drop)
+        self.run(exchange::transmit(msg)).map(drop)
     }
 
     /// Starts sending a message of `len` bytes to be written in chunks with
@@ -340,15 +374,7 @@ impl Machine {
     /// length, with [`Error::Rejected`] if it did not. Call again with the
     /// same `len` to resume a dropped chunked send.
     pub fn begin_transmit(&mut self, len: u32) -> Step<'_, ()> {
-        let next = match self.open(State::SendLength, len, true) {
-            Next::Io => match self.state {
-                State::Rejected => Next::Settle(Err(Error::Rejected { len })),
-                State::SendPayload | State::Sent => Next::Done(Ok(0)),
-                _ => Next::Io,
-            },
-            next => next,
-        };
-        self.step(next, Payload::None, drop)
+        self.run(exchange::begin_transmit(len)).map(drop)
     }
 
     /// Writes some of `chunk` of a message begun with
@@ -360,10 +386,10 @@ impl Machine {
         let next = match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ if chunk.is_empty() => Next::Done(Ok(0)),
-            State::SendPayload if self.chunked => Next::Io,
+            State::SendPayload if self.op.is_chunked() => Next::Io,
             _ => Next::Done(Err(Error::Misuse(Misuse::PastEnd))),
         };
-        self.step(next, Payload::Out(chunk), |n| n as usize)
+        self.step(next, Payload::Out(chunk)).map(|n| n as usize)
     }
 
     /// Completes a message begun with [`begin_transmit`](Self::begin_transmit)
@@ -373,15 +399,15 @@ impl Machine {
     pub fn finish(&mut self) -> Step<'_, ()> {
         let next = match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
-            State::Sent if self.chunked => Next::Settle(Ok(0)),
-            State::SendPayload if self.chunked => {
+            State::Sent if self.op.is_chunked() => Next::Settle(Ok(0)),
+            State::SendPayload if self.op.is_chunked() => {
                 Next::Done(Err(Error::Misuse(Misuse::Unfinished {
                     remaining: self.remaining(),
                 })))
             }
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::None, drop)
+        self.step(next, Payload::None).map(drop)
     }
 
     /// Reads the length of the next message and returns it without
@@ -390,7 +416,7 @@ impl Machine {
     /// or limit) or [`reject`](Self::reject). Waiting here may be abandoned
     /// freely until the first byte of the length arrives.
     pub fn next_length(&mut self) -> Step<'_, u32> {
-        let next = match self.open(State::RecvLength, 0, false) {
+        let next = match self.open(Op::Receive, 0) {
             Next::Io => match self.state {
                 State::Decide => Next::Done(Ok(self.announced())),
                 State::GreetWrite | State::GreetRead | State::RecvLength => Next::Io,
@@ -399,7 +425,7 @@ impl Machine {
             },
             next => next,
         };
-        self.step(next, Payload::None, |len| len)
+        self.step(next, Payload::None)
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length):
@@ -416,7 +442,7 @@ impl Machine {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ => Next::Done(Err(Error::InProgress)),
         };
-        self.step(next, Payload::None, |len| len)
+        self.step(next, Payload::None)
     }
 
     /// Receives one whole message into `buf`; done with its length.
@@ -426,19 +452,8 @@ impl Machine {
     /// stays usable. [`Error::Closed`] when the peer closed between messages.
     /// Resume a half-received message by calling again with the same buffer.
     pub fn receive<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
-        let next = match self.take(self.whole_capacity(buf.len()), false) {
-            Next::Io => match (self.state, self.announced()) {
-                // Only a resume with a smaller buffer than the first call can miss.
-                (State::RecvPayload, len) if buf.len() < len as usize => {
-                    Next::Done(Err(Error::Misuse(Misuse::ShorterBuffer { len })))
-                }
-                (State::Received, len) => Next::Settle(Ok(len)),
-                _ => Next::Io,
-            },
-            next => next,
-        };
-        let rest = buf.get_mut(self.moved as usize..).unwrap_or_default();
-        self.step(next, Payload::In(rest), |len| len as usize)
+        self.run(exchange::receive(self, buf))
+            .map(|len| len as usize)
     }
 
     /// Starts receiving a message to be read in chunks with
@@ -446,15 +461,7 @@ impl Machine {
     /// was answered 0xFF. Lengths over `limit` are answered 0x00 and done
     /// with [`Error::TooLarge`]. Call again to resume a dropped chunked receive.
     pub fn begin_receive(&mut self, limit: u32) -> Step<'_, u32> {
-        let next = match self.take(limit.min(MAX_MESSAGE_LEN), true) {
-            Next::Io => match self.state {
-                State::RecvPayload => Next::Done(Ok(self.announced())),
-                State::Received => Next::Settle(Ok(0)),
-                _ => Next::Io,
-            },
-            next => next,
-        };
-        self.step(next, Payload::None, |len| len)
+        self.run(exchange::begin_receive(limit))
     }
 
     /// Reads the next chunk of a message begun with
@@ -465,49 +472,105 @@ impl Machine {
     pub fn read_chunk<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
         let next = match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
-            State::RecvPayload if self.chunked && !buf.is_empty() => Next::Io,
+            State::RecvPayload if self.op.is_chunked() && !buf.is_empty() => Next::Io,
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::In(buf), |n| n as usize)
+        self.step(next, Payload::In(buf)).map(|n| n as usize)
     }
 
     /// Flushes whatever was written, whatever the [`FlushPolicy`]. It asks
     /// for nothing but [`Io::Flush`].
     pub fn flush(&mut self) -> Step<'_, ()> {
-        let next = if self.needs_flush {
+        let next = if self.needs_flush() {
             Next::Flush
         } else {
             Next::Done(Ok(0))
         };
-        self.step(next, Payload::None, drop)
+        self.step(next, Payload::None).map(drop)
     }
 
     // ---- the rules the operations share ----
 
-    /// Lets an operation go on with the connection: `Ok` while the greeting
-    /// is due, when the message in flight is this operation's to resume
-    /// (`first` names its kind: [`State::SendLength`] or
-    /// [`State::RecvLength`]), or once a new message of that kind started.
-    fn open(&mut self, first: State, len: u32, chunked: bool) -> Next {
-        match self.state {
+    /// One step of an exchange (see [`exchange`]): the public operations' entry.
+    #[inline(always)]
+    fn run<'a>(&'a mut self, (op, bound, payload): exchange::Args<'a>) -> Step<'a, u32> {
+        self.exchange(op, bound, payload)
+    }
+
+    /// The greeting and the four message operations in one (`op` says
+    /// which: greet, a whole or chunked send or receive). `bound` is the
+    /// send's length, or the most a receive takes. Greets, opens the message
+    /// or resumes it, decides a received length (the accept rule), and says
+    /// when the operation is over: the greeting once greeted, a whole
+    /// message once it has moved, a chunked one once its payload may move.
+    /// `payload` is the caller's whole message or buffer.
+    pub(crate) fn exchange<'a>(
+        &'a mut self,
+        op: Op,
+        bound: u32,
+        payload: Payload<'a>,
+    ) -> Step<'a, u32> {
+        let chunked = op.is_chunked();
+        let next = match self.open(op, bound) {
+            Next::Io => {
+                let len = self.announced();
+                match self.state {
+                    // The accept rule: 0xFF for a length within `bound`, 0x00 otherwise.
+                    State::Decide => {
+                        self.op = op;
+                        self.answer(len <= bound);
+                        Next::Io
+                    }
+                    State::Rejected => Next::Settle(Err(Error::Rejected { len })),
+                    State::Refused => Next::Settle(Err(Error::TooLarge {
+                        len,
+                        capacity: bound,
+                    })),
+                    // A chunked send is settled by `finish`.
+                    State::Sent if chunked => Next::Done(Ok(len)),
+                    State::Sent | State::Received => Next::Settle(Ok(len)),
+                    State::SendPayload | State::RecvPayload if chunked => Next::Done(Ok(len)),
+                    // Only a resume with a smaller buffer than the first call can miss.
+                    State::RecvPayload if matches!(&payload, Payload::In(buf) if buf.len() < len as usize) => {
+                        Next::Done(Err(Error::Misuse(Misuse::ShorterBuffer { len })))
+                    }
+                    _ => Next::Io,
+                }
+            }
+            next => next,
+        };
+        // A whole message moves from where its payload stopped.
+        let payload = payload.skip(self.moved as usize);
+        self.step(next, payload)
+    }
+
+    /// Lets an exchange go on with the connection: `Next::Io` while the
+    /// greeting is due, when the message in flight is this operation's to
+    /// resume, or once a new message of its kind started (`len` is a send's
+    /// length, checked against the send-length bound). The greeting's
+    /// operation ends here once greeted.
+    fn open(&mut self, op: Op, len: u32) -> Next {
+        let send = op.is_send();
+        let resumes = match self.state {
             State::GreetWrite | State::GreetRead => return Next::Io,
             State::Broken | State::GreetFailed => return Next::Done(Err(Error::Broken)),
-            _ => {}
-        }
-        let resumes = match self.state {
+            // Greeted: the greeting's operation is over once its byte is flushed.
+            _ if op == Op::Greet => {
+                return if self.flush_due() {
+                    Next::Flush
+                } else {
+                    Next::Done(Ok(0))
+                }
+            }
             State::SendLength
             | State::SendStatus
             | State::SendPayload
             | State::Sent
-            | State::Rejected => {
-                first == State::SendLength && self.chunked == chunked && self.announced() == len
-            }
+            | State::Rejected => self.op == op && self.announced() == len,
             // Nothing is decided yet: any receive may go on with it.
-            State::RecvLength | State::Decide => first == State::RecvLength,
-            State::Answer | State::RecvPayload | State::Received | State::Refused => {
-                first == State::RecvLength && self.chunked == chunked
-            }
-            _ => false,
+            State::RecvLength | State::Decide => op.is_receive(),
+            State::Answer | State::RecvPayload | State::Received | State::Refused => self.op == op,
+            State::Idle => false,
         };
         if resumes {
             return Next::Io;
@@ -515,37 +578,23 @@ impl Machine {
         if !self.is_free() {
             return Next::Done(Err(Error::InProgress));
         }
-        // The send-length bound (a receive opens with 0 and never trips it).
-        if len > MAX_MESSAGE_LEN {
+        // The send-length bound.
+        if send && len > MAX_MESSAGE_LEN {
             return Next::Done(Err(Error::TooLarge {
                 len,
                 capacity: MAX_MESSAGE_LEN,
             }));
         }
-        self.state = first;
+        self.state = if send {
+            State::SendLength
+        } else {
+            State::RecvLength
+        };
+        // A receive's length is read over this one.
         self.length = len.to_be_bytes();
         self.moved = 0;
-        self.chunked = chunked;
+        self.op = op;
         Next::Io
-    }
-
-    /// The accept rule: greets, reads the length, then answers it 0xFF if it
-    /// is within `capacity`, 0x00 otherwise. `Next::Io` while that needs
-    /// I/O or once the payload (or its end) is reached.
-    fn take(&mut self, capacity: u32, chunked: bool) -> Next {
-        if let next @ Next::Done(_) = self.open(State::RecvLength, 0, chunked) {
-            return next;
-        }
-        let len = self.announced();
-        match self.state {
-            State::Decide => {
-                self.chunked = chunked;
-                self.answer(len <= capacity);
-                Next::Io
-            }
-            State::Refused => Next::Settle(Err(Error::TooLarge { len, capacity })),
-            _ => Next::Io,
-        }
     }
 
     /// Our answer to the announced length: 0xFF to take it, 0x00 to refuse.
@@ -559,20 +608,10 @@ impl Machine {
         .to_byte();
     }
 
-    /// An operation is over: it returns once its bytes are flushed, if the
-    /// policy wants them flushed.
-    fn complete(&mut self, result: Result<u32, Error>) -> Next {
-        if self.flush_due() {
-            Next::Flush
-        } else {
-            Next::Done(result)
-        }
-    }
-
     /// True when an operation that ends must flush first: bytes wait and
     /// the policy flushes each message.
     fn flush_due(&self) -> bool {
-        self.needs_flush & (self.flush_policy == FlushPolicy::EachMessage)
+        self.flags & (UNFLUSHED | FLUSH_BEFORE_READ) == UNFLUSHED
     }
 
     // ---- what moved ----
@@ -590,135 +629,106 @@ impl Machine {
     /// the connection is broken and every later operation says
     /// [`Error::Broken`].
     pub fn moved(&mut self, moved: Moved) -> Result<(), Error> {
-        let writes = matches!(
-            self.state,
-            State::GreetWrite | State::SendLength | State::Answer | State::SendPayload
-        );
-        let reads = matches!(
-            self.state,
-            State::GreetRead | State::SendStatus | State::RecvLength | State::RecvPayload
-        );
-        let n = match moved {
-            Moved::Flushed if self.needs_flush => {
-                self.needs_flush = false;
+        let unflushed = self.needs_flush();
+        let (n, write) = match moved {
+            Moved::Flushed if unflushed => {
+                self.flags &= !UNFLUSHED;
                 return Ok(());
             }
-            Moved::Wrote(n) if writes => n,
-            Moved::Read(n) if reads && !self.needs_flush => n,
-            _ => return Err(Error::Misuse(Misuse::WrongReport)),
+            Moved::Wrote(n) => (n, true),
+            // A read waits for what was written to be flushed.
+            Moved::Read(n) if !unflushed => (n, false),
+            Moved::Flushed | Moved::Read(_) => return Err(Error::Misuse(Misuse::WrongReport)),
         };
         let field = self.field_len();
-        let owed = (field - self.moved) as usize;
-        if n > owed {
+        if self.state.writes() != Some(write) || n > (field - self.moved) as usize {
             return Err(Error::Misuse(Misuse::WrongReport));
         }
         if n == 0 {
             return self.fail(self.end_of_stream());
         }
-        self.needs_flush |= writes;
+        if write {
+            self.flags |= UNFLUSHED;
+        }
         self.moved += n as u32;
         if self.moved == field {
             self.moved = 0;
-            match self.field_done() {
-                Ok(next) => self.state = next,
-                Err(e) => return self.fail(e),
-            }
+            self.field_done()
+        } else {
+            Ok(())
         }
-        Ok(())
     }
 
-    /// Bytes in the field the state moves: one for the greeting and status
-    /// bytes, four for a length, the announced length for a payload, none
-    /// where nothing moves.
+    /// Bytes in the field the state moves: four for a length, the announced
+    /// length for a payload, one for the greeting and status bytes.
     fn field_len(&self) -> u32 {
         match self.state {
-            State::GreetWrite | State::GreetRead | State::SendStatus | State::Answer => 1,
             State::SendLength | State::RecvLength => LENGTH_FIELD_LEN as u32,
             State::SendPayload | State::RecvPayload => self.announced(),
-            State::Idle
-            | State::Sent
-            | State::Rejected
-            | State::Decide
-            | State::Received
-            | State::Refused
-            | State::Broken
-            | State::GreetFailed => 0,
+            _ => 1,
         }
     }
 
-    /// The state after the current field completed: the greeting rule, the
+    /// What follows the field that just completed: the greeting rule, the
     /// sender's status rule (0xFF accept, 0x00 reject, 0x01..=0xF0 the
-    /// peer's own length: a conflict) and where each field leads. An error breaks the
-    /// connection.
-    fn field_done(&self) -> Result<State, Error> {
+    /// peer's own length: a conflict), where our answer leads, and the end
+    /// of a message (at once after the answer for an empty one). An error
+    /// breaks the connection.
+    fn field_done(&mut self) -> Result<(), Error> {
+        let byte = self.byte;
+        let accepted = byte == Status::Ok.to_byte();
         let empty = self.announced() == 0;
-        Ok(match (self.state, Status::from_byte(self.byte)) {
-            (State::GreetWrite, _) => State::GreetRead,
-            (State::GreetRead, Some(Status::Ok)) => State::Idle,
-            (State::GreetRead, Some(Status::ConnectionLimit)) => {
-                return Err(Error::ConnectionLimit)
+        self.state = match self.state {
+            State::GreetWrite => State::GreetRead,
+            State::GreetRead if accepted => State::Idle,
+            State::GreetRead if byte == Status::ConnectionLimit.to_byte() => {
+                return self.fail(Error::ConnectionLimit)
             }
-            (State::GreetRead, _) => return Err(self.unexpected(Phase::Greeting)),
-            (State::SendLength, _) => State::SendStatus,
-            (State::SendStatus, Some(Status::Ok)) if empty => State::Sent,
-            (State::SendStatus, Some(Status::Ok)) => State::SendPayload,
-            (State::SendStatus, Some(Status::GenericError)) => State::Rejected,
-            // Lengths never start above 0xF0: below it, the peer is sending.
-            (State::SendStatus, None) if self.byte <= MAX_LENGTH_FIRST_BYTE => {
-                return Err(Error::Conflict)
+            State::SendLength => State::SendStatus,
+            State::RecvLength => State::Decide,
+            State::SendStatus if accepted && empty => State::Sent,
+            State::SendStatus if accepted => State::SendPayload,
+            State::SendStatus if byte == Status::GenericError.to_byte() => State::Rejected,
+            // Lengths never start above 0xF0: up to it, the peer is sending.
+            State::SendStatus if byte <= MAX_LENGTH_FIRST_BYTE => {
+                return self.fail(Error::Conflict)
             }
-            (State::SendStatus, _) => return Err(self.unexpected(Phase::Status)),
-            (State::SendPayload, _) => State::Sent,
-            (State::RecvLength, _) => State::Decide,
-            (State::Answer, Some(Status::Ok)) if empty => State::Received,
-            (State::Answer, Some(Status::Ok)) => State::RecvPayload,
-            (State::Answer, _) => State::Refused,
+            State::GreetRead | State::SendStatus => {
+                return self.fail(Error::UnexpectedByte {
+                    phase: self.state.phase(),
+                    byte,
+                })
+            }
+            State::Answer if accepted && empty => State::Received,
+            State::Answer if accepted => State::RecvPayload,
+            State::Answer => State::Refused,
+            State::SendPayload => State::Sent,
             // A chunked message is over when its reader has had the last byte.
-            (State::RecvPayload, _) if self.chunked => State::Idle,
-            (State::RecvPayload, _) => State::Received,
-            (
-                state @ (State::Idle
-                | State::Sent
-                | State::Rejected
-                | State::Decide
-                | State::Received
-                | State::Refused
-                | State::Broken
-                | State::GreetFailed),
-                _,
-            ) => state,
-        })
+            State::RecvPayload if self.op.is_chunked() => State::Idle,
+            _ => State::Received,
+        };
+        Ok(())
     }
 
     /// Breaks the connection with a protocol error.
     fn fail(&mut self, e: Error) -> Result<(), Error> {
-        self.state = match self.state {
-            State::GreetWrite | State::GreetRead => State::GreetFailed,
-            _ => State::Broken,
+        self.state = if self.is_greeted() {
+            State::Broken
+        } else {
+            State::GreetFailed
         };
         Err(e)
     }
 
-    /// The error for a stream that ended (or took no more bytes) now:
-    /// [`Error::Closed`] between messages, [`Error::UnexpectedEof`] inside one.
+    /// The error for a stream that ended (or took no more bytes) in the
+    /// state's field: [`Error::Closed`] between messages,
+    /// [`Error::UnexpectedEof`] inside one.
     fn end_of_stream(&self) -> Error {
-        let phase = match self.state {
-            State::GreetWrite | State::GreetRead => Phase::Greeting,
-            State::RecvLength if self.moved == 0 => return Error::Closed,
-            State::Idle | State::Broken | State::GreetFailed => return Error::Closed,
-            State::SendLength | State::RecvLength | State::Decide => Phase::Length,
-            State::SendStatus | State::Rejected | State::Answer | State::Refused => Phase::Status,
-            State::SendPayload | State::Sent | State::RecvPayload | State::Received => {
-                Phase::Payload
-            }
-        };
-        Error::UnexpectedEof { phase }
-    }
-
-    fn unexpected(&self, phase: Phase) -> Error {
-        Error::UnexpectedByte {
-            phase,
-            byte: self.byte,
+        if self.state == State::RecvLength && self.moved == 0 {
+            return Error::Closed;
+        }
+        Error::UnexpectedEof {
+            phase: self.state.phase(),
         }
     }
 
@@ -750,85 +760,168 @@ impl Machine {
 
     // ---- the one place that turns the state into I/O ----
 
-    /// The result, or the I/O that is due. `payload` starts at the current
-    /// payload offset; `done` gives the result its type.
+    /// The result, or the I/O that is due. `payload` is the caller's side
+    /// of the message.
     #[inline(always)]
-    fn step<'a, R>(
-        &'a mut self,
-        next: Next,
-        payload: Payload<'a>,
-        done: fn(u32) -> R,
-    ) -> Step<'a, R> {
+    fn step<'a>(&'a mut self, next: Next, payload: Payload<'a>) -> Step<'a, u32> {
         match next {
-            Next::Done(result) => Step::Done(result.map(done)),
+            Next::Done(result) => Step::Done(result),
             Next::Settle(_) if self.flush_due() => Step::Io(Io::Flush),
             Next::Settle(result) => {
                 self.state = State::Idle;
-                Step::Done(result.map(done))
+                Step::Done(result)
             }
             Next::Flush => Step::Io(Io::Flush),
             Next::Io => Step::Io(self.io(payload)),
         }
     }
 
-    /// The I/O the state moves.
+    /// The I/O the state's field moves: the machine's own bytes, or the
+    /// caller's payload (from where it stopped), never past the field's end.
     fn io<'a>(&'a mut self, payload: Payload<'a>) -> Io<'a> {
-        let remaining = self.remaining() as usize;
-        let Self {
-            length,
-            moved,
-            state,
-            byte,
-            needs_flush,
-            ..
-        } = self;
-        let moved = *moved as usize;
-        let io = match (*state, payload) {
-            (State::GreetWrite | State::Answer, _) => Io::Write(core::slice::from_ref(byte)),
-            (State::SendLength, _) => Io::Write(length.get(moved..).unwrap_or_default()),
-            (State::SendPayload, Payload::Out(src)) => Io::Write(&src[..src.len().min(remaining)]),
-            // A peer only answers what it has seen: flush before waiting on it.
-            (State::GreetRead | State::SendStatus | State::RecvLength | State::RecvPayload, _)
-                if *needs_flush =>
-            {
-                Io::Flush
-            }
-            (State::GreetRead | State::SendStatus, _) => Io::Read(core::slice::from_mut(byte)),
-            (State::RecvLength, _) => Io::Read(length.get_mut(moved..).unwrap_or_default()),
-            (State::RecvPayload, Payload::In(dest)) => {
-                let len = dest.len().min(remaining);
-                Io::Read(&mut dest[..len])
-            }
-            // No operation's rules lead here (payload I/O comes only with
-            // the payload; the other states move nothing): asking for a
-            // flush is the one request that cannot move a byte out of turn.
-            (State::SendPayload | State::RecvPayload, _)
-            | (
-                State::Idle
-                | State::Sent
-                | State::Rejected
-                | State::Decide
-                | State::Received
-                | State::Refused
-                | State::Broken
-                | State::GreetFailed,
-                _,
-            ) => Io::Flush,
+        // No operation's rules ask for I/O where nothing moves; a flush is
+        // the one request that cannot move a byte out of turn.
+        let Some(write) = self.state.writes() else {
+            return Io::Flush;
         };
-
-        io
+        // A peer only answers what it has seen: flush before waiting on it.
+        if !write && self.needs_flush() {
+            return Io::Flush;
+        }
+        let moved = self.moved as usize;
+        let owed = (self.field_len() - self.moved) as usize;
+        let field = match (self.state, payload) {
+            (State::SendLength | State::RecvLength, _) => {
+                // Below four: a length field completes at four.
+                &mut self.length[moved % LENGTH_FIELD_LEN..]
+            }
+            (State::SendPayload, Payload::Out(src)) => {
+                return Io::Write(src.get(..owed).unwrap_or(src));
+            }
+            (State::RecvPayload, Payload::In(dest)) => {
+                let len = dest.len().min(owed);
+                &mut dest[..len]
+            }
+            // Payload I/O comes only with the payload.
+            (State::SendPayload | State::RecvPayload, _) => return Io::Flush,
+            _ => core::slice::from_mut(&mut self.byte),
+        };
+        if write {
+            Io::Write(field)
+        } else {
+            Io::Read(field)
+        }
     }
 }
 
-/// The caller's side of a payload, from the current offset on.
-enum Payload<'a> {
+/// What the greeting and each message operation ask of
+/// [`Machine::exchange`]: the operation, its bound (a send's length, the
+/// most a receive takes) and the caller's side of the payload. Written once
+/// here, for the public operations and for the drivers, which run all of
+/// them in one loop (one copy in a firmware). Each is a plain triple, taken
+/// apart by its caller: the loop then gets its arguments in registers.
+pub(crate) mod exchange {
+    use super::{len_of, Machine, Op, Payload, MAX_MESSAGE_LEN};
+
+    /// The arguments of [`Machine::exchange`].
+    pub(crate) type Args<'a> = (Op, u32, Payload<'a>);
+
+    /// See [`Machine::greet`].
+    #[inline]
+    pub(crate) fn greet<'a>() -> Args<'a> {
+        (Op::Greet, 0, Payload::None)
+    }
+
+    /// See [`Machine::transmit`].
+    #[inline]
+    pub(crate) fn transmit(msg: &[u8]) -> Args<'_> {
+        (Op::Send, len_of(msg.len()), Payload::Out(msg))
+    }
+
+    /// See [`Machine::begin_transmit`].
+    #[inline]
+    pub(crate) fn begin_transmit<'a>(len: u32) -> Args<'a> {
+        (Op::SendChunks, len, Payload::None)
+    }
+
+    /// See [`Machine::receive`]: the buffer, capped by the machine's
+    /// [`max_message_len`](Machine::max_message_len).
+    #[inline]
+    pub(crate) fn receive<'a>(machine: &Machine, buf: &'a mut [u8]) -> Args<'a> {
+        (
+            Op::Receive,
+            machine.whole_capacity(buf.len()),
+            Payload::In(buf),
+        )
+    }
+
+    /// See [`Machine::begin_receive`].
+    #[inline]
+    pub(crate) fn begin_receive<'a>(limit: u32) -> Args<'a> {
+        (Op::ReceiveChunks, limit.min(MAX_MESSAGE_LEN), Payload::None)
+    }
+}
+
+/// The operation an exchange serves: the greeting, or a whole or chunked
+/// send or receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[repr(u8)]
+pub(crate) enum Op {
+    Greet = 0,
+    Send = 1,
+    Receive = 2,
+    SendChunks = 1 | CHUNKS,
+    ReceiveChunks = 2 | CHUNKS,
+}
+
+/// The bit of an [`Op`] that says it moves its payload in chunks.
+const CHUNKS: u8 = 4;
+
+impl Op {
+    fn is_send(self) -> bool {
+        self as u8 & Op::Send as u8 != 0
+    }
+
+    fn is_receive(self) -> bool {
+        self as u8 & Op::Receive as u8 != 0
+    }
+
+    fn is_chunked(self) -> bool {
+        self as u8 & CHUNKS != 0
+    }
+}
+
+/// The caller's side of a payload: a whole message or buffer, or a chunk.
+pub(crate) enum Payload<'a> {
     None,
     Out(&'a [u8]),
     In(&'a mut [u8]),
 }
 
+impl Payload<'_> {
+    /// The same payload, lent for one step of a loop.
+    pub(crate) fn reborrow(&mut self) -> Payload<'_> {
+        match self {
+            Payload::None => Payload::None,
+            Payload::Out(bytes) => Payload::Out(bytes),
+            Payload::In(buf) => Payload::In(buf),
+        }
+    }
+
+    /// The payload from byte `n` on (empty if it is shorter).
+    fn skip(self, n: usize) -> Self {
+        match self {
+            Payload::None => Payload::None,
+            Payload::Out(bytes) => Payload::Out(bytes.get(n..).unwrap_or_default()),
+            Payload::In(buf) => Payload::In(buf.get_mut(n..).unwrap_or_default()),
+        }
+    }
+}
+
 /// A slice length as a wire length; lengths beyond `u32` saturate (and are
 /// over [`MAX_MESSAGE_LEN`] either way).
+#[inline]
 fn len_of(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
@@ -1711,6 +1804,6 @@ mod tests {
 
     #[test]
     fn test_size() {
-        assert_eq!(core::mem::size_of::<Machine>(), 20);
+        assert_eq!(core::mem::size_of::<Machine>(), 16);
     }
 }

@@ -217,7 +217,11 @@ mod app {
         loop {
             match until_done(machine, buf, |m, buf| m.receive(buf)) {
                 Ok(len) => {
-                    let mut msg = &buf[..len];
+                    // `len` is within `buf` (the machine checked it); `get`
+                    // keeps a panic path out, as the drivers do.
+                    let Some(mut msg) = buf.get(..len) else {
+                        return;
+                    };
                     if let Err(e) = until_done(machine, &mut msg, |m, msg| m.transmit(msg)) {
                         if !e.is_recoverable() {
                             return;

@@ -5,11 +5,19 @@
 //! connection costs; and that every one of the connections still echoes.
 //! Then the echo job (64 B request, 64 B reply, tokio clients) at 1, 100
 //! and 1,000 connections, against the tinyproto-std server, a raw tokio
-//! echo and a tokio-util `LengthDelimitedCodec` echo.
+//! echo, a tokio-util `LengthDelimitedCodec` echo, and the core's two
+//! drivers with nothing around them: the async one on tokio, and the
+//! blocking one on a plain thread per connection (no look before a send, no
+//! deadlines, no reactor: what no thread-per-connection server can beat).
 //!
 //! ```text
 //! cargo run --release -p tinyproto-std --example server_bench -- [--connections N] [--idle-secs S] [--echo-only]
 //! ```
+//!
+//! `--echo-against ADDR [--kind raw|codec] [--connections N]` runs the echo
+//! job's clients alone against a server already running (started with
+//! `--serve tinyproto|raw|tokio-raw|tokio-codec|tokio-tinyproto|thread-tinyproto`),
+//! for `perf stat -p` or `strace -c -f -p` on the server.
 //!
 //! The servers run in a child process (this program started again with
 //! `--serve tinyproto|raw`), so that their CPU and memory are theirs alone
@@ -47,9 +55,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return echo_job();
     }
     if let Some(addr) = flag(&args, "--echo-against") {
-        // The tinyproto echo job against a server already running (for
-        // `strace -c -f -p` on it, say): 100 connections.
-        let rate = echo_rate(Kind::Tinyproto, addr.parse()?, 100)?;
+        // The echo job against a server already running (for `perf stat`
+        // or `strace -c -f -p` on it, say): tinyproto clients unless
+        // `--kind raw` (tokio-raw's clients) or `--kind codec`; 100
+        // connections unless `--connections N`.
+        let kind = match flag(&args, "--kind").as_deref() {
+            Some("raw") => Kind::TokioRaw,
+            Some("codec") => Kind::TokioCodec,
+            _ => Kind::Tinyproto,
+        };
+        let connections = flag(&args, "--connections").map_or(Ok(100), |v| v.parse())?;
+        rlimit::increase_nofile_limit(u64::MAX)?;
+        let rate = echo_rate(kind, addr.parse()?, connections)?;
         println!("{rate:.0} replies/s");
         return Ok(());
     }
@@ -96,6 +113,10 @@ enum Kind {
     /// The core's async driver on a plain tokio server: the protocol's own
     /// cost without this crate's threads.
     TokioTinyproto,
+    /// The core's blocking driver on a plain thread per connection (no
+    /// look before a send, no deadlines): the protocol's own cost on
+    /// threads.
+    ThreadTinyproto,
 }
 
 impl Kind {
@@ -106,6 +127,7 @@ impl Kind {
             Kind::TokioRaw => "tokio-raw",
             Kind::TokioCodec => "tokio-codec",
             Kind::TokioTinyproto => "tokio-tinyproto",
+            Kind::ThreadTinyproto => "thread-tinyproto",
         }
     }
 }
@@ -132,7 +154,11 @@ impl Peer {
     fn connect(kind: Kind, client: &Client, addr: SocketAddr) -> io::Result<Self> {
         match kind {
             Kind::Tinyproto => Ok(Peer::Tinyproto(Box::new(client.connect(addr)?))),
-            Kind::Raw | Kind::TokioRaw | Kind::TokioCodec | Kind::TokioTinyproto => {
+            Kind::Raw
+            | Kind::TokioRaw
+            | Kind::TokioCodec
+            | Kind::TokioTinyproto
+            | Kind::ThreadTinyproto => {
                 let mut stream = TcpStream::connect(addr)?;
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -329,6 +355,7 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
             server.start()?;
         }
         "tokio-raw" | "tokio-codec" | "tokio-tinyproto" => serve_tokio(kind)?,
+        "thread-tinyproto" => serve_threads()?,
         _ => {
             rlimit::increase_nofile_limit(u64::MAX)?;
             let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -473,6 +500,7 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
         Kind::TokioRaw,
         Kind::TokioCodec,
         Kind::TokioTinyproto,
+        Kind::ThreadTinyproto,
         Kind::Tinyproto,
     ];
     let mut rows = Vec::new();
@@ -486,14 +514,15 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!("echo job: {ECHO_LEN} B request, {ECHO_LEN} B reply, tokio clients, {} s per case (loopback, release)", ECHO_TIME.as_secs());
-    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | tinyproto-std | codec/raw | core on tokio/raw | tinyproto-std/raw | goal |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std | codec/raw | core on tokio/raw | core on threads/raw | tinyproto-std/raw | goal |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (connections, rates) in rows {
-        let (raw, codec, core, tp) = (rates[0], rates[1], rates[2], rates[3]);
+        let (raw, codec, core, threads, tp) = (rates[0], rates[1], rates[2], rates[3], rates[4]);
         println!(
-            "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {tp:.0} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
+            "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {threads:.0} | {tp:.0} | {:.2} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
             codec / raw,
             core / raw,
+            threads / raw,
             tp / raw,
         );
     }
@@ -529,7 +558,7 @@ fn echo_rate(
                     request[..8].copy_from_slice(&(i as u64).to_be_bytes());
                     let mut replies = 0u64;
                     match kind {
-                        Kind::Tinyproto | Kind::TokioTinyproto => {
+                        Kind::Tinyproto | Kind::TokioTinyproto | Kind::ThreadTinyproto => {
                             let mut conn = tinyproto::asynch::Connection::new(
                                 embedded_io_adapters::tokio_1::FromTokio::new(stream),
                             );
@@ -577,6 +606,35 @@ fn echo_rate(
         let elapsed = start.elapsed().as_secs_f64().max(ECHO_TIME.as_secs_f64());
         Ok::<f64, Box<dyn std::error::Error>>(total as f64 / elapsed)
     })
+}
+
+/// The child of the core's blocking driver on a thread per connection: a
+/// tinyproto echo with nothing but the protocol (no look before a send, no
+/// deadlines, no reactor).
+fn serve_threads() -> Result<(), Box<dyn std::error::Error>> {
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("listening on {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut conn = tinyproto::blocking::Connection::new(
+                    embedded_io_adapters::std::FromStd::new(stream),
+                );
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(msg) = conn.receive(&mut buf) {
+                    let len = msg.len();
+                    if conn.transmit(&buf[..len]).is_err() {
+                        return;
+                    }
+                }
+            })?;
+    }
+    Ok(())
 }
 
 /// The child of a tokio echo: raw (bytes back as they come), framed by

@@ -66,8 +66,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let connections = flag(&args, "--connections").map_or(Ok(100), |v| v.parse())?;
         rlimit::increase_nofile_limit(u64::MAX)?;
-        let rate = echo_rate(kind, addr.parse()?, connections)?;
-        println!("{rate:.0} replies/s");
+        let echo = echo_rate(kind, addr.parse()?, connections, None)?;
+        println!("{:.0} replies/s", echo.rate);
         return Ok(());
     }
     let connections: usize = flag(&args, "--connections").map_or(Ok(10_000), |v| v.parse())?;
@@ -505,19 +505,25 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut rows = Vec::new();
     for connections in ECHO_CONNECTIONS {
-        let mut rates = Vec::new();
+        let mut echoes = Vec::new();
         for kind in kinds {
             let server = start_server(kind)?;
-            rates.push(echo_rate(kind, server.addr, connections)?);
+            echoes.push(echo_rate(
+                kind,
+                server.addr,
+                connections,
+                Some(server.child.id()),
+            )?);
         }
-        rows.push((connections, rates));
+        rows.push((connections, echoes));
     }
     println!();
     println!("echo job: {ECHO_LEN} B request, {ECHO_LEN} B reply, tokio clients, {} s per case (loopback, release)", ECHO_TIME.as_secs());
     println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std | codec/raw | core on tokio/raw | core on threads/raw | tinyproto-std/raw | goal |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    for (connections, rates) in rows {
-        let (raw, codec, core, threads, tp) = (rates[0], rates[1], rates[2], rates[3], rates[4]);
+    for (connections, echoes) in &rows {
+        let rate = |i: usize| echoes[i].rate;
+        let (raw, codec, core, threads, tp) = (rate(0), rate(1), rate(2), rate(3), rate(4));
         println!(
             "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {threads:.0} | {tp:.0} | {:.2} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
             codec / raw,
@@ -526,16 +532,52 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
             tp / raw,
         );
     }
+    // The rates above move with whatever else the machine runs; the CPU
+    // each reply took (server and clients, both in this table) hardly
+    // does, and sets the rate when the cores are the limit.
+    println!();
+    println!("CPU per reply, server and clients together, microseconds (what sets the rate on a machine of its own)");
+    println!("| connections | raw tokio echo | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std | core on tokio, raw/it | core on threads, raw/it | tinyproto-std, raw/it | goal |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (connections, echoes) in &rows {
+        let cpu = |i: usize| echoes[i].cpu_us.unwrap_or(f64::NAN);
+        let (raw, codec, core, threads, tp) = (cpu(0), cpu(1), cpu(2), cpu(3), cpu(4));
+        println!(
+            "| {connections} | {raw:.1} | {codec:.1} | {core:.1} | {threads:.1} | {tp:.1} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
+            raw / core,
+            raw / threads,
+            raw / tp,
+        );
+    }
     Ok(())
 }
 
+/// What one case of the echo job measured.
+#[derive(Debug, Clone, Copy)]
+struct Echo {
+    /// Replies per second.
+    rate: f64,
+    /// CPU time per reply, server and clients together, in microseconds
+    /// (when the server's process is known).
+    cpu_us: Option<f64>,
+}
+
 /// Replies per second of `connections` tokio clients echoing against the
-/// server of `kind`; fails if any reply is wrong.
+/// server of `kind`, and the CPU each reply took (this process's and that of
+/// `server`, if given); fails if any reply is wrong.
 fn echo_rate(
     kind: Kind,
     addr: SocketAddr,
     connections: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
+    server: Option<u32>,
+) -> Result<Echo, Box<dyn std::error::Error>> {
+    let ticks = move || -> io::Result<u64> {
+        let server = match server {
+            Some(pid) => cpu_ticks(pid)?,
+            None => 0,
+        };
+        Ok(server + cpu_ticks(std::process::id())?)
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -548,6 +590,7 @@ fn echo_rate(
             stream.set_nodelay(true)?;
             streams.push(stream);
         }
+        let ticks_before = ticks()?;
         let until = tokio::time::Instant::now() + ECHO_TIME;
         let tasks: Vec<_> = streams
             .into_iter()
@@ -604,7 +647,11 @@ fn echo_rate(
             total += task.await??;
         }
         let elapsed = start.elapsed().as_secs_f64().max(ECHO_TIME.as_secs_f64());
-        Ok::<f64, Box<dyn std::error::Error>>(total as f64 / elapsed)
+        let cpu_s = (ticks()? - ticks_before) as f64 / ticks_per_second();
+        Ok::<Echo, Box<dyn std::error::Error>>(Echo {
+            rate: total as f64 / elapsed,
+            cpu_us: server.map(|_| cpu_s * 1e6 / total.max(1) as f64),
+        })
     })
 }
 

@@ -5,11 +5,19 @@
 //! connection costs; and that every one of the connections still echoes.
 //! Then the echo job (64 B request, 64 B reply, tokio clients) at 1, 100
 //! and 1,000 connections, against the tinyproto-std server, a raw tokio
-//! echo and a tokio-util `LengthDelimitedCodec` echo.
+//! echo, a tokio-util `LengthDelimitedCodec` echo, and the core's two
+//! drivers with nothing around them: the async one on tokio, and the
+//! blocking one on a plain thread per connection (no look before a send, no
+//! deadlines, no reactor: what no thread-per-connection server can beat).
 //!
 //! ```text
 //! cargo run --release -p tinyproto-std --example server_bench -- [--connections N] [--idle-secs S] [--echo-only]
 //! ```
+//!
+//! `--echo-against ADDR [--kind raw|codec] [--connections N]` runs the echo
+//! job's clients alone against a server already running (started with
+//! `--serve tinyproto|raw|tokio-raw|tokio-codec|tokio-tinyproto|thread-tinyproto`),
+//! for `perf stat -p` or `strace -c -f -p` on the server.
 //!
 //! The servers run in a child process (this program started again with
 //! `--serve tinyproto|raw`), so that their CPU and memory are theirs alone
@@ -47,10 +55,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return echo_job();
     }
     if let Some(addr) = flag(&args, "--echo-against") {
-        // The tinyproto echo job against a server already running (for
-        // `strace -c -f -p` on it, say): 100 connections.
-        let rate = echo_rate(Kind::Tinyproto, addr.parse()?, 100)?;
-        println!("{rate:.0} replies/s");
+        // The echo job against a server already running (for `perf stat`
+        // or `strace -c -f -p` on it, say): tinyproto clients unless
+        // `--kind raw` (tokio-raw's clients) or `--kind codec`; 100
+        // connections unless `--connections N`.
+        let kind = match flag(&args, "--kind").as_deref() {
+            Some("raw") => Kind::TokioRaw,
+            Some("codec") => Kind::TokioCodec,
+            _ => Kind::Tinyproto,
+        };
+        let connections = flag(&args, "--connections").map_or(Ok(100), |v| v.parse())?;
+        rlimit::increase_nofile_limit(u64::MAX)?;
+        let echo = echo_rate(kind, addr.parse()?, connections, None)?;
+        println!("{:.0} replies/s", echo.rate);
         return Ok(());
     }
     let connections: usize = flag(&args, "--connections").map_or(Ok(10_000), |v| v.parse())?;
@@ -96,6 +113,10 @@ enum Kind {
     /// The core's async driver on a plain tokio server: the protocol's own
     /// cost without this crate's threads.
     TokioTinyproto,
+    /// The core's blocking driver on a plain thread per connection (no
+    /// look before a send, no deadlines): the protocol's own cost on
+    /// threads.
+    ThreadTinyproto,
 }
 
 impl Kind {
@@ -106,6 +127,7 @@ impl Kind {
             Kind::TokioRaw => "tokio-raw",
             Kind::TokioCodec => "tokio-codec",
             Kind::TokioTinyproto => "tokio-tinyproto",
+            Kind::ThreadTinyproto => "thread-tinyproto",
         }
     }
 }
@@ -132,7 +154,11 @@ impl Peer {
     fn connect(kind: Kind, client: &Client, addr: SocketAddr) -> io::Result<Self> {
         match kind {
             Kind::Tinyproto => Ok(Peer::Tinyproto(Box::new(client.connect(addr)?))),
-            Kind::Raw | Kind::TokioRaw | Kind::TokioCodec | Kind::TokioTinyproto => {
+            Kind::Raw
+            | Kind::TokioRaw
+            | Kind::TokioCodec
+            | Kind::TokioTinyproto
+            | Kind::ThreadTinyproto => {
                 let mut stream = TcpStream::connect(addr)?;
                 stream.set_nodelay(true)?;
                 stream.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -329,6 +355,7 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
             server.start()?;
         }
         "tokio-raw" | "tokio-codec" | "tokio-tinyproto" => serve_tokio(kind)?,
+        "thread-tinyproto" => serve_threads()?,
         _ => {
             rlimit::increase_nofile_limit(u64::MAX)?;
             let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -473,40 +500,84 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
         Kind::TokioRaw,
         Kind::TokioCodec,
         Kind::TokioTinyproto,
+        Kind::ThreadTinyproto,
         Kind::Tinyproto,
     ];
     let mut rows = Vec::new();
     for connections in ECHO_CONNECTIONS {
-        let mut rates = Vec::new();
+        let mut echoes = Vec::new();
         for kind in kinds {
             let server = start_server(kind)?;
-            rates.push(echo_rate(kind, server.addr, connections)?);
+            echoes.push(echo_rate(
+                kind,
+                server.addr,
+                connections,
+                Some(server.child.id()),
+            )?);
         }
-        rows.push((connections, rates));
+        rows.push((connections, echoes));
     }
     println!();
     println!("echo job: {ECHO_LEN} B request, {ECHO_LEN} B reply, tokio clients, {} s per case (loopback, release)", ECHO_TIME.as_secs());
-    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | tinyproto-std | codec/raw | core on tokio/raw | tinyproto-std/raw | goal |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    for (connections, rates) in rows {
-        let (raw, codec, core, tp) = (rates[0], rates[1], rates[2], rates[3]);
+    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std | codec/raw | core on tokio/raw | core on threads/raw | tinyproto-std/raw | goal |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (connections, echoes) in &rows {
+        let rate = |i: usize| echoes[i].rate;
+        let (raw, codec, core, threads, tp) = (rate(0), rate(1), rate(2), rate(3), rate(4));
         println!(
-            "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {tp:.0} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
+            "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {threads:.0} | {tp:.0} | {:.2} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
             codec / raw,
             core / raw,
+            threads / raw,
             tp / raw,
+        );
+    }
+    // The rates above move with whatever else the machine runs; the CPU
+    // each reply took (server and clients, both in this table) hardly
+    // does, and sets the rate when the cores are the limit.
+    println!();
+    println!("CPU per reply, server and clients together, microseconds (what sets the rate on a machine of its own)");
+    println!("| connections | raw tokio echo | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std | core on tokio, raw/it | core on threads, raw/it | tinyproto-std, raw/it | goal |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (connections, echoes) in &rows {
+        let cpu = |i: usize| echoes[i].cpu_us.unwrap_or(f64::NAN);
+        let (raw, codec, core, threads, tp) = (cpu(0), cpu(1), cpu(2), cpu(3), cpu(4));
+        println!(
+            "| {connections} | {raw:.1} | {codec:.1} | {core:.1} | {threads:.1} | {tp:.1} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
+            raw / core,
+            raw / threads,
+            raw / tp,
         );
     }
     Ok(())
 }
 
+/// What one case of the echo job measured.
+#[derive(Debug, Clone, Copy)]
+struct Echo {
+    /// Replies per second.
+    rate: f64,
+    /// CPU time per reply, server and clients together, in microseconds
+    /// (when the server's process is known).
+    cpu_us: Option<f64>,
+}
+
 /// Replies per second of `connections` tokio clients echoing against the
-/// server of `kind`; fails if any reply is wrong.
+/// server of `kind`, and the CPU each reply took (this process's and that of
+/// `server`, if given); fails if any reply is wrong.
 fn echo_rate(
     kind: Kind,
     addr: SocketAddr,
     connections: usize,
-) -> Result<f64, Box<dyn std::error::Error>> {
+    server: Option<u32>,
+) -> Result<Echo, Box<dyn std::error::Error>> {
+    let ticks = move || -> io::Result<u64> {
+        let server = match server {
+            Some(pid) => cpu_ticks(pid)?,
+            None => 0,
+        };
+        Ok(server + cpu_ticks(std::process::id())?)
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -519,6 +590,7 @@ fn echo_rate(
             stream.set_nodelay(true)?;
             streams.push(stream);
         }
+        let ticks_before = ticks()?;
         let until = tokio::time::Instant::now() + ECHO_TIME;
         let tasks: Vec<_> = streams
             .into_iter()
@@ -529,7 +601,7 @@ fn echo_rate(
                     request[..8].copy_from_slice(&(i as u64).to_be_bytes());
                     let mut replies = 0u64;
                     match kind {
-                        Kind::Tinyproto | Kind::TokioTinyproto => {
+                        Kind::Tinyproto | Kind::TokioTinyproto | Kind::ThreadTinyproto => {
                             let mut conn = tinyproto::asynch::Connection::new(
                                 embedded_io_adapters::tokio_1::FromTokio::new(stream),
                             );
@@ -575,8 +647,41 @@ fn echo_rate(
             total += task.await??;
         }
         let elapsed = start.elapsed().as_secs_f64().max(ECHO_TIME.as_secs_f64());
-        Ok::<f64, Box<dyn std::error::Error>>(total as f64 / elapsed)
+        let cpu_s = (ticks()? - ticks_before) as f64 / ticks_per_second();
+        Ok::<Echo, Box<dyn std::error::Error>>(Echo {
+            rate: total as f64 / elapsed,
+            cpu_us: server.map(|_| cpu_s * 1e6 / total.max(1) as f64),
+        })
     })
+}
+
+/// The child of the core's blocking driver on a thread per connection: a
+/// tinyproto echo with nothing but the protocol (no look before a send, no
+/// deadlines, no reactor).
+fn serve_threads() -> Result<(), Box<dyn std::error::Error>> {
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    println!("listening on {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut conn = tinyproto::blocking::Connection::new(
+                    embedded_io_adapters::std::FromStd::new(stream),
+                );
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(msg) = conn.receive(&mut buf) {
+                    let len = msg.len();
+                    if conn.transmit(&buf[..len]).is_err() {
+                        return;
+                    }
+                }
+            })?;
+    }
+    Ok(())
 }
 
 /// The child of a tokio echo: raw (bytes back as they come), framed by

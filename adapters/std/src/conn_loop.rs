@@ -56,9 +56,10 @@ fn connection_loop(conn: &mut Conn, handler: &mut dyn Handler) -> Result<(), Err
         deliver_held(conn, handler)?;
         match wait(conn, next_pass)? {
             Woken::Readable => {
-                // Hardly a wait: a wake-up whose bytes this thread took
-                // itself meanwhile finds nothing and goes back to sleep.
-                let mut len = conn.announced(LINGER);
+                // The bytes are here: a look, not a wait (a wake-up whose
+                // bytes this thread took itself meanwhile finds nothing and
+                // goes back to sleep).
+                let mut len = conn.announced(Duration::ZERO);
                 // Messages that follow at once are taken without going back to
                 // sleep (a stream of messages): only when nothing is there
                 // does the thread wait to be woken.

@@ -69,6 +69,19 @@ pub(crate) trait Stream: io::Read + io::Write + Send {
     /// Ends the stream's own session before the socket closes (TLS's
     /// close_notify), without reading; nothing for a plain socket.
     fn close(&mut self) {}
+
+    /// One read that takes what the socket holds and never waits: `Err`
+    /// of kind `WouldBlock` when it holds nothing. (A socket timeout
+    /// cannot do this: the kernel rounds any timeout up to a clock tick,
+    /// some milliseconds.) A stream with a layer of its own (TLS) reads
+    /// through it with the socket switched to non-blocking for the call:
+    /// three system calls.
+    fn read_without_waiting(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket().set_nonblocking(true)?;
+        let read = self.read(buf);
+        self.socket().set_nonblocking(false)?;
+        read
+    }
 }
 
 /// A plain TCP connection, its socket shared with the registry (one file
@@ -97,6 +110,13 @@ impl Stream for Tcp {
     fn socket(&self) -> &TcpStream {
         &self.0
     }
+
+    /// One system call: `recv` with `MSG_DONTWAIT`, the socket left in
+    /// blocking mode.
+    fn read_without_waiting(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (_, n) = rustix::net::recv(&*self.0, buf, rustix::net::RecvFlags::DONTWAIT)?;
+        Ok(n)
+    }
 }
 
 impl<S: Stream + ?Sized> Stream for Box<S> {
@@ -119,6 +139,10 @@ impl<S: Stream + ?Sized> Stream for Box<S> {
 
     fn close(&mut self) {
         (**self).close()
+    }
+
+    fn read_without_waiting(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (**self).read_without_waiting(buf)
     }
 }
 
@@ -369,22 +393,16 @@ impl<S: Stream> Transport<S> {
         Ok(())
     }
 
-    /// One read that takes what the socket holds and never waits; `None`
-    /// when it holds nothing. (A socket timeout cannot do this: the kernel
-    /// rounds any timeout up to a clock tick, some milliseconds.)
+    /// One read that takes what the socket holds and never waits
+    /// ([`Stream::read_without_waiting`]); `None` when it holds nothing.
     fn read_without_waiting(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        self.stream.socket().set_nonblocking(true)?;
-        let read = loop {
-            match self.stream.read(buf) {
+        loop {
+            return match self.stream.read_without_waiting(buf) {
+                Ok(n) => Ok(Some(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
-        self.stream.socket().set_nonblocking(false)?;
-        match read {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if is_timeout(&e) => Ok(None),
-            Err(e) => Err(e),
+                Err(e) if is_timeout(&e) => Ok(None),
+                Err(e) => Err(e),
+            };
         }
     }
 

@@ -14,8 +14,10 @@
 //! - TLS 1.3 and client only: a device that must *serve* over TLS cannot
 //!   with it (see the crate README).
 //! - A cut record cannot be resumed: after a deadline in the middle of a
-//!   message, or a dropped future, the TLS stream is over. Only a
-//!   `receive` that timed out before its message began is resumable.
+//!   message, or a future dropped in the middle of a record, the TLS
+//!   stream is over (its next operation fails; records are authenticated,
+//!   so nothing wrong is delivered). A `receive` that timed out or was
+//!   dropped while waiting for its message to begin cut nothing.
 //! - Certificates are checked against one CA, with ECDSA P-256 signatures
 //!   (embedded-tls' `rustpki`); validity dates are not checked, as a device
 //!   without a clock cannot ([`Provider`] uses `NoClock`).

@@ -65,6 +65,7 @@ cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [ -n "$ns" ]; then ip netns del "$ns" 2>/dev/null || true; fi
+    rm -rf "$pki"
 }
 trap cleanup EXIT
 

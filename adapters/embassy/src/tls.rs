@@ -14,10 +14,14 @@
 //! - TLS 1.3 and client only: a device that must *serve* over TLS cannot
 //!   with it (see the crate README).
 //! - A cut record cannot be resumed: after a deadline in the middle of a
-//!   message, or a future dropped in the middle of a record, the TLS
-//!   stream is over (its next operation fails; records are authenticated,
-//!   so nothing wrong is delivered). A `receive` that timed out or was
-//!   dropped while waiting for its message to begin cut nothing.
+//!   message, or a future dropped in the middle of a record (any dropped
+//!   write: its record's nonce must never be used again), the connection
+//!   is reset at the next call. A `receive` that timed out or was dropped
+//!   while waiting for its message to begin cut nothing.
+//! - embedded-tls 0.19 parses plaintext handshake records after the
+//!   handshake, and one of them makes it panic: this module refuses any
+//!   record but application_data once the handshake is over
+//!   (`TlsError::InvalidRecord`), before embedded-tls sees it.
 //! - Certificates are checked against one CA, with ECDSA P-256 signatures
 //!   (embedded-tls' `rustpki`); validity dates are not checked, as a device
 //!   without a clock cannot ([`Provider`] uses `NoClock`).
@@ -41,8 +45,8 @@ use embassy_sync::mutex::Mutex;
 use embassy_time::Instant;
 use embedded_tls::pki::CertVerifier;
 use embedded_tls::{
-    Aes128GcmSha256, Certificate, CryptoProvider, CryptoRngCore, NoClock, SignatureScheme,
-    TlsConfig, TlsConnection, TlsContext, TlsError, TlsVerifier,
+    Aes128GcmSha256, Certificate, CryptoProvider, CryptoRngCore, FlushPolicy, NoClock,
+    SignatureScheme, TlsConfig, TlsConnection, TlsContext, TlsError, TlsVerifier,
 };
 use p256::ecdsa::{DerSignature, SigningKey};
 use tinyproto::asynch::Connection;
@@ -76,8 +80,8 @@ struct Shared<'a> {
     last_error: Option<NetError>,
     /// The peer closed the TCP stream (embedded-tls reports it as an error).
     peer_closed: bool,
-    /// The peer's first byte has arrived and was a TLS record's.
-    records_begun: bool,
+    /// Where the peer's bytes stand in their TLS records.
+    framing: Framing,
     /// A look ([`TlsSocket::decrypted_waiting`]): reads go straight to the
     /// TCP socket, without the deadline's timer, which only an embassy
     /// task's waker may arm, and without starting a message deadline.
@@ -112,6 +116,62 @@ impl<'a> TlsStorage<'a> {
 /// change_cipher_spec, alert, handshake, application_data, heartbeat).
 const TLS_CONTENT_TYPES: core::ops::RangeInclusive<u8> = 20..=24;
 
+/// The content type of every record after the handshake in TLS 1.3: alerts,
+/// tickets and data all travel encrypted inside it.
+const APPLICATION_DATA: u8 = 23;
+
+/// A record's header: content type, version, 16-bit length.
+const RECORD_HEADER_LEN: usize = 5;
+
+/// Follows the peer's bytes through their TLS records, so that this crate
+/// knows where a record begins (a cut read must not go unnoticed) and can
+/// refuse a record that may not come (embedded-tls 0.19 parses plaintext
+/// handshake records after the handshake, and one of them makes it panic).
+#[derive(Debug, Default)]
+struct Framing {
+    header: [u8; RECORD_HEADER_LEN],
+    header_len: usize,
+    body_left: usize,
+    /// The handshake is over: only application_data records may come.
+    encrypted_only: bool,
+}
+
+impl Framing {
+    /// No record has begun to arrive.
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.body_left == 0
+    }
+
+    /// Follows `bytes`, which the peer sent next; `Err` for a record whose
+    /// content type may not come now (a plaintext peer's 0xFF greeting, say).
+    fn follow(&mut self, mut bytes: &[u8]) -> Result<(), NetError> {
+        while let Some((&first, rest)) = bytes.split_first() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let allowed = if self.encrypted_only {
+                first == APPLICATION_DATA || self.header_len > 0
+            } else {
+                TLS_CONTENT_TYPES.contains(&first) || self.header_len > 0
+            };
+            if !allowed {
+                return Err(NetError::Tls(TlsError::InvalidRecord));
+            }
+            self.header[self.header_len] = first;
+            self.header_len += 1;
+            if self.header_len == RECORD_HEADER_LEN {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header_len = 0;
+            }
+            bytes = rest;
+        }
+        Ok(())
+    }
+}
+
 /// The byte stream embedded-tls reads and writes: the shared socket, with
 /// its deadlines.
 struct Records<'s, 'a>(&'s SharedCell<'a>);
@@ -137,18 +197,15 @@ impl Read for Records<'_, '_> {
         match r {
             Ok(0) => shared.peer_closed = true,
             Err(e) => shared.last_error = Some(e),
-            Ok(_) if !shared.records_begun => {
-                shared.records_begun = true;
+            Ok(n) => {
                 // A plaintext tinyproto server greets with 0xFF (or refuses
-                // with 0xFE) and then waits: say so now, not when the
-                // handshake's deadline passes.
-                if !buf.first().is_some_and(|b| TLS_CONTENT_TYPES.contains(b)) {
-                    let not_tls = NetError::Tls(TlsError::InvalidRecord);
-                    shared.last_error = Some(not_tls);
-                    return Err(not_tls);
+                // with 0xFE) and then waits: this says so at once, not when
+                // the handshake's deadline passes.
+                if let Err(e) = shared.framing.follow(&buf[..n]) {
+                    shared.last_error = Some(e);
+                    return Err(e);
                 }
             }
-            Ok(_) => {}
         }
         r
     }
@@ -222,6 +279,17 @@ pub struct TlsSocket<'s, 'a> {
     timeouts: Timeouts,
     remote: Option<IpEndpoint>,
     stream: Stream,
+    /// An operation of `tls` under way; a call that finds one left over
+    /// knows that its future was dropped.
+    in_flight: InFlight,
+}
+
+/// Which operation of the TLS layer is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InFlight {
+    Nothing,
+    Reading,
+    Writing,
 }
 
 impl fmt::Debug for TlsSocket<'_, '_> {
@@ -269,6 +337,34 @@ impl<'s, 'a> TlsSocket<'s, 'a> {
         stream
     }
 
+    /// Whether an operation's future was dropped in the middle of a record:
+    /// a write (its record, closed and encrypted, went out in part or not
+    /// at all, and its bytes were not counted), or a read after a record
+    /// began to arrive. A read dropped while it waited for a record cut
+    /// nothing.
+    fn was_cut(&self) -> bool {
+        match self.in_flight {
+            InFlight::Nothing => false,
+            InFlight::Writing => true,
+            InFlight::Reading => !self
+                .with_socket(|s| s.framing.at_boundary())
+                .unwrap_or(false),
+        }
+    }
+
+    /// Starts an operation of the TLS layer, unless the stream has ended
+    /// (`Some`: what the operation returns instead). A stream cut by a
+    /// dropped future cannot go on: it is reset, never resumed (a record
+    /// written again would reuse its nonce).
+    fn begin(&mut self, op: InFlight) -> Option<Result<usize, NetError>> {
+        if self.was_cut() {
+            warn!("a dropped future cut a TLS record: the connection is reset");
+            self.reset();
+        }
+        self.in_flight = op;
+        self.ended()
+    }
+
     /// Whether the stream has ended, as a read sees it.
     fn ended(&self) -> Option<Result<usize, NetError>> {
         match self.stream {
@@ -281,6 +377,11 @@ impl<'s, 'a> TlsSocket<'s, 'a> {
     /// Decrypted bytes waiting, looked at without waiting and without
     /// cutting a record: `None` when a record is still arriving.
     fn decrypted_waiting(&mut self) -> Result<Option<usize>, NetError> {
+        match self.begin(InFlight::Nothing) {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(_)) => return Ok(Some(0)),
+            None => {}
+        }
         let waiting = self
             .with_socket(|s| {
                 let tcp = s.socket.tcp_mut();
@@ -318,16 +419,18 @@ impl ErrorType for TlsSocket<'_, '_> {
 
 impl Read for TlsSocket<'_, '_> {
     async fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
-        if let Some(ended) = self.ended() {
+        if let Some(ended) = self.begin(InFlight::Reading) {
             return ended;
         }
-        match self.tls.read(buf).await {
+        let r = match self.tls.read(buf).await {
             Ok(n) => Ok(n),
             Err(e) => match self.failed(e) {
                 Stream::Failed(e) => Err(e),
                 _ => Ok(0),
             },
-        }
+        };
+        self.in_flight = InFlight::Nothing;
+        r
     }
 }
 
@@ -336,38 +439,44 @@ impl ReadReady for TlsSocket<'_, '_> {
     /// begun to arrive. Whole records that carry no data (session tickets)
     /// are read and do not count.
     fn read_ready(&mut self) -> Result<bool, NetError> {
-        match self.ended() {
-            Some(Err(e)) => Err(e),
-            Some(Ok(_)) => Ok(false),
-            None => Ok(self.decrypted_waiting()?.is_none_or(|n| n > 0)),
+        Ok(self.decrypted_waiting()?.is_none_or(|n| n > 0))
+    }
+}
+
+impl TlsSocket<'_, '_> {
+    /// What a failed write or flush of the TLS layer returns.
+    fn write_failed(&mut self, e: TlsError) -> NetError {
+        match self.failed(e) {
+            Stream::Failed(e) => e,
+            _ => NetError::ConnectionReset,
         }
     }
 }
 
 impl Write for TlsSocket<'_, '_> {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, NetError> {
-        if let Some(ended) = self.ended() {
+        if let Some(ended) = self.begin(InFlight::Writing) {
             return ended.and(Err(NetError::ConnectionReset));
         }
-        match self.tls.write(buf).await {
-            Ok(n) => Ok(n),
-            Err(e) => match self.failed(e) {
-                Stream::Failed(e) => Err(e),
-                _ => Err(NetError::ConnectionReset),
-            },
-        }
+        let r = self.tls.write(buf).await;
+        self.in_flight = InFlight::Nothing;
+        r.map_err(|e| self.write_failed(e))
     }
 
+    /// Closes the record under way (encrypts and writes it), then flushes
+    /// the socket under its deadline, as a flush over plain TCP does.
     async fn flush(&mut self) -> Result<(), NetError> {
-        if let Some(ended) = self.ended() {
+        if let Some(ended) = self.begin(InFlight::Writing) {
             return ended.and(Err(NetError::ConnectionReset));
         }
-        match self.tls.flush().await {
-            Ok(()) => Ok(()),
-            Err(e) => match self.failed(e) {
-                Stream::Failed(e) => Err(e),
-                _ => Err(NetError::ConnectionReset),
-            },
+        let r = self.tls.flush().await;
+        self.in_flight = InFlight::Nothing;
+        r.map_err(|e| self.write_failed(e))?;
+        // Whole records only in the socket now: a drop here cuts nothing.
+        let mut guard = self.shared.lock().await;
+        match guard.as_mut() {
+            Some(shared) => shared.socket.flush().await,
+            None => Err(NetError::ConnectionReset),
         }
     }
 }
@@ -396,7 +505,8 @@ impl Transport for TlsSocket<'_, '_> {
     }
 
     fn zero_answer_is_a_length(&mut self) -> bool {
-        // The peer's length travels in one record: what is left of it after
+        // The peer's length travels in one record (tinyproto-std flushes
+        // after it, so it does): what is left of it after
         // the 0x00 is decrypted already.
         matches!(self.decrypted_waiting(), Ok(Some(n)) if tinyproto::zero_answer_is_a_length(n))
     }
@@ -408,6 +518,9 @@ impl Transport for TlsSocket<'_, '_> {
 
     async fn shutdown(mut self) -> Result<(), NetError> {
         let shared = self.shared;
+        if self.was_cut() {
+            self.reset();
+        }
         if self.stream == Stream::Open {
             self.begin_exchange(Deadline::Close);
             // TLS's own close first (close_notify), then TCP's.
@@ -497,9 +610,11 @@ impl<'s, 'a: 's> Client<'s, TlsSocket<'s, 'a>> {
     ///
     /// `config` names the server (`TlsConfig::new().with_server_name(..)`:
     /// its certificate must carry that name); `provider` is usually a
-    /// [`Provider`]. A failed handshake is `Error::Io(NetError::Tls(_))`
-    /// (a server that refused our certificate shows as its alert,
-    /// `TlsError::HandshakeAborted`), and the socket is closed.
+    /// [`Provider`]. A failed handshake is `Error::Io(NetError::Tls(_))`,
+    /// and the socket is closed. A server that refuses our certificate
+    /// does so after our side of the handshake: this shows as its alert
+    /// (`TlsError::HandshakeAborted`) or, when its reset overtakes the
+    /// alert, as `NetError::ConnectionReset`.
     #[allow(clippy::too_many_arguments)]
     pub async fn connect_tls<P: CryptoProvider<CipherSuite = CipherSuite>>(
         stack: Stack<'a>,
@@ -524,18 +639,26 @@ impl<'s, 'a: 's> Client<'s, TlsSocket<'s, 'a>> {
             socket,
             last_error: None,
             peer_closed: false,
-            records_begun: false,
+            framing: Framing::default(),
             looking: false,
         });
         let shared = &*shared;
+        let mut connection = TlsConnection::new(Records(shared), read_record, write_record);
+        // Our flush waits for the peer's acknowledgement once, at the end
+        // of each field, as over plain TCP; not after every full record.
+        connection.set_flush_policy(FlushPolicy::Relaxed);
         let mut tls = TlsSocket {
-            tls: TlsConnection::new(Records(shared), read_record, write_record),
+            tls: connection,
             shared,
             timeouts,
             remote: Some(remote),
             stream: Stream::Open,
+            in_flight: InFlight::Nothing,
         };
-        if let Err(e) = tls.tls.open(TlsContext::new(config, provider)).await {
+        let opened = tls.tls.open(TlsContext::new(config, provider)).await;
+        // From now on every record is encrypted (application_data outside).
+        tls.with_socket(|s| s.framing.encrypted_only = true);
+        if let Err(e) = opened {
             let e = match tls.failed(e) {
                 Stream::Failed(e) => e,
                 _ => NetError::ConnectionReset,

@@ -576,3 +576,90 @@ fn test_tls_client_against_a_plaintext_server_fails_cleanly() {
         );
     });
 }
+
+#[test]
+fn test_tls_plaintext_record_injected_after_the_handshake_is_refused() {
+    let pki = pki();
+    let server = ServerSetup::new(&pki.server, None, None);
+    run_pair(Faults::default(), limit(), async |a, b, _| {
+        let injector = async {
+            let (mut rx, mut tx) = ([0u8; 8192], [0u8; 8192]);
+            let mut tcp = TcpSocket::new(b, &mut rx, &mut tx);
+            tcp.accept(PORT).await.expect("accept");
+            let tls = rustls::ServerConnection::new(server.config.clone()).expect("TLS");
+            let mut conn = tinyproto::asynch::Connection::new(RustlsStream { tls, tcp });
+            conn.transmit(b"first").await.expect("transmit");
+            // What anyone on the path can write, without a key: a plaintext
+            // handshake record (a Finished), which embedded-tls 0.19 would
+            // parse after the handshake, and panic on.
+            let mut stream = conn.into_inner();
+            let mut record = vec![0x16, 0x03, 0x03, 0x00, 0x24, 0x14, 0x00, 0x00, 0x20];
+            record.extend_from_slice(&[0u8; 32]);
+            stream.tcp.write(&record).await.expect("write");
+            stream.tcp.flush().await.expect("flush");
+            Timer::after_secs(2).await;
+        };
+        let mut buffers = DeviceBuffers::new(MAX_RECORD_LEN);
+        let device = device(
+            a,
+            &mut buffers,
+            &pki.ca,
+            None,
+            NAME,
+            timeouts(),
+            async |c| {
+                let mut buf = [0u8; 64];
+                assert_eq!(c.receive(&mut buf).await.ok(), Some(&b"first"[..]));
+                c.receive(&mut buf).await.map(<[u8]>::len)
+            },
+        );
+        let (_, device) = join(injector, device).await;
+        let second = device.unwrap_or_else(Err);
+        assert_eq!(
+            second.err(),
+            Some(Error::Io(NetError::Tls(TlsError::InvalidRecord)))
+        );
+    });
+}
+
+#[test]
+fn test_tls_transmit_dropped_mid_record_resets_at_once() {
+    let pki = pki();
+    let server = ServerSetup::new(&pki.server, None, None);
+    let big = pattern(200_000, 3);
+    run_pair(Faults::default(), limit(), async |a, b, _| {
+        // Accepts the message's length, then reads nothing more for a while:
+        // the device's records stop in its full socket.
+        let stalling = async {
+            let (mut rx, mut tx) = ([0u8; 8192], [0u8; 8192]);
+            let mut tcp = TcpSocket::new(b, &mut rx, &mut tx);
+            tcp.accept(PORT).await.expect("accept");
+            let tls = rustls::ServerConnection::new(server.config.clone()).expect("TLS");
+            let mut conn = tinyproto::asynch::Connection::new(RustlsStream { tls, tcp });
+            let reader = conn.begin_receive(SERVER_MAX).await.map(|r| r.len());
+            Timer::after_secs(3).await;
+            reader
+        };
+        let mut buffers = DeviceBuffers::new(MAX_RECORD_LEN);
+        let short = Timeouts {
+            message: Duration::from_secs(1),
+            ..timeouts()
+        };
+        let device = device(a, &mut buffers, &pki.ca, None, NAME, short, async |c| {
+            let cut = select(c.transmit(&big), Timer::after_millis(300)).await;
+            assert!(matches!(cut, Either::Second(())), "the transmit finished");
+            // Going on would write the cut record's bytes again under its
+            // nonce: the connection is reset at once instead (not after the
+            // message deadline, as a retry stuck behind the stall would be).
+            c.transmit(&big).await
+        });
+        let (announced, device) = join(stalling, device).await;
+        assert_eq!(
+            announced.ok(),
+            Some(200_000),
+            "the server accepted the length"
+        );
+        let again = device.expect("connected");
+        assert_eq!(again.err(), Some(Error::Io(NetError::ConnectionReset)));
+    });
+}

@@ -317,13 +317,15 @@ impl<'s, 'a> TlsSocket<'s, 'a> {
         let stream = match e {
             TlsError::ConnectionClosed => Stream::PeerClosed,
             TlsError::Io(_) | TlsError::IoError => {
-                let (last_error, peer_closed) = self
-                    .with_socket(|s| (s.last_error.take(), s.peer_closed))
-                    .unwrap_or((None, false));
+                let (last_error, peer_closed, at_boundary) = self
+                    .with_socket(|s| (s.last_error.take(), s.peer_closed, s.framing.at_boundary()))
+                    .unwrap_or((None, false, false));
                 match last_error {
                     // A receive that waited for a message that never began
-                    // read nothing: the stream is whole and stays open.
-                    Some(e @ NetError::TimedOut(Deadline::Receive | Deadline::Idle)) => {
+                    // cut no record: the stream is whole and stays open.
+                    Some(e @ NetError::TimedOut(Deadline::Receive | Deadline::Idle))
+                        if at_boundary =>
+                    {
                         return Stream::Failed(e);
                     }
                     Some(e) => Stream::Failed(e),

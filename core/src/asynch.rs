@@ -167,13 +167,13 @@ impl<T: Read + Write> Connection<T> {
     /// with `receive`, `begin_receive` or [`reject`](Self::reject). See
     /// [`Machine::next_length`].
     pub async fn next_length(&mut self) -> Result<u32, Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.next_length()).await
+        self.drive(Call::NextLength).await
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length);
     /// the connection goes on. See [`Machine::reject`].
     pub async fn reject(&mut self) -> Result<u32, Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.reject()).await
+        self.drive(Call::Reject).await
     }
 
     /// Starts a chunked receive, for messages larger than memory; see
@@ -199,67 +199,76 @@ impl<T: Read + Write> Connection<T> {
 
     /// Flushes what was written, whatever the [`FlushPolicy`].
     pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.flush()).await
+        self.drive(Call::Flush).await.map(drop)
     }
 
-    /// The driver: asks the machine for the operation's next step, does that
-    /// I/O and reports what moved, until the operation is done. `buf` is the
-    /// caller's message or buffer, lent to `op` at each step.
-    async fn run<B: ?Sized, R>(
-        &mut self,
-        buf: &mut B,
-        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, R>,
-    ) -> Result<R, Error<T::Error>> {
-        loop {
-            match op(&mut self.machine, buf) {
-                Step::Io(request) => {
-                    let moved = perform(&mut self.io, request).await?;
-                    self.machine.moved(moved).map_err(Error::widen)?;
-                }
-                Step::Done(result) => return result.map_err(Error::widen),
-            }
-        }
-    }
-
-    /// [`run`](Self::run) for the greeting and the four message
-    /// operations, which the machine runs as one exchange: one loop (one
-    /// future) for all of them in a firmware.
+    /// [`drive`](Self::drive) for the greeting and the four message
+    /// operations, which the machine runs as one exchange.
     async fn exchange(
         &mut self,
         op: Op,
         bound: u32,
-        mut payload: Payload<'_>,
+        payload: Payload<'_>,
     ) -> Result<u32, Error<T::Error>> {
-        loop {
-            match self.machine.exchange(op, bound, payload.reborrow()) {
-                Step::Io(request) => {
-                    let moved = perform(&mut self.io, request).await?;
-                    self.machine.moved(moved).map_err(Error::widen)?;
-                }
-                Step::Done(result) => return result.map_err(Error::widen),
-            }
-        }
+        self.drive(Call::Exchange(op, bound, payload)).await
     }
 
-    /// [`run`](Self::run) for a chunk: done by its one payload transfer.
-    async fn run_chunk<B: ?Sized>(
-        &mut self,
-        buf: &mut B,
-        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, usize>,
-    ) -> Result<usize, Error<T::Error>> {
+    /// The driver: asks the machine for the call's next step, does that I/O
+    /// and reports what moved, until the call is done. Every operation runs
+    /// through this one loop (one future, one copy in a firmware); a chunk
+    /// is done by its one payload transfer.
+    async fn drive(&mut self, mut call: Call<'_>) -> Result<u32, Error<T::Error>> {
         loop {
-            match op(&mut self.machine, buf) {
+            let machine = &mut self.machine;
+            let step = match &mut call {
+                Call::Exchange(op, bound, payload) => {
+                    machine.exchange(*op, *bound, payload.reborrow())
+                }
+                Call::NextLength => machine.next_length(),
+                Call::Reject => machine.reject(),
+                Call::Flush => as_u32(machine.flush(), |()| 0),
+                Call::Finish => as_u32(machine.finish(), |()| 0),
+                Call::ReadChunk(buf) => as_u32(machine.read_chunk(buf), |n| n as u32),
+                Call::WriteChunk(chunk) => as_u32(machine.write_chunk(chunk), |n| n as u32),
+            };
+            match step {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request).await?;
                     self.machine.moved(moved).map_err(Error::widen)?;
                     // The one read or write a chunk asks for is the chunk itself.
-                    if let Moved::Read(n) | Moved::Wrote(n) = moved {
-                        return Ok(n);
+                    if let (
+                        Call::ReadChunk(_) | Call::WriteChunk(_),
+                        Moved::Read(n) | Moved::Wrote(n),
+                    ) = (&call, moved)
+                    {
+                        return Ok(n as u32);
                     }
                 }
                 Step::Done(result) => return result.map_err(Error::widen),
             }
         }
+    }
+}
+
+/// One operation of [`Connection::drive`], with its arguments.
+enum Call<'b> {
+    /// The greeting or a message operation: [`Machine::exchange`]'s arguments.
+    Exchange(Op, u32, Payload<'b>),
+    NextLength,
+    Reject,
+    Flush,
+    Finish,
+    ReadChunk(&'b mut [u8]),
+    WriteChunk(&'b [u8]),
+}
+
+/// A step of an operation whose result is `()` or a chunk's size, with
+/// that result as `drive`'s `u32` (a chunk is part of a message: within `u32`).
+#[inline(always)]
+fn as_u32<R>(step: Step<'_, R>, f: fn(R) -> u32) -> Step<'_, u32> {
+    match step {
+        Step::Io(io) => Step::Io(io),
+        Step::Done(result) => Step::Done(result.map(f)),
     }
 }
 
@@ -303,9 +312,8 @@ impl<T: Read + Write> IncomingMessage<'_, T> {
     /// Reads the next chunk into `buf`; `Ok(0)` once the whole message has
     /// been read.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
-        self.conn
-            .run_chunk(buf, |machine, buf| machine.read_chunk(buf))
-            .await
+        let n = self.conn.drive(Call::ReadChunk(buf)).await?;
+        Ok(n as usize)
     }
 
     /// Reads until `buf` is full; [`Misuse::PastEnd`]
@@ -356,10 +364,9 @@ impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// Writes some of `chunk` (never past the announced length) and returns
     /// how many bytes went; [`Misuse::PastEnd`]
     /// once nothing more is owed.
-    pub async fn write(&mut self, mut chunk: &[u8]) -> Result<usize, Error<T::Error>> {
-        self.conn
-            .run_chunk(&mut chunk, |machine, chunk| machine.write_chunk(chunk))
-            .await
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {
+        let n = self.conn.drive(Call::WriteChunk(chunk)).await?;
+        Ok(n as usize)
     }
 
     /// Writes all of `chunk`.
@@ -375,7 +382,7 @@ impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// and frees the connection for the next one;
     /// [`Misuse::Unfinished`] while bytes are owed.
     pub async fn finish(self) -> Result<(), Error<T::Error>> {
-        self.conn.run(&mut (), |machine, ()| machine.finish()).await
+        self.conn.drive(Call::Finish).await.map(drop)
     }
 }
 

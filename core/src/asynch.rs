@@ -2,7 +2,8 @@
 //! transport (an embassy-net `TcpSocket`, a UART, an in-memory pipe, a tokio
 //! `TcpStream` through `embedded-io-adapters`).
 //!
-//! Every operation is the same short loop over the [`Machine`]: ask it for
+//! Every operation is the same short loop over the [`Machine`] (one future,
+//! one copy in a firmware): ask it for
 //! the next step, do that I/O (its private `perform`), report what moved, until it is
 //! done. The blocking driver ([`crate::blocking`]) is the same loop without
 //! `.await`.
@@ -143,21 +144,25 @@ impl<T: Read + Write> Connection<T> {
     /// Exchanges the greeting; see [`Machine::greet`].
     pub async fn greet(&mut self) -> Result<(), Error<T::Error>> {
         let (op, bound, payload) = exchange::greet();
-        self.exchange(op, bound, payload).await.map(drop)
+        self.drive(Call::Exchange(op, bound, payload))
+            .await
+            .map(drop)
     }
 
     /// Sends one whole message; see [`Machine::transmit`]. Returns once every
     /// byte is written (and flushed, under the default [`FlushPolicy`]).
     pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
         let (op, bound, payload) = exchange::transmit(msg);
-        self.exchange(op, bound, payload).await.map(drop)
+        self.drive(Call::Exchange(op, bound, payload))
+            .await
+            .map(drop)
     }
 
     /// Receives one whole message into `buf` and returns it; see
     /// [`Machine::receive`].
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
         let (op, bound, payload) = exchange::receive(&self.machine, buf);
-        let len = self.exchange(op, bound, payload).await? as usize;
+        let len = self.drive(Call::Exchange(op, bound, payload)).await? as usize;
         // `len` is within `buf` (the machine checked it); `get` keeps a panic path out.
         buf.get(..len)
             .ok_or(Error::Misuse(Misuse::ShorterBuffer { len: len as u32 }))
@@ -183,7 +188,7 @@ impl<T: Read + Write> Connection<T> {
         limit: u32,
     ) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
         let (op, bound, payload) = exchange::begin_receive(limit);
-        let len = self.exchange(op, bound, payload).await?;
+        let len = self.drive(Call::Exchange(op, bound, payload)).await?;
         Ok(IncomingMessage { conn: self, len })
     }
 
@@ -193,24 +198,13 @@ impl<T: Read + Write> Connection<T> {
         len: u32,
     ) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
         let (op, bound, payload) = exchange::begin_transmit(len);
-        self.exchange(op, bound, payload).await?;
+        self.drive(Call::Exchange(op, bound, payload)).await?;
         Ok(OutgoingMessage { conn: self })
     }
 
     /// Flushes what was written, whatever the [`FlushPolicy`].
     pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
         self.drive(Call::Flush).await.map(drop)
-    }
-
-    /// [`drive`](Self::drive) for the greeting and the four message
-    /// operations, which the machine runs as one exchange.
-    async fn exchange(
-        &mut self,
-        op: Op,
-        bound: u32,
-        payload: Payload<'_>,
-    ) -> Result<u32, Error<T::Error>> {
-        self.drive(Call::Exchange(op, bound, payload)).await
     }
 
     /// The driver: asks the machine for the call's next step, does that I/O

@@ -4,11 +4,13 @@
 //! [`Client`](crate::Client) forwards to one.
 
 use core::marker::PhantomData;
+use core::pin::pin;
 
 use embassy_time::Instant;
 use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 
 use crate::error::{Deadline, Error};
+use crate::out_of_line::OutOfLine;
 use crate::socket::Socket;
 use crate::transport::Transport;
 
@@ -72,6 +74,12 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
         if self.conn.is_greeted() {
             return Ok(());
         }
+        OutOfLine::new(pin!(self.greet_now())).await
+    }
+
+    /// The greeting itself: one copy in a firmware, however many
+    /// operations greet first.
+    async fn greet_now(&mut self) -> Result<(), Error> {
         self.conn.get_mut().begin_exchange(Deadline::Greeting);
         let r = self.conn.greet().await;
         self.conn.get_mut().end_exchange();

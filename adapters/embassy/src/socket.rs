@@ -185,23 +185,37 @@ impl<'a> Socket<'a> {
     /// connection is aborted with an RST. Data is never lost silently: an
     /// `Ok` means the peer acknowledged everything written.
     pub async fn close(&mut self) -> Result<(), NetError> {
-        let limit = Some((Instant::now() + self.timeouts.close, Deadline::Close));
+        let mut limit = Some((Instant::now() + self.timeouts.close, Deadline::Close));
         self.end_exchange();
         self.tcp.close();
-        let flushed = self.transfer(Transfer::Flush, limit).await.map(drop);
-        if flushed.is_ok() {
-            let mut scratch = [0u8; 64];
-            // The peer's FIN (Ok(0)) or a reset ends the wait.
-            while let Ok(n) = self.transfer(Transfer::Read(&mut scratch), limit).await {
-                if n == 0 {
-                    break;
+        let mut scratch = [0u8; 64];
+        let mut flushed = Ok(());
+        // One wait at a time, in one loop (one socket future in the state):
+        // the flush, then the peer's data up to its FIN (Ok(0)) or a reset,
+        // or after a failed flush the RST leaving (as `abort`).
+        let mut phase = Close::Flush;
+        loop {
+            let op = match phase {
+                Close::Drain => Transfer::Read(&mut scratch),
+                Close::Flush | Close::Reset => Transfer::Flush,
+            };
+            let moved = self.transfer(op, limit).await;
+            phase = match (phase, moved) {
+                (Close::Flush, Ok(_)) => Close::Drain,
+                (Close::Flush, Err(e)) => {
+                    flushed = Err(e);
+                    trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
+                    debug!("close timed out: aborting");
+                    self.tcp.abort();
+                    limit = Some((Instant::now() + ABORT_WAIT, Deadline::Close));
+                    Close::Reset
                 }
-            }
+                (Close::Drain, Ok(n)) if n > 0 => Close::Drain,
+                _ => break,
+            };
         }
-        trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
-        if flushed.is_err() {
-            debug!("close timed out: aborting");
-            self.abort().await;
+        if flushed.is_ok() {
+            trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
         }
         flushed
     }
@@ -212,7 +226,7 @@ impl<'a> Socket<'a> {
     pub async fn abort(&mut self) {
         self.end_exchange();
         self.tcp.abort();
-        let rst = Some((Instant::now() + Duration::from_millis(100), Deadline::Close));
+        let rst = Some((Instant::now() + ABORT_WAIT, Deadline::Close));
         let _ = self.transfer(Transfer::Flush, rst).await;
     }
 
@@ -230,6 +244,17 @@ impl<'a> Socket<'a> {
             op,
         }
     }
+}
+
+/// How long an abort waits for its RST to leave.
+const ABORT_WAIT: Duration = Duration::from_millis(100);
+
+/// The waits of [`Socket::close`], in order.
+#[derive(Clone, Copy)]
+enum Close {
+    Flush,
+    Drain,
+    Reset,
 }
 
 /// What [`Socket::transfer`] moves.

@@ -9,7 +9,7 @@
 //!
 //! [`Connection`]: tinyproto::asynch::Connection
 
-use core::future::Future;
+use core::future::{poll_fn, Future};
 use core::pin::{pin, Pin};
 use core::task::{Context, Poll};
 
@@ -349,8 +349,9 @@ impl<'a> Write for Socket<'a> {
         self.transfer(Transfer::Write(buf), limit)
     }
 
-    async fn flush(&mut self) -> Result<(), NetError> {
+    fn flush(&mut self) -> impl Future<Output = Result<(), NetError>> {
         let limit = self.limit();
-        self.transfer(Transfer::Flush, limit).await.map(drop)
+        let mut flushed = self.transfer(Transfer::Flush, limit);
+        poll_fn(move |cx| Pin::new(&mut flushed).poll(cx).map(|r| r.map(drop)))
     }
 }

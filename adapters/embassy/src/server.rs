@@ -19,7 +19,8 @@ use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
 use embassy_sync::watch::{Receiver, Sender, Watch};
 use embassy_time::{Duration, Instant, Timer};
-use tinyproto::MAX_MESSAGE_LEN;
+use tinyproto::embedded_io_async::Write;
+use tinyproto::{CONNECTION_LIMIT_REFUSAL, MAX_MESSAGE_LEN};
 
 use crate::error::{Deadline, Error};
 use crate::session::{ConnInfo, Session};
@@ -717,9 +718,12 @@ async fn serve_reserve<const K: usize>(
                 );
                 let mut socket = Socket::new(tcp, config.timeouts);
                 // Through the socket's own deadline (the close's), as every
-                // other write of the server goes.
+                // other write of the server goes. The one byte (0xFE, what
+                // the core's `refuse_connection_limit` sends) fits any send
+                // buffer, and the orderly close flushes it ahead of our FIN:
+                // one flush in the image, not two.
                 socket.begin_exchange(Deadline::Close);
-                let refused = tinyproto::asynch::refuse_connection_limit(&mut socket).await;
+                let refused = socket.write(&CONNECTION_LIMIT_REFUSAL).await;
                 let closed = socket.close().await;
                 debug!("refusal: {:?}, close {:?}", refused, closed);
             }

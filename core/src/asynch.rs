@@ -34,6 +34,8 @@
 //! `write` future dropped before it completes has moved no bytes (true of
 //! embassy-net's `TcpSocket`).
 
+use core::future::Future;
+
 use embedded_io_async::{ErrorType, Read, ReadReady, Write};
 
 use crate::error::{Error, Misuse};
@@ -170,14 +172,14 @@ impl<T: Read + Write> Connection<T> {
     /// Reads the length of the next message without answering it; follow
     /// with `receive`, `begin_receive` or [`reject`](Self::reject). See
     /// [`Machine::next_length`].
-    pub async fn next_length(&mut self) -> Result<u32, Error<T::Error>> {
-        self.drive(Call::NextLength).await
+    pub fn next_length(&mut self) -> impl Future<Output = Result<u32, Error<T::Error>>> + '_ {
+        self.drive(Call::NextLength)
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length);
     /// the connection goes on. See [`Machine::reject`].
-    pub async fn reject(&mut self) -> Result<u32, Error<T::Error>> {
-        self.drive(Call::Reject).await
+    pub fn reject(&mut self) -> impl Future<Output = Result<u32, Error<T::Error>>> + '_ {
+        self.drive(Call::Reject)
     }
 
     /// Starts a chunked receive, for messages larger than memory; see

@@ -616,24 +616,20 @@ async fn take_message<H: Handler>(
     let info = session.info;
     let capacity = session.conn.machine().whole_capacity(message.len());
     match handler.message_announced(&info, len, capacity).await {
-        Take::Whole => {
-            // Through the chunked reader, which `Take::Chunks` needs anyway:
-            // one read path in the image, not two.
-            let received = receive_whole(session.conn, message, capacity).await;
+        take @ (Take::Whole | Take::Chunks) => {
+            // A whole message goes through the chunked reader too: one read
+            // path in the image, not two.
+            let whole = take == Take::Whole;
+            let read = read_message(session.conn, message, whole, capacity, &info, handler).await;
             session.conn.get_mut().end_exchange();
-            let received = received?;
-            Ok(handler
-                .transmission_received(session, &message[..received])
-                .await)
-        }
-        Take::Chunks => {
-            let streamed = stream_chunks(session.conn, message, &info, handler).await;
-            session.conn.get_mut().end_exchange();
-            match streamed? {
-                Flow::Continue => Ok(handler.transmission_complete(session, len).await),
+            match read? {
+                Read::Whole(received) => Ok(handler
+                    .transmission_received(session, &message[..received])
+                    .await),
+                Read::Streamed => Ok(handler.transmission_complete(session, len).await),
                 // The handler stopped the message half way: the connection
                 // is out of step and closes.
-                stopped => Ok(stopped),
+                Read::Stopped(stopped) => Ok(stopped),
             }
         }
         Take::Reject => {
@@ -646,45 +642,54 @@ async fn take_message<H: Handler>(
     }
 }
 
-/// Receives a whole message of at most `capacity` bytes (no more than
-/// `buffer` holds) into `buffer`; its length. Over `capacity` it is
-/// answered 0x00: `Error::TooLarge`, as for the core's `receive`.
-async fn receive_whole(
-    conn: &mut Connection<'_>,
-    buffer: &mut [u8],
-    capacity: u32,
-) -> Result<usize, Error> {
-    let mut incoming = conn.begin_receive(capacity).await?;
-    let mut filled = 0;
-    loop {
-        let rest = buffer.get_mut(filled..).unwrap_or_default();
-        match incoming.read(rest).await? {
-            0 => return Ok(filled),
-            n => filled += n,
-        }
-    }
+/// How [`read_message`] ended.
+enum Read {
+    /// The whole message is in the buffer: its length.
+    Whole(usize),
+    /// All of it went to the handler's `transmission_chunk`.
+    Streamed,
+    /// The handler stopped it half way with this flow.
+    Stopped(Flow),
 }
 
-/// Streams the accepted message through `buffer` to the handler's
-/// `transmission_chunk`: `Continue` once all of it came, or the flow with
-/// which the handler stopped it.
-async fn stream_chunks<H: Handler>(
+/// Reads the accepted message through `buffer`: `whole`, into it (at most
+/// `capacity` bytes, no more than `buffer` holds; over `capacity` it is
+/// answered 0x00: `Error::TooLarge`, as for the core's `receive`);
+/// otherwise chunk by chunk to the handler's `transmission_chunk`, which
+/// may stop it.
+async fn read_message<H: Handler>(
     conn: &mut Connection<'_>,
     buffer: &mut [u8],
+    whole: bool,
+    capacity: u32,
     info: &ConnInfo,
     handler: &mut H,
-) -> Result<Flow, Error> {
-    // Not held: the configured cap on whole messages does not apply (the
-    // core caps whole receives only).
-    let mut incoming = conn.begin_receive(MAX_MESSAGE_LEN).await?;
+) -> Result<Read, Error> {
+    // A streamed message is not held: the configured cap on whole messages
+    // does not apply (the core caps whole receives only).
+    let limit = if whole { capacity } else { MAX_MESSAGE_LEN };
+    let mut incoming = conn.begin_receive(limit).await?;
+    let mut filled = 0;
     loop {
-        let n = incoming.read(buffer).await?;
+        let into = if whole { filled } else { 0 };
+        let n = incoming
+            .read(buffer.get_mut(into..).unwrap_or_default())
+            .await?;
         if n == 0 {
-            return Ok(Flow::Continue);
+            return Ok(if whole {
+                Read::Whole(filled)
+            } else {
+                Read::Streamed
+            });
         }
-        match handler.transmission_chunk(info, &buffer[..n]).await {
-            Flow::Continue => {}
-            stopped => return Ok(stopped),
+        if whole {
+            filled += n;
+        } else {
+            let chunk = buffer.get(..n).unwrap_or_default();
+            match handler.transmission_chunk(info, chunk).await {
+                Flow::Continue => {}
+                stopped => return Ok(Read::Stopped(stopped)),
+            }
         }
     }
 }

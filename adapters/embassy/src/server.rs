@@ -485,11 +485,7 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
             // Stopping: no new connection on this slot.
             Either::Second(()) => break,
         }
-        pool.send_modify(|pool| {
-            if let Some(pool) = pool {
-                pool.busy += 1;
-            }
-        });
+        count_busy(&pool, 1);
         let info = ConnInfo {
             slot: index,
             remote: socket.remote_endpoint(),
@@ -502,12 +498,18 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
         debug!("slot {}: ended {:?}, close {:?}", index, ended, closed);
         handler.conn_shutdown(&info, &ended).await;
         drop(conn);
-        pool.send_modify(|pool| {
-            if let Some(pool) = pool {
-                pool.busy -= 1;
-            }
-        });
+        count_busy(&pool, -1);
     }
+}
+
+/// A slot took (`+1`) or gave back (`-1`) a connection: one closure, so
+/// one copy of `send_modify` in the image.
+fn count_busy<const K: usize>(pool: &Sender<'_, NoopRawMutex, Pool, K>, change: isize) {
+    pool.send_modify(|pool| {
+        if let Some(pool) = pool {
+            pool.busy = pool.busy.wrapping_add_signed(change);
+        }
+    });
 }
 
 async fn run_connection<H: Handler, S: Stopping>(

@@ -13,7 +13,6 @@ use core::future::{poll_fn, Future};
 use core::pin::{pin, Pin};
 use core::task::{Context, Poll};
 
-use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::IpEndpoint;
 use embassy_time::{Duration, Instant, Timer};
@@ -300,20 +299,6 @@ impl Future for Bounded<'_, '_, '_> {
             }
         }
         Poll::Pending
-    }
-}
-
-/// Races `f` against `limit` (for the one-off operations: connect).
-pub(crate) async fn bounded<T, E: Into<NetError>>(
-    limit: Option<(Instant, Deadline)>,
-    f: impl Future<Output = Result<T, E>>,
-) -> Result<T, NetError> {
-    match limit {
-        None => f.await.map_err(Into::into),
-        Some((at, which)) => match select(f, Timer::at(at)).await {
-            Either::First(r) => r.map_err(Into::into),
-            Either::Second(()) => Err(NetError::TimedOut(which)),
-        },
     }
 }
 

@@ -203,8 +203,7 @@ impl<'a> Socket<'a> {
                 (Close::Flush, Ok(_)) => Close::Drain,
                 (Close::Flush, Err(e)) => {
                     flushed = Err(e);
-                    trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
-                    debug!("close timed out: aborting");
+                    debug!("close: {:?}, state {:?}: aborting", e, self.tcp.state());
                     self.tcp.abort();
                     limit = Some((Instant::now() + ABORT_WAIT, Deadline::Close));
                     Close::Reset
@@ -213,9 +212,7 @@ impl<'a> Socket<'a> {
                 _ => break,
             };
         }
-        if flushed.is_ok() {
-            trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
-        }
+        trace!("close: {:?}", flushed);
         flushed
     }
 

@@ -71,15 +71,15 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
 
     /// Exchanges the greeting if it has not happened yet.
     pub async fn greet(&mut self) -> Result<(), Error> {
-        if self.conn.is_greeted() {
-            return Ok(());
-        }
         OutOfLine::new(pin!(self.greet_now())).await
     }
 
     /// The greeting itself: one copy in a firmware, however many
     /// operations greet first.
     async fn greet_now(&mut self) -> Result<(), Error> {
+        if self.conn.is_greeted() {
+            return Ok(());
+        }
         self.conn.get_mut().begin_exchange(Deadline::Greeting);
         let r = self.conn.greet().await;
         self.conn.get_mut().end_exchange();

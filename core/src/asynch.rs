@@ -4,8 +4,8 @@
 //!
 //! Every operation is the same short loop over the [`Machine`] (one future,
 //! one copy in a firmware): ask it for the next step, do that I/O (its
-//! private `perform`), report what moved, until it is done. The blocking driver ([`crate::blocking`]) is the same loop without
-//! `.await`.
+//! private `perform`), report what moved, until it is done. The blocking
+//! driver ([`crate::blocking`]) is the same loop without `.await`.
 //!
 //! # Cancellation and resumption
 //! Every machine advances only by bytes that actually moved, and its state

@@ -2,10 +2,10 @@
 //! transport (an embassy-net `TcpSocket`, a UART, an in-memory pipe, a tokio
 //! `TcpStream` through `embedded-io-adapters`).
 //!
-//! Every operation is the same short loop over the [`Machine`]: ask it for
-//! the next step, do that I/O (its private `perform`), report what moved, until it is
-//! done. The blocking driver ([`crate::blocking`]) is the same loop without
-//! `.await`.
+//! Every operation is the same short loop over the [`Machine`] (one future,
+//! one copy in a firmware): ask it for the next step, do that I/O (its
+//! private `perform`), report what moved, until it is done. The blocking
+//! driver ([`crate::blocking`]) is the same loop without `.await`.
 //!
 //! # Cancellation and resumption
 //! Every machine advances only by bytes that actually moved, and its state
@@ -33,6 +33,8 @@
 //! This relies on the transport's own calls being cancel-safe: a `read` or
 //! `write` future dropped before it completes has moved no bytes (true of
 //! embassy-net's `TcpSocket`).
+
+use core::future::Future;
 
 use embedded_io_async::{ErrorType, Read, ReadReady, Write};
 
@@ -143,21 +145,25 @@ impl<T: Read + Write> Connection<T> {
     /// Exchanges the greeting; see [`Machine::greet`].
     pub async fn greet(&mut self) -> Result<(), Error<T::Error>> {
         let (op, bound, payload) = exchange::greet();
-        self.exchange(op, bound, payload).await.map(drop)
+        self.drive(Call::Exchange(op, bound, payload))
+            .await
+            .map(drop)
     }
 
     /// Sends one whole message; see [`Machine::transmit`]. Returns once every
     /// byte is written (and flushed, under the default [`FlushPolicy`]).
     pub async fn transmit(&mut self, msg: &[u8]) -> Result<(), Error<T::Error>> {
         let (op, bound, payload) = exchange::transmit(msg);
-        self.exchange(op, bound, payload).await.map(drop)
+        self.drive(Call::Exchange(op, bound, payload))
+            .await
+            .map(drop)
     }
 
     /// Receives one whole message into `buf` and returns it; see
     /// [`Machine::receive`].
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error<T::Error>> {
         let (op, bound, payload) = exchange::receive(&self.machine, buf);
-        let len = self.exchange(op, bound, payload).await? as usize;
+        let len = self.drive(Call::Exchange(op, bound, payload)).await? as usize;
         // `len` is within `buf` (the machine checked it); `get` keeps a panic path out.
         buf.get(..len)
             .ok_or(Error::Misuse(Misuse::ShorterBuffer { len: len as u32 }))
@@ -166,14 +172,14 @@ impl<T: Read + Write> Connection<T> {
     /// Reads the length of the next message without answering it; follow
     /// with `receive`, `begin_receive` or [`reject`](Self::reject). See
     /// [`Machine::next_length`].
-    pub async fn next_length(&mut self) -> Result<u32, Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.next_length()).await
+    pub fn next_length(&mut self) -> impl Future<Output = Result<u32, Error<T::Error>>> + '_ {
+        self.drive(Call::NextLength)
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length);
     /// the connection goes on. See [`Machine::reject`].
-    pub async fn reject(&mut self) -> Result<u32, Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.reject()).await
+    pub fn reject(&mut self) -> impl Future<Output = Result<u32, Error<T::Error>>> + '_ {
+        self.drive(Call::Reject)
     }
 
     /// Starts a chunked receive, for messages larger than memory; see
@@ -183,7 +189,7 @@ impl<T: Read + Write> Connection<T> {
         limit: u32,
     ) -> Result<IncomingMessage<'_, T>, Error<T::Error>> {
         let (op, bound, payload) = exchange::begin_receive(limit);
-        let len = self.exchange(op, bound, payload).await?;
+        let len = self.drive(Call::Exchange(op, bound, payload)).await?;
         Ok(IncomingMessage { conn: self, len })
     }
 
@@ -193,73 +199,71 @@ impl<T: Read + Write> Connection<T> {
         len: u32,
     ) -> Result<OutgoingMessage<'_, T>, Error<T::Error>> {
         let (op, bound, payload) = exchange::begin_transmit(len);
-        self.exchange(op, bound, payload).await?;
+        self.drive(Call::Exchange(op, bound, payload)).await?;
         Ok(OutgoingMessage { conn: self })
     }
 
     /// Flushes what was written, whatever the [`FlushPolicy`].
     pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
-        self.run(&mut (), |machine, ()| machine.flush()).await
+        self.drive(Call::Flush).await.map(drop)
     }
 
-    /// The driver: asks the machine for the operation's next step, does that
-    /// I/O and reports what moved, until the operation is done. `buf` is the
-    /// caller's message or buffer, lent to `op` at each step.
-    async fn run<B: ?Sized, R>(
-        &mut self,
-        buf: &mut B,
-        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, R>,
-    ) -> Result<R, Error<T::Error>> {
+    /// The driver: asks the machine for the call's next step, does that I/O
+    /// and reports what moved, until the call is done. Every operation runs
+    /// through this one loop (one future, one copy in a firmware); a chunk
+    /// is done by its one payload transfer.
+    async fn drive(&mut self, mut call: Call<'_>) -> Result<u32, Error<T::Error>> {
         loop {
-            match op(&mut self.machine, buf) {
-                Step::Io(request) => {
-                    let moved = perform(&mut self.io, request).await?;
-                    self.machine.moved(moved).map_err(Error::widen)?;
+            let machine = &mut self.machine;
+            let step = match &mut call {
+                Call::Exchange(op, bound, payload) => {
+                    machine.exchange(*op, *bound, payload.reborrow())
                 }
-                Step::Done(result) => return result.map_err(Error::widen),
-            }
-        }
-    }
-
-    /// [`run`](Self::run) for the greeting and the four message
-    /// operations, which the machine runs as one exchange: one loop (one
-    /// future) for all of them in a firmware.
-    async fn exchange(
-        &mut self,
-        op: Op,
-        bound: u32,
-        mut payload: Payload<'_>,
-    ) -> Result<u32, Error<T::Error>> {
-        loop {
-            match self.machine.exchange(op, bound, payload.reborrow()) {
-                Step::Io(request) => {
-                    let moved = perform(&mut self.io, request).await?;
-                    self.machine.moved(moved).map_err(Error::widen)?;
-                }
-                Step::Done(result) => return result.map_err(Error::widen),
-            }
-        }
-    }
-
-    /// [`run`](Self::run) for a chunk: done by its one payload transfer.
-    async fn run_chunk<B: ?Sized>(
-        &mut self,
-        buf: &mut B,
-        op: impl for<'a> Fn(&'a mut Machine, &'a mut B) -> Step<'a, usize>,
-    ) -> Result<usize, Error<T::Error>> {
-        loop {
-            match op(&mut self.machine, buf) {
+                Call::NextLength => machine.next_length(),
+                Call::Reject => machine.reject(),
+                Call::Flush => as_u32(machine.flush(), |()| 0),
+                Call::Finish => as_u32(machine.finish(), |()| 0),
+                Call::ReadChunk(buf) => as_u32(machine.read_chunk(buf), |n| n as u32),
+                Call::WriteChunk(chunk) => as_u32(machine.write_chunk(chunk), |n| n as u32),
+            };
+            match step {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request).await?;
                     self.machine.moved(moved).map_err(Error::widen)?;
                     // The one read or write a chunk asks for is the chunk itself.
-                    if let Moved::Read(n) | Moved::Wrote(n) = moved {
-                        return Ok(n);
+                    if let (
+                        Call::ReadChunk(_) | Call::WriteChunk(_),
+                        Moved::Read(n) | Moved::Wrote(n),
+                    ) = (&call, moved)
+                    {
+                        return Ok(n as u32);
                     }
                 }
                 Step::Done(result) => return result.map_err(Error::widen),
             }
         }
+    }
+}
+
+/// One operation of [`Connection::drive`], with its arguments.
+enum Call<'b> {
+    /// The greeting or a message operation: [`Machine::exchange`]'s arguments.
+    Exchange(Op, u32, Payload<'b>),
+    NextLength,
+    Reject,
+    Flush,
+    Finish,
+    ReadChunk(&'b mut [u8]),
+    WriteChunk(&'b [u8]),
+}
+
+/// A step of an operation whose result is `()` or a chunk's size, with
+/// that result as `drive`'s `u32` (a chunk is part of a message: within `u32`).
+#[inline(always)]
+fn as_u32<R>(step: Step<'_, R>, f: fn(R) -> u32) -> Step<'_, u32> {
+    match step {
+        Step::Io(io) => Step::Io(io),
+        Step::Done(result) => Step::Done(result.map(f)),
     }
 }
 
@@ -303,9 +307,8 @@ impl<T: Read + Write> IncomingMessage<'_, T> {
     /// Reads the next chunk into `buf`; `Ok(0)` once the whole message has
     /// been read.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
-        self.conn
-            .run_chunk(buf, |machine, buf| machine.read_chunk(buf))
-            .await
+        let n = self.conn.drive(Call::ReadChunk(buf)).await?;
+        Ok(n as usize)
     }
 
     /// Reads until `buf` is full; [`Misuse::PastEnd`]
@@ -356,10 +359,9 @@ impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// Writes some of `chunk` (never past the announced length) and returns
     /// how many bytes went; [`Misuse::PastEnd`]
     /// once nothing more is owed.
-    pub async fn write(&mut self, mut chunk: &[u8]) -> Result<usize, Error<T::Error>> {
-        self.conn
-            .run_chunk(&mut chunk, |machine, chunk| machine.write_chunk(chunk))
-            .await
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {
+        let n = self.conn.drive(Call::WriteChunk(chunk)).await?;
+        Ok(n as usize)
     }
 
     /// Writes all of `chunk`.
@@ -375,7 +377,7 @@ impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// and frees the connection for the next one;
     /// [`Misuse::Unfinished`] while bytes are owed.
     pub async fn finish(self) -> Result<(), Error<T::Error>> {
-        self.conn.run(&mut (), |machine, ()| machine.finish()).await
+        self.conn.drive(Call::Finish).await.map(drop)
     }
 }
 

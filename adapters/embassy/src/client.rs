@@ -1,14 +1,16 @@
 //! [`Client`]: connect to a tinyproto server with deadlines, greet, talk,
 //! close without losing data.
 
+use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpEndpoint, Stack};
+use embassy_time::Timer;
 use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 use tinyproto::duplex::{self, Direction};
 
 use crate::error::{Deadline, Error, NetError};
 use crate::session::{ConnInfo, Session};
-use crate::socket::{bounded, Socket, Timeouts};
+use crate::socket::{Socket, Timeouts};
 use crate::transport::Transport;
 
 /// A tinyproto client connection over an embassy-net TCP socket whose
@@ -188,18 +190,11 @@ pub(crate) async fn connect_tcp(
     socket: &mut Socket<'_>,
     remote: IpEndpoint,
 ) -> Result<(), NetError> {
-    let limit = Some((
-        embassy_time::Instant::now() + socket.timeouts().connect,
-        Deadline::Connect,
-    ));
-    let connected = bounded(limit, async {
-        socket
-            .tcp_mut()
-            .connect(remote)
-            .await
-            .map_err(NetError::Connect)
-    })
-    .await;
+    let deadline = Timer::after(socket.timeouts().connect);
+    let connected = match select(socket.tcp_mut().connect(remote), deadline).await {
+        Either::First(r) => r.map_err(NetError::Connect),
+        Either::Second(()) => Err(NetError::TimedOut(Deadline::Connect)),
+    };
     if let Err(e) = connected {
         debug!("connect to {:?} failed: {:?}", remote, e);
         socket.abort().await;

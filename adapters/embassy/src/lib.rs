@@ -9,6 +9,7 @@ mod fmt;
 
 mod client;
 mod error;
+mod out_of_line;
 mod server;
 mod session;
 mod socket;

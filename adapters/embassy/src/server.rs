@@ -19,7 +19,8 @@ use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
 use embassy_sync::watch::{Receiver, Sender, Watch};
 use embassy_time::{Duration, Instant, Timer};
-use tinyproto::MAX_MESSAGE_LEN;
+use tinyproto::embedded_io_async::Write;
+use tinyproto::{CONNECTION_LIMIT_REFUSAL, MAX_MESSAGE_LEN};
 
 use crate::error::{Deadline, Error};
 use crate::session::{ConnInfo, Session};
@@ -484,11 +485,7 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
             // Stopping: no new connection on this slot.
             Either::Second(()) => break,
         }
-        pool.send_modify(|pool| {
-            if let Some(pool) = pool {
-                pool.busy += 1;
-            }
-        });
+        count_busy(&pool, 1);
         let info = ConnInfo {
             slot: index,
             remote: socket.remote_endpoint(),
@@ -501,12 +498,18 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
         debug!("slot {}: ended {:?}, close {:?}", index, ended, closed);
         handler.conn_shutdown(&info, &ended).await;
         drop(conn);
-        pool.send_modify(|pool| {
-            if let Some(pool) = pool {
-                pool.busy -= 1;
-            }
-        });
+        count_busy(&pool, -1);
     }
+}
+
+/// A slot took (`+1`) or gave back (`-1`) a connection: one closure, so
+/// one copy of `send_modify` in the image.
+fn count_busy<const K: usize>(pool: &Sender<'_, NoopRawMutex, Pool, K>, change: isize) {
+    pool.send_modify(|pool| {
+        if let Some(pool) = pool {
+            pool.busy = pool.busy.wrapping_add_signed(change);
+        }
+    });
 }
 
 async fn run_connection<H: Handler, S: Stopping>(
@@ -615,24 +618,20 @@ async fn take_message<H: Handler>(
     let info = session.info;
     let capacity = session.conn.machine().whole_capacity(message.len());
     match handler.message_announced(&info, len, capacity).await {
-        Take::Whole => {
-            // Through the chunked reader, which `Take::Chunks` needs anyway:
-            // one read path in the image, not two.
-            let received = receive_whole(session.conn, message, capacity).await;
+        take @ (Take::Whole | Take::Chunks) => {
+            // A whole message goes through the chunked reader too: one read
+            // path in the image, not two.
+            let whole = take == Take::Whole;
+            let read = read_message(session.conn, message, whole, capacity, &info, handler).await;
             session.conn.get_mut().end_exchange();
-            let received = received?;
-            Ok(handler
-                .transmission_received(session, &message[..received])
-                .await)
-        }
-        Take::Chunks => {
-            let streamed = stream_chunks(session.conn, message, &info, handler).await;
-            session.conn.get_mut().end_exchange();
-            match streamed? {
-                Flow::Continue => Ok(handler.transmission_complete(session, len).await),
+            match read? {
+                Read::Whole(received) => Ok(handler
+                    .transmission_received(session, &message[..received])
+                    .await),
+                Read::Streamed => Ok(handler.transmission_complete(session, len).await),
                 // The handler stopped the message half way: the connection
                 // is out of step and closes.
-                stopped => Ok(stopped),
+                Read::Stopped(stopped) => Ok(stopped),
             }
         }
         Take::Reject => {
@@ -645,45 +644,54 @@ async fn take_message<H: Handler>(
     }
 }
 
-/// Receives a whole message of at most `capacity` bytes (no more than
-/// `buffer` holds) into `buffer`; its length. Over `capacity` it is
-/// answered 0x00: `Error::TooLarge`, as for the core's `receive`.
-async fn receive_whole(
-    conn: &mut Connection<'_>,
-    buffer: &mut [u8],
-    capacity: u32,
-) -> Result<usize, Error> {
-    let mut incoming = conn.begin_receive(capacity).await?;
-    let mut filled = 0;
-    loop {
-        let rest = buffer.get_mut(filled..).unwrap_or_default();
-        match incoming.read(rest).await? {
-            0 => return Ok(filled),
-            n => filled += n,
-        }
-    }
+/// How [`read_message`] ended.
+enum Read {
+    /// The whole message is in the buffer: its length.
+    Whole(usize),
+    /// All of it went to the handler's `transmission_chunk`.
+    Streamed,
+    /// The handler stopped it half way with this flow.
+    Stopped(Flow),
 }
 
-/// Streams the accepted message through `buffer` to the handler's
-/// `transmission_chunk`: `Continue` once all of it came, or the flow with
-/// which the handler stopped it.
-async fn stream_chunks<H: Handler>(
+/// Reads the accepted message through `buffer`: `whole`, into it (at most
+/// `capacity` bytes, no more than `buffer` holds; over `capacity` it is
+/// answered 0x00: `Error::TooLarge`, as for the core's `receive`);
+/// otherwise chunk by chunk to the handler's `transmission_chunk`, which
+/// may stop it.
+async fn read_message<H: Handler>(
     conn: &mut Connection<'_>,
     buffer: &mut [u8],
+    whole: bool,
+    capacity: u32,
     info: &ConnInfo,
     handler: &mut H,
-) -> Result<Flow, Error> {
-    // Not held: the configured cap on whole messages does not apply (the
-    // core caps whole receives only).
-    let mut incoming = conn.begin_receive(MAX_MESSAGE_LEN).await?;
+) -> Result<Read, Error> {
+    // A streamed message is not held: the configured cap on whole messages
+    // does not apply (the core caps whole receives only).
+    let limit = if whole { capacity } else { MAX_MESSAGE_LEN };
+    let mut incoming = conn.begin_receive(limit).await?;
+    let mut filled = 0;
     loop {
-        let n = incoming.read(buffer).await?;
+        let into = if whole { filled } else { 0 };
+        let n = incoming
+            .read(buffer.get_mut(into..).unwrap_or_default())
+            .await?;
         if n == 0 {
-            return Ok(Flow::Continue);
+            return Ok(if whole {
+                Read::Whole(filled)
+            } else {
+                Read::Streamed
+            });
         }
-        match handler.transmission_chunk(info, &buffer[..n]).await {
-            Flow::Continue => {}
-            stopped => return Ok(stopped),
+        if whole {
+            filled += n;
+        } else {
+            let chunk = buffer.get(..n).unwrap_or_default();
+            match handler.transmission_chunk(info, chunk).await {
+                Flow::Continue => {}
+                stopped => return Ok(Read::Stopped(stopped)),
+            }
         }
     }
 }
@@ -717,9 +725,12 @@ async fn serve_reserve<const K: usize>(
                 );
                 let mut socket = Socket::new(tcp, config.timeouts);
                 // Through the socket's own deadline (the close's), as every
-                // other write of the server goes.
+                // other write of the server goes. The one byte (0xFE, what
+                // the core's `refuse_connection_limit` sends) fits any send
+                // buffer, and the orderly close flushes it ahead of our FIN:
+                // one flush in the image, not two.
                 socket.begin_exchange(Deadline::Close);
-                let refused = tinyproto::asynch::refuse_connection_limit(&mut socket).await;
+                let refused = socket.write(&CONNECTION_LIMIT_REFUSAL).await;
                 let closed = socket.close().await;
                 debug!("refusal: {:?}, close {:?}", refused, closed);
             }

@@ -4,11 +4,13 @@
 //! [`Client`](crate::Client) forwards to one.
 
 use core::marker::PhantomData;
+use core::pin::pin;
 
 use embassy_time::Instant;
 use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 
 use crate::error::{Deadline, Error};
+use crate::out_of_line::OutOfLine;
 use crate::socket::Socket;
 use crate::transport::Transport;
 
@@ -69,6 +71,12 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
 
     /// Exchanges the greeting if it has not happened yet.
     pub async fn greet(&mut self) -> Result<(), Error> {
+        OutOfLine::new(pin!(self.greet_now())).await
+    }
+
+    /// The greeting itself: one copy in a firmware, however many
+    /// operations greet first.
+    async fn greet_now(&mut self) -> Result<(), Error> {
         if self.conn.is_greeted() {
             return Ok(());
         }

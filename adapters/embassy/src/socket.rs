@@ -9,9 +9,10 @@
 //!
 //! [`Connection`]: tinyproto::asynch::Connection
 
-use core::future::Future;
+use core::future::{poll_fn, Future};
+use core::pin::{pin, Pin};
+use core::task::{Context, Poll};
 
-use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::IpEndpoint;
 use embassy_time::{Duration, Instant, Timer};
@@ -183,24 +184,35 @@ impl<'a> Socket<'a> {
     /// connection is aborted with an RST. Data is never lost silently: an
     /// `Ok` means the peer acknowledged everything written.
     pub async fn close(&mut self) -> Result<(), NetError> {
-        let limit = Some((Instant::now() + self.timeouts.close, Deadline::Close));
+        let mut limit = Some((Instant::now() + self.timeouts.close, Deadline::Close));
         self.end_exchange();
         self.tcp.close();
-        let flushed = bounded(limit, self.tcp.flush()).await;
-        if flushed.is_ok() {
-            let mut scratch = [0u8; 64];
-            // The peer's FIN (Ok(0)) or a reset ends the wait.
-            while let Ok(n) = bounded(limit, self.tcp.read(&mut scratch)).await {
-                if n == 0 {
-                    break;
+        let mut scratch = [0u8; 64];
+        let mut flushed = Ok(());
+        // One wait at a time, in one loop (one socket future in the state):
+        // the flush, then the peer's data up to its FIN (Ok(0)) or a reset,
+        // or after a failed flush the RST leaving (as `abort`).
+        let mut phase = Close::Flush;
+        loop {
+            let op = match phase {
+                Close::Drain => Transfer::Read(&mut scratch),
+                Close::Flush | Close::Reset => Transfer::Flush,
+            };
+            let moved = self.transfer(op, limit).await;
+            phase = match (phase, moved) {
+                (Close::Flush, Ok(_)) => Close::Drain,
+                (Close::Flush, Err(e)) => {
+                    flushed = Err(e);
+                    debug!("close: {:?}, state {:?}: aborting", e, self.tcp.state());
+                    self.tcp.abort();
+                    limit = Some((Instant::now() + ABORT_WAIT, Deadline::Close));
+                    Close::Reset
                 }
-            }
+                (Close::Drain, Ok(n)) if n > 0 => Close::Drain,
+                _ => break,
+            };
         }
-        trace!("close: {:?}, state {:?}", flushed, self.tcp.state());
-        if flushed.is_err() {
-            debug!("close timed out: aborting");
-            self.abort().await;
-        }
+        trace!("close: {:?}", flushed);
         flushed
     }
 
@@ -210,22 +222,80 @@ impl<'a> Socket<'a> {
     pub async fn abort(&mut self) {
         self.end_exchange();
         self.tcp.abort();
-        let rst = Some((Instant::now() + Duration::from_millis(100), Deadline::Close));
-        let _ = bounded(rst, self.tcp.flush()).await;
+        let rst = Some((Instant::now() + ABORT_WAIT, Deadline::Close));
+        let _ = self.transfer(Transfer::Flush, rst).await;
+    }
+
+    /// One read, write or flush of the TCP socket raced against `limit`:
+    /// every transfer of the socket goes through this one future, whose
+    /// poll is the same code for all of them.
+    fn transfer<'s, 'b>(
+        &'s mut self,
+        op: Transfer<'b>,
+        limit: Option<(Instant, Deadline)>,
+    ) -> Bounded<'s, 'b, 'a> {
+        Bounded {
+            timer: limit.map(|(at, which)| (Timer::at(at), which)),
+            socket: self,
+            op,
+        }
     }
 }
 
-/// Races `f` against `limit`.
-pub(crate) async fn bounded<T, E: Into<NetError>>(
-    limit: Option<(Instant, Deadline)>,
-    f: impl Future<Output = Result<T, E>>,
-) -> Result<T, NetError> {
-    match limit {
-        None => f.await.map_err(Into::into),
-        Some((at, which)) => match select(f, Timer::at(at)).await {
-            Either::First(r) => r.map_err(Into::into),
-            Either::Second(()) => Err(NetError::TimedOut(which)),
-        },
+/// How long an abort waits for its RST to leave.
+const ABORT_WAIT: Duration = Duration::from_millis(100);
+
+/// The waits of [`Socket::close`], in order.
+#[derive(Clone, Copy)]
+enum Close {
+    Flush,
+    Drain,
+    Reset,
+}
+
+/// What [`Socket::transfer`] moves.
+enum Transfer<'b> {
+    Read(&'b mut [u8]),
+    Write(&'b [u8]),
+    Flush,
+}
+
+/// The future of [`Socket::transfer`]: the operation first, then its timer.
+///
+/// Each poll builds the embassy-net future of the operation afresh and polls
+/// it once. That is the same as dropping it and calling again, which moves
+/// no bytes (those futures are cancel-safe and keep no state of their own:
+/// the stack keeps the waker).
+struct Bounded<'s, 'b, 'a> {
+    socket: &'s mut Socket<'a>,
+    op: Transfer<'b>,
+    timer: Option<(Timer, Deadline)>,
+}
+
+impl Future for Bounded<'_, '_, '_> {
+    type Output = Result<usize, NetError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let tcp = &mut this.socket.tcp;
+        let moved = match &mut this.op {
+            Transfer::Read(buf) => pin!(tcp.read(buf)).poll(cx),
+            Transfer::Write(buf) => pin!(tcp.write(buf)).poll(cx),
+            Transfer::Flush => pin!(tcp.flush()).poll(cx).map(|r| r.map(|()| 0)),
+        };
+        if let Poll::Ready(r) = moved {
+            let n = r?;
+            if n > 0 && this.socket.arm_on_first_byte && matches!(this.op, Transfer::Read(_)) {
+                this.socket.begin_exchange(Deadline::Message);
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if let Some((timer, which)) = &mut this.timer {
+            if Pin::new(timer).poll(cx).is_ready() {
+                return Poll::Ready(Err(NetError::TimedOut(*which)));
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -233,13 +303,13 @@ impl ErrorType for Socket<'_> {
     type Error = NetError;
 }
 
-impl Read for Socket<'_> {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, NetError> {
-        let n = bounded(self.limit(), self.tcp.read(buf)).await?;
-        if n > 0 && self.arm_on_first_byte {
-            self.begin_exchange(Deadline::Message);
-        }
-        Ok(n)
+impl<'a> Read for Socket<'a> {
+    fn read<'s, 'b>(
+        &'s mut self,
+        buf: &'b mut [u8],
+    ) -> impl Future<Output = Result<usize, NetError>> + use<'s, 'b, 'a> {
+        let limit = self.limit();
+        self.transfer(Transfer::Read(buf), limit)
     }
 }
 
@@ -252,12 +322,18 @@ impl ReadReady for Socket<'_> {
     }
 }
 
-impl Write for Socket<'_> {
-    async fn write(&mut self, buf: &[u8]) -> Result<usize, NetError> {
-        bounded(self.limit(), self.tcp.write(buf)).await
+impl<'a> Write for Socket<'a> {
+    fn write<'s, 'b>(
+        &'s mut self,
+        buf: &'b [u8],
+    ) -> impl Future<Output = Result<usize, NetError>> + use<'s, 'b, 'a> {
+        let limit = self.limit();
+        self.transfer(Transfer::Write(buf), limit)
     }
 
-    async fn flush(&mut self) -> Result<(), NetError> {
-        bounded(self.limit(), self.tcp.flush()).await
+    fn flush(&mut self) -> impl Future<Output = Result<(), NetError>> {
+        let limit = self.limit();
+        let mut flushed = self.transfer(Transfer::Flush, limit);
+        poll_fn(move |cx| Pin::new(&mut flushed).poll(cx).map(|r| r.map(drop)))
     }
 }

@@ -198,6 +198,16 @@ fn timeouts() -> Timeouts {
     }
 }
 
+/// The device takes its key in SEC1 DER; rcgen writes PKCS#8.
+fn sec1(key: PrivateKeyDer<'static>) -> Vec<u8> {
+    use p256::pkcs8::DecodePrivateKey;
+    let PrivateKeyDer::Pkcs8(key) = key else {
+        panic!("rcgen keys are PKCS#8")
+    };
+    let key = p256::SecretKey::from_pkcs8_der(key.secret_pkcs8_der()).expect("a P-256 key");
+    key.to_sec1_der().expect("SEC1").to_vec()
+}
+
 /// Connects the device to the test's server and runs `then` on the client.
 async fn device<R>(
     stack: Stack<'_>,
@@ -209,13 +219,10 @@ async fn device<R>(
     then: impl AsyncFnOnce(&mut Client<'_, tinyproto_embassy::tls::TlsSocket<'_, '_>>) -> R,
 ) -> Result<R, Error> {
     let ca = trusted.cert_der();
-    let chain = identity.map(|i| (i.chain()[0].clone(), i.key_der()));
+    let chain = identity.map(|i| (i.chain()[0].clone(), sec1(i.key_der())));
     let mut provider = Provider::new(OsRng, &ca);
     if let Some((cert, key)) = &chain {
-        let PrivateKeyDer::Pkcs8(key) = key else {
-            panic!("rcgen keys are PKCS#8")
-        };
-        provider = provider.with_client_cert(cert, key.secret_pkcs8_der());
+        provider = provider.with_client_cert(cert, key);
     }
     let config = TlsConfig::new().with_server_name(server_name);
     let mut storage = TlsStorage::new(&mut buffers.read_record, &mut buffers.write_record);

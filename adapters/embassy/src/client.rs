@@ -72,39 +72,29 @@ impl<'a> Client<'a> {
         if let Err(e) = connect_tcp(&mut socket, remote).await {
             return Err((Error::Io(e), socket));
         }
-        match Self::greeted(Connection::new(socket), remote).await {
-            Ok(client) => Ok(client),
-            Err((e, conn)) => {
-                let mut socket = conn.into_inner();
-                let _ = socket.close().await;
-                socket.abort().await;
-                Err((e, socket))
-            }
-        }
-    }
-}
-
-impl<'a, T: Transport> Client<'a, T> {
-    /// Exchanges the greeting on a new connection to `remote`: a client, or
-    /// why not and the connection, for the caller to close its way.
-    pub(crate) async fn greeted(
-        mut conn: Connection<T>,
-        remote: IpEndpoint,
-    ) -> Result<Self, (Error, Connection<T>)> {
+        let mut conn = Connection::new(socket);
         let info = ConnInfo {
             slot: 0,
             remote: Some(remote),
         };
-        match Session::new(&mut conn, info).greet().await {
-            Ok(()) => Ok(Self {
-                conn,
-                info,
-                session_lifetime: core::marker::PhantomData,
-            }),
-            Err(e) => {
-                debug!("greeting with {:?} failed: {:?}", remote, e);
-                Err((e, conn))
-            }
+        if let Err(e) = Session::new(&mut conn, info).greet().await {
+            debug!("greeting with {:?} failed: {:?}", remote, e);
+            let mut socket = conn.into_inner();
+            let _ = socket.close().await;
+            socket.abort().await;
+            return Err((e, socket));
+        }
+        Ok(Self::greeted(conn, info))
+    }
+}
+
+impl<'a, T: Transport> Client<'a, T> {
+    /// A client over a connection that has exchanged the greeting.
+    pub(crate) fn greeted(conn: Connection<T>, info: ConnInfo) -> Self {
+        Self {
+            conn,
+            info,
+            session_lifetime: core::marker::PhantomData,
         }
     }
 

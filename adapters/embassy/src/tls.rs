@@ -54,6 +54,7 @@ use tinyproto::embedded_io_async::{BufRead, ErrorType, Read, ReadReady, Write};
 
 use crate::client::{connect_tcp, Client};
 use crate::error::{Deadline, Error, NetError};
+use crate::session::{ConnInfo, Session};
 use crate::socket::{Socket, Timeouts};
 use crate::transport::{Sealed, Transport};
 
@@ -669,12 +670,16 @@ impl<'s, 'a: 's> Client<'s, TlsSocket<'s, 'a>> {
             let _ = tls.shutdown().await;
             return Err(Error::Io(e));
         }
-        match Client::greeted(Connection::new(tls), remote).await {
-            Ok(client) => Ok(client),
-            Err((e, conn)) => {
-                let _ = conn.into_inner().shutdown().await;
-                Err(e)
-            }
+        let mut conn = Connection::new(tls);
+        let info = ConnInfo {
+            slot: 0,
+            remote: Some(remote),
+        };
+        if let Err(e) = Session::new(&mut conn, info).greet().await {
+            debug!("greeting with {:?} failed: {:?}", remote, e);
+            let _ = conn.into_inner().shutdown().await;
+            return Err(e);
         }
+        Ok(Client::greeted(conn, info))
     }
 }

@@ -138,15 +138,29 @@ impl ServerSetup {
         }
     }
 
+    /// Accepts one connection on [`PORT`] and wraps it in TLS: the core's
+    /// connection over it.
+    async fn accept<'a>(
+        &self,
+        stack: Stack<'a>,
+        rx: &'a mut [u8],
+        tx: &'a mut [u8],
+    ) -> Result<tinyproto::asynch::Connection<RustlsStream<'a>>, String> {
+        let mut tcp = TcpSocket::new(stack, rx, tx);
+        tcp.accept(PORT).await.map_err(|e| format!("{e:?}"))?;
+        let tls = rustls::ServerConnection::new(self.config.clone()).map_err(|e| e.to_string())?;
+        Ok(tinyproto::asynch::Connection::new(RustlsStream {
+            tls,
+            tcp,
+        }))
+    }
+
     /// Accepts one connection, sends `first` if given, and echoes its
     /// messages (refusing those over [`SERVER_MAX`]) until the client
     /// closes; returns how many it echoed, or why it failed.
     async fn echo_one(&self, stack: Stack<'_>, first: Option<&[u8]>) -> Result<usize, String> {
         let (mut rx, mut tx) = ([0u8; 8192], [0u8; 8192]);
-        let mut tcp = TcpSocket::new(stack, &mut rx, &mut tx);
-        tcp.accept(PORT).await.map_err(|e| format!("{e:?}"))?;
-        let tls = rustls::ServerConnection::new(self.config.clone()).map_err(|e| e.to_string())?;
-        let mut conn = tinyproto::asynch::Connection::new(RustlsStream { tls, tcp });
+        let mut conn = self.accept(stack, &mut rx, &mut tx).await?;
         conn.set_max_message_len(SERVER_MAX);
         if let Some(first) = first {
             conn.transmit(first).await.map_err(|e| format!("{e:?}"))?;
@@ -591,10 +605,7 @@ fn test_tls_plaintext_record_injected_after_the_handshake_is_refused() {
     run_pair(Faults::default(), limit(), async |a, b, _| {
         let injector = async {
             let (mut rx, mut tx) = ([0u8; 8192], [0u8; 8192]);
-            let mut tcp = TcpSocket::new(b, &mut rx, &mut tx);
-            tcp.accept(PORT).await.expect("accept");
-            let tls = rustls::ServerConnection::new(server.config.clone()).expect("TLS");
-            let mut conn = tinyproto::asynch::Connection::new(RustlsStream { tls, tcp });
+            let mut conn = server.accept(b, &mut rx, &mut tx).await.expect("accept");
             conn.transmit(b"first").await.expect("transmit");
             // What anyone on the path can write, without a key: a plaintext
             // handshake record (a Finished), which embedded-tls 0.19 would
@@ -639,10 +650,7 @@ fn test_tls_transmit_dropped_mid_record_resets_at_once() {
         // the device's records stop in its full socket.
         let stalling = async {
             let (mut rx, mut tx) = ([0u8; 8192], [0u8; 8192]);
-            let mut tcp = TcpSocket::new(b, &mut rx, &mut tx);
-            tcp.accept(PORT).await.expect("accept");
-            let tls = rustls::ServerConnection::new(server.config.clone()).expect("TLS");
-            let mut conn = tinyproto::asynch::Connection::new(RustlsStream { tls, tcp });
+            let mut conn = server.accept(b, &mut rx, &mut tx).await.expect("accept");
             let reader = conn.begin_receive(SERVER_MAX).await.map(|r| r.len());
             Timer::after_secs(3).await;
             reader

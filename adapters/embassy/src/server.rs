@@ -709,13 +709,9 @@ async fn serve_reserve<const K: usize>(
     };
     let Reserve { rx, tx } = reserve;
     // Listen only while every slot is busy.
-    while !pool
-        .get_and(|p| p.busy >= limit || p.stopping)
-        .await
-        .stopping
-    {
+    while !pool_at(&mut pool, limit, true).await.stopping {
         let mut tcp = TcpSocket::new(stack, rx, tx);
-        let freed = pool.get_and(|p| p.busy < limit || p.stopping);
+        let freed = pool_at(&mut pool, limit, false);
         match select(tcp.accept(config.port), freed).await {
             Either::First(Ok(())) => {
                 info!(
@@ -742,4 +738,14 @@ async fn serve_reserve<const K: usize>(
             Either::Second(_) => {}
         }
     }
+}
+
+/// The pool once every slot is busy (`full`) or not, or the server stops:
+/// one closure for both waits, so one copy of `get_and` in the image.
+fn pool_at<'r, 'w: 'r, const K: usize>(
+    pool: &'r mut Receiver<'w, NoopRawMutex, Pool, K>,
+    limit: usize,
+    full: bool,
+) -> impl core::future::Future<Output = Pool> + use<'r, 'w, K> {
+    pool.get_and(move |p| (p.busy >= limit) == full || p.stopping)
 }

@@ -150,7 +150,8 @@ impl<'a, T: Transport> Client<'a, T> {
     pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
         let mut session = self.session();
         let wait = session.receive_limit();
-        session.prepare_receive(wait).await?;
+        session.greet().await?;
+        session.arm_receive(wait);
         self.conn.begin_receive(limit).await
     }
 

@@ -115,7 +115,8 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
     /// refused with 0x00 ([`Error::TooLarge`](tinyproto::Error::TooLarge);
     /// the connection stays usable).
     pub async fn receive<'b>(&mut self, buf: &'b mut [u8]) -> Result<&'b [u8], Error> {
-        self.prepare_receive(self.receive_limit()).await?;
+        self.greet().await?;
+        self.arm_receive(self.receive_limit());
         let r = self.conn.receive(buf).await;
         self.conn.get_mut().end_exchange();
         r
@@ -125,7 +126,8 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
     /// it with the returned reader (the message deadline applies to the
     /// reads).
     pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
-        self.prepare_receive(self.receive_limit()).await?;
+        self.greet().await?;
+        self.arm_receive(self.receive_limit());
         self.conn.begin_receive(limit).await
     }
 
@@ -144,7 +146,8 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
         &mut self,
         wait: Option<(Instant, Deadline)>,
     ) -> Result<u32, Error> {
-        self.prepare_receive(wait).await?;
+        self.greet().await?;
+        self.arm_receive(wait);
         let r = self.conn.next_length().await;
         if r.is_err() {
             self.conn.get_mut().end_exchange();
@@ -163,20 +166,16 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
             .map(|wait| (Instant::now() + wait, Deadline::Receive))
     }
 
-    /// Greets if need be and arms the receive deadlines: a message already
-    /// half in gets the message deadline at once; otherwise wait until
-    /// `wait` for its first byte.
-    pub(crate) async fn prepare_receive(
-        &mut self,
-        wait: Option<(Instant, Deadline)>,
-    ) -> Result<(), Error> {
-        self.greet().await?;
+    /// Arms the receive deadlines, once greeted: a message already half in
+    /// gets the message deadline at once; otherwise wait until `wait` for
+    /// its first byte. Not async, so that each caller awaits the greeting
+    /// itself: a future layer fewer around every receive.
+    pub(crate) fn arm_receive(&mut self, wait: Option<(Instant, Deadline)>) {
         if self.conn.is_in_progress() {
             self.conn.get_mut().begin_exchange(Deadline::Message);
         } else {
             self.conn.get_mut().await_exchange(wait);
         }
-        Ok(())
     }
 
     /// Greets if need be, then sends the length of a chunked message and

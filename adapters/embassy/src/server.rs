@@ -710,16 +710,17 @@ async fn serve_reserve<const K: usize>(
     let Reserve { rx, tx } = reserve;
     // Listen only while every slot is busy.
     while !pool_at(&mut pool, limit, true).await.stopping {
-        let mut tcp = TcpSocket::new(stack, rx, tx);
+        // Made as a slot makes its socket: one copy of the set-up and the
+        // drop in the image.
+        let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
         let freed = pool_at(&mut pool, limit, false);
-        match select(tcp.accept(config.port), freed).await {
+        match select(socket.tcp_mut().accept(config.port), freed).await {
             Either::First(Ok(())) => {
                 info!(
                     "at the limit of {}: refusing {:?}",
                     limit,
-                    tcp.remote_endpoint()
+                    socket.remote_endpoint()
                 );
-                let mut socket = Socket::new(tcp, config.timeouts);
                 // Through the socket's own deadline (the close's), as every
                 // other write of the server goes. The one byte (0xFE, what
                 // the core's `refuse_connection_limit` sends) fits any send

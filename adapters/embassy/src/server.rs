@@ -562,7 +562,11 @@ async fn serve_loop<H: Handler, S: Stopping>(
                 None => core::future::pending().await,
             }
         };
-        let event = match select3(session.next_length(idle), stop.stopping(), tick).await {
+        // Up to the idle deadline for the next length's first byte, then
+        // the message deadline (the session is greeted: the core's
+        // `next_length` itself, one future layer fewer).
+        session.arm_receive(idle);
+        let event = match select3(session.conn.next_length(), stop.stopping(), tick).await {
             Either3::First(announced) => Event::Announced(announced),
             // A length already half in is a message in flight: it is
             // finished first, whatever else came, under the deadline its
@@ -576,7 +580,10 @@ async fn serve_loop<H: Handler, S: Stopping>(
         if let Event::Announced(announced) = event {
             let taken = match announced {
                 Ok(len) => take_message(session, message, len, handler).await,
-                Err(e) => Err(e),
+                Err(e) => {
+                    session.conn.get_mut().end_exchange();
+                    Err(e)
+                }
             };
             match taken {
                 Ok(flow) => {

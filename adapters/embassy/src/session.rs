@@ -138,23 +138,6 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
         self.conn.begin_transmit(len).await
     }
 
-    /// Reads the length of the next message: up to `wait` for its first
-    /// byte, then the message deadline. On success the exchange stays armed:
-    /// the caller takes (or rejects) the message under the same deadline,
-    /// then ends the exchange.
-    pub(crate) async fn next_length(
-        &mut self,
-        wait: Option<(Instant, Deadline)>,
-    ) -> Result<u32, Error> {
-        self.greet().await?;
-        self.arm_receive(wait);
-        let r = self.conn.next_length().await;
-        if r.is_err() {
-            self.conn.get_mut().end_exchange();
-        }
-        r
-    }
-
     /// When a receive gives up on a message that has not begun:
     /// [`Timeouts::receive`](crate::Timeouts::receive) from now (`None`:
     /// never).

@@ -95,6 +95,24 @@ impl<'a> Step<'a, u32> {
     }
 }
 
+/// The greeting or one of the four message operations, as a value: what a
+/// superloop keeps for the operation in flight and hands to
+/// [`Machine::step`] on every pass, so that one call site runs them all.
+#[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Operation<'a> {
+    /// [`Machine::greet`].
+    Greet,
+    /// [`Machine::transmit`] of this message.
+    Transmit(&'a [u8]),
+    /// [`Machine::receive`] into this buffer.
+    Receive(&'a mut [u8]),
+    /// [`Machine::begin_transmit`] of a message of this length.
+    BeginTransmit(u32),
+    /// [`Machine::begin_receive`] with this limit.
+    BeginReceive(u32),
+}
+
 /// Where a connection stands: which field moves next. The first eight
 /// states each move one field, and their numbers say how: even ones write,
 /// odd ones read, and half the number is the field's [`Phase`].
@@ -158,7 +176,7 @@ impl State {
 /// What an operation's rules decided: the state's I/O is due, a flush is due
 /// before the operation may return, or the operation is over (with a length,
 /// 0 where the operation has none). One type for every operation keeps one
-/// copy of [`Machine::step`] in a firmware.
+/// copy of `Machine::next_step` in a firmware.
 enum Next {
     Io,
     Flush,
@@ -356,7 +374,7 @@ impl Machine {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::None).map(drop)
+        self.next_step(next, Payload::None).map(drop)
     }
 
     /// Sends `msg` whole: length, the peer's status, payload. Done with
@@ -389,7 +407,8 @@ impl Machine {
             State::SendPayload if self.op.is_chunked() => Next::Io,
             _ => Next::Done(Err(Error::Misuse(Misuse::PastEnd))),
         };
-        self.step(next, Payload::Out(chunk)).map(|n| n as usize)
+        self.next_step(next, Payload::Out(chunk))
+            .map(|n| n as usize)
     }
 
     /// Completes a message begun with [`begin_transmit`](Self::begin_transmit)
@@ -407,7 +426,7 @@ impl Machine {
             }
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::None).map(drop)
+        self.next_step(next, Payload::None).map(drop)
     }
 
     /// Reads the length of the next message and returns it without
@@ -425,7 +444,7 @@ impl Machine {
             },
             next => next,
         };
-        self.step(next, Payload::None)
+        self.next_step(next, Payload::None)
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length):
@@ -442,7 +461,7 @@ impl Machine {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ => Next::Done(Err(Error::InProgress)),
         };
-        self.step(next, Payload::None)
+        self.next_step(next, Payload::None)
     }
 
     /// Receives one whole message into `buf`; done with its length.
@@ -475,7 +494,7 @@ impl Machine {
             State::RecvPayload if self.op.is_chunked() && !buf.is_empty() => Next::Io,
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::In(buf)).map(|n| n as usize)
+        self.next_step(next, Payload::In(buf)).map(|n| n as usize)
     }
 
     /// Flushes whatever was written, whatever the [`FlushPolicy`]. It asks
@@ -486,7 +505,23 @@ impl Machine {
         } else {
             Next::Done(Ok(0))
         };
-        self.step(next, Payload::None).map(drop)
+        self.next_step(next, Payload::None).map(drop)
+    }
+
+    /// The next step of `op`: exactly what its own method
+    /// ([`receive`](Self::receive), [`transmit`](Self::transmit), ...)
+    /// returns, done with a length (the message's; 0 for the greeting).
+    /// For a superloop that runs several operations: it keeps the one in
+    /// flight as an [`Operation`] and makes one call per pass, whichever it is.
+    pub fn step<'a>(&'a mut self, op: Operation<'a>) -> Step<'a, u32> {
+        let args = match op {
+            Operation::Greet => exchange::greet(),
+            Operation::Transmit(msg) => exchange::transmit(msg),
+            Operation::Receive(buf) => exchange::receive(self, buf),
+            Operation::BeginTransmit(len) => exchange::begin_transmit(len),
+            Operation::BeginReceive(limit) => exchange::begin_receive(limit),
+        };
+        self.run(args)
     }
 
     // ---- the rules the operations share ----
@@ -541,7 +576,7 @@ impl Machine {
         };
         // A whole message moves from where its payload stopped.
         let payload = payload.skip(self.moved as usize);
-        self.step(next, payload)
+        self.next_step(next, payload)
     }
 
     /// Lets an exchange go on with the connection: `Next::Io` while the
@@ -763,7 +798,7 @@ impl Machine {
     /// The result, or the I/O that is due. `payload` is the caller's side
     /// of the message.
     #[inline(always)]
-    fn step<'a>(&'a mut self, next: Next, payload: Payload<'a>) -> Step<'a, u32> {
+    fn next_step<'a>(&'a mut self, next: Next, payload: Payload<'a>) -> Step<'a, u32> {
         match next {
             Next::Done(result) => Step::Done(result),
             Next::Settle(_) if self.flush_due() => Step::Io(Io::Flush),
@@ -1800,6 +1835,73 @@ mod tests {
         assert_eq!(m.receive(&mut [0; 4]), Step::Done(Err(Error::Broken)));
         assert_eq!(m.next_length(), Step::Done(Err(Error::Broken)));
         assert_eq!(m.greet(), Step::Done(Err(Error::Broken)));
+    }
+
+    /// `step` runs each operation exactly as its own method does: the same
+    /// I/O in the same order, the same result, the same state after.
+    #[test]
+    fn test_step_is_each_operations_method() {
+        // The peer greets, sends "abc", takes our two-byte message, refuses
+        // the next, sends a nine-byte one (over our buffer), takes a chunked
+        // message of two bytes, then sends one of two bytes for a chunked
+        // receive.
+        let input = [
+            0xFF, 0, 0, 0, 3, b'a', b'b', b'c', 0xFF, 0x00, 0, 0, 0, 9, 0xFF, 0, 0, 0, 2,
+        ];
+        let (mut by_method, mut method_peer, mut method_buf) =
+            (Machine::new(), Peer::new(&input), [0u8; 8]);
+        let (mut by_step, mut step_peer, mut step_buf) =
+            (Machine::new(), Peer::new(&input), [0u8; 8]);
+        method_peer.chunk = 1;
+        step_peer.chunk = 1;
+        macro_rules! both {
+            ($method:ident ( $($arg:expr),* ), $op:expr, $expected:expr) => {{
+                let by_its_method = run!(by_method.$method($($arg),*), method_peer);
+                let stepped = run!(by_step.step($op), step_peer);
+                let what = stringify!($method);
+                assert_eq!(stepped, $expected, "{what}");
+                assert_eq!(by_its_method.map(|_| ()), stepped.map(|_| ()), "{what}");
+                assert_eq!(by_method, by_step, "{what}");
+                assert_eq!(method_peer.log, step_peer.log, "{what}");
+                assert_eq!(method_peer.output, step_peer.output, "{what}");
+            }};
+        }
+        both!(greet(), Operation::Greet, Ok(0));
+        both!(
+            receive(&mut method_buf),
+            Operation::Receive(&mut step_buf),
+            Ok(3)
+        );
+        assert_eq!(&step_buf[..3], b"abc");
+        both!(transmit(b"hi"), Operation::Transmit(b"hi"), Ok(2));
+        both!(
+            transmit(b"no"),
+            Operation::Transmit(b"no"),
+            Err(Error::Rejected { len: 2 })
+        );
+        both!(
+            receive(&mut method_buf),
+            Operation::Receive(&mut step_buf),
+            Err(Error::TooLarge {
+                len: 9,
+                capacity: 8
+            })
+        );
+        both!(begin_transmit(2), Operation::BeginTransmit(2), Ok(2));
+        assert_eq!(by_step.remaining(), 2);
+        for (m, peer) in [
+            (&mut by_method, &mut method_peer),
+            (&mut by_step, &mut step_peer),
+        ] {
+            for chunk in [&b"ok"[..], b"k"] {
+                expect_io!(m.write_chunk(chunk), Io::Write(_));
+                m.moved(Moved::Wrote(1)).unwrap();
+            }
+            assert_eq!(run!(m.finish(), *peer), Ok(()));
+        }
+        both!(begin_receive(2), Operation::BeginReceive(2), Ok(2));
+        assert!(by_step.is_in_progress());
+        assert_eq!(by_step.remaining(), 2);
     }
 
     #[test]

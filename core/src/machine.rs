@@ -23,9 +23,12 @@
 //! are one, `exchange`, with the arguments of each built once in
 //! [`exchange`], which the drivers use too: one loop for all five in a
 //! firmware); then [`Machine::moved`] with the one table of what completes
-//! each field (`field_done`); then the one place that turns a state into
-//! I/O (`io`). The state's number says which way its field moves and which
-//! [`Phase`] it is, so `moved` and `io` compute both instead of matching.
+//! each field (`field_done`, with the rules for a peer's byte in
+//! `refused_by_peer`); then the one place that turns a state into I/O
+//! (`io`). The state's number says which way its field moves and which
+//! [`Phase`] it is, so `moved` and `io` compute both instead of matching;
+//! the machine counts what the field still owes, so neither computes its
+//! length.
 
 use crate::error::{Error, Misuse};
 use crate::wire::{
@@ -227,8 +230,9 @@ enum Next {
 pub struct Machine {
     /// The length field of the message in flight, as on the wire.
     length: [u8; LENGTH_FIELD_LEN],
-    /// Bytes moved of the current field (greeting, length, status or payload).
-    moved: u32,
+    /// Bytes the current field (greeting, length, status or payload) still
+    /// owes.
+    owed: u32,
     max_message_len: u32,
     state: State,
     /// Our greeting or answer as it goes out, or the peer's greeting or
@@ -258,7 +262,8 @@ impl Machine {
     pub const fn new() -> Self {
         Self {
             length: [0; LENGTH_FIELD_LEN],
-            moved: 0,
+            // The greeting's one byte.
+            owed: 1,
             max_message_len: MAX_MESSAGE_LEN,
             state: State::GreetWrite,
             // The greeting is the first byte we write.
@@ -348,7 +353,7 @@ impl Machine {
     /// Payload bytes still owed by the message in flight (0 outside a payload).
     pub fn remaining(&self) -> u32 {
         match self.state {
-            State::SendPayload | State::RecvPayload => self.announced() - self.moved,
+            State::SendPayload | State::RecvPayload => self.owed,
             _ => 0,
         }
     }
@@ -574,8 +579,10 @@ impl Machine {
             }
             next => next,
         };
-        // A whole message moves from where its payload stopped.
-        let payload = payload.skip(self.moved as usize);
+        // A whole message moves from where its payload stopped: the
+        // announced length less what is owed (only a payload state lends
+        // the payload; elsewhere this is no offset, and unused).
+        let payload = payload.skip(self.announced().wrapping_sub(self.owed) as usize);
         self.next_step(next, payload)
     }
 
@@ -627,7 +634,7 @@ impl Machine {
         };
         // A receive's length is read over this one.
         self.length = len.to_be_bytes();
-        self.moved = 0;
+        self.owed = LENGTH_FIELD_LEN as u32;
         self.op = op;
         Next::Io
     }
@@ -675,8 +682,7 @@ impl Machine {
             Moved::Read(n) if !unflushed => (n, false),
             Moved::Flushed | Moved::Read(_) => return Err(Error::Misuse(Misuse::WrongReport)),
         };
-        let field = self.field_len();
-        if self.state.writes() != Some(write) || n > (field - self.moved) as usize {
+        if self.state.writes() != Some(write) || n > self.owed as usize {
             return Err(Error::Misuse(Misuse::WrongReport));
         }
         if n == 0 {
@@ -685,55 +691,40 @@ impl Machine {
         if write {
             self.flags |= UNFLUSHED;
         }
-        self.moved += n as u32;
-        if self.moved == field {
-            self.moved = 0;
-            self.field_done()
-        } else {
-            Ok(())
+        self.owed -= n as u32;
+        if self.owed == 0 {
+            self.field_done()?;
+            // What the next field owes: a payload its announced length, the
+            // greeting and status bytes one (a length field only opens a
+            // message, and `open` counts it).
+            self.owed = match self.state {
+                State::SendPayload | State::RecvPayload => self.announced(),
+                _ => 1,
+            };
         }
+        Ok(())
     }
 
-    /// Bytes in the field the state moves: four for a length, the announced
-    /// length for a payload, one for the greeting and status bytes.
-    fn field_len(&self) -> u32 {
-        match self.state {
-            State::SendLength | State::RecvLength => LENGTH_FIELD_LEN as u32,
-            State::SendPayload | State::RecvPayload => self.announced(),
-            _ => 1,
-        }
-    }
-
-    /// What follows the field that just completed: the greeting rule, the
-    /// sender's status rule (0xFF accept, 0x00 reject, 0x01..=0xF0 the
-    /// peer's own length: a conflict), where our answer leads, and the end
-    /// of a message (at once after the answer for an empty one). An error
-    /// breaks the connection.
+    /// What follows the field that just completed: the greeting and the
+    /// sender's status (a peer's byte other than 0xFF goes to
+    /// [`refused_by_peer`](Self::refused_by_peer)), where our answer leads,
+    /// and the end of a message (at once after the status or answer for an
+    /// empty one). An error breaks the connection.
     fn field_done(&mut self) -> Result<(), Error> {
         let byte = self.byte;
         let accepted = byte == Status::Ok.to_byte();
         let empty = self.announced() == 0;
-        self.state = match self.state {
-            State::GreetWrite => State::GreetRead,
-            State::GreetRead if accepted => State::Idle,
-            State::GreetRead if byte == Status::ConnectionLimit.to_byte() => {
-                return self.fail(Error::ConnectionLimit)
+        let state = self.state;
+        self.state = match state {
+            State::GreetRead | State::SendStatus if !accepted => {
+                return self.refused_by_peer(byte);
             }
+            State::GreetWrite => State::GreetRead,
+            State::GreetRead => State::Idle,
             State::SendLength => State::SendStatus,
             State::RecvLength => State::Decide,
-            State::SendStatus if accepted && empty => State::Sent,
-            State::SendStatus if accepted => State::SendPayload,
-            State::SendStatus if byte == Status::GenericError.to_byte() => State::Rejected,
-            // Lengths never start above 0xF0: up to it, the peer is sending.
-            State::SendStatus if byte <= MAX_LENGTH_FIRST_BYTE => {
-                return self.fail(Error::Conflict)
-            }
-            State::GreetRead | State::SendStatus => {
-                return self.fail(Error::UnexpectedByte {
-                    phase: self.state.phase(),
-                    byte,
-                })
-            }
+            State::SendStatus if empty => State::Sent,
+            State::SendStatus => State::SendPayload,
             State::Answer if accepted && empty => State::Received,
             State::Answer if accepted => State::RecvPayload,
             State::Answer => State::Refused,
@@ -743,6 +734,30 @@ impl Machine {
             _ => State::Received,
         };
         Ok(())
+    }
+
+    /// The greeting rule and the sender's status rule for a peer's byte
+    /// other than 0xFF: 0xFE a full server, 0x00 a rejection (the connection
+    /// goes on), 0x01..=0xF0 the peer's own length (a conflict), the rest
+    /// unexpected. Kept apart from [`field_done`](Self::field_done), which
+    /// then needs no test of the byte for either field.
+    fn refused_by_peer(&mut self, byte: u8) -> Result<(), Error> {
+        let greeting = self.state == State::GreetRead;
+        let e = if greeting && byte == Status::ConnectionLimit.to_byte() {
+            Error::ConnectionLimit
+        } else if !greeting && byte == Status::GenericError.to_byte() {
+            self.state = State::Rejected;
+            return Ok(());
+        } else if !greeting && byte <= MAX_LENGTH_FIRST_BYTE {
+            // Lengths never start above 0xF0: up to it, the peer is sending.
+            Error::Conflict
+        } else {
+            Error::UnexpectedByte {
+                phase: self.state.phase(),
+                byte,
+            }
+        };
+        self.fail(e)
     }
 
     /// Breaks the connection with a protocol error.
@@ -759,7 +774,7 @@ impl Machine {
     /// state's field: [`Error::Closed`] between messages,
     /// [`Error::UnexpectedEof`] inside one.
     fn end_of_stream(&self) -> Error {
-        if self.state == State::RecvLength && self.moved == 0 {
+        if self.state == State::RecvLength && self.owed == LENGTH_FIELD_LEN as u32 {
             return Error::Closed;
         }
         Error::UnexpectedEof {
@@ -782,7 +797,7 @@ impl Machine {
             | State::Broken
             | State::Sent
             | State::Rejected => true,
-            State::SendLength | State::RecvLength => self.moved == 0,
+            State::SendLength | State::RecvLength => self.owed == LENGTH_FIELD_LEN as u32,
             State::SendStatus
             | State::SendPayload
             | State::Decide
@@ -823,12 +838,12 @@ impl Machine {
         if !write && self.needs_flush() {
             return Io::Flush;
         }
-        let moved = self.moved as usize;
-        let owed = (self.field_len() - self.moved) as usize;
+        let owed = self.owed as usize;
         let field = match (self.state, payload) {
             (State::SendLength | State::RecvLength, _) => {
-                // Below four: a length field completes at four.
-                &mut self.length[moved % LENGTH_FIELD_LEN..]
+                // Where the field stopped: four less what it owes (1 to 4),
+                // taken modulo four so that no bounds check is left.
+                &mut self.length[owed.wrapping_neg() % LENGTH_FIELD_LEN..]
             }
             (State::SendPayload, Payload::Out(src)) => {
                 return Io::Write(src.get(..owed).unwrap_or(src));

@@ -322,6 +322,10 @@ impl Machine {
     }
 
     /// True after a protocol error: the connection carries nothing more.
+    /// An error the machine returns while not broken is
+    /// [recoverable](Error::is_recoverable) exactly when the machine is not
+    /// broken after it, so a superloop may ask the machine instead of the
+    /// error.
     pub fn is_broken(&self) -> bool {
         matches!(self.state, State::Broken | State::GreetFailed)
     }
@@ -1917,6 +1921,96 @@ mod tests {
         both!(begin_receive(2), Operation::BeginReceive(2), Ok(2));
         assert!(by_step.is_in_progress());
         assert_eq!(by_step.remaining(), 2);
+    }
+
+    /// Does the I/O a step asks for and reports it, honestly (`how` below
+    /// 8, at most three bytes a call) or wrongly (a flush, a read or a
+    /// write of `how` bytes, whatever was asked); `None` once the call is
+    /// done.
+    fn report<R>(step: Step<'_, R>, input: &mut &[u8], how: u8) -> Result<Option<Moved>, Error> {
+        let moved = match (step, how.saturating_sub(7)) {
+            (Step::Done(result), _) => return result.map(|_| None),
+            (Step::Io(Io::Write(bytes)), 0) => Moved::Wrote(bytes.len().min(3)),
+            (Step::Io(Io::Read(buf)), 0) => {
+                let n = buf.len().min(input.len()).min(3);
+                buf[..n].copy_from_slice(&input[..n]);
+                *input = &input[n..];
+                Moved::Read(n)
+            }
+            (Step::Io(Io::Flush), 0) => Moved::Flushed,
+            (_, 1) => Moved::Flushed,
+            (_, 2 | 3) => Moved::Read(usize::from(how % 8)),
+            _ => Moved::Wrote(usize::from(how % 8)),
+        };
+        Ok(Some(moved))
+    }
+
+    proptest::proptest! {
+        /// Any call, reported honestly or not, against any peer: an error
+        /// from a machine that was not broken is recoverable exactly when
+        /// the machine is not broken after it (so a superloop may ask the
+        /// machine instead of the error, as the footprint's does).
+        #[test]
+        fn prop_an_error_is_recoverable_exactly_when_not_broken(
+            calls in proptest::collection::vec((0u8..12, proptest::prelude::any::<u8>(), 0u8..12), 0..24),
+            greeting in proptest::prop_oneof![
+                3 => proptest::strategy::Just(0xFFu8),
+                1 => proptest::prelude::any::<u8>(),
+            ],
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(0xFFu8),
+                    proptest::strategy::Just(0u8),
+                    0u8..4,
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..48,
+            ),
+        ) {
+            let mut m = Machine::new();
+            let input = [&[greeting][..], &input].concat();
+            let mut input = &input[..];
+            let mut buf = [0u8; 8];
+            let msg = *b"hello";
+            for (call, arg, how) in calls {
+                if m.is_broken() {
+                    break;
+                }
+                let small = usize::from(arg % 8);
+                let len = if arg == 0xFF { MAX_MESSAGE_LEN + 1 } else { u32::from(arg % 6) };
+                let input = &mut input;
+                // The call again while it asks for I/O, a few steps at most.
+                for _ in 0..8 {
+                let outcome = match call {
+                    0 => report(m.greet(), input, how),
+                    1 => report(m.send_greeting(), input, how),
+                    2 => report(m.step(Operation::Transmit(&msg[..small.min(5)])), input, how),
+                    3 => report(m.step(Operation::Receive(&mut buf[..small])), input, how),
+                    4 => report(m.begin_transmit(len), input, how),
+                    5 => report(m.begin_receive(len), input, how),
+                    6 => report(m.write_chunk(&msg[..small.min(5)]), input, how),
+                    7 => report(m.read_chunk(&mut buf[..small]), input, how),
+                    8 => report(m.finish(), input, how),
+                    9 => report(m.next_length(), input, how),
+                    10 => report(m.reject(), input, how),
+                    _ => report(m.flush(), input, how),
+                };
+                let result = match outcome {
+                    Ok(Some(moved)) => m.moved(moved),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Err(e) => {
+                        proptest::prop_assert_eq!(e.is_recoverable(), !m.is_broken(), "{:?}", e);
+                        break;
+                    }
+                    Ok(()) if m.is_broken() => break,
+                    Ok(()) => {}
+                }
+                }
+            }
+        }
     }
 
     #[test]

@@ -220,12 +220,14 @@ mod app {
                 Step::Done(result) => result,
             };
             // The operation is over: a received message is echoed, and
-            // after the echo (or a recoverable error) the next receive
-            // begins.
+            // after the echo (or an error the connection survives) the next
+            // receive begins. The machine's own errors leave it broken
+            // exactly when they are not recoverable, so the superloop asks
+            // the machine (and builds no error value it would not read).
             echo = match result {
                 Ok(len) if echo.is_none() => Some(len as usize),
                 Ok(_) => None,
-                Err(e) if e.is_recoverable() => None,
+                Err(_) if !machine.is_broken() => None,
                 Err(_) => return,
             };
         }

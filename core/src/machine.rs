@@ -746,32 +746,42 @@ impl Machine {
     /// unexpected. Kept apart from [`field_done`](Self::field_done), which
     /// then needs no test of the byte for either field.
     fn refused_by_peer(&mut self, byte: u8) -> Result<(), Error> {
-        let greeting = self.state == State::GreetRead;
-        let e = if greeting && byte == Status::ConnectionLimit.to_byte() {
-            Error::ConnectionLimit
-        } else if !greeting && byte == Status::GenericError.to_byte() {
+        let state = self.state;
+        let greeting = state == State::GreetRead;
+        if !greeting && byte == Status::GenericError.to_byte() {
             self.state = State::Rejected;
             return Ok(());
+        }
+        self.set_broken();
+        Err(if greeting && byte == Status::ConnectionLimit.to_byte() {
+            Error::ConnectionLimit
         } else if !greeting && byte <= MAX_LENGTH_FIRST_BYTE {
             // Lengths never start above 0xF0: up to it, the peer is sending.
             Error::Conflict
         } else {
             Error::UnexpectedByte {
-                phase: self.state.phase(),
+                phase: state.phase(),
                 byte,
             }
-        };
-        self.fail(e)
+        })
     }
 
     /// Breaks the connection with a protocol error.
     fn fail(&mut self, e: Error) -> Result<(), Error> {
+        self.set_broken();
+        Err(e)
+    }
+
+    /// Puts the connection out of step after a protocol error. Where the
+    /// error is worked out after this, a caller that never reads it builds
+    /// none of it (an inlined superloop that asks only
+    /// [`is_broken`](Self::is_broken)).
+    fn set_broken(&mut self) {
         self.state = if self.is_greeted() {
             State::Broken
         } else {
             State::GreetFailed
         };
-        Err(e)
     }
 
     /// The error for a stream that ended (or took no more bytes) in the

@@ -697,14 +697,11 @@ impl Machine {
         }
         self.owed -= n as u32;
         if self.owed == 0 {
+            // The next field is the greeting's or a status byte, or a
+            // payload (`field_done` counts it); a length field only opens a
+            // message, and `open` counts it.
+            self.owed = 1;
             self.field_done()?;
-            // What the next field owes: a payload its announced length, the
-            // greeting and status bytes one (a length field only opens a
-            // message, and `open` counts it).
-            self.owed = match self.state {
-                State::SendPayload | State::RecvPayload => self.announced(),
-                _ => 1,
-            };
         }
         Ok(())
     }
@@ -713,7 +710,8 @@ impl Machine {
     /// sender's status (a peer's byte other than 0xFF goes to
     /// [`refused_by_peer`](Self::refused_by_peer)), where our answer leads,
     /// and the end of a message (at once after the status or answer for an
-    /// empty one). An error breaks the connection.
+    /// empty one); a payload that follows owes its announced length. An
+    /// error breaks the connection.
     fn field_done(&mut self) -> Result<(), Error> {
         let byte = self.byte;
         let accepted = byte == Status::Ok.to_byte();
@@ -728,9 +726,15 @@ impl Machine {
             State::SendLength => State::SendStatus,
             State::RecvLength => State::Decide,
             State::SendStatus if empty => State::Sent,
-            State::SendStatus => State::SendPayload,
+            State::SendStatus => {
+                self.owed = self.announced();
+                State::SendPayload
+            }
             State::Answer if accepted && empty => State::Received,
-            State::Answer if accepted => State::RecvPayload,
+            State::Answer if accepted => {
+                self.owed = self.announced();
+                State::RecvPayload
+            }
             State::Answer => State::Refused,
             State::SendPayload => State::Sent,
             // A chunked message is over when its reader has had the last byte.

@@ -215,12 +215,11 @@ mod app {
                 },
             };
             let result = match machine.step(op) {
-                Step::Io(io) => match poll(io) {
-                    Some(moved) => match machine.moved(moved) {
-                        Ok(()) => continue,
-                        Err(e) => Err(e),
-                    },
-                    None => continue,
+                // What moved is reported (nothing, if nothing could move);
+                // only a report the machine refuses ends the operation.
+                Step::Io(io) => match poll(io).map(|moved| machine.moved(moved)) {
+                    Some(Err(e)) => Err(e),
+                    _ => continue,
                 },
                 Step::Done(result) => result,
             };

@@ -189,10 +189,12 @@ mod app {
         }
     }
 
-    /// The superloop, a function of its own: inlined into the `-> !`
-    /// `main`, which saves no registers, LLVM loses track of when a register
-    /// dies and dispatches `field_done` through a table of 4-byte branches
-    /// instead of a `tbb` (12 B more than the call costs).
+    /// The superloop (`core/tests/superloop.rs` runs the same loop on the
+    /// host, against the driver build's loop). A function of its own:
+    /// inlined into the `-> !` `main`, which saves no registers, LLVM loses
+    /// track of when a register dies and dispatches `field_done` through a
+    /// table of 4-byte branches instead of a `tbb` (12 B more than the call
+    /// costs).
     #[inline(never)]
     pub fn run(buf: &mut [u8]) {
         // SAFETY: called once, from `main`; nothing else names the static.
@@ -216,7 +218,7 @@ mod app {
             };
             let result = match machine.step(op) {
                 // What moved is reported (nothing, if nothing could move);
-                // only a report the machine refuses ends the operation.
+                // an error in what arrived ends the operation.
                 Step::Io(io) => match poll(io).map(|moved| machine.moved(moved)) {
                     Some(Err(e)) => Err(e),
                     _ => continue,
@@ -225,14 +227,14 @@ mod app {
             };
             // The operation is over: a received message is echoed, and
             // after the echo (or an error the connection survives) the next
-            // receive begins. The machine's own errors leave it broken
-            // exactly when they are not recoverable, so the superloop asks
-            // the machine (and builds no error value it would not read).
+            // receive begins. An error ends the loop if it broke the
+            // connection: the machine's errors do exactly when they are not
+            // recoverable, so the superloop asks the machine, and builds no
+            // error value it would not read.
             echo = match result {
+                Err(_) if machine.is_broken() => return,
                 Ok(len) if echo.is_none() => Some(len as usize),
-                Ok(_) => None,
-                Err(_) if !machine.is_broken() => None,
-                Err(_) => return,
+                _ => None,
             };
         }
     }

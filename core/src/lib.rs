@@ -14,7 +14,7 @@ pub mod std_io;
 mod wire;
 
 pub use error::{Error, Misuse};
-pub use machine::{FlushPolicy, Io, Machine, Moved, Step};
+pub use machine::{FlushPolicy, Io, Machine, Moved, Operation, Step};
 pub use wire::{
     zero_answer_is_a_length, Phase, Status, CONNECTION_LIMIT_REFUSAL, GREETING, LENGTH_FIELD_LEN,
     MAX_LENGTH_FIRST_BYTE, MAX_MESSAGE_LEN,

@@ -23,9 +23,12 @@
 //! are one, `exchange`, with the arguments of each built once in
 //! [`exchange`], which the drivers use too: one loop for all five in a
 //! firmware); then [`Machine::moved`] with the one table of what completes
-//! each field (`field_done`); then the one place that turns a state into
-//! I/O (`io`). The state's number says which way its field moves and which
-//! [`Phase`] it is, so `moved` and `io` compute both instead of matching.
+//! each field (`field_done`, with the rules for a peer's byte in
+//! `refused_by_peer`); then the one place that turns a state into I/O
+//! (`io`). The state's number says which way its field moves and which
+//! [`Phase`] it is, so `moved` and `io` compute both instead of matching;
+//! the machine counts what the field still owes, so neither computes its
+//! length.
 
 use crate::error::{Error, Misuse};
 use crate::wire::{
@@ -95,6 +98,24 @@ impl<'a> Step<'a, u32> {
     }
 }
 
+/// The greeting or one of the four message operations, as a value: what a
+/// superloop keeps for the operation in flight and hands to
+/// [`Machine::step`] on every pass, so that one call site runs them all.
+#[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Operation<'a> {
+    /// [`Machine::greet`].
+    Greet,
+    /// [`Machine::transmit`] of this message.
+    Transmit(&'a [u8]),
+    /// [`Machine::receive`] into this buffer.
+    Receive(&'a mut [u8]),
+    /// [`Machine::begin_transmit`] of a message of this length.
+    BeginTransmit(u32),
+    /// [`Machine::begin_receive`] with this limit.
+    BeginReceive(u32),
+}
+
 /// Where a connection stands: which field moves next. The first eight
 /// states each move one field, and their numbers say how: even ones write,
 /// odd ones read, and half the number is the field's [`Phase`].
@@ -158,7 +179,7 @@ impl State {
 /// What an operation's rules decided: the state's I/O is due, a flush is due
 /// before the operation may return, or the operation is over (with a length,
 /// 0 where the operation has none). One type for every operation keeps one
-/// copy of [`Machine::step`] in a firmware.
+/// copy of `Machine::next_step` in a firmware.
 enum Next {
     Io,
     Flush,
@@ -209,8 +230,9 @@ enum Next {
 pub struct Machine {
     /// The length field of the message in flight, as on the wire.
     length: [u8; LENGTH_FIELD_LEN],
-    /// Bytes moved of the current field (greeting, length, status or payload).
-    moved: u32,
+    /// Bytes the current field (greeting, length, status or payload) still
+    /// owes.
+    owed: u32,
     max_message_len: u32,
     state: State,
     /// Our greeting or answer as it goes out, or the peer's greeting or
@@ -240,7 +262,8 @@ impl Machine {
     pub const fn new() -> Self {
         Self {
             length: [0; LENGTH_FIELD_LEN],
-            moved: 0,
+            // The greeting's one byte.
+            owed: 1,
             max_message_len: MAX_MESSAGE_LEN,
             state: State::GreetWrite,
             // The greeting is the first byte we write.
@@ -299,6 +322,10 @@ impl Machine {
     }
 
     /// True after a protocol error: the connection carries nothing more.
+    /// An error the machine returns while not broken is
+    /// [recoverable](Error::is_recoverable) exactly when the machine is not
+    /// broken after it, so a superloop may ask the machine instead of the
+    /// error.
     pub fn is_broken(&self) -> bool {
         matches!(self.state, State::Broken | State::GreetFailed)
     }
@@ -330,7 +357,7 @@ impl Machine {
     /// Payload bytes still owed by the message in flight (0 outside a payload).
     pub fn remaining(&self) -> u32 {
         match self.state {
-            State::SendPayload | State::RecvPayload => self.announced() - self.moved,
+            State::SendPayload | State::RecvPayload => self.owed,
             _ => 0,
         }
     }
@@ -356,7 +383,7 @@ impl Machine {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::None).map(drop)
+        self.next_step(next, Payload::None).map(drop)
     }
 
     /// Sends `msg` whole: length, the peer's status, payload. Done with
@@ -389,7 +416,8 @@ impl Machine {
             State::SendPayload if self.op.is_chunked() => Next::Io,
             _ => Next::Done(Err(Error::Misuse(Misuse::PastEnd))),
         };
-        self.step(next, Payload::Out(chunk)).map(|n| n as usize)
+        self.next_step(next, Payload::Out(chunk))
+            .map(|n| n as usize)
     }
 
     /// Completes a message begun with [`begin_transmit`](Self::begin_transmit)
@@ -407,7 +435,7 @@ impl Machine {
             }
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::None).map(drop)
+        self.next_step(next, Payload::None).map(drop)
     }
 
     /// Reads the length of the next message and returns it without
@@ -425,7 +453,7 @@ impl Machine {
             },
             next => next,
         };
-        self.step(next, Payload::None)
+        self.next_step(next, Payload::None)
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length):
@@ -442,7 +470,7 @@ impl Machine {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ => Next::Done(Err(Error::InProgress)),
         };
-        self.step(next, Payload::None)
+        self.next_step(next, Payload::None)
     }
 
     /// Receives one whole message into `buf`; done with its length.
@@ -475,7 +503,7 @@ impl Machine {
             State::RecvPayload if self.op.is_chunked() && !buf.is_empty() => Next::Io,
             _ => Next::Done(Ok(0)),
         };
-        self.step(next, Payload::In(buf)).map(|n| n as usize)
+        self.next_step(next, Payload::In(buf)).map(|n| n as usize)
     }
 
     /// Flushes whatever was written, whatever the [`FlushPolicy`]. It asks
@@ -486,7 +514,23 @@ impl Machine {
         } else {
             Next::Done(Ok(0))
         };
-        self.step(next, Payload::None).map(drop)
+        self.next_step(next, Payload::None).map(drop)
+    }
+
+    /// The next step of `op`: exactly what its own method
+    /// ([`receive`](Self::receive), [`transmit`](Self::transmit), ...)
+    /// returns, done with a length (the message's; 0 for the greeting).
+    /// For a superloop that runs several operations: it keeps the one in
+    /// flight as an [`Operation`] and makes one call per pass, whichever it is.
+    pub fn step<'a>(&'a mut self, op: Operation<'a>) -> Step<'a, u32> {
+        let args = match op {
+            Operation::Greet => exchange::greet(),
+            Operation::Transmit(msg) => exchange::transmit(msg),
+            Operation::Receive(buf) => exchange::receive(self, buf),
+            Operation::BeginTransmit(len) => exchange::begin_transmit(len),
+            Operation::BeginReceive(limit) => exchange::begin_receive(limit),
+        };
+        self.run(args)
     }
 
     // ---- the rules the operations share ----
@@ -539,9 +583,11 @@ impl Machine {
             }
             next => next,
         };
-        // A whole message moves from where its payload stopped.
-        let payload = payload.skip(self.moved as usize);
-        self.step(next, payload)
+        // A whole message moves from where its payload stopped: the
+        // announced length less what is owed (only a payload state lends
+        // the payload; elsewhere this is no offset, and unused).
+        let payload = payload.skip(self.announced().wrapping_sub(self.owed) as usize);
+        self.next_step(next, payload)
     }
 
     /// Lets an exchange go on with the connection: `Next::Io` while the
@@ -592,7 +638,7 @@ impl Machine {
         };
         // A receive's length is read over this one.
         self.length = len.to_be_bytes();
-        self.moved = 0;
+        self.owed = LENGTH_FIELD_LEN as u32;
         self.op = op;
         Next::Io
     }
@@ -640,8 +686,7 @@ impl Machine {
             Moved::Read(n) if !unflushed => (n, false),
             Moved::Flushed | Moved::Read(_) => return Err(Error::Misuse(Misuse::WrongReport)),
         };
-        let field = self.field_len();
-        if self.state.writes() != Some(write) || n > (field - self.moved) as usize {
+        if self.state.writes() != Some(write) || n > self.owed as usize {
             return Err(Error::Misuse(Misuse::WrongReport));
         }
         if n == 0 {
@@ -650,57 +695,46 @@ impl Machine {
         if write {
             self.flags |= UNFLUSHED;
         }
-        self.moved += n as u32;
-        if self.moved == field {
-            self.moved = 0;
-            self.field_done()
-        } else {
-            Ok(())
+        self.owed -= n as u32;
+        if self.owed == 0 {
+            // The next field is the greeting's or a status byte, or a
+            // payload (`field_done` counts it); a length field only opens a
+            // message, and `open` counts it.
+            self.owed = 1;
+            self.field_done()?;
         }
+        Ok(())
     }
 
-    /// Bytes in the field the state moves: four for a length, the announced
-    /// length for a payload, one for the greeting and status bytes.
-    fn field_len(&self) -> u32 {
-        match self.state {
-            State::SendLength | State::RecvLength => LENGTH_FIELD_LEN as u32,
-            State::SendPayload | State::RecvPayload => self.announced(),
-            _ => 1,
-        }
-    }
-
-    /// What follows the field that just completed: the greeting rule, the
-    /// sender's status rule (0xFF accept, 0x00 reject, 0x01..=0xF0 the
-    /// peer's own length: a conflict), where our answer leads, and the end
-    /// of a message (at once after the answer for an empty one). An error
-    /// breaks the connection.
+    /// What follows the field that just completed: the greeting and the
+    /// sender's status (a peer's byte other than 0xFF goes to
+    /// [`refused_by_peer`](Self::refused_by_peer)), where our answer leads,
+    /// and the end of a message (at once after the status or answer for an
+    /// empty one); a payload that follows owes its announced length. An
+    /// error breaks the connection.
     fn field_done(&mut self) -> Result<(), Error> {
         let byte = self.byte;
         let accepted = byte == Status::Ok.to_byte();
         let empty = self.announced() == 0;
-        self.state = match self.state {
-            State::GreetWrite => State::GreetRead,
-            State::GreetRead if accepted => State::Idle,
-            State::GreetRead if byte == Status::ConnectionLimit.to_byte() => {
-                return self.fail(Error::ConnectionLimit)
+        let state = self.state;
+        self.state = match state {
+            State::GreetRead | State::SendStatus if !accepted => {
+                return self.refused_by_peer(byte);
             }
+            State::GreetWrite => State::GreetRead,
+            State::GreetRead => State::Idle,
             State::SendLength => State::SendStatus,
             State::RecvLength => State::Decide,
-            State::SendStatus if accepted && empty => State::Sent,
-            State::SendStatus if accepted => State::SendPayload,
-            State::SendStatus if byte == Status::GenericError.to_byte() => State::Rejected,
-            // Lengths never start above 0xF0: up to it, the peer is sending.
-            State::SendStatus if byte <= MAX_LENGTH_FIRST_BYTE => {
-                return self.fail(Error::Conflict)
-            }
-            State::GreetRead | State::SendStatus => {
-                return self.fail(Error::UnexpectedByte {
-                    phase: self.state.phase(),
-                    byte,
-                })
+            State::SendStatus if empty => State::Sent,
+            State::SendStatus => {
+                self.owed = self.announced();
+                State::SendPayload
             }
             State::Answer if accepted && empty => State::Received,
-            State::Answer if accepted => State::RecvPayload,
+            State::Answer if accepted => {
+                self.owed = self.announced();
+                State::RecvPayload
+            }
             State::Answer => State::Refused,
             State::SendPayload => State::Sent,
             // A chunked message is over when its reader has had the last byte.
@@ -710,21 +744,55 @@ impl Machine {
         Ok(())
     }
 
+    /// The greeting rule and the sender's status rule for a peer's byte
+    /// other than 0xFF: 0xFE a full server, 0x00 a rejection (the connection
+    /// goes on), 0x01..=0xF0 the peer's own length (a conflict), the rest
+    /// unexpected. Kept apart from [`field_done`](Self::field_done), which
+    /// then needs no test of the byte for either field.
+    fn refused_by_peer(&mut self, byte: u8) -> Result<(), Error> {
+        let state = self.state;
+        let greeting = state == State::GreetRead;
+        if !greeting && byte == Status::GenericError.to_byte() {
+            self.state = State::Rejected;
+            return Ok(());
+        }
+        self.set_broken();
+        Err(if greeting && byte == Status::ConnectionLimit.to_byte() {
+            Error::ConnectionLimit
+        } else if !greeting && byte <= MAX_LENGTH_FIRST_BYTE {
+            // Lengths never start above 0xF0: up to it, the peer is sending.
+            Error::Conflict
+        } else {
+            Error::UnexpectedByte {
+                phase: state.phase(),
+                byte,
+            }
+        })
+    }
+
     /// Breaks the connection with a protocol error.
     fn fail(&mut self, e: Error) -> Result<(), Error> {
+        self.set_broken();
+        Err(e)
+    }
+
+    /// Puts the connection out of step after a protocol error. Where the
+    /// error is worked out after this, a caller that never reads it builds
+    /// none of it (an inlined superloop that asks only
+    /// [`is_broken`](Self::is_broken)).
+    fn set_broken(&mut self) {
         self.state = if self.is_greeted() {
             State::Broken
         } else {
             State::GreetFailed
         };
-        Err(e)
     }
 
     /// The error for a stream that ended (or took no more bytes) in the
     /// state's field: [`Error::Closed`] between messages,
     /// [`Error::UnexpectedEof`] inside one.
     fn end_of_stream(&self) -> Error {
-        if self.state == State::RecvLength && self.moved == 0 {
+        if self.state == State::RecvLength && self.owed == LENGTH_FIELD_LEN as u32 {
             return Error::Closed;
         }
         Error::UnexpectedEof {
@@ -747,7 +815,7 @@ impl Machine {
             | State::Broken
             | State::Sent
             | State::Rejected => true,
-            State::SendLength | State::RecvLength => self.moved == 0,
+            State::SendLength | State::RecvLength => self.owed == LENGTH_FIELD_LEN as u32,
             State::SendStatus
             | State::SendPayload
             | State::Decide
@@ -763,7 +831,7 @@ impl Machine {
     /// The result, or the I/O that is due. `payload` is the caller's side
     /// of the message.
     #[inline(always)]
-    fn step<'a>(&'a mut self, next: Next, payload: Payload<'a>) -> Step<'a, u32> {
+    fn next_step<'a>(&'a mut self, next: Next, payload: Payload<'a>) -> Step<'a, u32> {
         match next {
             Next::Done(result) => Step::Done(result),
             Next::Settle(_) if self.flush_due() => Step::Io(Io::Flush),
@@ -788,12 +856,12 @@ impl Machine {
         if !write && self.needs_flush() {
             return Io::Flush;
         }
-        let moved = self.moved as usize;
-        let owed = (self.field_len() - self.moved) as usize;
+        let owed = self.owed as usize;
         let field = match (self.state, payload) {
             (State::SendLength | State::RecvLength, _) => {
-                // Below four: a length field completes at four.
-                &mut self.length[moved % LENGTH_FIELD_LEN..]
+                // Where the field stopped: four less what it owes (1 to 4),
+                // taken modulo four so that no bounds check is left.
+                &mut self.length[owed.wrapping_neg() % LENGTH_FIELD_LEN..]
             }
             (State::SendPayload, Payload::Out(src)) => {
                 return Io::Write(src.get(..owed).unwrap_or(src));
@@ -1800,6 +1868,163 @@ mod tests {
         assert_eq!(m.receive(&mut [0; 4]), Step::Done(Err(Error::Broken)));
         assert_eq!(m.next_length(), Step::Done(Err(Error::Broken)));
         assert_eq!(m.greet(), Step::Done(Err(Error::Broken)));
+    }
+
+    /// `step` runs each operation exactly as its own method does: the same
+    /// I/O in the same order, the same result, the same state after.
+    #[test]
+    fn test_step_is_each_operations_method() {
+        // The peer greets, sends "abc", takes our two-byte message, refuses
+        // the next, sends a nine-byte one (over our buffer), takes a chunked
+        // message of two bytes, then sends one of two bytes for a chunked
+        // receive.
+        let input = [
+            0xFF, 0, 0, 0, 3, b'a', b'b', b'c', 0xFF, 0x00, 0, 0, 0, 9, 0xFF, 0, 0, 0, 2,
+        ];
+        let (mut by_method, mut method_peer, mut method_buf) =
+            (Machine::new(), Peer::new(&input), [0u8; 8]);
+        let (mut by_step, mut step_peer, mut step_buf) =
+            (Machine::new(), Peer::new(&input), [0u8; 8]);
+        method_peer.chunk = 1;
+        step_peer.chunk = 1;
+        macro_rules! both {
+            ($method:ident ( $($arg:expr),* ), $op:expr, $expected:expr) => {{
+                let by_its_method = run!(by_method.$method($($arg),*), method_peer);
+                let stepped = run!(by_step.step($op), step_peer);
+                let what = stringify!($method);
+                assert_eq!(stepped, $expected, "{what}");
+                assert_eq!(by_its_method.map(|_| ()), stepped.map(|_| ()), "{what}");
+                assert_eq!(by_method, by_step, "{what}");
+                assert_eq!(method_peer.log, step_peer.log, "{what}");
+                assert_eq!(method_peer.output, step_peer.output, "{what}");
+            }};
+        }
+        both!(greet(), Operation::Greet, Ok(0));
+        both!(
+            receive(&mut method_buf),
+            Operation::Receive(&mut step_buf),
+            Ok(3)
+        );
+        assert_eq!(&step_buf[..3], b"abc");
+        both!(transmit(b"hi"), Operation::Transmit(b"hi"), Ok(2));
+        both!(
+            transmit(b"no"),
+            Operation::Transmit(b"no"),
+            Err(Error::Rejected { len: 2 })
+        );
+        both!(
+            receive(&mut method_buf),
+            Operation::Receive(&mut step_buf),
+            Err(Error::TooLarge {
+                len: 9,
+                capacity: 8
+            })
+        );
+        both!(begin_transmit(2), Operation::BeginTransmit(2), Ok(2));
+        assert_eq!(by_step.remaining(), 2);
+        for (m, peer) in [
+            (&mut by_method, &mut method_peer),
+            (&mut by_step, &mut step_peer),
+        ] {
+            for chunk in [&b"ok"[..], b"k"] {
+                expect_io!(m.write_chunk(chunk), Io::Write(_));
+                m.moved(Moved::Wrote(1)).unwrap();
+            }
+            assert_eq!(run!(m.finish(), *peer), Ok(()));
+        }
+        both!(begin_receive(2), Operation::BeginReceive(2), Ok(2));
+        assert!(by_step.is_in_progress());
+        assert_eq!(by_step.remaining(), 2);
+    }
+
+    /// Does the I/O a step asks for and reports it, honestly (`how` below
+    /// 8, at most three bytes a call) or wrongly (a flush, a read or a
+    /// write of `how` bytes, whatever was asked); `None` once the call is
+    /// done.
+    fn report<R>(step: Step<'_, R>, input: &mut &[u8], how: u8) -> Result<Option<Moved>, Error> {
+        let moved = match (step, how.saturating_sub(7)) {
+            (Step::Done(result), _) => return result.map(|_| None),
+            (Step::Io(Io::Write(bytes)), 0) => Moved::Wrote(bytes.len().min(3)),
+            (Step::Io(Io::Read(buf)), 0) => {
+                let n = buf.len().min(input.len()).min(3);
+                buf[..n].copy_from_slice(&input[..n]);
+                *input = &input[n..];
+                Moved::Read(n)
+            }
+            (Step::Io(Io::Flush), 0) => Moved::Flushed,
+            (_, 1) => Moved::Flushed,
+            (_, 2 | 3) => Moved::Read(usize::from(how % 8)),
+            _ => Moved::Wrote(usize::from(how % 8)),
+        };
+        Ok(Some(moved))
+    }
+
+    proptest::proptest! {
+        /// Any call, reported honestly or not, against any peer: an error
+        /// from a machine that was not broken is recoverable exactly when
+        /// the machine is not broken after it (so a superloop may ask the
+        /// machine instead of the error, as the footprint's does).
+        #[test]
+        fn prop_an_error_is_recoverable_exactly_when_not_broken(
+            calls in proptest::collection::vec((0u8..12, proptest::prelude::any::<u8>(), 0u8..12), 0..24),
+            greeting in proptest::prop_oneof![
+                3 => proptest::strategy::Just(0xFFu8),
+                1 => proptest::prelude::any::<u8>(),
+            ],
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(0xFFu8),
+                    proptest::strategy::Just(0u8),
+                    0u8..4,
+                    proptest::prelude::any::<u8>(),
+                ],
+                0..48,
+            ),
+        ) {
+            let mut m = Machine::new();
+            let input = [&[greeting][..], &input].concat();
+            let mut input = &input[..];
+            let mut buf = [0u8; 8];
+            let msg = *b"hello";
+            for (call, arg, how) in calls {
+                if m.is_broken() {
+                    break;
+                }
+                let small = usize::from(arg % 8);
+                let len = if arg == 0xFF { MAX_MESSAGE_LEN + 1 } else { u32::from(arg % 6) };
+                let input = &mut input;
+                // The call again while it asks for I/O, a few steps at most.
+                for _ in 0..8 {
+                let outcome = match call {
+                    0 => report(m.greet(), input, how),
+                    1 => report(m.send_greeting(), input, how),
+                    2 => report(m.step(Operation::Transmit(&msg[..small.min(5)])), input, how),
+                    3 => report(m.step(Operation::Receive(&mut buf[..small])), input, how),
+                    4 => report(m.begin_transmit(len), input, how),
+                    5 => report(m.begin_receive(len), input, how),
+                    6 => report(m.write_chunk(&msg[..small.min(5)]), input, how),
+                    7 => report(m.read_chunk(&mut buf[..small]), input, how),
+                    8 => report(m.finish(), input, how),
+                    9 => report(m.next_length(), input, how),
+                    10 => report(m.reject(), input, how),
+                    _ => report(m.flush(), input, how),
+                };
+                let result = match outcome {
+                    Ok(Some(moved)) => m.moved(moved),
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Err(e) => {
+                        proptest::prop_assert_eq!(e.is_recoverable(), !m.is_broken(), "{:?}", e);
+                        break;
+                    }
+                    Ok(()) if m.is_broken() => break,
+                    Ok(()) => {}
+                }
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! An `async fn` awaited in several places is usually inlined into each
 //! caller's state machine; in a firmware that is one copy per call site.
 //! Awaited through `OutOfLine`, its poll is one function that every caller
-//! calls.
+//! calls. It also pays where `async fn`s nest deep (the server's slot, its
+//! connection, its loop): inlined, every await point of the innermost one
+//! resumes through all the outer ones' state, a cost paid per await.
 
 use core::future::Future;
 use core::pin::Pin;

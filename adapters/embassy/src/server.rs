@@ -214,7 +214,8 @@ pub trait Handler {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ServerConfig {
-    /// TCP port to listen on.
+    /// TCP port to listen on (not 0: a socket cannot listen there, and
+    /// the server then serves nothing).
     pub port: u16,
     /// Deadlines of each connection. `idle` closes quiet connections.
     pub timeouts: Timeouts,
@@ -479,10 +480,11 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
         let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
         match select(socket.tcp_mut().accept(config.port), stop.stopping()).await {
             Either::First(Ok(())) => {}
+            // A fresh socket's listen fails only for port 0: it would fail
+            // again, so the slot stops rather than retry.
             Either::First(Err(e)) => {
                 warn!("slot {}: listen failed: {:?}", index, e);
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
+                break;
             }
             // Stopping: no new connection on this slot.
             Either::Second(()) => break,
@@ -758,9 +760,10 @@ async fn serve_reserve<const K: usize>(
                 let closed = socket.close().await;
                 debug!("refusal: {:?}, close {:?}", refused, closed);
             }
+            // Port 0 (as for a slot): it would fail again.
             Either::First(Err(e)) => {
                 warn!("reserve: listen failed: {:?}", e);
-                Timer::after(Duration::from_millis(100)).await;
+                break;
             }
             // A slot listens again, or the server stops: stop listening here.
             Either::Second(_) => {}

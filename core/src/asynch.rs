@@ -214,18 +214,7 @@ impl<T: Read + Write> Connection<T> {
     /// is done by its one payload transfer.
     async fn drive(&mut self, mut call: Call<'_>) -> Result<u32, Error<T::Error>> {
         loop {
-            let machine = &mut self.machine;
-            let step = match &mut call {
-                Call::Exchange(op, bound, payload) => {
-                    machine.exchange(*op, *bound, payload.reborrow())
-                }
-                Call::NextLength => machine.next_length(),
-                Call::Reject => machine.reject(),
-                Call::Flush => as_u32(machine.flush(), |()| 0),
-                Call::Finish => as_u32(machine.finish(), |()| 0),
-                Call::ReadChunk(buf) => as_u32(machine.read_chunk(buf), |n| n as u32),
-                Call::WriteChunk(chunk) => as_u32(machine.write_chunk(chunk), |n| n as u32),
-            };
+            let step = next_step(&mut self.machine, &mut call);
             match step {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request).await?;
@@ -245,6 +234,26 @@ impl<T: Read + Write> Connection<T> {
     }
 }
 
+/// The next step of `call`: the operation's rules say what is next, and one
+/// `next_step` turns that into the step (one copy of it in the loop, not
+/// one per operation).
+#[inline(always)]
+fn next_step<'a>(machine: &'a mut Machine, call: &'a mut Call<'_>) -> Step<'a, u32> {
+    let (next, payload) = match call {
+        Call::Exchange(op, bound, payload) => {
+            let next = machine.exchange_rules(*op, *bound, payload);
+            (next, payload.reborrow().skip(machine.payload_offset()))
+        }
+        Call::NextLength => (machine.next_length_rules(), Payload::None),
+        Call::Reject => (machine.reject_rules(), Payload::None),
+        Call::Flush => (machine.flush_rules(), Payload::None),
+        Call::Finish => (machine.finish_rules(), Payload::None),
+        Call::ReadChunk(buf) => (machine.read_chunk_rules(buf), Payload::In(buf)),
+        Call::WriteChunk(chunk) => (machine.write_chunk_rules(chunk), Payload::Out(chunk)),
+    };
+    machine.next_step(next, payload)
+}
+
 /// One operation of [`Connection::drive`], with its arguments.
 enum Call<'b> {
     /// The greeting or a message operation: [`Machine::exchange`]'s arguments.
@@ -255,16 +264,6 @@ enum Call<'b> {
     Finish,
     ReadChunk(&'b mut [u8]),
     WriteChunk(&'b [u8]),
-}
-
-/// A step of an operation whose result is `()` or a chunk's size, with
-/// that result as `drive`'s `u32` (a chunk is part of a message: within `u32`).
-#[inline(always)]
-fn as_u32<R>(step: Step<'_, R>, f: fn(R) -> u32) -> Step<'_, u32> {
-    match step {
-        Step::Io(io) => Step::Io(io),
-        Step::Done(result) => Step::Done(result.map(f)),
-    }
 }
 
 impl<T: Read + Write + ReadReady> Connection<T> {

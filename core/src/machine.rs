@@ -410,13 +410,13 @@ impl Machine {
     /// reported are what went. A chunk when nothing more is owed is
     /// [`Misuse::PastEnd`].
     pub fn write_chunk<'a>(&'a mut self, chunk: &'a [u8]) -> Step<'a, usize> {
-        let next = self.write_chunk_rules(chunk);
-        self.next_step(next, Payload::Out(chunk))
-            .map(|n| n as usize)
+        let chunk = Payload::Out(chunk);
+        let next = self.write_chunk_rules(&chunk);
+        self.next_step(next, chunk).map(|n| n as usize)
     }
 
     /// [`write_chunk`](Self::write_chunk)'s rules.
-    pub(crate) fn write_chunk_rules(&self, chunk: &[u8]) -> Next {
+    pub(crate) fn write_chunk_rules(&mut self, chunk: &Payload<'_>) -> Next {
         match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ if chunk.is_empty() => Next::Done(Ok(0)),
@@ -430,12 +430,12 @@ impl Machine {
     /// connection for the next one. [`Misuse::Unfinished`] while payload
     /// bytes are still owed.
     pub fn finish(&mut self) -> Step<'_, ()> {
-        let next = self.finish_rules();
+        let next = self.finish_rules(&Payload::None);
         self.next_step(next, Payload::None).map(drop)
     }
 
     /// [`finish`](Self::finish)'s rules.
-    pub(crate) fn finish_rules(&self) -> Next {
+    pub(crate) fn finish_rules(&mut self, _: &Payload<'_>) -> Next {
         match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             State::Sent if self.op.is_chunked() => Next::Settle(Ok(0)),
@@ -454,12 +454,12 @@ impl Machine {
     /// or limit) or [`reject`](Self::reject). Waiting here may be abandoned
     /// freely until the first byte of the length arrives.
     pub fn next_length(&mut self) -> Step<'_, u32> {
-        let next = self.next_length_rules();
+        let next = self.next_length_rules(&Payload::None);
         self.next_step(next, Payload::None)
     }
 
     /// [`next_length`](Self::next_length)'s rules.
-    pub(crate) fn next_length_rules(&mut self) -> Next {
+    pub(crate) fn next_length_rules(&mut self, _: &Payload<'_>) -> Next {
         match self.open(Op::Receive, 0) {
             Next::Io => match self.state {
                 State::Decide => Next::Done(Ok(self.announced())),
@@ -475,12 +475,12 @@ impl Machine {
     /// the peer keeps its message and the connection goes on. Done with the
     /// refused length.
     pub fn reject(&mut self) -> Step<'_, u32> {
-        let next = self.reject_rules();
+        let next = self.reject_rules(&Payload::None);
         self.next_step(next, Payload::None)
     }
 
     /// [`reject`](Self::reject)'s rules.
-    pub(crate) fn reject_rules(&mut self) -> Next {
+    pub(crate) fn reject_rules(&mut self, _: &Payload<'_>) -> Next {
         match self.state {
             State::Decide => {
                 self.answer(false);
@@ -518,12 +518,13 @@ impl Machine {
     /// reported are the chunk's size. Done with 0 once the whole message has
     /// been read; it never reads past the message.
     pub fn read_chunk<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
-        let next = self.read_chunk_rules(buf);
-        self.next_step(next, Payload::In(buf)).map(|n| n as usize)
+        let buf = Payload::In(buf);
+        let next = self.read_chunk_rules(&buf);
+        self.next_step(next, buf).map(|n| n as usize)
     }
 
     /// [`read_chunk`](Self::read_chunk)'s rules.
-    pub(crate) fn read_chunk_rules(&self, buf: &[u8]) -> Next {
+    pub(crate) fn read_chunk_rules(&mut self, buf: &Payload<'_>) -> Next {
         match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             State::RecvPayload if self.op.is_chunked() && !buf.is_empty() => Next::Io,
@@ -534,12 +535,12 @@ impl Machine {
     /// Flushes whatever was written, whatever the [`FlushPolicy`]. It asks
     /// for nothing but [`Io::Flush`].
     pub fn flush(&mut self) -> Step<'_, ()> {
-        let next = self.flush_rules();
+        let next = self.flush_rules(&Payload::None);
         self.next_step(next, Payload::None).map(drop)
     }
 
     /// [`flush`](Self::flush)'s rules.
-    pub(crate) fn flush_rules(&self) -> Next {
+    pub(crate) fn flush_rules(&mut self, _: &Payload<'_>) -> Next {
         if self.needs_flush() {
             Next::Flush
         } else {
@@ -1014,6 +1015,15 @@ impl Payload<'_> {
             Payload::None => Payload::None,
             Payload::Out(bytes) => Payload::Out(bytes),
             Payload::In(buf) => Payload::In(buf),
+        }
+    }
+
+    /// True for no payload or an empty one.
+    fn is_empty(&self) -> bool {
+        match self {
+            Payload::None => true,
+            Payload::Out(bytes) => bytes.is_empty(),
+            Payload::In(buf) => buf.is_empty(),
         }
     }
 

@@ -10,7 +10,7 @@ use tinyproto::duplex::{self, Direction};
 
 use crate::error::{Deadline, Error, NetError};
 use crate::session::{ConnInfo, Session};
-use crate::socket::{Socket, Timeouts};
+use crate::socket::{after, Socket, Timeouts};
 use crate::transport::Transport;
 
 /// A tinyproto client connection over an embassy-net TCP socket whose
@@ -181,7 +181,7 @@ pub(crate) async fn connect_tcp(
     socket: &mut Socket<'_>,
     remote: IpEndpoint,
 ) -> Result<(), NetError> {
-    let deadline = Timer::after(socket.timeouts().connect);
+    let deadline = Timer::at(after(socket.timeouts().connect));
     let connected = match select(socket.tcp_mut().connect(remote), deadline).await {
         Either::First(r) => r.map_err(NetError::Connect),
         Either::Second(()) => Err(NetError::TimedOut(Deadline::Connect)),

@@ -10,8 +10,9 @@
 //! arriving while every reserve is still refusing is reset by the stack.
 
 use core::convert::Infallible;
-use core::pin::pin;
-use core::task::Poll;
+use core::future::Future;
+use core::pin::{pin, Pin};
+use core::task::{Context, Poll};
 
 use embassy_futures::join::{join, join_array};
 use embassy_futures::poll_once;
@@ -21,13 +22,13 @@ use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
 use embassy_sync::watch::{Receiver, Sender, Watch};
-use embassy_time::{Duration, Instant, Timer};
+use embassy_time::{Duration, Timer};
 use tinyproto::{CONNECTION_LIMIT_REFUSAL, MAX_MESSAGE_LEN};
 
 use crate::error::{Deadline, Error};
 use crate::out_of_line::OutOfLine;
 use crate::session::{ConnInfo, Session};
-use crate::socket::{Socket, Timeouts};
+use crate::socket::{after, Socket, Timeouts};
 use crate::Connection;
 
 /// What a handler says after each hook.
@@ -555,6 +556,21 @@ async fn run_connection<H: Handler, S: Stopping>(
     ended
 }
 
+/// [`ServerConfig::loop_pass_interval`]'s timer, or never ready without
+/// one: a plain future, no async block (whose state machine costs more).
+struct Tick(Option<Timer>);
+
+impl Future for Tick {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.get_mut().0 {
+            Some(timer) => Pin::new(timer).poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// What the loop of a connection waits for between messages.
 enum Event {
     /// The length of the next message (or why none came).
@@ -573,18 +589,15 @@ async fn serve_loop<H: Handler, S: Stopping>(
     if let Some(ended) = handler.pre_loop(session).await.ended() {
         return ended;
     }
-    let mut active_at = Instant::now();
+    // The idle deadline, from the last message on.
+    let mut idle_at = config.timeouts.idle.map(after);
     loop {
-        let idle = config
-            .timeouts
-            .idle
-            .map(|d| (active_at + d, Deadline::Idle));
-        let tick = async {
-            match config.loop_pass_interval {
-                Some(every) => Timer::after(every).await,
-                None => core::future::pending().await,
-            }
-        };
+        let idle = idle_at.map(|at| (at, Deadline::Idle));
+        let tick = Tick(
+            config
+                .loop_pass_interval
+                .map(|every| Timer::at(after(every))),
+        );
         // Up to the idle deadline for the next length's first byte, then
         // the message deadline (the session is greeted: the core's
         // `next_length` itself, one future layer fewer).
@@ -625,7 +638,7 @@ async fn serve_loop<H: Handler, S: Stopping>(
                     return Ended::Failed(e);
                 }
             }
-            active_at = Instant::now();
+            idle_at = config.timeouts.idle.map(after);
         }
         if let Some(ended) = handler.loop_pass(session).await.ended() {
             return ended;

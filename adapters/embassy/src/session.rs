@@ -11,7 +11,7 @@ use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 
 use crate::error::{Deadline, Error};
 use crate::out_of_line::OutOfLine;
-use crate::socket::Socket;
+use crate::socket::{after, Socket};
 use crate::transport::Transport;
 
 /// What a connection is, as the server's hooks see it.
@@ -146,7 +146,7 @@ impl<'s, 'a, T: Transport> Session<'s, 'a, T> {
             .get_ref()
             .timeouts()
             .receive
-            .map(|wait| (Instant::now() + wait, Deadline::Receive))
+            .map(|wait| (after(wait), Deadline::Receive))
     }
 
     /// Arms the receive deadlines, once greeted: a message already half in

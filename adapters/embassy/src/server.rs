@@ -396,9 +396,7 @@ pub async fn serve<H: Handler, const N: usize, const K: usize>(
     let no_stop = || Some(NeverStops);
     serve_slots(stack, config, slots, reserves, handlers, &pool, no_stop).await;
     // Only reached with no slot and no reserve.
-    loop {
-        core::future::pending::<()>().await;
-    }
+    core::future::pending().await
 }
 
 /// [`serve`], until the application signals `stop` (from this task, another
@@ -451,13 +449,20 @@ async fn serve_slots<H: Handler, S: Stopping, const N: usize, const K: usize>(
 ) {
     info!("tinyproto server on port {}, {} slots", config.port, N);
     // Slot i gets handler i (both arrays have N entries).
-    let mut handlers = handlers.map(Some);
+    let mut handlers = handlers.into_iter();
     let mut next = 0;
     let loops = slots.map(|slot| {
         let index = next;
         next += 1;
-        let handler = handlers.get_mut(index).and_then(Option::take);
-        serve_slot(stack, config, index, slot, handler, stops(), pool.sender())
+        serve_slot(
+            stack,
+            config,
+            index,
+            slot,
+            handlers.next(),
+            stops(),
+            pool.sender(),
+        )
     });
     let refusing =
         reserves.map(|reserve| serve_reserve(stack, config, reserve, pool.receiver(), N));

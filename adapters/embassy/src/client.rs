@@ -1,6 +1,8 @@
 //! [`Client`]: connect to a tinyproto server with deadlines, greet, talk,
 //! close without losing data.
 
+use core::pin::pin;
+
 use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpEndpoint, Stack};
@@ -9,6 +11,7 @@ use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 use tinyproto::duplex::{self, Direction};
 
 use crate::error::{Deadline, Error, NetError};
+use crate::out_of_line::OutOfLine;
 use crate::session::{ConnInfo, Session};
 use crate::socket::{after, Socket, Timeouts};
 use crate::transport::Transport;
@@ -77,7 +80,9 @@ impl<'a> Client<'a> {
             slot: 0,
             remote: Some(remote),
         };
-        if let Err(e) = Session::new(&mut conn, info).greet().await {
+        let mut session = Session::new(&mut conn, info);
+        let greeted = OutOfLine::new(pin!(session.greet_now())).await;
+        if let Err(e) = greeted {
             debug!("greeting with {:?} failed: {:?}", remote, e);
             let mut socket = conn.into_inner();
             let _ = socket.close().await;
@@ -150,7 +155,7 @@ impl<'a, T: Transport> Client<'a, T> {
     pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
         let mut session = self.session();
         let wait = session.receive_limit();
-        session.greet().await?;
+        OutOfLine::new(pin!(session.greet_now())).await?;
         session.arm_receive(wait);
         self.conn.begin_receive(limit).await
     }

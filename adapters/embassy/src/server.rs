@@ -546,7 +546,7 @@ async fn run_connection<H: Handler, S: Stopping>(
         return ended;
     }
     let mut session = Session::new(conn, info);
-    if let Err(e) = session.greet().await {
+    if let Err(e) = OutOfLine::new(pin!(session.greet_now())).await {
         return Ended::Failed(e);
     }
     let ended = OutOfLine::new(pin!(serve_loop(

@@ -348,8 +348,9 @@ struct Pool {
 trait Stopping {
     /// True once the server stops.
     fn is_stopping(&self) -> bool;
-    /// Completes once the server stops.
-    async fn stopping(&mut self);
+    /// Completes once the server stops: the waiting future itself, no
+    /// async layer around it.
+    fn stopping(&mut self) -> impl Future<Output = ()>;
 }
 
 impl<const N: usize> Stopping for Receiver<'_, NoopRawMutex, (), N> {
@@ -358,8 +359,8 @@ impl<const N: usize> Stopping for Receiver<'_, NoopRawMutex, (), N> {
         self.contains_value()
     }
 
-    async fn stopping(&mut self) {
-        self.get().await
+    fn stopping(&mut self) -> impl Future<Output = ()> {
+        self.get()
     }
 }
 
@@ -371,8 +372,8 @@ impl Stopping for NeverStops {
         false
     }
 
-    async fn stopping(&mut self) {
-        core::future::pending().await
+    fn stopping(&mut self) -> impl Future<Output = ()> {
+        core::future::pending()
     }
 }
 

@@ -512,7 +512,7 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
             &mut conn,
             message,
             config,
-            info,
+            &info,
             &mut handler,
             &mut stop
         )))
@@ -539,14 +539,14 @@ async fn run_connection<H: Handler, S: Stopping>(
     conn: &mut Connection<'_>,
     message: &mut [u8],
     config: &ServerConfig,
-    info: ConnInfo,
+    info: &ConnInfo,
     handler: &mut H,
     stop: &mut S,
 ) -> Ended {
-    if let Some(ended) = handler.conn_init(&info).await.ended() {
+    if let Some(ended) = handler.conn_init(info).await.ended() {
         return ended;
     }
-    let mut session = Session::new(conn, info);
+    let mut session = Session::new(conn, *info);
     if let Err(e) = OutOfLine::new(pin!(session.greet_now())).await {
         return Ended::Failed(e);
     }
@@ -664,14 +664,17 @@ async fn take_message<H: Handler>(
     len: u32,
     handler: &mut H,
 ) -> Result<Flow, Error> {
-    let info = session.info;
     let capacity = session.conn.machine().whole_capacity(message.len());
-    match handler.message_announced(&info, len, capacity).await {
+    match handler
+        .message_announced(&session.info, len, capacity)
+        .await
+    {
         take @ (Take::Whole | Take::Chunks) => {
             // A whole message goes through the chunked reader too: one read
             // path in the image, not two.
             let whole = take == Take::Whole;
-            let read = read_message(session.conn, message, whole, capacity, &info, handler).await;
+            let info = &session.info;
+            let read = read_message(session.conn, message, whole, capacity, info, handler).await;
             session.conn.get_mut().end_exchange();
             match read? {
                 Read::Whole(received) => Ok(handler
@@ -687,7 +690,10 @@ async fn take_message<H: Handler>(
             let rejected = session.conn.reject().await;
             session.conn.get_mut().end_exchange();
             rejected?;
-            debug!("slot {}: rejected a message of {} bytes", info.slot, len);
+            debug!(
+                "slot {}: rejected a message of {} bytes",
+                session.info.slot, len
+            );
             Ok(Flow::Continue)
         }
     }

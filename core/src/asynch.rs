@@ -39,7 +39,7 @@ use core::future::Future;
 use embedded_io_async::{ErrorType, Read, ReadReady, Write};
 
 use crate::error::{Error, Misuse};
-use crate::machine::{exchange, FlushPolicy, Io, Machine, Moved, Op, Payload, Step};
+use crate::machine::{exchange, FlushPolicy, Io, Machine, Moved, Next, Op, Payload, Step};
 use crate::wire::CONNECTION_LIMIT_REFUSAL;
 
 /// A tinyproto connection over an async transport.
@@ -173,13 +173,13 @@ impl<T: Read + Write> Connection<T> {
     /// with `receive`, `begin_receive` or [`reject`](Self::reject). See
     /// [`Machine::next_length`].
     pub fn next_length(&mut self) -> impl Future<Output = Result<u32, Error<T::Error>>> + '_ {
-        self.drive(Call::NextLength)
+        self.drive(Call::Rules(Machine::next_length_rules, Payload::None))
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length);
     /// the connection goes on. See [`Machine::reject`].
     pub fn reject(&mut self) -> impl Future<Output = Result<u32, Error<T::Error>>> + '_ {
-        self.drive(Call::Reject)
+        self.drive(Call::Rules(Machine::reject_rules, Payload::None))
     }
 
     /// Starts a chunked receive, for messages larger than memory; see
@@ -205,7 +205,9 @@ impl<T: Read + Write> Connection<T> {
 
     /// Flushes what was written, whatever the [`FlushPolicy`].
     pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
-        self.drive(Call::Flush).await.map(drop)
+        self.drive(Call::Rules(Machine::flush_rules, Payload::None))
+            .await
+            .map(drop)
     }
 
     /// The driver: asks the machine for the call's next step, does that I/O
@@ -214,25 +216,14 @@ impl<T: Read + Write> Connection<T> {
     /// is done by its one payload transfer.
     async fn drive(&mut self, mut call: Call<'_>) -> Result<u32, Error<T::Error>> {
         loop {
-            let machine = &mut self.machine;
-            let step = match &mut call {
-                Call::Exchange(op, bound, payload) => {
-                    machine.exchange(*op, *bound, payload.reborrow())
-                }
-                Call::NextLength => machine.next_length(),
-                Call::Reject => machine.reject(),
-                Call::Flush => as_u32(machine.flush(), |()| 0),
-                Call::Finish => as_u32(machine.finish(), |()| 0),
-                Call::ReadChunk(buf) => as_u32(machine.read_chunk(buf), |n| n as u32),
-                Call::WriteChunk(chunk) => as_u32(machine.write_chunk(chunk), |n| n as u32),
-            };
+            let step = next_step(&mut self.machine, &mut call);
             match step {
                 Step::Io(request) => {
                     let moved = perform(&mut self.io, request).await?;
                     self.machine.moved(moved).map_err(Error::widen)?;
                     // The one read or write a chunk asks for is the chunk itself.
                     if let (
-                        Call::ReadChunk(_) | Call::WriteChunk(_),
+                        Call::Rules(_, Payload::In(_) | Payload::Out(_)),
                         Moved::Read(n) | Moved::Wrote(n),
                     ) = (&call, moved)
                     {
@@ -245,27 +236,35 @@ impl<T: Read + Write> Connection<T> {
     }
 }
 
+/// The next step of `call`: the operation's rules say what is next, and one
+/// `next_step` turns that into the step (one copy of it in the loop, not
+/// one per operation).
+#[inline(always)]
+fn next_step<'a>(machine: &'a mut Machine, call: &'a mut Call<'_>) -> Step<'a, u32> {
+    let (next, payload) = match call {
+        Call::Exchange(op, bound, payload) => {
+            let next = machine.exchange_rules(*op, *bound, payload);
+            (next, payload.reborrow().skip(machine.payload_offset()))
+        }
+        Call::Rules(rules, payload) => (rules(machine, payload), payload.reborrow()),
+    };
+    machine.next_step(next, payload)
+}
+
 /// One operation of [`Connection::drive`], with its arguments.
 enum Call<'b> {
     /// The greeting or a message operation: [`Machine::exchange`]'s arguments.
     Exchange(Op, u32, Payload<'b>),
-    NextLength,
-    Reject,
-    Flush,
-    Finish,
-    ReadChunk(&'b mut [u8]),
-    WriteChunk(&'b [u8]),
+    /// Another operation: its rules, and its chunk (or none). Only a chunk's
+    /// read or write carries a payload here.
+    Rules(Rules, Payload<'b>),
 }
 
-/// A step of an operation whose result is `()` or a chunk's size, with
-/// that result as `drive`'s `u32` (a chunk is part of a message: within `u32`).
-#[inline(always)]
-fn as_u32<R>(step: Step<'_, R>, f: fn(R) -> u32) -> Step<'_, u32> {
-    match step {
-        Step::Io(io) => Step::Io(io),
-        Step::Done(result) => Step::Done(result.map(f)),
-    }
-}
+/// The rules of an operation other than the exchange (`Machine::*_rules`):
+/// what is next, given its chunk (or none). Through a pointer, so that an
+/// image carries the rules of the operations it calls and no others (a
+/// server that never sends in chunks has no `write_chunk`).
+type Rules = fn(&mut Machine, &Payload<'_>) -> Next;
 
 impl<T: Read + Write + ReadReady> Connection<T> {
     /// True when nothing of a message is in flight and the transport has
@@ -307,7 +306,10 @@ impl<T: Read + Write> IncomingMessage<'_, T> {
     /// Reads the next chunk into `buf`; `Ok(0)` once the whole message has
     /// been read.
     pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Error<T::Error>> {
-        let n = self.conn.drive(Call::ReadChunk(buf)).await?;
+        let n = self
+            .conn
+            .drive(Call::Rules(Machine::read_chunk_rules, Payload::In(buf)))
+            .await?;
         Ok(n as usize)
     }
 
@@ -360,7 +362,10 @@ impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// how many bytes went; [`Misuse::PastEnd`]
     /// once nothing more is owed.
     pub async fn write(&mut self, chunk: &[u8]) -> Result<usize, Error<T::Error>> {
-        let n = self.conn.drive(Call::WriteChunk(chunk)).await?;
+        let n = self
+            .conn
+            .drive(Call::Rules(Machine::write_chunk_rules, Payload::Out(chunk)))
+            .await?;
         Ok(n as usize)
     }
 
@@ -377,7 +382,10 @@ impl<T: Read + Write> OutgoingMessage<'_, T> {
     /// and frees the connection for the next one;
     /// [`Misuse::Unfinished`] while bytes are owed.
     pub async fn finish(self) -> Result<(), Error<T::Error>> {
-        self.conn.drive(Call::Finish).await.map(drop)
+        self.conn
+            .drive(Call::Rules(Machine::finish_rules, Payload::None))
+            .await
+            .map(drop)
     }
 }
 

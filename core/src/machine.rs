@@ -180,7 +180,7 @@ impl State {
 /// before the operation may return, or the operation is over (with a length,
 /// 0 where the operation has none). One type for every operation keeps one
 /// copy of `Machine::next_step` in a firmware.
-enum Next {
+pub(crate) enum Next {
     Io,
     Flush,
     Done(Result<u32, Error>),
@@ -410,14 +410,19 @@ impl Machine {
     /// reported are what went. A chunk when nothing more is owed is
     /// [`Misuse::PastEnd`].
     pub fn write_chunk<'a>(&'a mut self, chunk: &'a [u8]) -> Step<'a, usize> {
-        let next = match self.state {
+        let chunk = Payload::Out(chunk);
+        let next = self.write_chunk_rules(&chunk);
+        self.next_step(next, chunk).map(|n| n as usize)
+    }
+
+    /// [`write_chunk`](Self::write_chunk)'s rules.
+    pub(crate) fn write_chunk_rules(&mut self, chunk: &Payload<'_>) -> Next {
+        match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ if chunk.is_empty() => Next::Done(Ok(0)),
             State::SendPayload if self.op.is_chunked() => Next::Io,
             _ => Next::Done(Err(Error::Misuse(Misuse::PastEnd))),
-        };
-        self.next_step(next, Payload::Out(chunk))
-            .map(|n| n as usize)
+        }
     }
 
     /// Completes a message begun with [`begin_transmit`](Self::begin_transmit)
@@ -425,7 +430,13 @@ impl Machine {
     /// connection for the next one. [`Misuse::Unfinished`] while payload
     /// bytes are still owed.
     pub fn finish(&mut self) -> Step<'_, ()> {
-        let next = match self.state {
+        let next = self.finish_rules(&Payload::None);
+        self.next_step(next, Payload::None).map(drop)
+    }
+
+    /// [`finish`](Self::finish)'s rules.
+    pub(crate) fn finish_rules(&mut self, _: &Payload<'_>) -> Next {
+        match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             State::Sent if self.op.is_chunked() => Next::Settle(Ok(0)),
             State::SendPayload if self.op.is_chunked() => {
@@ -434,8 +445,7 @@ impl Machine {
                 })))
             }
             _ => Next::Done(Ok(0)),
-        };
-        self.next_step(next, Payload::None).map(drop)
+        }
     }
 
     /// Reads the length of the next message and returns it without
@@ -444,7 +454,13 @@ impl Machine {
     /// or limit) or [`reject`](Self::reject). Waiting here may be abandoned
     /// freely until the first byte of the length arrives.
     pub fn next_length(&mut self) -> Step<'_, u32> {
-        let next = match self.open(Op::Receive, 0) {
+        let next = self.next_length_rules(&Payload::None);
+        self.next_step(next, Payload::None)
+    }
+
+    /// [`next_length`](Self::next_length)'s rules.
+    pub(crate) fn next_length_rules(&mut self, _: &Payload<'_>) -> Next {
+        match self.open(Op::Receive, 0) {
             Next::Io => match self.state {
                 State::Decide => Next::Done(Ok(self.announced())),
                 State::GreetWrite | State::GreetRead | State::RecvLength => Next::Io,
@@ -452,15 +468,20 @@ impl Machine {
                 _ => Next::Done(Err(Error::InProgress)),
             },
             next => next,
-        };
-        self.next_step(next, Payload::None)
+        }
     }
 
     /// Answers 0x00 to the length read by [`next_length`](Self::next_length):
     /// the peer keeps its message and the connection goes on. Done with the
     /// refused length.
     pub fn reject(&mut self) -> Step<'_, u32> {
-        let next = match self.state {
+        let next = self.reject_rules(&Payload::None);
+        self.next_step(next, Payload::None)
+    }
+
+    /// [`reject`](Self::reject)'s rules.
+    pub(crate) fn reject_rules(&mut self, _: &Payload<'_>) -> Next {
+        match self.state {
             State::Decide => {
                 self.answer(false);
                 Next::Io
@@ -469,8 +490,7 @@ impl Machine {
             State::Refused => Next::Settle(Ok(self.announced())),
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             _ => Next::Done(Err(Error::InProgress)),
-        };
-        self.next_step(next, Payload::None)
+        }
     }
 
     /// Receives one whole message into `buf`; done with its length.
@@ -498,23 +518,34 @@ impl Machine {
     /// reported are the chunk's size. Done with 0 once the whole message has
     /// been read; it never reads past the message.
     pub fn read_chunk<'a>(&'a mut self, buf: &'a mut [u8]) -> Step<'a, usize> {
-        let next = match self.state {
+        let buf = Payload::In(buf);
+        let next = self.read_chunk_rules(&buf);
+        self.next_step(next, buf).map(|n| n as usize)
+    }
+
+    /// [`read_chunk`](Self::read_chunk)'s rules.
+    pub(crate) fn read_chunk_rules(&mut self, buf: &Payload<'_>) -> Next {
+        match self.state {
             State::Broken | State::GreetFailed => Next::Done(Err(Error::Broken)),
             State::RecvPayload if self.op.is_chunked() && !buf.is_empty() => Next::Io,
             _ => Next::Done(Ok(0)),
-        };
-        self.next_step(next, Payload::In(buf)).map(|n| n as usize)
+        }
     }
 
     /// Flushes whatever was written, whatever the [`FlushPolicy`]. It asks
     /// for nothing but [`Io::Flush`].
     pub fn flush(&mut self) -> Step<'_, ()> {
-        let next = if self.needs_flush() {
+        let next = self.flush_rules(&Payload::None);
+        self.next_step(next, Payload::None).map(drop)
+    }
+
+    /// [`flush`](Self::flush)'s rules.
+    pub(crate) fn flush_rules(&mut self, _: &Payload<'_>) -> Next {
+        if self.needs_flush() {
             Next::Flush
         } else {
             Next::Done(Ok(0))
-        };
-        self.next_step(next, Payload::None).map(drop)
+        }
     }
 
     /// The next step of `op`: exactly what its own method
@@ -554,8 +585,16 @@ impl Machine {
         bound: u32,
         payload: Payload<'a>,
     ) -> Step<'a, u32> {
+        let next = self.exchange_rules(op, bound, &payload);
+        let payload = payload.skip(self.payload_offset());
+        self.next_step(next, payload)
+    }
+
+    /// [`exchange`](Self::exchange)'s rules.
+    #[inline(always)]
+    pub(crate) fn exchange_rules(&mut self, op: Op, bound: u32, payload: &Payload<'_>) -> Next {
         let chunked = op.is_chunked();
-        let next = match self.open(op, bound) {
+        match self.open(op, bound) {
             Next::Io => {
                 let len = self.announced();
                 match self.state {
@@ -575,19 +614,21 @@ impl Machine {
                     State::Sent | State::Received => Next::Settle(Ok(len)),
                     State::SendPayload | State::RecvPayload if chunked => Next::Done(Ok(len)),
                     // Only a resume with a smaller buffer than the first call can miss.
-                    State::RecvPayload if matches!(&payload, Payload::In(buf) if buf.len() < len as usize) => {
+                    State::RecvPayload if matches!(payload, Payload::In(buf) if buf.len() < len as usize) => {
                         Next::Done(Err(Error::Misuse(Misuse::ShorterBuffer { len })))
                     }
                     _ => Next::Io,
                 }
             }
             next => next,
-        };
-        // A whole message moves from where its payload stopped: the
-        // announced length less what is owed (only a payload state lends
-        // the payload; elsewhere this is no offset, and unused).
-        let payload = payload.skip(self.announced().wrapping_sub(self.owed) as usize);
-        self.next_step(next, payload)
+        }
+    }
+
+    /// Where a whole message's payload moves from: the announced length
+    /// less what is owed (only a payload state lends the payload; elsewhere
+    /// this is no offset, and unused).
+    pub(crate) fn payload_offset(&self) -> usize {
+        self.announced().wrapping_sub(self.owed) as usize
     }
 
     /// Lets an exchange go on with the connection: `Next::Io` while the
@@ -831,7 +872,7 @@ impl Machine {
     /// The result, or the I/O that is due. `payload` is the caller's side
     /// of the message.
     #[inline(always)]
-    fn next_step<'a>(&'a mut self, next: Next, payload: Payload<'a>) -> Step<'a, u32> {
+    pub(crate) fn next_step<'a>(&'a mut self, next: Next, payload: Payload<'a>) -> Step<'a, u32> {
         match next {
             Next::Done(result) => Step::Done(result),
             Next::Settle(_) if self.flush_due() => Step::Io(Io::Flush),
@@ -977,8 +1018,17 @@ impl Payload<'_> {
         }
     }
 
+    /// True for no payload or an empty one.
+    fn is_empty(&self) -> bool {
+        match self {
+            Payload::None => true,
+            Payload::Out(bytes) => bytes.is_empty(),
+            Payload::In(buf) => buf.is_empty(),
+        }
+    }
+
     /// The payload from byte `n` on (empty if it is shorter).
-    fn skip(self, n: usize) -> Self {
+    pub(crate) fn skip(self, n: usize) -> Self {
         match self {
             Payload::None => Payload::None,
             Payload::Out(bytes) => Payload::Out(bytes.get(n..).unwrap_or_default()),

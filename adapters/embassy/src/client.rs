@@ -1,6 +1,8 @@
 //! [`Client`]: connect to a tinyproto server with deadlines, greet, talk,
 //! close without losing data.
 
+use core::pin::pin;
+
 use embassy_futures::select::{select, Either};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{IpEndpoint, Stack};
@@ -9,8 +11,9 @@ use tinyproto::asynch::{Connection, IncomingMessage, OutgoingMessage};
 use tinyproto::duplex::{self, Direction};
 
 use crate::error::{Deadline, Error, NetError};
+use crate::out_of_line::OutOfLine;
 use crate::session::{ConnInfo, Session};
-use crate::socket::{Socket, Timeouts};
+use crate::socket::{after, Socket, Timeouts};
 use crate::transport::Transport;
 
 /// A tinyproto client connection over an embassy-net TCP socket whose
@@ -77,7 +80,9 @@ impl<'a> Client<'a> {
             slot: 0,
             remote: Some(remote),
         };
-        if let Err(e) = Session::new(&mut conn, info).greet().await {
+        let mut session = Session::new(&mut conn, info);
+        let greeted = OutOfLine::new(pin!(session.greet_now())).await;
+        if let Err(e) = greeted {
             debug!("greeting with {:?} failed: {:?}", remote, e);
             let mut socket = conn.into_inner();
             let _ = socket.close().await;
@@ -150,7 +155,7 @@ impl<'a, T: Transport> Client<'a, T> {
     pub async fn begin_receive(&mut self, limit: u32) -> Result<IncomingMessage<'_, T>, Error> {
         let mut session = self.session();
         let wait = session.receive_limit();
-        session.greet().await?;
+        OutOfLine::new(pin!(session.greet_now())).await?;
         session.arm_receive(wait);
         self.conn.begin_receive(limit).await
     }
@@ -181,7 +186,7 @@ pub(crate) async fn connect_tcp(
     socket: &mut Socket<'_>,
     remote: IpEndpoint,
 ) -> Result<(), NetError> {
-    let deadline = Timer::after(socket.timeouts().connect);
+    let deadline = Timer::at(after(socket.timeouts().connect));
     let connected = match select(socket.tcp_mut().connect(remote), deadline).await {
         Either::First(r) => r.map_err(NetError::Connect),
         Either::Second(()) => Err(NetError::TimedOut(Deadline::Connect)),

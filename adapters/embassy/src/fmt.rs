@@ -1,7 +1,8 @@
 //! Private logging macros: route to `defmt`, to `log`, or to nothing.
 //!
 //! With neither feature the arguments are still borrowed (so no "unused"
-//! warnings), and the compiler removes them: logging costs nothing.
+//! warnings), in a branch never taken: they are not even evaluated (a
+//! socket's state, say), and logging costs nothing.
 #![allow(unused_macros)]
 
 #[cfg(all(feature = "defmt", feature = "log"))]
@@ -14,7 +15,7 @@ macro_rules! trace {
         #[cfg(feature = "log")]
         ::log::trace!($s $(, $x)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
-        let _ = ($( & $x ),*);
+        if false { let _ = ($( & $x ),*); }
     }};
 }
 
@@ -25,7 +26,7 @@ macro_rules! debug {
         #[cfg(feature = "log")]
         ::log::debug!($s $(, $x)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
-        let _ = ($( & $x ),*);
+        if false { let _ = ($( & $x ),*); }
     }};
 }
 
@@ -36,7 +37,7 @@ macro_rules! info {
         #[cfg(feature = "log")]
         ::log::info!($s $(, $x)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
-        let _ = ($( & $x ),*);
+        if false { let _ = ($( & $x ),*); }
     }};
 }
 
@@ -47,6 +48,6 @@ macro_rules! warn {
         #[cfg(feature = "log")]
         ::log::warn!($s $(, $x)*);
         #[cfg(not(any(feature = "defmt", feature = "log")))]
-        let _ = ($( & $x ),*);
+        if false { let _ = ($( & $x ),*); }
     }};
 }

@@ -10,23 +10,25 @@
 //! arriving while every reserve is still refusing is reset by the stack.
 
 use core::convert::Infallible;
-use core::pin::pin;
+use core::future::Future;
+use core::pin::{pin, Pin};
+use core::task::{Context, Poll};
 
 use embassy_futures::join::{join, join_array};
+use embassy_futures::poll_once;
 use embassy_futures::select::{select, select3, Either, Either3};
 use embassy_net::tcp::TcpSocket;
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
 use embassy_sync::watch::{Receiver, Sender, Watch};
-use embassy_time::{Duration, Instant, Timer};
-use tinyproto::embedded_io_async::Write;
+use embassy_time::{Duration, Timer};
 use tinyproto::{CONNECTION_LIMIT_REFUSAL, MAX_MESSAGE_LEN};
 
 use crate::error::{Deadline, Error};
 use crate::out_of_line::OutOfLine;
 use crate::session::{ConnInfo, Session};
-use crate::socket::{Socket, Timeouts};
+use crate::socket::{after, Socket, Timeouts};
 use crate::Connection;
 
 /// What a handler says after each hook.
@@ -214,7 +216,8 @@ pub trait Handler {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ServerConfig {
-    /// TCP port to listen on.
+    /// TCP port to listen on (not 0: a socket cannot listen there, and
+    /// the server then serves nothing).
     pub port: u16,
     /// Deadlines of each connection. `idle` closes quiet connections.
     pub timeouts: Timeouts,
@@ -345,8 +348,9 @@ struct Pool {
 trait Stopping {
     /// True once the server stops.
     fn is_stopping(&self) -> bool;
-    /// Completes once the server stops.
-    async fn stopping(&mut self);
+    /// Completes once the server stops: the waiting future itself, no
+    /// async layer around it.
+    fn stopping(&mut self) -> impl Future<Output = ()>;
 }
 
 impl<const N: usize> Stopping for Receiver<'_, NoopRawMutex, (), N> {
@@ -355,8 +359,8 @@ impl<const N: usize> Stopping for Receiver<'_, NoopRawMutex, (), N> {
         self.contains_value()
     }
 
-    async fn stopping(&mut self) {
-        self.get().await
+    fn stopping(&mut self) -> impl Future<Output = ()> {
+        self.get()
     }
 }
 
@@ -368,8 +372,8 @@ impl Stopping for NeverStops {
         false
     }
 
-    async fn stopping(&mut self) {
-        core::future::pending().await
+    fn stopping(&mut self) -> impl Future<Output = ()> {
+        core::future::pending()
     }
 }
 
@@ -393,9 +397,7 @@ pub async fn serve<H: Handler, const N: usize, const K: usize>(
     let no_stop = || Some(NeverStops);
     serve_slots(stack, config, slots, reserves, handlers, &pool, no_stop).await;
     // Only reached with no slot and no reserve.
-    loop {
-        core::future::pending::<()>().await;
-    }
+    core::future::pending().await
 }
 
 /// [`serve`], until the application signals `stop` (from this task, another
@@ -448,13 +450,20 @@ async fn serve_slots<H: Handler, S: Stopping, const N: usize, const K: usize>(
 ) {
     info!("tinyproto server on port {}, {} slots", config.port, N);
     // Slot i gets handler i (both arrays have N entries).
-    let mut handlers = handlers.map(Some);
+    let mut handlers = handlers.into_iter();
     let mut next = 0;
     let loops = slots.map(|slot| {
         let index = next;
         next += 1;
-        let handler = handlers.get_mut(index).and_then(Option::take);
-        serve_slot(stack, config, index, slot, handler, stops(), pool.sender())
+        serve_slot(
+            stack,
+            config,
+            index,
+            slot,
+            handlers.next(),
+            stops(),
+            pool.sender(),
+        )
     });
     let refusing =
         reserves.map(|reserve| serve_reserve(stack, config, reserve, pool.receiver(), N));
@@ -479,10 +488,11 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
         let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
         match select(socket.tcp_mut().accept(config.port), stop.stopping()).await {
             Either::First(Ok(())) => {}
+            // A fresh socket's listen fails only for port 0: it would fail
+            // again, so the slot stops rather than retry.
             Either::First(Err(e)) => {
                 warn!("slot {}: listen failed: {:?}", index, e);
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
+                break;
             }
             // Stopping: no new connection on this slot.
             Either::Second(()) => break,
@@ -502,7 +512,7 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
             &mut conn,
             message,
             config,
-            info,
+            &info,
             &mut handler,
             &mut stop
         )))
@@ -529,15 +539,15 @@ async fn run_connection<H: Handler, S: Stopping>(
     conn: &mut Connection<'_>,
     message: &mut [u8],
     config: &ServerConfig,
-    info: ConnInfo,
+    info: &ConnInfo,
     handler: &mut H,
     stop: &mut S,
 ) -> Ended {
-    if let Some(ended) = handler.conn_init(&info).await.ended() {
+    if let Some(ended) = handler.conn_init(info).await.ended() {
         return ended;
     }
-    let mut session = Session::new(conn, info);
-    if let Err(e) = session.greet().await {
+    let mut session = Session::new(conn, *info);
+    if let Err(e) = OutOfLine::new(pin!(session.greet_now())).await {
         return Ended::Failed(e);
     }
     let ended = OutOfLine::new(pin!(serve_loop(
@@ -550,6 +560,21 @@ async fn run_connection<H: Handler, S: Stopping>(
     .await;
     handler.post_loop(&mut session, &ended).await;
     ended
+}
+
+/// [`ServerConfig::loop_pass_interval`]'s timer, or never ready without
+/// one: a plain future, no async block (whose state machine costs more).
+struct Tick(Option<Timer>);
+
+impl Future for Tick {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.get_mut().0 {
+            Some(timer) => Pin::new(timer).poll(cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// What the loop of a connection waits for between messages.
@@ -570,18 +595,15 @@ async fn serve_loop<H: Handler, S: Stopping>(
     if let Some(ended) = handler.pre_loop(session).await.ended() {
         return ended;
     }
-    let mut active_at = Instant::now();
+    // The idle deadline, from the last message on.
+    let mut idle_at = config.timeouts.idle.map(after);
     loop {
-        let idle = config
-            .timeouts
-            .idle
-            .map(|d| (active_at + d, Deadline::Idle));
-        let tick = async {
-            match config.loop_pass_interval {
-                Some(every) => Timer::after(every).await,
-                None => core::future::pending().await,
-            }
-        };
+        let idle = idle_at.map(|at| (at, Deadline::Idle));
+        let tick = Tick(
+            config
+                .loop_pass_interval
+                .map(|every| Timer::at(after(every))),
+        );
         // Up to the idle deadline for the next length's first byte, then
         // the message deadline (the session is greeted: the core's
         // `next_length` itself, one future layer fewer).
@@ -622,7 +644,7 @@ async fn serve_loop<H: Handler, S: Stopping>(
                     return Ended::Failed(e);
                 }
             }
-            active_at = Instant::now();
+            idle_at = config.timeouts.idle.map(after);
         }
         if let Some(ended) = handler.loop_pass(session).await.ended() {
             return ended;
@@ -642,14 +664,17 @@ async fn take_message<H: Handler>(
     len: u32,
     handler: &mut H,
 ) -> Result<Flow, Error> {
-    let info = session.info;
     let capacity = session.conn.machine().whole_capacity(message.len());
-    match handler.message_announced(&info, len, capacity).await {
+    match handler
+        .message_announced(&session.info, len, capacity)
+        .await
+    {
         take @ (Take::Whole | Take::Chunks) => {
             // A whole message goes through the chunked reader too: one read
             // path in the image, not two.
             let whole = take == Take::Whole;
-            let read = read_message(session.conn, message, whole, capacity, &info, handler).await;
+            let info = &session.info;
+            let read = read_message(session.conn, message, whole, capacity, info, handler).await;
             session.conn.get_mut().end_exchange();
             match read? {
                 Read::Whole(received) => Ok(handler
@@ -665,7 +690,10 @@ async fn take_message<H: Handler>(
             let rejected = session.conn.reject().await;
             session.conn.get_mut().end_exchange();
             rejected?;
-            debug!("slot {}: rejected a message of {} bytes", info.slot, len);
+            debug!(
+                "slot {}: rejected a message of {} bytes",
+                session.info.slot, len
+            );
             Ok(Flow::Continue)
         }
     }
@@ -748,19 +776,23 @@ async fn serve_reserve<const K: usize>(
                     limit,
                     socket.remote_endpoint()
                 );
-                // Through the socket's own deadline (the close's), as every
-                // other write of the server goes. The one byte (0xFE, what
-                // the core's `refuse_connection_limit` sends) fits any send
-                // buffer, and the orderly close flushes it ahead of our FIN:
-                // one flush in the image, not two.
-                socket.begin_exchange(Deadline::Close);
-                let refused = socket.write(&CONNECTION_LIMIT_REFUSAL).await;
+                // A socket just accepted has an empty send buffer, and
+                // embassy-net's write is ready whenever there is room (or
+                // fails if the peer is gone): one poll puts the one byte
+                // (0xFE, what the core's `refuse_connection_limit` sends)
+                // there, with no wait to bound (32 B less flash than
+                // awaiting it). The orderly close flushes it ahead of our FIN.
+                let refused = match poll_once(socket.tcp_mut().write(&CONNECTION_LIMIT_REFUSAL)) {
+                    Poll::Ready(written) => Some(written),
+                    Poll::Pending => None,
+                };
                 let closed = socket.close().await;
                 debug!("refusal: {:?}, close {:?}", refused, closed);
             }
+            // Port 0 (as for a slot): it would fail again.
             Either::First(Err(e)) => {
                 warn!("reserve: listen failed: {:?}", e);
-                Timer::after(Duration::from_millis(100)).await;
+                break;
             }
             // A slot listens again, or the server stops: stop listening here.
             Either::Second(_) => {}

@@ -153,7 +153,7 @@ impl<'a> Socket<'a> {
             Deadline::Close => self.timeouts.close,
             Deadline::Message | Deadline::Receive | Deadline::Idle => self.timeouts.message,
         };
-        self.deadline = Some((Instant::now() + limit, which));
+        self.deadline = Some((after(limit), which));
         self.wait_until = None;
         self.arm_on_first_byte = false;
     }
@@ -167,7 +167,9 @@ impl<'a> Socket<'a> {
         self.arm_on_first_byte = true;
     }
 
-    /// No exchange in progress: no deadline.
+    /// No exchange in progress: no deadline. One copy in the image: nine
+    /// places call it.
+    #[inline(never)]
     pub(crate) fn end_exchange(&mut self) {
         self.deadline = None;
         self.wait_until = None;
@@ -184,7 +186,7 @@ impl<'a> Socket<'a> {
     /// connection is aborted with an RST. Data is never lost silently: an
     /// `Ok` means the peer acknowledged everything written.
     pub async fn close(&mut self) -> Result<(), NetError> {
-        let mut limit = Some((Instant::now() + self.timeouts.close, Deadline::Close));
+        let mut limit = Some((after(self.timeouts.close), Deadline::Close));
         self.end_exchange();
         self.tcp.close();
         let mut scratch = [0u8; 64];
@@ -205,7 +207,7 @@ impl<'a> Socket<'a> {
                     flushed = Err(e);
                     debug!("close: {:?}, state {:?}: aborting", e, self.tcp.state());
                     self.tcp.abort();
-                    limit = Some((Instant::now() + ABORT_WAIT, Deadline::Close));
+                    limit = Some((after(ABORT_WAIT), Deadline::Close));
                     Close::Reset
                 }
                 (Close::Drain, Ok(n)) if n > 0 => Close::Drain,
@@ -222,7 +224,7 @@ impl<'a> Socket<'a> {
     pub async fn abort(&mut self) {
         self.end_exchange();
         self.tcp.abort();
-        let rst = Some((Instant::now() + ABORT_WAIT, Deadline::Close));
+        let rst = Some((after(ABORT_WAIT), Deadline::Close));
         let _ = self.transfer(Transfer::Flush, rst).await;
     }
 
@@ -240,6 +242,15 @@ impl<'a> Socket<'a> {
             op,
         }
     }
+}
+
+/// The instant `wait` from now: every deadline is armed through this one
+/// function, so the image has one copy of the time driver's `now` and of
+/// the addition's overflow check (inlined at each deadline they cost
+/// more).
+#[inline(never)]
+pub(crate) fn after(wait: Duration) -> Instant {
+    Instant::now() + wait
 }
 
 /// How long an abort waits for its RST to leave.

@@ -35,6 +35,7 @@
 //! chain included): a few KiB.
 
 use core::fmt;
+use core::pin::pin;
 use core::task::Poll;
 
 use embassy_futures::poll_once;
@@ -54,6 +55,7 @@ use tinyproto::embedded_io_async::{BufRead, ErrorType, Read, ReadReady, Write};
 
 use crate::client::{connect_tcp, Client};
 use crate::error::{Deadline, Error, NetError};
+use crate::out_of_line::OutOfLine;
 use crate::session::{ConnInfo, Session};
 use crate::socket::{Socket, Timeouts};
 use crate::transport::{Sealed, Transport};
@@ -675,7 +677,9 @@ impl<'s, 'a: 's> Client<'s, TlsSocket<'s, 'a>> {
             slot: 0,
             remote: Some(remote),
         };
-        if let Err(e) = Session::new(&mut conn, info).greet().await {
+        let mut session = Session::new(&mut conn, info);
+        let greeted = OutOfLine::new(pin!(session.greet_now())).await;
+        if let Err(e) = greeted {
             debug!("greeting with {:?} failed: {:?}", remote, e);
             let _ = conn.into_inner().shutdown().await;
             return Err(e);

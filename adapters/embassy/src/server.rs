@@ -17,7 +17,7 @@ use core::task::{Context, Poll};
 use embassy_futures::join::{join, join_array};
 use embassy_futures::poll_once;
 use embassy_futures::select::{select, select3, Either, Either3};
-use embassy_net::tcp::TcpSocket;
+use embassy_net::tcp::{AcceptError, TcpSocket};
 use embassy_net::Stack;
 use embassy_sync::blocking_mutex::raw::{NoopRawMutex, RawMutex};
 use embassy_sync::signal::Signal;
@@ -488,11 +488,17 @@ async fn serve_slot<H: Handler, S: Stopping, const K: usize>(
         let mut socket = Socket::new(TcpSocket::new(stack, rx, tx), config.timeouts);
         match select(socket.tcp_mut().accept(config.port), stop.stopping()).await {
             Either::First(Ok(())) => {}
-            // A fresh socket's listen fails only for port 0: it would fail
-            // again, so the slot stops rather than retry.
+            // A fresh socket's listen fails only for port 0 (`InvalidPort`):
+            // it would fail again, so the slot stops rather than retry. Any
+            // other failure (a peer's reset, with an embassy-net that reports
+            // one during the handshake) comes after a peer's packets, so
+            // listening again on a fresh socket cannot spin.
             Either::First(Err(e)) => {
                 warn!("slot {}: listen failed: {:?}", index, e);
-                break;
+                if e == AcceptError::InvalidPort {
+                    break;
+                }
+                continue;
             }
             // Stopping: no new connection on this slot.
             Either::Second(()) => break,
@@ -789,10 +795,12 @@ async fn serve_reserve<const K: usize>(
                 let closed = socket.close().await;
                 debug!("refusal: {:?}, close {:?}", refused, closed);
             }
-            // Port 0 (as for a slot): it would fail again.
+            // Port 0 stops it, as for a slot; anything else listens again.
             Either::First(Err(e)) => {
                 warn!("reserve: listen failed: {:?}", e);
-                break;
+                if e == AcceptError::InvalidPort {
+                    break;
+                }
             }
             // A slot listens again, or the server stops: stop listening here.
             Either::Second(_) => {}

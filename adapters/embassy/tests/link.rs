@@ -1017,6 +1017,55 @@ fn test_graceful_stop_closes_in_order_and_returns() {
     assert_eq!(handler.post_loops.get(), 1, "post_loop ran");
 }
 
+/// A server on port 0 can never listen: each slot and reserve stops at once
+/// (it neither retries forever nor spins the executor, which would keep the
+/// timer below from ever firing: the test then fails after a minute), no
+/// hook runs, and the stop still returns `serve_until`.
+#[test]
+fn test_port_zero_stops_every_slot_and_the_stop_returns() {
+    use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+    use embassy_sync::signal::Signal;
+    let (done, outcome) = std::sync::mpsc::channel();
+    // On a thread of its own, so that a spinning server fails the test
+    // instead of hanging it.
+    std::thread::spawn(move || {
+        let handler = EchoRecording::default();
+        let stop = Signal::<NoopRawMutex, ()>::new();
+        let mut config = ServerConfig::new(0);
+        config.timeouts = quick_timeouts();
+        let returned = run_pair(
+            Faults::default(),
+            Duration::from_secs(30),
+            async |_a, b, _| {
+                let mut storage = [SlotStorage::<1024, 1024, 256>::new(), SlotStorage::new()];
+                let slots = storage.each_mut().map(SlotStorage::slot);
+                let mut reserve = ReserveStorage::new();
+                let server = tinyproto_embassy::serve_until(
+                    b,
+                    &config,
+                    slots,
+                    [reserve.reserve()],
+                    [&handler, &handler],
+                    &stop,
+                );
+                let test = async {
+                    Timer::after(Duration::from_millis(500)).await;
+                    stop.signal(());
+                    true
+                };
+                embassy_futures::join::join(server, test).await.1
+            },
+        );
+        let _ = done.send((returned, handler.ended.take(), handler.post_loops.get()));
+    });
+    let (returned, ended, post_loops) = outcome
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the server neither stopped nor returned within a minute");
+    assert!(returned, "the stop returned serve_until");
+    assert!(ended.is_empty(), "no connection began: {ended:?}");
+    assert_eq!(post_loops, 0);
+}
+
 /// A client's `receive` waits `Timeouts::receive` for a message to begin,
 /// fails with `Deadline::Receive` (as tinyproto-std's does), and the
 /// connection carries on.

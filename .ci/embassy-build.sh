@@ -34,6 +34,16 @@ echo "==> firmware examples (thumbv7em-none-eabihf)"
     cargo build -q --release --locked --features defmt --target-dir target/defmt
     cargo build -q --release --locked --target-dir target
     python3 size-report.py target/thumbv7em-none-eabihf/release
+    # The board-neutral echo server's budget: 8 KiB of flash over the same
+    # board's raw TCP echo (measured with rustc 1.95; override for another).
+    budget="${FIRMWARE_BUDGET_ECHO_SERVER:-8192}"
+    flash() { arm-none-eabi-size "target/thumbv7em-none-eabihf/release/$1" | awk 'NR == 2 { print $1 + $2 }'; }
+    over=$(($(flash echo_server) - $(flash raw_echo)))
+    echo "echo_server: +$over B of flash over raw_echo (budget $budget B)"
+    if ((over > budget)); then
+        echo "FAIL: the echo server takes $over B of flash over raw_echo, over its budget of $budget B" >&2
+        exit 1
+    fi
 )
 
 echo "==> firmware template (thumbv7em-none-eabihf): builds clean as a user copies it"

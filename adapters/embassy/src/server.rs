@@ -300,7 +300,9 @@ pub struct Reserve<'b> {
 }
 
 impl<'b> Reserve<'b> {
-    /// A reserve over caller-owned buffers.
+    /// A reserve over caller-owned buffers. `tx` must hold at least the one
+    /// byte it sends (0xFE); with an empty one the peer is closed on
+    /// without it.
     pub fn new(rx: &'b mut [u8], tx: &'b mut [u8]) -> Self {
         Self { rx, tx }
     }

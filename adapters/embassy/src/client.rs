@@ -76,12 +76,8 @@ impl<'a> Client<'a> {
             return Err((Error::Io(e), socket));
         }
         let mut conn = Connection::new(socket);
-        let info = ConnInfo {
-            slot: 0,
-            remote: Some(remote),
-        };
-        let mut session = Session::new(&mut conn, info);
-        let greeted = OutOfLine::new(pin!(session.greet_now())).await;
+        let info = ConnInfo::client(remote);
+        let greeted = OutOfLine::new(pin!(Session::new(&mut conn, info).greet_now())).await;
         if let Err(e) = greeted {
             debug!("greeting with {:?} failed: {:?}", remote, e);
             let mut socket = conn.into_inner();

@@ -24,6 +24,16 @@ pub struct ConnInfo {
     pub remote: Option<embassy_net::IpEndpoint>,
 }
 
+impl ConnInfo {
+    /// A client's connection to `remote` (slot 0).
+    pub(crate) fn client(remote: embassy_net::IpEndpoint) -> Self {
+        Self {
+            slot: 0,
+            remote: Some(remote),
+        }
+    }
+}
+
 /// One connection's operations, each bounded by the deadlines of its
 /// [`Timeouts`](crate::Timeouts):
 /// - greeting: [`Timeouts::greeting`](crate::Timeouts::greeting);

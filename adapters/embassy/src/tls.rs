@@ -673,12 +673,8 @@ impl<'s, 'a: 's> Client<'s, TlsSocket<'s, 'a>> {
             return Err(Error::Io(e));
         }
         let mut conn = Connection::new(tls);
-        let info = ConnInfo {
-            slot: 0,
-            remote: Some(remote),
-        };
-        let mut session = Session::new(&mut conn, info);
-        let greeted = OutOfLine::new(pin!(session.greet_now())).await;
+        let info = ConnInfo::client(remote);
+        let greeted = OutOfLine::new(pin!(Session::new(&mut conn, info).greet_now())).await;
         if let Err(e) = greeted {
             debug!("greeting with {:?} failed: {:?}", remote, e);
             let _ = conn.into_inner().shutdown().await;

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tinyproto_std::{on_message, Client, Conn, Server};
+use tinyproto_std::{events, on_message, Client, Conn, Server};
 
 /// Connections opened one after another for the accept rate and the
 /// broadcast.
@@ -117,6 +117,8 @@ enum Kind {
     /// look before a send, no deadlines): the protocol's own cost on
     /// threads.
     ThreadTinyproto,
+    /// tinyproto-std serving on its event threads (`set_event_handler`).
+    TinyprotoEvents,
 }
 
 impl Kind {
@@ -128,6 +130,7 @@ impl Kind {
             Kind::TokioCodec => "tokio-codec",
             Kind::TokioTinyproto => "tokio-tinyproto",
             Kind::ThreadTinyproto => "thread-tinyproto",
+            Kind::TinyprotoEvents => "tinyproto-events",
         }
     }
 }
@@ -153,7 +156,9 @@ enum Peer {
 impl Peer {
     fn connect(kind: Kind, client: &Client, addr: SocketAddr) -> io::Result<Self> {
         match kind {
-            Kind::Tinyproto => Ok(Peer::Tinyproto(Box::new(client.connect(addr)?))),
+            Kind::Tinyproto | Kind::TinyprotoEvents => {
+                Ok(Peer::Tinyproto(Box::new(client.connect(addr)?)))
+            }
             Kind::Raw
             | Kind::TokioRaw
             | Kind::TokioCodec
@@ -354,6 +359,22 @@ fn serve(kind: &str) -> Result<(), Box<dyn std::error::Error>> {
             io::stdout().flush()?;
             server.start()?;
         }
+        "tinyproto-events" => {
+            let mut server = Server::new();
+            let addr = server.add_addr("127.0.0.1:0")?;
+            server.set_event_handler(|| {
+                events::on_message(|conn, msg| match msg.strip_prefix(b"all:") {
+                    Some(rest) => {
+                        conn.active_connections().broadcast(rest, Some(conn.id()));
+                        conn.send(b"sent")
+                    }
+                    None => conn.send(msg),
+                })
+            });
+            println!("listening on {addr}");
+            io::stdout().flush()?;
+            server.start()?;
+        }
         "tokio-raw" | "tokio-codec" | "tokio-tinyproto" => serve_tokio(kind)?,
         "thread-tinyproto" => serve_threads()?,
         _ => {
@@ -502,6 +523,7 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
         Kind::TokioTinyproto,
         Kind::ThreadTinyproto,
         Kind::Tinyproto,
+        Kind::TinyprotoEvents,
     ];
     let mut rows = Vec::new();
     for connections in ECHO_CONNECTIONS {
@@ -519,17 +541,19 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!();
     println!("echo job: {ECHO_LEN} B request, {ECHO_LEN} B reply, tokio clients, {} s per case (loopback, release)", ECHO_TIME.as_secs());
-    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std | codec/raw | core on tokio/raw | core on threads/raw | tinyproto-std/raw | goal |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| connections | raw tokio echo, replies/s | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std, thread per connection | tinyproto-std, event threads | codec/raw | core on tokio/raw | core on threads/raw | std threads/raw | std events/raw | goal (std events) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (connections, echoes) in &rows {
         let rate = |i: usize| echoes[i].rate;
-        let (raw, codec, core, threads, tp) = (rate(0), rate(1), rate(2), rate(3), rate(4));
+        let (raw, codec, core, threads, tp, ev) =
+            (rate(0), rate(1), rate(2), rate(3), rate(4), rate(5));
         println!(
-            "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {threads:.0} | {tp:.0} | {:.2} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
+            "| {connections} | {raw:.0} | {codec:.0} | {core:.0} | {threads:.0} | {tp:.0} | {ev:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
             codec / raw,
             core / raw,
             threads / raw,
             tp / raw,
+            ev / raw,
         );
     }
     // The rates above move with whatever else the machine runs; the CPU
@@ -537,16 +561,17 @@ fn echo_job() -> Result<(), Box<dyn std::error::Error>> {
     // does, and sets the rate when the cores are the limit.
     println!();
     println!("CPU per reply, server and clients together, microseconds (what sets the rate on a machine of its own)");
-    println!("| connections | raw tokio echo | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std | core on tokio, raw/it | core on threads, raw/it | tinyproto-std, raw/it | goal |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| connections | raw tokio echo | LengthDelimitedCodec | core async driver on tokio | core blocking driver, thread per connection | tinyproto-std, thread per connection | tinyproto-std, event threads | core on tokio, raw/it | core on threads, raw/it | std threads, raw/it | std events, raw/it | goal (std events) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for (connections, echoes) in &rows {
         let cpu = |i: usize| echoes[i].cpu_us.unwrap_or(f64::NAN);
-        let (raw, codec, core, threads, tp) = (cpu(0), cpu(1), cpu(2), cpu(3), cpu(4));
+        let (raw, codec, core, threads, tp, ev) = (cpu(0), cpu(1), cpu(2), cpu(3), cpu(4), cpu(5));
         println!(
-            "| {connections} | {raw:.1} | {codec:.1} | {core:.1} | {threads:.1} | {tp:.1} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
+            "| {connections} | {raw:.1} | {codec:.1} | {core:.1} | {threads:.1} | {tp:.1} | {ev:.1} | {:.2} | {:.2} | {:.2} | {:.2} | >= 0.30 |",
             raw / core,
             raw / threads,
             raw / tp,
+            raw / ev,
         );
     }
     Ok(())
@@ -601,7 +626,10 @@ fn echo_rate(
                     request[..8].copy_from_slice(&(i as u64).to_be_bytes());
                     let mut replies = 0u64;
                     match kind {
-                        Kind::Tinyproto | Kind::TokioTinyproto | Kind::ThreadTinyproto => {
+                        Kind::Tinyproto
+                        | Kind::TinyprotoEvents
+                        | Kind::TokioTinyproto
+                        | Kind::ThreadTinyproto => {
                             let mut conn = tinyproto::asynch::Connection::new(
                                 embedded_io_adapters::tokio_1::FromTokio::new(stream),
                             );

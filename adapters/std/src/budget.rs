@@ -96,6 +96,17 @@ impl Budget {
         })
     }
 
+    /// Takes `bytes` if they fit now, without waiting (`None`: not now).
+    pub(crate) fn try_lease(self: &Arc<Self>, bytes: u64) -> Result<Option<Lease>, NoRoom> {
+        if bytes > self.limit {
+            return Err(NoRoom::OverBudget);
+        }
+        Ok(self.try_take(bytes).then(|| Lease {
+            budget: self.clone(),
+            bytes,
+        }))
+    }
+
     /// Takes `bytes` if they fit now.
     fn try_take(&self, bytes: u64) -> bool {
         self.used

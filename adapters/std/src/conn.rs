@@ -37,7 +37,7 @@ pub(crate) const RECEIVE_CHUNK: usize = 64 * 1024;
 /// The first step of a whole message's buffer; each later one is at most
 /// as large as what arrived before it, so the buffer never holds more than
 /// twice the bytes that came (and never more than the message).
-const FIRST_STEP: usize = 4 * 1024;
+pub(crate) const FIRST_STEP: usize = 4 * 1024;
 
 /// A message buffer larger than this is released once its message is done.
 /// An idle connection keeps at most this, its 16 KiB write buffer and its
@@ -830,7 +830,7 @@ impl Conn {
 }
 
 /// The chunk buffer a chunked receive of `len` bytes uses (and leases).
-fn chunk_buffer_len(len: u32) -> u64 {
+pub(crate) fn chunk_buffer_len(len: u32) -> u64 {
     u64::from(len).min(RECEIVE_CHUNK as u64)
 }
 

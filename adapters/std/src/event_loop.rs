@@ -17,6 +17,7 @@ use crate::config::{Config, Settings};
 use crate::conn::{Conn, Owner};
 use crate::connections::{Connections, Context, Ended, LoopEvent, StopHandle};
 use crate::error::Error;
+use crate::events::EventHandler;
 use crate::handler::{call_hook, panic_message, Handler};
 use crate::id::ConnId;
 use crate::listen::{accept_some, Accepted, Refusals};
@@ -27,6 +28,16 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// The factory of handlers, one per connection.
 pub(crate) type Factory = Arc<dyn Fn() -> Box<dyn Handler> + Send + Sync>;
+
+/// The factory of event handlers, one per connection.
+pub(crate) type EventFactory = Arc<dyn Fn() -> Box<dyn EventHandler> + Send + Sync>;
+
+/// Who serves the connections: a thread each, or the event threads.
+#[derive(Clone)]
+pub(crate) enum Handlers {
+    Threads(Factory),
+    Events(EventFactory),
+}
 
 /// The hooks of a server's or client's own loop, mirroring the reference's
 /// `TinyProtoServer` and `TinyProtoClient` subclass methods. Every method
@@ -78,7 +89,7 @@ impl Hooks for () {}
 /// What a server and a client own alike, and their one loop.
 pub(crate) struct Runner {
     pub(crate) settings: Settings,
-    factory: Factory,
+    pub(crate) handlers: Handlers,
     hooks: Box<dyn Hooks>,
     pub(crate) pool: Pool,
     /// The server's listeners (none for a client).
@@ -91,7 +102,7 @@ impl Runner {
     pub(crate) fn new() -> Self {
         Self {
             settings: Settings::default(),
-            factory: Arc::new(|| Box::new(())),
+            handlers: Handlers::Threads(Arc::new(|| Box::new(()))),
             hooks: Box::new(()),
             pool: Pool::new(),
             listeners: Vec::new(),
@@ -100,7 +111,11 @@ impl Runner {
     }
 
     pub(crate) fn set_factory(&mut self, factory: Factory) {
-        self.factory = factory;
+        self.handlers = Handlers::Threads(factory);
+    }
+
+    pub(crate) fn set_event_factory(&mut self, factory: EventFactory) {
+        self.handlers = Handlers::Events(factory);
     }
 
     pub(crate) fn set_hooks(&mut self, hooks: Box<dyn Hooks>) {
@@ -148,7 +163,10 @@ impl Runner {
     pub(crate) fn spawn(&mut self, conn: Conn, ctx: &Context) -> bool {
         let id = conn.id();
         let peer = conn.peer_addr();
-        let factory = &self.factory;
+        let Handlers::Threads(factory) = &self.handlers else {
+            log::error!("{id}: event handlers serve a server's accepted connections only");
+            return false;
+        };
         let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {
             Ok(handler) => handler,
             Err(p) => {
@@ -241,6 +259,10 @@ impl Runner {
                 refusals.refuse(stream);
                 continue;
             }
+            if let Handlers::Events(factory) = &self.handlers {
+                self.serve_on_events(factory.clone(), (stream, peer), cfg, ctx);
+                continue;
+            }
             match self.new_conn(stream, peer, cfg.clone()) {
                 Ok(conn) => {
                     log::debug!("{}: accepted {peer}", conn.id());
@@ -250,6 +272,38 @@ impl Runner {
             }
         }
         result
+    }
+
+    /// Serves an accepted connection on the event threads with a new
+    /// handler, `conn_init` first.
+    fn serve_on_events(
+        &mut self,
+        factory: EventFactory,
+        (stream, peer): (TcpStream, SocketAddr),
+        cfg: &Arc<Config>,
+        ctx: &Context,
+    ) {
+        let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {
+            Ok(handler) => handler,
+            Err(p) => {
+                log::error!("{peer}: handler factory panicked: {}", panic_message(&*p));
+                return;
+            }
+        };
+        let owner = Owner {
+            connections: self.active_connections(),
+            stop: self.stop_handle(),
+        };
+        let hooks = &mut self.hooks;
+        let served = self
+            .pool
+            .serve_on_events((stream, peer), cfg.clone(), owner, handler, |id| {
+                log::debug!("{id}: accepted {peer}");
+                call_hook("conn_init", || hooks.conn_init(ctx, id, peer));
+            });
+        if let Err(e) = served {
+            log::error!("{peer}: not served: {e}");
+        }
     }
 
     fn ended(&mut self, ctx: &Context, Ended { id, peer, result }: Ended) {

@@ -5,7 +5,9 @@
 // Top-down: the server and the client share one loop (event_loop), which
 // accepts (listen) and runs connection threads (pool) woken by the reactor;
 // each runs the loop (conn_loop) of its handler over a Conn, which speaks
-// the protocol over its transport.
+// the protocol over its transport. A server may serve its connections on
+// event threads instead (events), each driving the core's machine over
+// non-blocking sockets.
 mod budget;
 mod client;
 mod config;
@@ -15,6 +17,7 @@ mod connections;
 mod duplex;
 mod error;
 mod event_loop;
+pub mod events;
 mod handler;
 mod id;
 mod listen;
@@ -35,6 +38,7 @@ pub use connections::{Connections, Context, StopHandle};
 pub use duplex::{Direction, Duplex};
 pub use error::{Deadline, Error, ProtocolError};
 pub use event_loop::Hooks;
+pub use events::{EventConn, EventHandler};
 pub use handler::{on_message, Handler, OnMessage, Take};
 pub use id::ConnId;
 #[cfg(feature = "zlib")]

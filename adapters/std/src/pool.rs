@@ -1,19 +1,21 @@
-//! The connection threads of a server or client: one thread per connection,
-//! its registration, its end (reported on the loop's channel, a panic
-//! included) and the graceful stop.
+//! The connections of a server or client: one thread per connection, or a
+//! share of the event threads (`events`); their registration, their end
+//! (reported on the loop's channel, a panic included) and the graceful stop.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::conn::{Attached, Conn};
+use crate::config::SharedConfig;
+use crate::conn::{Attached, Conn, Owner};
 use crate::conn_loop::run_connection;
 use crate::connections::{Ended, Entry, LoopEvent, Shared, StopHandle};
 use crate::duplex::Half;
 use crate::error::{Deadline, Error};
+use crate::events::{EventHandler, EventThreads, NewConn};
 use crate::handler::Handler;
 use crate::id::ConnId;
 use crate::reactor::Reactor;
@@ -59,6 +61,10 @@ pub(crate) struct Pool {
     pending: VecDeque<LoopEvent>,
     /// Started with the first connection.
     reactor: Option<Reactor>,
+    /// Started with the first connection served on them.
+    event_threads: Option<EventThreads>,
+    /// The connections on event threads, until their end is handed out.
+    evented: HashSet<ConnId>,
     /// Threads given up on (left behind by a drain, or never started):
     /// their late ends were reported already, or never should be.
     abandoned: HashSet<ConnId>,
@@ -75,6 +81,8 @@ impl Pool {
             events_rx,
             pending: VecDeque::new(),
             reactor: None,
+            event_threads: None,
+            evented: HashSet::new(),
             abandoned: HashSet::new(),
         }
     }
@@ -171,6 +179,57 @@ impl Pool {
         }
     }
 
+    /// Registers a connection over `stream` and hands it to an event thread
+    /// (started on first use) with `handler`, `before_start` first.
+    pub(crate) fn serve_on_events(
+        &mut self,
+        (stream, peer): (TcpStream, SocketAddr),
+        cfg: SharedConfig,
+        owner: Owner,
+        handler: Box<dyn EventHandler>,
+        before_start: impl FnOnce(ConnId),
+    ) -> std::io::Result<()> {
+        if self.event_threads.is_none() {
+            self.event_threads = Some(EventThreads::start(
+                self.shared.clone(),
+                self.events_tx.clone(),
+            )?);
+        }
+        let lane = self
+            .event_threads
+            .as_mut()
+            .expect("started above")
+            .next_lane();
+        let id = self.shared.new_id();
+        let mailbox = Arc::new(Mailbox::waking(
+            cfg.queue_len,
+            self.shared.draining_flag(),
+            lane.wake_for(id),
+        ));
+        let stream = Arc::new(stream);
+        self.shared.conns().insert(
+            id,
+            Entry {
+                mailbox: mailbox.clone(),
+                stream: stream.clone(),
+                peer,
+                half: Half::Plain,
+            },
+        );
+        self.evented.insert(id);
+        before_start(id);
+        lane.hand_over(NewConn {
+            id,
+            stream,
+            peer,
+            cfg,
+            owner,
+            handler,
+            mailbox,
+        });
+        Ok(())
+    }
+
     /// The next event, waiting until `until` (`None`: until one comes). An
     /// ended connection's thread is joined before its end is handed out.
     pub(crate) fn next_event(&mut self, until: Option<Instant>) -> Option<LoopEvent> {
@@ -178,6 +237,7 @@ impl Pool {
             let event = self.next_raw_event(until)?;
             match &event {
                 LoopEvent::Ended(ended) if self.abandoned.remove(&ended.id) => continue,
+                LoopEvent::Ended(ended) if self.evented.remove(&ended.id) => {}
                 LoopEvent::Ended(ended) => {
                     if let Some(handle) = self.threads.remove(&ended.id) {
                         // The thread has reported its end; it only has to return.
@@ -214,7 +274,11 @@ impl Pool {
         let deadline = Instant::now() + timeout;
         let mut kept = VecDeque::new();
         let mut found = None;
-        while found.is_none() && (self.threads.contains_key(&id) || self.has_pending_end(id)) {
+        while found.is_none()
+            && (self.threads.contains_key(&id)
+                || self.evented.contains(&id)
+                || self.has_pending_end(id))
+        {
             let Some(event) = self.next_event(Some(deadline)) else {
                 break;
             };
@@ -241,19 +305,20 @@ impl Pool {
         self.shared.start_draining();
         let deadline = Instant::now() + timeout;
         self.collect_ends(deadline, on_end);
-        if self.threads.is_empty() {
+        if self.threads.is_empty() && self.evented.is_empty() {
             return;
         }
         log::warn!(
             "{} connection(s) still running after the drain timeout: closing them",
-            self.threads.len()
+            self.threads.len() + self.evented.len()
         );
         self.close_all_sockets();
         self.collect_ends(Instant::now() + FORCED_CLOSE_GRACE, on_end);
-        let stuck: Vec<ConnId> = self.threads.keys().copied().collect();
+        let stuck: Vec<ConnId> = self.threads.keys().chain(&self.evented).copied().collect();
         for id in stuck {
-            log::error!("{id}: thread did not end; leaving it behind");
+            log::error!("{id}: did not end; leaving it behind");
             self.threads.remove(&id);
+            self.evented.remove(&id);
             self.abandoned.insert(id);
             let peer = self
                 .shared
@@ -273,6 +338,7 @@ impl Pool {
     /// later connections; the stop handle stays.
     pub(crate) fn renew(&mut self) {
         self.reactor = None;
+        self.event_threads = None;
         self.shared = Arc::new(self.shared.successor());
         self.pending.retain(|e| !matches!(e, LoopEvent::Ended(_)));
     }
@@ -280,6 +346,7 @@ impl Pool {
     /// Hands every end to `on_end` until no thread is left or `deadline`.
     fn collect_ends(&mut self, deadline: Instant, on_end: &mut dyn FnMut(Ended)) {
         while !self.threads.is_empty()
+            || !self.evented.is_empty()
             || self
                 .pending
                 .iter()
@@ -303,7 +370,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || !self.evented.is_empty() {
             self.shared.start_draining();
             self.close_all_sockets();
         }

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
 use crate::config::shared_methods;
-use crate::event_loop::Runner;
+use crate::event_loop::{Handlers, Runner};
 use crate::listen::raise_open_file_limit;
 
 /// A threaded tinyproto server (the reference's `TinyProtoServer`).
@@ -111,6 +111,23 @@ impl Server {
 
     shared_methods!();
 
+    /// Serves every connection on a few event threads (one per core) with
+    /// a handler from `factory`, instead of a thread per connection: for
+    /// many busy connections, at a fraction of the CPU (see the
+    /// [`events`](crate::events) module). Its hooks must not wait: replies
+    /// are queued with [`EventConn::send`](crate::EventConn::send). Not for
+    /// TLS or duplex servers yet: [`start`](Self::start) refuses those.
+    /// Replaces [`set_conn_handler`](Self::set_conn_handler)'s factory (and
+    /// the other way round).
+    pub fn set_event_handler<H, F>(&mut self, factory: F)
+    where
+        H: crate::EventHandler,
+        F: Fn() -> H + Send + Sync + 'static,
+    {
+        self.runner
+            .set_event_factory(std::sync::Arc::new(move || Box::new(factory())));
+    }
+
     /// Runs the server until stopped: accepts connections, runs one thread
     /// per connection, then stops gracefully (no new accepts; connections
     /// finish the message in flight and end, their `post_loop` and
@@ -124,6 +141,18 @@ impl Server {
                 io::ErrorKind::InvalidInput,
                 "no address to listen on (call add_addr)",
             ));
+        }
+        if let Handlers::Events(_) = self.runner.handlers {
+            #[cfg(feature = "tls")]
+            let tls = self.runner.settings.conn.tls.is_some();
+            #[cfg(not(feature = "tls"))]
+            let tls = false;
+            if tls || self.runner.settings.conn.duplex {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "event handlers serve plain connections only (not TLS, not duplex)",
+                ));
+            }
         }
         raise_open_file_limit();
         let Runner {

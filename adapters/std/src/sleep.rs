@@ -44,7 +44,8 @@ pub(crate) struct Inbox {
     pub(crate) queued: VecDeque<Arc<[u8]>>,
 }
 
-/// Where a connection thread sleeps between messages.
+/// Where a connection thread sleeps between messages (or what wakes a
+/// connection on an event thread).
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     inbox: Mutex<Inbox>,
@@ -52,6 +53,23 @@ pub(crate) struct Mailbox {
     capacity: usize,
     /// The owner's: set when its connections are to finish and end.
     draining: Arc<AtomicBool>,
+    /// A connection on an event thread: tells its thread, after each change.
+    wake: Option<Wake>,
+}
+
+/// What tells an event thread that a connection's mailbox changed.
+pub(crate) struct Wake(Box<dyn Fn() + Send + Sync>);
+
+impl Wake {
+    pub(crate) fn new(wake: impl Fn() + Send + Sync + 'static) -> Self {
+        Self(Box::new(wake))
+    }
+}
+
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Wake")
+    }
 }
 
 impl Mailbox {
@@ -61,6 +79,23 @@ impl Mailbox {
             changed: Condvar::new(),
             capacity: capacity.max(1),
             draining,
+            wake: None,
+        }
+    }
+
+    /// The mailbox of a connection on an event thread: `wake` tells its
+    /// thread of every change.
+    pub(crate) fn waking(capacity: usize, draining: Arc<AtomicBool>, wake: Wake) -> Self {
+        Self {
+            wake: Some(wake),
+            ..Self::new(capacity, draining)
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.notify_one();
+        if let Some(Wake(wake)) = &self.wake {
+            wake();
         }
     }
 
@@ -76,7 +111,7 @@ impl Mailbox {
     /// Changes the inbox and wakes the thread.
     pub(crate) fn post(&self, change: impl FnOnce(&mut Inbox)) {
         change(&mut self.lock());
-        self.changed.notify_one();
+        self.notify();
     }
 
     /// Queues a message; false when the queue is full.
@@ -87,7 +122,7 @@ impl Mailbox {
         }
         inbox.queued.push_back(msg);
         drop(inbox);
-        self.changed.notify_one();
+        self.notify();
         true
     }
 

@@ -1,9 +1,12 @@
 //! `tinyproto serve`: a [`tinyproto_std::Server`] with an echo, sink or print
 //! handler, stopped gracefully on SIGINT/SIGTERM.
 //!
-//! Listening, one thread per connection, the connection limit (0xFE), the
-//! message limit (0x00), deadlines and the graceful stop are the std
-//! adapter's; this module only maps the command line onto it. `--sink` and
+//! Listening, the connection limit (0xFE), the message limit (0x00),
+//! deadlines and the graceful stop are the std adapter's; this module only
+//! maps the command line onto it. `--echo` and `--sink`, whose handlers never
+//! wait, run on the adapter's event threads (`Server::set_event_handler`);
+//! `--print`, which writes to stdout, and anything over TLS run a thread per
+//! connection. `--sink` and
 //! `--print` take each message in chunks ([`Take::Chunks`]), so memory stays
 //! bounded whatever the size (`--print` holds a message in a [`Spool`] until
 //! it is whole, then writes it: a message that breaks off prints nothing);
@@ -19,7 +22,9 @@ use std::time::Duration;
 
 use signal_hook::iterator::Signals;
 
-use tinyproto_std::{Conn, Error, Handler, Server, Take, Timeouts};
+use tinyproto_std::{
+    events, Conn, Error, EventConn, EventHandler, Handler, Server, Take, Timeouts,
+};
 
 use crate::exit::{self, Failure};
 use crate::spool::Spool;
@@ -83,8 +88,8 @@ struct Sink {
     limit: u32,
 }
 
-impl Handler for Sink {
-    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
+impl Sink {
+    fn take(&self, len: u32) -> Take {
         if len <= self.limit {
             Take::Chunks
         } else {
@@ -92,12 +97,32 @@ impl Handler for Sink {
         }
     }
 
-    fn transmission_complete(&mut self, _conn: &mut Conn, len: u32) -> Result<(), Error> {
+    fn count(&self, len: u32) -> Result<(), Error> {
         self.totals.messages.fetch_add(1, Ordering::Relaxed);
         self.totals
             .bytes
             .fetch_add(u64::from(len), Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl Handler for Sink {
+    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
+        self.take(len)
+    }
+
+    fn transmission_complete(&mut self, _conn: &mut Conn, len: u32) -> Result<(), Error> {
+        self.count(len)
+    }
+}
+
+impl EventHandler for Sink {
+    fn message_announced(&mut self, _conn: &EventConn, len: u32) -> Take {
+        self.take(len)
+    }
+
+    fn transmission_complete(&mut self, _conn: &mut EventConn, len: u32) -> Result<(), Error> {
+        self.count(len)
     }
 }
 
@@ -140,7 +165,10 @@ impl Handler for Print {
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<(), Failure> {
     let mut server = Server::new();
-    if let Some(config) = tls::server_config(&args.tls)? {
+    let tls = tls::server_config(&args.tls)?;
+    // The event threads serve plain connections.
+    let on_events = tls.is_none();
+    if let Some(config) = tls {
         server.set_tls(config);
     }
     {
@@ -164,13 +192,21 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
         server.set_memory_budget(budget);
     }
     match args.mode {
+        Mode::Echo if on_events => {
+            server.set_event_handler(|| events::on_message(|conn, msg| conn.send(msg)))
+        }
         Mode::Echo => server.set_conn_handler(|| Echo),
         Mode::Sink => {
             let totals = Arc::clone(&totals);
-            server.set_conn_handler(move || Sink {
+            let sink = move || Sink {
                 totals: Arc::clone(&totals),
                 limit,
-            });
+            };
+            if on_events {
+                server.set_event_handler(sink);
+            } else {
+                server.set_conn_handler(sink);
+            }
         }
         Mode::Print => server.set_conn_handler(move || Print {
             spool: Spool::new(),

@@ -206,7 +206,7 @@ pub struct EventConn {
     cfg: SharedConfig,
     owner: Owner,
     /// Messages to send, in order, as queued (the plugins run as each goes).
-    outbox: VecDeque<Arc<[u8]>>,
+    outbox: VecDeque<Outgoing>,
     stop: bool,
     mailbox: Arc<Mailbox>,
     last_activity: Instant,
@@ -247,7 +247,7 @@ impl EventConn {
         if self.outbox.len() >= self.cfg.queue_len.max(1) {
             return Err(Error::QueueFull(self.id));
         }
-        self.outbox.push_back(Arc::from(msg));
+        self.outbox.push_back(Outgoing::Own(msg.to_vec(), None));
         Ok(())
     }
 
@@ -275,6 +275,32 @@ impl EventConn {
     /// True once [`stop`](Self::stop) was called or the server is stopping.
     pub fn is_stopping(&self) -> bool {
         self.stop || self.mailbox.is_draining()
+    }
+}
+
+/// A message waiting to go out: a copy the handler queued (which may hold
+/// the room in the memory budget of the message it answers), or one that
+/// other connections queued (shared between them).
+#[derive(Debug)]
+enum Outgoing {
+    Own(Vec<u8>, Option<Lease>),
+    Queued(Arc<[u8]>),
+}
+
+impl Outgoing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Own(msg, _) => msg,
+            Outgoing::Queued(msg) => msg,
+        }
+    }
+
+    /// Frees it (its room in the budget too), giving a large buffer's pages
+    /// back to the system (see `release`).
+    fn release(self) {
+        if let Outgoing::Own(mut msg, _lease) = self {
+            release(&mut msg);
+        }
     }
 }
 
@@ -406,7 +432,12 @@ fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>)
             }
             log::error!("event thread: waiting for readiness failed: {e}");
             for (_, served) in conns.drain() {
-                served.end(Err(Error::Io(io::Error::new(e.kind(), e.to_string()))), &poll, shared, events);
+                served.end(
+                    Err(Error::Io(io::Error::new(e.kind(), e.to_string()))),
+                    &poll,
+                    shared,
+                    events,
+                );
             }
             return;
         }
@@ -503,8 +534,10 @@ struct Served {
     msg: Vec<u8>,
     /// The room `msg` holds in the memory budget.
     lease: Option<Lease>,
-    /// The message going out, through the plugins.
-    sending: Option<Arc<[u8]>>,
+    /// The first message of the outbox is going out.
+    in_flight: bool,
+    /// It, through the plugins, if they changed it.
+    transformed: Option<Vec<u8>>,
     /// The deadline that ends the connection.
     deadline: Option<(Instant, Deadline)>,
     /// When to look again for room in the budget.
@@ -555,7 +588,8 @@ impl Served {
             task: Task::Greet,
             msg: Vec::new(),
             lease: None,
-            sending: None,
+            in_flight: false,
+            transformed: None,
             retry_at: None,
             scheduled: None,
             taken_while_due: 0,
@@ -660,13 +694,19 @@ impl Served {
     /// length. `Some` to return from `advance`.
     fn between_messages(&mut self, now: Instant) -> Result<Option<Option<()>>, Error> {
         let queued = std::mem::take(&mut self.conn.mailbox.lock().queued);
-        self.conn.outbox.extend(queued);
+        self.conn
+            .outbox
+            .extend(queued.into_iter().map(Outgoing::Queued));
         if self.next_pass.is_some_and(|at| now >= at) {
             self.next_pass = self.conn.cfg.loop_pass_interval.map(|i| now + i);
             self.hook(|h, conn| h.loop_pass(conn))?;
         }
         let begun = self.machine.is_in_progress() || self.wire.peer_has_begun()?;
-        if !begun && !self.conn.outbox.is_empty() || self.taken_while_due >= MAX_TAKEN_BEFORE_SEND {
+        // Bounded: a peer that keeps sending cannot hold ours back for ever
+        // (what crosses it then is a conflict).
+        let overdue =
+            self.taken_while_due >= MAX_TAKEN_BEFORE_SEND && !self.machine.is_in_progress();
+        if !self.conn.outbox.is_empty() && (!begun || overdue) {
             self.task = Task::Send;
             return Ok(None);
         }
@@ -732,7 +772,9 @@ impl Served {
                 self.task = Task::Accept { len, chunked };
                 true
             }
-            Ok(None) if self.deadline.is_some_and(|(at, _)| now < at) && !self.conn.is_stopping() => {
+            Ok(None)
+                if self.deadline.is_some_and(|(at, _)| now < at) && !self.conn.is_stopping() =>
+            {
                 self.retry_at = Some(now + BUDGET_RETRY);
                 false
             }
@@ -802,10 +844,18 @@ impl Served {
             self.hook(|h, conn| h.transmission_complete(conn, len))
         } else {
             let mut msg = std::mem::take(&mut self.msg);
+            let queued = self.conn.outbox.len();
             let result = match self.conn.cfg.plugins.receive(msg) {
                 Ok(plain) => {
                     msg = plain;
-                    self.hook(|h, conn| h.transmission_received(conn, &msg))
+                    let result = self.hook(|h, conn| h.transmission_received(conn, &msg));
+                    // A reply queued by the hook keeps the message's room in
+                    // the budget until it is sent: an echo holds its copy
+                    // within the budget, as the message did.
+                    if let Some(Outgoing::Own(_, lease @ None)) = self.conn.outbox.get_mut(queued) {
+                        *lease = self.lease.take();
+                    }
+                    result
                 }
                 Err(e) => {
                     msg = Vec::new();
@@ -828,23 +878,27 @@ impl Served {
     /// to wait.
     fn send_first(&mut self) -> Result<bool, Error> {
         self.task = Task::Idle;
-        let Some(raw) = self.conn.outbox.front().cloned() else {
+        let Some(first) = self.conn.outbox.front() else {
             return Ok(true);
         };
-        if self.sending.is_none() {
-            match self.conn.cfg.plugins.transmit(&raw) {
-                Ok(Cow::Borrowed(_)) => self.sending = Some(raw.clone()),
-                Ok(Cow::Owned(wire)) => self.sending = Some(Arc::from(wire)),
+        if !self.in_flight {
+            match self.conn.cfg.plugins.transmit(first.bytes()) {
+                Ok(Cow::Borrowed(_)) => self.transformed = None,
+                Ok(Cow::Owned(wire)) => self.transformed = Some(wire),
                 Err(e) => {
-                    self.conn.outbox.pop_front();
-                    self.sent(&raw, Err(Error::Plugin(e)))?;
+                    let first = self.conn.outbox.pop_front().expect("looked at above");
+                    self.sent(first, Err(Error::Plugin(e)))?;
                     return Ok(true);
                 }
             }
+            self.in_flight = true;
             self.arm(Deadline::Message, self.conn.cfg.timeouts.message);
         }
-        let msg = self.sending.clone().expect("set above");
-        let Some(result) = run!(self, self.machine.transmit(&msg)) else {
+        let msg: &[u8] = match &self.transformed {
+            Some(wire) => wire,
+            None => self.conn.outbox.front().expect("in flight").bytes(),
+        };
+        let Some(result) = run!(self, self.machine.transmit(msg)) else {
             self.task = Task::Send;
             return Ok(false);
         };
@@ -858,27 +912,42 @@ impl Served {
             }
             other => other,
         };
-        self.sending = None;
-        self.conn.outbox.pop_front();
+        self.in_flight = false;
+        if let Some(mut wire) = self.transformed.take() {
+            release(&mut wire);
+        }
+        let first = self.conn.outbox.pop_front().expect("in flight");
         self.taken_while_due = 0;
         self.message_done();
         match result {
-            Ok(()) => self.sent(&raw, Ok(()))?,
-            Err(e) if e.is_recoverable() && !self.machine.is_broken() => {
-                log::info!("{}: a message of {} bytes was not taken: {e}", self.conn.id, raw.len());
-                self.sent(&raw, Err(e))?;
+            Err(e) if !e.is_recoverable() || self.machine.is_broken() => {
+                first.release();
+                Err(e)
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                let len = first.bytes().len();
+                log::info!(
+                    "{}: a message of {len} bytes was not taken: {e}",
+                    self.conn.id
+                );
+                self.sent(first, Err(e))?;
+                Ok(true)
+            }
+            Ok(()) => {
+                self.sent(first, Ok(()))?;
+                Ok(true)
+            }
         }
-        Ok(true)
     }
 
-    /// Tells the handler how a message it queued went.
-    fn sent(&mut self, msg: &[u8], result: Result<(), Error>) -> Result<(), Error> {
-        self.hook(|h, conn| {
-            h.transmission_sent(conn, msg, &result);
+    /// Tells the handler how a message went, then frees it.
+    fn sent(&mut self, msg: Outgoing, result: Result<(), Error>) -> Result<(), Error> {
+        let told = self.hook(|h, conn| {
+            h.transmission_sent(conn, msg.bytes(), &result);
             Ok(())
-        })
+        });
+        msg.release();
+        told
     }
 
     /// Runs a hook: a panic is an error; a recoverable error is logged and
@@ -924,10 +993,14 @@ impl Served {
     /// Puts the connection's next timer in its thread's heap, unless an
     /// earlier one of its is there.
     fn schedule(&mut self, timers: &mut BinaryHeap<Reverse<(Instant, ConnId)>>) {
-        let next = [self.deadline.map(|(at, _)| at), self.retry_at, self.next_pass]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            self.deadline.map(|(at, _)| at),
+            self.retry_at,
+            self.next_pass,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let Some(at) = next {
             if self.scheduled.is_none_or(|s| at < s) {
                 timers.push(Reverse((at, self.conn.id)));
@@ -938,7 +1011,13 @@ impl Served {
 
     /// Ends the connection: `post_loop`, the socket closed, its slot freed
     /// and its end reported to the server's loop.
-    fn end(mut self, result: Result<(), Error>, poll: &Poll, shared: &Shared, events: &Sender<LoopEvent>) {
+    fn end(
+        mut self,
+        result: Result<(), Error>,
+        poll: &Poll,
+        shared: &Shared,
+        events: &Sender<LoopEvent>,
+    ) {
         let (id, peer) = (self.conn.id, self.conn.peer);
         match &result {
             Ok(()) => log::debug!("{id} ({peer}) ended"),
@@ -950,7 +1029,10 @@ impl Served {
         }
         let _ = self.wire.flush();
         let socket = &self.wire.socket;
-        if let Err(e) = poll.registry().deregister(&mut SourceFd(&socket.as_raw_fd())) {
+        if let Err(e) = poll
+            .registry()
+            .deregister(&mut SourceFd(&socket.as_raw_fd()))
+        {
             log::debug!("{id}: deregistering: {e}");
         }
         let _ = socket.shutdown(Shutdown::Both);
@@ -966,7 +1048,11 @@ fn protocol(e: tinyproto::Error) -> Error {
 
 /// Reads one chunk of the payload in flight into `buf`: `Some` with its
 /// size, `None` if no byte is there yet.
-fn read_chunk(machine: &mut Machine, wire: &mut Wire, buf: &mut [u8]) -> Result<Option<usize>, Error> {
+fn read_chunk(
+    machine: &mut Machine,
+    wire: &mut Wire,
+    buf: &mut [u8],
+) -> Result<Option<usize>, Error> {
     loop {
         let moved = match machine.read_chunk(buf) {
             Step::Done(result) => return result.map(Some).map_err(protocol),
@@ -1076,7 +1162,11 @@ impl Wire {
 
     /// One non-blocking read into `buf`, unless the socket was found empty
     /// since its last readiness; a short read finds it empty too.
-    fn read_from(socket: &TcpStream, drained: &mut bool, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    fn read_from(
+        socket: &TcpStream,
+        drained: &mut bool,
+        buf: &mut [u8],
+    ) -> io::Result<Option<usize>> {
         if *drained {
             return Ok(None);
         }
@@ -1086,9 +1176,12 @@ impl Wire {
     }
 
     /// True when the peer has begun a message (or closed): bytes are here
-    /// or in the socket. Looked for right before ours would go out.
+    /// or in the socket. Looked for right before ours would go out, with a
+    /// read of the socket even if it was found empty before: a readiness
+    /// event still on its way must not let ours cross the peer's.
     fn peer_has_begun(&mut self) -> io::Result<bool> {
         if self.start == self.end && !self.eof {
+            self.drained = false;
             self.fill()?;
         }
         Ok(self.start < self.end || self.eof)

@@ -1,67 +1,39 @@
-//! Connections served on a few event threads, for handlers that never
-//! block: the [`EventHandler`] hooks, the [`EventConn`] they see, and the
-//! threads that drive the core's sans-IO [`Machine`] over non-blocking
-//! sockets.
-//!
-//! A thread per connection blocks three times per request and reply (the
-//! protocol has three exchanges where raw TCP has one), and each block is a
-//! context switch. Here each event thread owns a readiness set (epoll,
-//! kqueue, through `mio`) and a share of the connections; a connection's
-//! state is its machine, its buffers and the task in flight, and a hook
-//! runs on the event thread as soon as its message is whole. A hook
-//! therefore must not wait: [`EventConn::send`] queues a reply, and its
-//! outcome comes back in [`EventHandler::transmission_sent`].
-//!
-//! Every rule of the threaded connections holds: the deadlines (greeting,
-//! message, write, idle), the memory budget (a message waits for room
-//! before its 0xFF, checked every [`BUDGET_RETRY`]), the plugins, who may
-//! send when (a message of the peer's that began is taken before ours; a
-//! crossing is a `Conflict`), the queue of messages from other connections
-//! and the graceful stop.
+//! One connection on an event thread ([`Served`]): the task in flight,
+//! driven through the core's [`Machine`] until its I/O would block, with
+//! its deadlines, its room in the memory budget, the hooks, and its end.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
-use tinyproto::{FlushPolicy, Io, Machine, Moved, Step, LENGTH_FIELD_LEN};
+use mio::{Interest, Poll, Token};
+use tinyproto::{FlushPolicy, Machine, Moved, Step};
 
+use super::handler::{EventConn, EventHandler, Outgoing};
+use super::wire::Wire;
 use crate::budget::{Lease, NoRoom};
 use crate::config::SharedConfig;
 use crate::conn::{chunk_buffer_len, release, Owner, FIRST_STEP, RECEIVE_CHUNK};
-use crate::connections::{lock, Connections, Ended, LoopEvent, Shared, StopHandle};
+use crate::connections::{Ended, LoopEvent, Shared};
 use crate::error::{Deadline, Error};
 use crate::handler::{panic_message, Take};
 use crate::id::ConnId;
-use crate::sleep::{Mailbox, Wake};
+use crate::sleep::Mailbox;
 
 /// A message waiting for room in the memory budget looks again this often.
-pub(crate) const BUDGET_RETRY: Duration = Duration::from_millis(5);
-
-/// Bytes read ahead of the machine per connection: a small message's
-/// length and payload in one system call.
-const READ_AHEAD: usize = 4 * 1024;
-
-/// Writes wait in a connection's buffer up to this much, so that the end of
-/// one message and the length of the next leave together; larger payloads
-/// go from the message itself.
-const WRITE_BUFFER: usize = 16 * 1024;
+const BUDGET_RETRY: Duration = Duration::from_millis(5);
 
 /// At most this many of the peer's messages are taken before one of ours
 /// goes out (as for a connection thread).
 const MAX_TAKEN_BEFORE_SEND: usize = 64;
-
-/// The token of an event thread's waker; connections' are their ids.
-const WAKER: Token = Token(usize::MAX);
 
 /// Runs one operation of `$served`'s machine until it is done (`Some`, with
 /// its result) or its I/O would block (`None`); `?` on a socket's failure.
@@ -82,230 +54,6 @@ macro_rules! run {
     };
 }
 
-// ---- what a user writes ----
-
-/// The hooks of a connection served on an event thread
-/// ([`Server::set_event_handler`](crate::Server::set_event_handler)): those
-/// of [`Handler`](crate::Handler), except that none may wait. Replies are
-/// queued with [`EventConn::send`] and go out when the hook returned; each
-/// one's outcome comes back in [`transmission_sent`](Self::transmission_sent).
-///
-/// An error a hook returns ends the connection with it unless it is
-/// recoverable ([`Error::is_recoverable`]): then it is logged and the
-/// connection goes on. A panicking hook ends its connection with
-/// [`Error::Panicked`]. A hook that blocks (a lock held for long, a file
-/// read, a sleep) holds up every connection of its event thread: hand such
-/// work to a thread of your own and [`Connections::send_to`] the result.
-pub trait EventHandler: Send + 'static {
-    /// Runs once, after the greeting, before the first message.
-    fn pre_loop(&mut self, conn: &mut EventConn) -> Result<(), Error> {
-        let _ = conn;
-        Ok(())
-    }
-
-    /// Runs after each message received, and every
-    /// [`loop_pass_interval`](crate::Server::set_loop_pass_interval) if one
-    /// is set and nothing else happened.
-    fn loop_pass(&mut self, conn: &mut EventConn) -> Result<(), Error> {
-        let _ = conn;
-        Ok(())
-    }
-
-    /// Decides how to take the next message from its announced `len`,
-    /// before any of its payload moves (see [`Take`]). By default: whole up
-    /// to [`max_message_len`](EventConn::max_message_len), rejected beyond.
-    fn message_announced(&mut self, conn: &EventConn, len: u32) -> Take {
-        if len <= conn.max_message_len() {
-            Take::Whole
-        } else {
-            Take::Reject
-        }
-    }
-
-    /// Runs for each message taken [`Take::Whole`] (after the plugins).
-    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
-        let _ = (conn, msg);
-        Ok(())
-    }
-
-    /// Receives each chunk of a message taken [`Take::Chunks`], in order, as
-    /// its bytes arrive (at most 64 KiB each). If the message breaks off,
-    /// `post_loop` gets the error: discard what came.
-    fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        let _ = chunk;
-        Ok(())
-    }
-
-    /// Runs when the whole of a message taken [`Take::Chunks`] (`len` bytes)
-    /// has arrived.
-    fn transmission_complete(&mut self, conn: &mut EventConn, len: u32) -> Result<(), Error> {
-        let _ = (conn, len);
-        Ok(())
-    }
-
-    /// Runs once for each message this connection sent, whoever queued it
-    /// ([`EventConn::send`], [`Connections::send_to`], a broadcast), with
-    /// the message as queued (before the plugins) and its outcome: `Ok`
-    /// once the peer accepted it and it was written; a rejection
-    /// (`Error::Protocol(tinyproto::Error::Rejected { .. })`) or a plugin's
-    /// refusal, after which the connection goes on. A failure that ends the
-    /// connection goes to `post_loop` instead.
-    fn transmission_sent(&mut self, conn: &mut EventConn, msg: &[u8], result: &Result<(), Error>) {
-        let _ = (conn, msg, result);
-    }
-
-    /// Runs once when the connection ends, however it ends; `result` is
-    /// `Ok(())` for a normal end (the peer closed between messages, or a
-    /// stop).
-    fn post_loop(&mut self, conn: &mut EventConn, result: &Result<(), Error>) {
-        let _ = (conn, result);
-    }
-}
-
-/// Does nothing: messages are received and dropped.
-impl EventHandler for () {}
-
-/// A handler made of one closure, called for each whole message on an
-/// event thread: the event threads' [`on_message`](crate::on_message).
-///
-/// ```no_run
-/// use tinyproto_std::{events, Server};
-///
-/// let mut server = Server::new();
-/// server.add_addr("127.0.0.1:7000")?;
-/// server.set_event_handler(|| events::on_message(|conn, msg| conn.send(msg))); // echo
-/// # Ok::<(), std::io::Error>(())
-/// ```
-pub fn on_message<F>(f: F) -> OnEventMessage<F>
-where
-    F: FnMut(&mut EventConn, &[u8]) -> Result<(), Error> + Send + 'static,
-{
-    OnEventMessage(f)
-}
-
-/// The handler [`on_message`] makes of a closure.
-#[derive(Debug, Clone)]
-pub struct OnEventMessage<F>(F);
-
-impl<F> EventHandler for OnEventMessage<F>
-where
-    F: FnMut(&mut EventConn, &[u8]) -> Result<(), Error> + Send + 'static,
-{
-    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
-        (self.0)(conn, msg)
-    }
-}
-
-/// A connection as its [`EventHandler`] sees it: who it is, and a queue of
-/// messages to send that never waits.
-#[derive(Debug)]
-pub struct EventConn {
-    id: ConnId,
-    peer: SocketAddr,
-    local: SocketAddr,
-    cfg: SharedConfig,
-    owner: Owner,
-    /// Messages to send, in order, as queued (the plugins run as each goes).
-    outbox: VecDeque<Outgoing>,
-    stop: bool,
-    mailbox: Arc<Mailbox>,
-    last_activity: Instant,
-}
-
-impl EventConn {
-    /// The connection's id in its server's registry.
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-
-    /// This side's address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// The longest message taken by default.
-    pub fn max_message_len(&self) -> u32 {
-        self.cfg.max_message_len
-    }
-
-    /// When the last message moved, either way (or the connection began).
-    pub fn last_activity(&self) -> Instant {
-        self.last_activity
-    }
-
-    /// Queues `msg` to send to the peer, after what is queued already, and
-    /// returns at once; it goes out when the hook returned and nothing of
-    /// the peer's is arriving. Its outcome comes back in
-    /// [`EventHandler::transmission_sent`]. [`Error::QueueFull`] when
-    /// [`queue_len`](crate::Server::set_queue_len) messages wait already.
-    pub fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
-        if self.outbox.len() >= self.cfg.queue_len.max(1) {
-            return Err(Error::QueueFull(self.id));
-        }
-        self.outbox.push_back(Outgoing::Own(msg.to_vec(), None));
-        Ok(())
-    }
-
-    /// Messages queued and not sent yet.
-    pub fn queued(&self) -> usize {
-        self.outbox.len()
-    }
-
-    /// The registry of the server's active connections.
-    pub fn active_connections(&self) -> Connections {
-        self.owner.connections.clone()
-    }
-
-    /// A handle that stops the whole server.
-    pub fn loop_stop_handle(&self) -> StopHandle {
-        self.owner.stop.clone()
-    }
-
-    /// Ends this connection once what is queued went out (its `post_loop`
-    /// runs with `Ok`).
-    pub fn stop(&mut self) {
-        self.stop = true;
-    }
-
-    /// True once [`stop`](Self::stop) was called or the server is stopping.
-    pub fn is_stopping(&self) -> bool {
-        self.stop || self.mailbox.is_draining()
-    }
-}
-
-/// A message waiting to go out: a copy the handler queued (which may hold
-/// the room in the memory budget of the message it answers), or one that
-/// other connections queued (shared between them).
-#[derive(Debug)]
-enum Outgoing {
-    Own(Vec<u8>, Option<Lease>),
-    Queued(Arc<[u8]>),
-}
-
-impl Outgoing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Outgoing::Own(msg, _) => msg,
-            Outgoing::Queued(msg) => msg,
-        }
-    }
-
-    /// Frees it (its room in the budget too), giving a large buffer's pages
-    /// back to the system (see `release`).
-    fn release(self) {
-        if let Outgoing::Own(mut msg, _lease) = self {
-            release(&mut msg);
-        }
-    }
-}
-
-// ---- the event threads ----
-
 /// A connection handed to an event thread.
 pub(crate) struct NewConn {
     pub(crate) id: ConnId,
@@ -316,192 +64,6 @@ pub(crate) struct NewConn {
     pub(crate) handler: Box<dyn EventHandler>,
     pub(crate) mailbox: Arc<Mailbox>,
 }
-
-/// What other threads leave for an event thread.
-#[derive(Default)]
-struct Pending {
-    new: Vec<NewConn>,
-    /// Connections whose mailbox changed (a queued message, a stop).
-    woken: Vec<ConnId>,
-    stopping: bool,
-}
-
-/// One event thread's door: its pending work and the waker of its
-/// readiness set.
-pub(crate) struct Lane {
-    pending: Mutex<Pending>,
-    waker: Waker,
-}
-
-impl Lane {
-    fn post(&self, change: impl FnOnce(&mut Pending)) {
-        change(&mut lock(&self.pending));
-        if let Err(e) = self.waker.wake() {
-            log::error!("cannot wake an event thread: {e}");
-        }
-    }
-
-    /// What wakes connection `id` when its mailbox changes.
-    pub(crate) fn wake_for(self: &Arc<Self>, id: ConnId) -> Wake {
-        let lane = self.clone();
-        Wake::new(move || lane.post(|p| p.woken.push(id)))
-    }
-
-    /// Hands a registered connection to the thread.
-    pub(crate) fn hand_over(&self, conn: NewConn) {
-        self.post(|p| p.new.push(conn));
-    }
-}
-
-/// The event threads of a server, each with its readiness set.
-pub(crate) struct EventThreads {
-    lanes: Vec<Arc<Lane>>,
-    threads: Vec<JoinHandle<()>>,
-    next: usize,
-}
-
-impl std::fmt::Debug for EventThreads {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventThreads")
-            .field("threads", &self.lanes.len())
-            .finish()
-    }
-}
-
-impl EventThreads {
-    /// Starts one thread per available core. Ends go to `events`.
-    pub(crate) fn start(shared: Arc<Shared>, events: Sender<LoopEvent>) -> io::Result<Self> {
-        let n = thread::available_parallelism().map_or(1, |n| n.get());
-        let mut lanes = Vec::with_capacity(n);
-        let mut threads = Vec::with_capacity(n);
-        for i in 0..n {
-            let poll = Poll::new()?;
-            let lane = Arc::new(Lane {
-                pending: Mutex::new(Pending::default()),
-                waker: Waker::new(poll.registry(), WAKER)?,
-            });
-            let thread = {
-                let (lane, shared, events) = (lane.clone(), shared.clone(), events.clone());
-                thread::Builder::new()
-                    .name(format!("tinyproto-events-{i}"))
-                    .spawn(move || run(poll, &lane, &shared, &events))?
-            };
-            lanes.push(lane);
-            threads.push(thread);
-        }
-        Ok(Self {
-            lanes,
-            threads,
-            next: 0,
-        })
-    }
-
-    /// The lane of the next connection (each in turn).
-    pub(crate) fn next_lane(&mut self) -> Arc<Lane> {
-        self.next = (self.next + 1) % self.lanes.len();
-        self.lanes[self.next].clone()
-    }
-}
-
-impl Drop for EventThreads {
-    /// Stops the threads; connections still there end (their `post_loop`
-    /// runs). Not joined: a hook that never returns must not hang its server.
-    fn drop(&mut self) {
-        for lane in &self.lanes {
-            lane.post(|p| p.stopping = true);
-        }
-        self.threads.clear();
-    }
-}
-
-/// An event thread: waits for readiness, a lane's news or the next timer,
-/// and drives each connection concerned until its I/O would block.
-fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>) {
-    let mut conns: HashMap<ConnId, Served> = HashMap::new();
-    // Each connection's earliest timer; entries whose time moved are stale.
-    let mut timers: BinaryHeap<Reverse<(Instant, ConnId)>> = BinaryHeap::new();
-    let mut ready = Events::with_capacity(1024);
-    let mut due: Vec<ConnId> = Vec::new();
-    loop {
-        let timeout = timers
-            .peek()
-            .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
-        if let Err(e) = poll.poll(&mut ready, timeout) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            log::error!("event thread: waiting for readiness failed: {e}");
-            for (_, served) in conns.drain() {
-                served.end(
-                    Err(Error::Io(io::Error::new(e.kind(), e.to_string()))),
-                    &poll,
-                    shared,
-                    events,
-                );
-            }
-            return;
-        }
-        for event in ready.iter().filter(|e| e.token() != WAKER) {
-            let id = ConnId(event.token().0 as u64);
-            if let Some(served) = conns.get_mut(&id) {
-                // Bytes may have come since the socket was last found empty.
-                served.wire.drained = false;
-                due.push(id);
-            }
-        }
-        let Pending {
-            new,
-            woken,
-            stopping,
-        } = std::mem::take(&mut *lock(&lane.pending));
-        due.extend(woken);
-        for conn in new {
-            let id = conn.id;
-            let served = Served::new(conn);
-            match served.register(&poll) {
-                Ok(()) => {
-                    conns.insert(id, served);
-                    due.push(id);
-                }
-                Err(e) => served.end(Err(e.into()), &poll, shared, events),
-            }
-        }
-        let now = Instant::now();
-        while let Some(&Reverse((at, id))) = timers.peek() {
-            if at > now {
-                break;
-            }
-            timers.pop();
-            if let Some(served) = conns.get_mut(&id) {
-                if served.scheduled == Some(at) {
-                    served.scheduled = None;
-                    due.push(id);
-                }
-            }
-        }
-        for id in due.drain(..) {
-            let Some(served) = conns.get_mut(&id) else {
-                continue; // ended already
-            };
-            match served.drive() {
-                None => served.schedule(&mut timers),
-                Some(result) => {
-                    let served = conns.remove(&id).expect("looked up above");
-                    served.end(result, &poll, shared, events);
-                }
-            }
-        }
-        if stopping {
-            for (_, served) in conns.drain() {
-                let stopped = io::Error::new(io::ErrorKind::ConnectionAborted, "server stopped");
-                served.end(Err(Error::Io(stopped)), &poll, shared, events);
-            }
-            return;
-        }
-    }
-}
-
-// ---- one connection ----
 
 /// What a connection is doing.
 #[derive(Debug)]
@@ -524,11 +86,11 @@ enum Task {
 }
 
 /// A connection on an event thread.
-struct Served {
+pub(super) struct Served {
     conn: EventConn,
     handler: Box<dyn EventHandler>,
     machine: Machine,
-    wire: Wire,
+    pub(super) wire: Wire,
     task: Task,
     /// The whole message arriving, or the chunk buffer.
     msg: Vec<u8>,
@@ -545,13 +107,13 @@ struct Served {
     /// When `loop_pass` runs next, if an interval is set.
     next_pass: Option<Instant>,
     /// The timer this connection has in its thread's heap.
-    scheduled: Option<Instant>,
+    pub(super) scheduled: Option<Instant>,
     /// The peer's messages taken while one of ours waited.
     taken_while_due: usize,
 }
 
 impl Served {
-    fn new(new: NewConn) -> Self {
+    pub(super) fn new(new: NewConn) -> Self {
         let NewConn {
             id,
             stream,
@@ -597,7 +159,7 @@ impl Served {
     }
 
     /// Makes the socket non-blocking and registers it with `poll`.
-    fn register(&self, poll: &Poll) -> io::Result<()> {
+    pub(super) fn register(&self, poll: &Poll) -> io::Result<()> {
         let socket = &self.wire.socket;
         socket.set_nonblocking(true)?;
         socket.set_nodelay(self.conn.cfg.nodelay)?;
@@ -610,7 +172,7 @@ impl Served {
 
     /// Moves the connection on until its I/O would block: `None`, or the
     /// connection's end.
-    fn drive(&mut self) -> Option<Result<(), Error>> {
+    pub(super) fn drive(&mut self) -> Option<Result<(), Error>> {
         match self.advance() {
             Ok(Some(())) => Some(Ok(())),
             Ok(None) => None,
@@ -992,7 +554,7 @@ impl Served {
 
     /// Puts the connection's next timer in its thread's heap, unless an
     /// earlier one of its is there.
-    fn schedule(&mut self, timers: &mut BinaryHeap<Reverse<(Instant, ConnId)>>) {
+    pub(super) fn schedule(&mut self, timers: &mut BinaryHeap<Reverse<(Instant, ConnId)>>) {
         let next = [
             self.deadline.map(|(at, _)| at),
             self.retry_at,
@@ -1011,7 +573,7 @@ impl Served {
 
     /// Ends the connection: `post_loop`, the socket closed, its slot freed
     /// and its end reported to the server's loop.
-    fn end(
+    pub(super) fn end(
         mut self,
         result: Result<(), Error>,
         poll: &Poll,
@@ -1065,175 +627,6 @@ fn read_chunk(
         // The one read a chunk asks for is the chunk itself (a flush may come first).
         if let Moved::Read(n) = moved {
             return Ok(Some(n));
-        }
-    }
-}
-
-/// A connection's non-blocking socket with its read-ahead and write
-/// buffer: the one place its bytes move.
-struct Wire {
-    socket: Arc<TcpStream>,
-    ahead: Box<[u8]>,
-    /// The unread bytes of `ahead`.
-    start: usize,
-    end: usize,
-    /// The peer closed its side.
-    eof: bool,
-    /// A read found the socket empty since its last readiness event: until
-    /// the next one (which any later byte brings; readiness is
-    /// edge-triggered), another read would find nothing, and is not made.
-    drained: bool,
-    out: Vec<u8>,
-}
-
-impl Wire {
-    fn new(socket: Arc<TcpStream>) -> Self {
-        Self {
-            socket,
-            ahead: vec![0; READ_AHEAD].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            eof: false,
-            drained: false,
-            out: Vec::new(),
-        }
-    }
-
-    /// Does the machine's I/O: what moved, or `None` if it would block.
-    fn perform(&mut self, io: Io<'_>) -> io::Result<Option<Moved>> {
-        Ok(match io {
-            Io::Write(bytes) => self.write(bytes)?.map(Moved::Wrote),
-            Io::Read(buf) => self.read(buf)?.map(Moved::Read),
-            Io::Flush => self.flush()?.then_some(Moved::Flushed),
-        })
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        if self.start == self.end {
-            if self.eof {
-                return Ok(Some(0));
-            }
-            if buf.len() >= READ_AHEAD {
-                // A large payload goes straight into its buffer.
-                return self.read_socket(buf);
-            }
-            if !self.fill()? {
-                return Ok(None);
-            }
-            if self.start == self.end {
-                return Ok(Some(0));
-            }
-        }
-        let n = buf.len().min(self.end - self.start);
-        buf[..n].copy_from_slice(&self.ahead[self.start..self.start + n]);
-        self.start += n;
-        Ok(Some(n))
-    }
-
-    /// Reads what the socket has into the read-ahead; false if nothing was
-    /// there (the end of the stream counts as something).
-    fn fill(&mut self) -> io::Result<bool> {
-        if self.start > 0 {
-            self.ahead.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.ahead.len() {
-            return Ok(true);
-        }
-        let (end, socket) = (self.end, &self.socket);
-        let read = Self::read_from(socket, &mut self.drained, &mut self.ahead[end..])?;
-        match read {
-            None => Ok(false),
-            Some(0) => {
-                self.eof = true;
-                Ok(true)
-            }
-            Some(n) => {
-                self.end += n;
-                Ok(true)
-            }
-        }
-    }
-
-    fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        Self::read_from(&self.socket, &mut self.drained, buf)
-    }
-
-    /// One non-blocking read into `buf`, unless the socket was found empty
-    /// since its last readiness; a short read finds it empty too.
-    fn read_from(
-        socket: &TcpStream,
-        drained: &mut bool,
-        buf: &mut [u8],
-    ) -> io::Result<Option<usize>> {
-        if *drained {
-            return Ok(None);
-        }
-        let read = retry(|| (&*socket).read(&mut *buf))?;
-        *drained = read.is_none_or(|n| n > 0 && n < buf.len());
-        Ok(read)
-    }
-
-    /// True when the peer has begun a message (or closed): bytes are here
-    /// or in the socket. Looked for right before ours would go out, with a
-    /// read of the socket even if it was found empty before: a readiness
-    /// event still on its way must not let ours cross the peer's.
-    fn peer_has_begun(&mut self) -> io::Result<bool> {
-        if self.start == self.end && !self.eof {
-            self.drained = false;
-            self.fill()?;
-        }
-        Ok(self.start < self.end || self.eof)
-    }
-
-    /// The core's [`zero_answer_is_a_length`](tinyproto::zero_answer_is_a_length)
-    /// over what follows a 0x00 answer, looked for if too little is here.
-    fn peer_length_behind(&mut self) -> io::Result<bool> {
-        if self.end - self.start < LENGTH_FIELD_LEN - 1 && !self.eof {
-            self.fill()?;
-        }
-        Ok(tinyproto::zero_answer_is_a_length(self.end - self.start))
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
-        if self.out.len() + bytes.len() > WRITE_BUFFER && !self.flush()? {
-            return Ok(None);
-        }
-        if self.out.len() + bytes.len() <= WRITE_BUFFER {
-            self.out.extend_from_slice(bytes);
-            return Ok(Some(bytes.len()));
-        }
-        match retry(|| (&*self.socket).write(bytes))? {
-            Some(0) => Err(io::ErrorKind::WriteZero.into()),
-            moved => Ok(moved),
-        }
-    }
-
-    /// Writes the buffer out; false if the socket takes no more now.
-    fn flush(&mut self) -> io::Result<bool> {
-        while !self.out.is_empty() {
-            match retry(|| (&*self.socket).write(&self.out))? {
-                None => return Ok(false),
-                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Some(n) => {
-                    self.out.drain(..n);
-                }
-            }
-        }
-        Ok(true)
-    }
-}
-
-/// A non-blocking call's bytes, `None` if it would block; retried when a
-/// signal interrupted it.
-fn retry(mut call: impl FnMut() -> io::Result<usize>) -> io::Result<Option<usize>> {
-    loop {
-        match call() {
-            Ok(n) => return Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
         }
     }
 }

@@ -173,7 +173,7 @@ fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>)
             let id = ConnId(event.token().0 as u64);
             if let Some(served) = conns.get_mut(&id) {
                 // Bytes may have come since the socket was last found empty.
-                served.wire.drained = false;
+                served.wire.readable();
                 due.push(id);
             }
         }

@@ -263,7 +263,13 @@ impl Served {
             self.next_pass = self.conn.cfg.loop_pass_interval.map(|i| now + i);
             self.hook(|h, conn| h.loop_pass(conn))?;
         }
-        let begun = self.machine.is_in_progress() || self.wire.peer_has_begun()?;
+        // Looked for only when it decides something: ours to send, or a stop.
+        let stopping = self.conn.is_stopping();
+        let begun = if self.conn.outbox.is_empty() && !stopping {
+            true
+        } else {
+            self.machine.is_in_progress() || self.wire.peer_has_begun()?
+        };
         // Bounded: a peer that keeps sending cannot hold ours back for ever
         // (what crosses it then is a conflict).
         let overdue =
@@ -272,7 +278,7 @@ impl Served {
             self.task = Task::Send;
             return Ok(None);
         }
-        if !begun && self.conn.is_stopping() {
+        if !begun && stopping {
             return Ok(Some(Some(())));
         }
         let Some(len) = run!(self, self.machine.next_length()) else {

@@ -4,12 +4,20 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tinyproto::{Io, Moved, LENGTH_FIELD_LEN};
 
 /// Bytes read ahead of the machine per connection: a small message's
 /// length and payload in one system call.
 const READ_AHEAD: usize = 4 * 1024;
+
+/// A read that found the socket empty this recently stands for the look
+/// before a send. A look only narrows the window in which a peer's message
+/// can cross ours; that window is two of the link's one-way delays (tens of
+/// microseconds on loopback, more on any other link) plus the time from the
+/// look to our length going out.
+const FRESH_LOOK: Duration = Duration::from_micros(50);
 
 /// Writes wait in a connection's buffer up to this much, so that the end of
 /// one message and the length of the next leave together; larger payloads
@@ -26,10 +34,10 @@ pub(super) struct Wire {
     pub(super) end: usize,
     /// The peer closed its side.
     pub(super) eof: bool,
-    /// A read found the socket empty since its last readiness event: until
-    /// the next one (which any later byte brings; readiness is
+    /// When a read last found the socket empty, if no readiness event came
+    /// since: until one does (any later byte brings one; readiness is
     /// edge-triggered), another read would find nothing, and is not made.
-    pub(super) drained: bool,
+    emptied_at: Option<Instant>,
     pub(super) out: Vec<u8>,
 }
 
@@ -41,7 +49,7 @@ impl Wire {
             start: 0,
             end: 0,
             eof: false,
-            drained: false,
+            emptied_at: None,
             out: Vec::new(),
         }
     }
@@ -89,7 +97,7 @@ impl Wire {
             return Ok(true);
         }
         let (end, socket) = (self.end, &self.socket);
-        let read = Self::read_from(socket, &mut self.drained, &mut self.ahead[end..])?;
+        let read = Self::read_from(socket, &mut self.emptied_at, &mut self.ahead[end..])?;
         match read {
             None => Ok(false),
             Some(0) => {
@@ -104,31 +112,42 @@ impl Wire {
     }
 
     fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        Self::read_from(&self.socket, &mut self.drained, buf)
+        Self::read_from(&self.socket, &mut self.emptied_at, buf)
     }
 
     /// One non-blocking read into `buf`, unless the socket was found empty
     /// since its last readiness; a short read finds it empty too.
     fn read_from(
         socket: &TcpStream,
-        drained: &mut bool,
+        emptied_at: &mut Option<Instant>,
         buf: &mut [u8],
     ) -> io::Result<Option<usize>> {
-        if *drained {
+        if emptied_at.is_some() {
             return Ok(None);
         }
         let read = retry(|| (&*socket).read(&mut *buf))?;
-        *drained = read.is_none_or(|n| n > 0 && n < buf.len());
+        if read.is_none_or(|n| n > 0 && n < buf.len()) {
+            *emptied_at = Some(Instant::now());
+        }
         Ok(read)
     }
 
+    /// A readiness event came: bytes may have arrived since the socket was
+    /// last found empty.
+    pub(super) fn readable(&mut self) {
+        self.emptied_at = None;
+    }
+
     /// True when the peer has begun a message (or closed): bytes are here
-    /// or in the socket. Looked for right before ours would go out, with a
-    /// read of the socket even if it was found empty before: a readiness
-    /// event still on its way must not let ours cross the peer's.
+    /// or in the socket. Looked for right before ours would go out: with a
+    /// read of the socket, unless a read found it empty just now (within
+    /// [`FRESH_LOOK`]: the echo of a message just read).
     pub(super) fn peer_has_begun(&mut self) -> io::Result<bool> {
         if self.start == self.end && !self.eof {
-            self.drained = false;
+            if self.emptied_at.is_some_and(|at| at.elapsed() > FRESH_LOOK) {
+                // A readiness event may be on its way: look for ourselves.
+                self.emptied_at = None;
+            }
             self.fill()?;
         }
         Ok(self.start < self.end || self.eof)

@@ -173,6 +173,11 @@ impl Connections {
         self.shared.conns().get(&id).map(|e| e.peer)
     }
 
+    /// Records which half of which duplex link connection `id` is.
+    pub(crate) fn set_half(&self, id: ConnId, direction: Direction, pair: u128) {
+        self.shared.set_half(id, direction, pair);
+    }
+
     /// Queues `msg` for connection `id`. On a duplex server, a message for
     /// the up half of a link goes to its down half, and a connection whose
     /// hello has not come yet is not there to send to.

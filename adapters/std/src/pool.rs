@@ -213,7 +213,11 @@ impl Pool {
                 mailbox: mailbox.clone(),
                 stream: stream.clone(),
                 peer,
-                half: Half::Plain,
+                half: if cfg.duplex {
+                    Half::Pending
+                } else {
+                    Half::Plain
+                },
             },
         );
         self.evented.insert(id);

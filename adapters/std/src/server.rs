@@ -116,7 +116,7 @@ impl Server {
     /// many busy connections, at a fraction of the CPU (see the
     /// [`events`](crate::events) module). Its hooks must not wait: replies
     /// are queued with [`EventConn::send`](crate::EventConn::send). Not for
-    /// TLS or duplex servers yet: [`start`](Self::start) refuses those.
+    /// TLS servers yet: [`start`](Self::start) refuses those.
     /// Replaces [`set_conn_handler`](Self::set_conn_handler)'s factory (and
     /// the other way round).
     pub fn set_event_handler<H, F>(&mut self, factory: F)
@@ -147,10 +147,10 @@ impl Server {
             let tls = self.runner.settings.conn.tls.is_some();
             #[cfg(not(feature = "tls"))]
             let tls = false;
-            if tls || self.runner.settings.conn.duplex {
+            if tls {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "event handlers serve plain connections only (not TLS, not duplex)",
+                    "event handlers do not serve TLS connections (yet): use set_conn_handler",
                 ));
             }
         }

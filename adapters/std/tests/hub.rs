@@ -3,7 +3,8 @@
 //! built-in pattern (a `Duplex` link per client) nothing can cross; on one
 //! connection per client the library takes what has arrived before it
 //! sends, and a crossing that remains is a `Conflict` that ends at once.
-//! Loopback only; every wait bounded.
+//! Each test runs twice: the hub on a thread per connection, and on the
+//! event threads (`set_event_handler`). Loopback only; every wait bounded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,9 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tinyproto_std::{on_message, Client, ConnId, Connections, Context, Error, Hooks, Server};
+use tinyproto_std::{
+    events, on_message, Client, ConnId, Connections, Context, Error, Hooks, Server,
+};
 use tinyproto_tests::RunningServer;
 
 const CLIENTS: usize = 8;
@@ -34,25 +37,46 @@ impl Hooks for Ends {
     }
 }
 
+/// How the hub serves its connections.
+#[derive(Clone, Copy)]
+enum Serving {
+    Threads,
+    Events,
+}
+
 /// A hub server: each message goes to every other client; `short` counts
 /// deliveries a full queue skipped.
-fn hub(duplex: bool, short: Arc<AtomicUsize>, ends: Ends) -> (RunningServer, Connections) {
+fn hub(
+    serving: Serving,
+    duplex: bool,
+    short: Arc<AtomicUsize>,
+    ends: Ends,
+) -> (RunningServer, Connections) {
     let mut server = Server::new();
     let connections = server.active_connections();
     server.set_duplex(duplex);
     // Room for everything the others send while a client is busy.
     server.set_queue_len(CLIENTS * MESSAGES);
     server.set_hooks(ends);
-    server.set_conn_handler(move || {
-        let short = short.clone();
-        on_message(move |conn, msg| {
-            let all = conn.active_connections();
-            let taken = all.broadcast(msg, Some(conn.id()));
-            let others = if duplex { CLIENTS - 1 } else { all.len() - 1 };
-            short.fetch_add(others.saturating_sub(taken), Ordering::SeqCst);
-            Ok(())
-        })
-    });
+    // The one thing a hub does with a message, whoever serves it.
+    let forward = move |short: &AtomicUsize, all: Connections, id: ConnId, msg: &[u8]| {
+        let taken = all.broadcast(msg, Some(id));
+        let others = if duplex { CLIENTS - 1 } else { all.len() - 1 };
+        short.fetch_add(others.saturating_sub(taken), Ordering::SeqCst);
+        Ok(())
+    };
+    match serving {
+        Serving::Threads => server.set_conn_handler(move || {
+            let short = short.clone();
+            on_message(move |conn, msg| forward(&short, conn.active_connections(), conn.id(), msg))
+        }),
+        Serving::Events => server.set_event_handler(move || {
+            let short = short.clone();
+            events::on_message(move |conn, msg| {
+                forward(&short, conn.active_connections(), conn.id(), msg)
+            })
+        }),
+    }
     (RunningServer::start(server), connections)
 }
 
@@ -86,9 +110,18 @@ fn check_received(me: usize, received: &[Vec<u8>]) {
 
 #[test]
 fn test_hub_on_duplex_links_delivers_everything_with_no_conflict() {
+    hub_on_duplex_links_delivers_everything_with_no_conflict(Serving::Threads);
+}
+
+#[test]
+fn test_hub_on_event_threads_on_duplex_links_delivers_everything_with_no_conflict() {
+    hub_on_duplex_links_delivers_everything_with_no_conflict(Serving::Events);
+}
+
+fn hub_on_duplex_links_delivers_everything_with_no_conflict(serving: Serving) {
     let short = Arc::new(AtomicUsize::new(0));
     let ends = Ends::default();
-    let (mut server, _) = hub(true, short.clone(), ends.clone());
+    let (mut server, _) = hub(serving, true, short.clone(), ends.clone());
     let addr = server.addr;
     // Every link is registered before anyone sends (connect_duplex returns
     // then), so every client hears every message.
@@ -147,8 +180,17 @@ fn test_hub_on_duplex_links_delivers_everything_with_no_conflict() {
 
 #[test]
 fn test_duplex_server_refuses_a_plain_client_and_up_halves_take_no_messages() {
+    duplex_server_refuses_a_plain_client(Serving::Threads);
+}
+
+#[test]
+fn test_duplex_server_on_event_threads_refuses_a_plain_client() {
+    duplex_server_refuses_a_plain_client(Serving::Events);
+}
+
+fn duplex_server_refuses_a_plain_client(serving: Serving) {
     let ends = Ends::default();
-    let (mut server, _) = hub(true, Arc::new(AtomicUsize::new(0)), ends.clone());
+    let (mut server, _) = hub(serving, true, Arc::new(AtomicUsize::new(0)), ends.clone());
     // A plain client's first message is no hello: that connection ends.
     let mut plain = Client::new().connect(server.addr).unwrap();
     plain.transmit(b"hello").unwrap();
@@ -161,7 +203,12 @@ fn test_duplex_server_refuses_a_plain_client_and_up_halves_take_no_messages() {
         format!("{:?}", Err::<(), _>(Error::NotDuplex))
     );
     // A duplex client against a plain server is told so.
-    let (mut plain_server, _) = hub(false, Arc::new(AtomicUsize::new(0)), Ends::default());
+    let (mut plain_server, _) = hub(
+        serving,
+        false,
+        Arc::new(AtomicUsize::new(0)),
+        Ends::default(),
+    );
     let mut client = Client::new();
     client.set_timeouts(tinyproto_std::Timeouts::default().with_receive(Duration::from_secs(2)));
     match client.connect_duplex(plain_server.addr) {
@@ -174,9 +221,18 @@ fn test_duplex_server_refuses_a_plain_client_and_up_halves_take_no_messages() {
 
 #[test]
 fn test_hub_on_one_connection_per_client_never_rejects_and_never_hangs() {
+    hub_on_one_connection_per_client_never_rejects_and_never_hangs(Serving::Threads);
+}
+
+#[test]
+fn test_hub_on_event_threads_on_one_connection_per_client_never_rejects_and_never_hangs() {
+    hub_on_one_connection_per_client_never_rejects_and_never_hangs(Serving::Events);
+}
+
+fn hub_on_one_connection_per_client_never_rejects_and_never_hangs(serving: Serving) {
     let short = Arc::new(AtomicUsize::new(0));
     let ends = Ends::default();
-    let (mut server, connections) = hub(false, short, ends.clone());
+    let (mut server, connections) = hub(serving, false, short, ends.clone());
     let addr = server.addr;
     let conns: Vec<_> = (0..CLIENTS)
         .map(|_| Client::new().connect(addr).expect("connect"))

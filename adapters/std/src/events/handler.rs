@@ -11,6 +11,7 @@ use crate::budget::Lease;
 use crate::config::SharedConfig;
 use crate::conn::{release, Owner};
 use crate::connections::{Connections, StopHandle};
+use crate::duplex::Direction;
 use crate::error::Error;
 use crate::handler::Take;
 use crate::id::ConnId;
@@ -140,6 +141,8 @@ pub struct EventConn {
     /// Messages to send, in order, as queued (the plugins run as each goes).
     pub(super) outbox: VecDeque<Outgoing>,
     pub(super) stop: bool,
+    /// Which half of a duplex link this is (on a duplex server).
+    pub(super) direction: Option<Direction>,
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) last_activity: Instant,
 }
@@ -176,11 +179,23 @@ impl EventConn {
     /// [`EventHandler::transmission_sent`]. [`Error::QueueFull`] when
     /// [`queue_len`](crate::Server::set_queue_len) messages wait already.
     pub fn send(&mut self, msg: &[u8]) -> Result<(), Error> {
+        if self.direction == Some(Direction::Up) {
+            return Err(Error::UpHalf);
+        }
         if self.outbox.len() >= self.cfg.queue_len.max(1) {
             return Err(Error::QueueFull(self.id));
         }
         self.outbox.push_back(Outgoing::Own(msg.to_vec(), None));
         Ok(())
+    }
+
+    /// Which half of a duplex link this is, on a duplex server
+    /// ([`Server::set_duplex`](crate::Server::set_duplex)); `None` otherwise.
+    /// Nothing is sent on an up half: [`send`](Self::send) says
+    /// [`Error::UpHalf`]; reply through [`Connections::send_to`] with this
+    /// connection's id, which goes to its down half.
+    pub fn direction(&self) -> Option<Direction> {
+        self.direction
     }
 
     /// Messages queued and not sent yet.
@@ -217,6 +232,8 @@ impl EventConn {
 pub(super) enum Outgoing {
     Own(Vec<u8>, Option<Lease>),
     Queued(Arc<[u8]>),
+    /// The loop's own answer to a down half's duplex hello.
+    Welcome,
 }
 
 impl Outgoing {
@@ -224,6 +241,7 @@ impl Outgoing {
         match self {
             Outgoing::Own(msg, _) => msg,
             Outgoing::Queued(msg) => msg,
+            Outgoing::Welcome => tinyproto::duplex::WELCOME,
         }
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
+use tinyproto::duplex::{self, Direction};
 use tinyproto::{FlushPolicy, Machine, Moved, Step};
 
 use super::handler::{EventConn, EventHandler, Outgoing};
@@ -110,6 +111,8 @@ pub(super) struct Served {
     pub(super) scheduled: Option<Instant>,
     /// The peer's messages taken while one of ours waited.
     taken_while_due: usize,
+    /// A duplex server's connection: its first message is its hello.
+    hello_due: bool,
 }
 
 impl Served {
@@ -141,6 +144,7 @@ impl Served {
                 owner,
                 outbox: VecDeque::new(),
                 stop: false,
+                direction: None,
                 mailbox,
                 last_activity: now,
             },
@@ -155,6 +159,7 @@ impl Served {
             retry_at: None,
             scheduled: None,
             taken_while_due: 0,
+            hello_due: false,
         }
     }
 
@@ -198,9 +203,17 @@ impl Served {
                         return self.wait();
                     };
                     greeted?;
-                    self.deadline = None;
                     self.task = Task::Idle;
-                    self.hook(|h, conn| h.pre_loop(conn))?;
+                    if self.conn.cfg.duplex {
+                        // A duplex server's connection opens with its hello,
+                        // within a greeting's time; `pre_loop` follows it.
+                        let wait = self.conn.cfg.timeouts.greeting;
+                        self.deadline = Some((Instant::now() + wait, Deadline::Greeting));
+                        self.hello_due = true;
+                    } else {
+                        self.deadline = None;
+                        self.hook(|h, conn| h.pre_loop(conn))?;
+                    }
                 }
                 Task::Idle => {
                     if let Some(end) = self.between_messages(now)? {
@@ -284,6 +297,8 @@ impl Served {
         let Some(len) = run!(self, self.machine.next_length()) else {
             if self.machine.is_in_progress() {
                 self.arm(Deadline::Message, self.conn.cfg.timeouts.message);
+            } else if self.hello_due {
+                // The greeting's deadline runs on.
             } else {
                 self.deadline = self
                     .conn
@@ -306,10 +321,14 @@ impl Served {
     /// The handler's decision on a length, and its room in the budget;
     /// false while it waits for room.
     fn decide(&mut self, len: u32, now: Instant) -> bool {
-        let take = catch_unwind(AssertUnwindSafe(|| {
-            self.handler.message_announced(&self.conn, len)
-        }))
-        .unwrap_or_else(|p| Take::Refuse(Error::Panicked(panic_message(&*p))));
+        let take = if self.hello_due {
+            Take::Whole // the loop's own: not the handler's to decide
+        } else {
+            catch_unwind(AssertUnwindSafe(|| {
+                self.handler.message_announced(&self.conn, len)
+            }))
+            .unwrap_or_else(|p| Take::Refuse(Error::Panicked(panic_message(&*p))))
+        };
         let (chunked, bytes) = match take {
             Take::Whole if len <= self.conn.cfg.max_message_len => (false, u64::from(len)),
             Take::Whole => {
@@ -414,6 +433,10 @@ impl Served {
             let mut msg = std::mem::take(&mut self.msg);
             let queued = self.conn.outbox.len();
             let result = match self.conn.cfg.plugins.receive(msg) {
+                Ok(plain) if self.hello_due => {
+                    msg = plain;
+                    self.pair(&msg)
+                }
                 Ok(plain) => {
                     msg = plain;
                     let result = self.hook(|h, conn| h.transmission_received(conn, &msg));
@@ -508,14 +531,35 @@ impl Served {
         }
     }
 
-    /// Tells the handler how a message went, then frees it.
+    /// Tells the handler how a message went (one of its own or other
+    /// connections'), then frees it.
     fn sent(&mut self, msg: Outgoing, result: Result<(), Error>) -> Result<(), Error> {
-        let told = self.hook(|h, conn| {
-            h.transmission_sent(conn, msg.bytes(), &result);
-            Ok(())
-        });
+        let told = match (&msg, result) {
+            (Outgoing::Welcome, Ok(())) => Ok(()),
+            (Outgoing::Welcome, Err(e)) => Err(e),
+            (_, result) => self.hook(|h, conn| {
+                h.transmission_sent(conn, msg.bytes(), &result);
+                Ok(())
+            }),
+        };
         msg.release();
         told
+    }
+
+    /// On a duplex server: registers which half of which link the
+    /// connection is from its hello (a down half is welcomed first, before
+    /// anything queued for it), then runs `pre_loop`.
+    fn pair(&mut self, hello: &[u8]) -> Result<(), Error> {
+        let (direction, pair) = duplex::parse_hello(hello).ok_or(Error::NotDuplex)?;
+        self.hello_due = false;
+        if direction == Direction::Down {
+            self.conn.outbox.push_front(Outgoing::Welcome);
+        }
+        self.conn.direction = Some(direction);
+        let id = self.conn.id;
+        self.conn.owner.connections.set_half(id, direction, pair);
+        log::debug!("{id}: {direction:?} half of duplex link {pair:032x}");
+        self.hook(|h, conn| h.pre_loop(conn))
     }
 
     /// Runs a hook: a panic is an error; a recoverable error is logged and

@@ -387,7 +387,8 @@ impl Served {
     /// once the message was handed on.
     fn take_payload(&mut self, len: u32, chunked: bool) -> Result<bool, Error> {
         if chunked && self.msg.is_empty() {
-            self.msg.resize(RECEIVE_CHUNK, 0);
+            // The chunk buffer its lease covers.
+            self.msg.resize(chunk_buffer_len(len) as usize, 0);
         }
         loop {
             let remaining = self.machine.remaining() as usize;

@@ -5,8 +5,8 @@
 //! deadlines and the graceful stop are the std adapter's; this module only
 //! maps the command line onto it. `--echo` and `--sink`, whose handlers never
 //! wait, run on the adapter's event threads (`Server::set_event_handler`);
-//! `--print`, which writes to stdout, and anything over TLS run a thread per
-//! connection. `--sink` and
+//! `--print`, which writes to stdout, runs a thread per connection.
+//! `--sink` and
 //! `--print` take each message in chunks ([`Take::Chunks`]), so memory stays
 //! bounded whatever the size (`--print` holds a message in a [`Spool`] until
 //! it is whole, then writes it: a message that breaks off prints nothing);
@@ -74,22 +74,14 @@ pub struct Totals {
     pub bytes: AtomicU64,
 }
 
-struct Echo;
-
-impl Handler for Echo {
-    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
-        conn.transmit(msg)
-    }
-}
-
 /// Counts and discards, taking messages in chunks.
 struct Sink {
     totals: Arc<Totals>,
     limit: u32,
 }
 
-impl Sink {
-    fn take(&self, len: u32) -> Take {
+impl EventHandler for Sink {
+    fn message_announced(&mut self, _conn: &EventConn, len: u32) -> Take {
         if len <= self.limit {
             Take::Chunks
         } else {
@@ -97,32 +89,12 @@ impl Sink {
         }
     }
 
-    fn count(&self, len: u32) -> Result<(), Error> {
+    fn transmission_complete(&mut self, _conn: &mut EventConn, len: u32) -> Result<(), Error> {
         self.totals.messages.fetch_add(1, Ordering::Relaxed);
         self.totals
             .bytes
             .fetch_add(u64::from(len), Ordering::Relaxed);
         Ok(())
-    }
-}
-
-impl Handler for Sink {
-    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
-        self.take(len)
-    }
-
-    fn transmission_complete(&mut self, _conn: &mut Conn, len: u32) -> Result<(), Error> {
-        self.count(len)
-    }
-}
-
-impl EventHandler for Sink {
-    fn message_announced(&mut self, _conn: &EventConn, len: u32) -> Take {
-        self.take(len)
-    }
-
-    fn transmission_complete(&mut self, _conn: &mut EventConn, len: u32) -> Result<(), Error> {
-        self.count(len)
     }
 }
 
@@ -165,10 +137,7 @@ impl Handler for Print {
 /// Runs `serve` until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<(), Failure> {
     let mut server = Server::new();
-    let tls = tls::server_config(&args.tls)?;
-    // The event threads serve plain connections.
-    let on_events = tls.is_none();
-    if let Some(config) = tls {
+    if let Some(config) = tls::server_config(&args.tls)? {
         server.set_tls(config);
     }
     {
@@ -192,21 +161,13 @@ pub fn run(args: &ServeArgs) -> Result<(), Failure> {
         server.set_memory_budget(budget);
     }
     match args.mode {
-        Mode::Echo if on_events => {
-            server.set_event_handler(|| events::on_message(|conn, msg| conn.send(msg)))
-        }
-        Mode::Echo => server.set_conn_handler(|| Echo),
+        Mode::Echo => server.set_event_handler(|| events::on_message(|conn, msg| conn.send(msg))),
         Mode::Sink => {
             let totals = Arc::clone(&totals);
-            let sink = move || Sink {
+            server.set_event_handler(move || Sink {
                 totals: Arc::clone(&totals),
                 limit,
-            };
-            if on_events {
-                server.set_event_handler(sink);
-            } else {
-                server.set_conn_handler(sink);
-            }
+            });
         }
         Mode::Print => server.set_conn_handler(move || Print {
             spool: Spool::new(),

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
 use crate::config::shared_methods;
-use crate::event_loop::{Handlers, Runner};
+use crate::event_loop::Runner;
 use crate::listen::raise_open_file_limit;
 
 /// A threaded tinyproto server (the reference's `TinyProtoServer`).
@@ -115,8 +115,7 @@ impl Server {
     /// a handler from `factory`, instead of a thread per connection: for
     /// many busy connections, at a fraction of the CPU (see the
     /// [`events`](crate::events) module). Its hooks must not wait: replies
-    /// are queued with [`EventConn::send`](crate::EventConn::send). Not for
-    /// TLS servers yet: [`start`](Self::start) refuses those.
+    /// are queued with [`EventConn::send`](crate::EventConn::send).
     /// Replaces [`set_conn_handler`](Self::set_conn_handler)'s factory (and
     /// the other way round).
     pub fn set_event_handler<H, F>(&mut self, factory: F)
@@ -141,18 +140,6 @@ impl Server {
                 io::ErrorKind::InvalidInput,
                 "no address to listen on (call add_addr)",
             ));
-        }
-        if let Handlers::Events(_) = self.runner.handlers {
-            #[cfg(feature = "tls")]
-            let tls = self.runner.settings.conn.tls.is_some();
-            #[cfg(not(feature = "tls"))]
-            let tls = false;
-            if tls {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "event handlers do not serve TLS connections (yet): use set_conn_handler",
-                ));
-            }
         }
         raise_open_file_limit();
         let Runner {

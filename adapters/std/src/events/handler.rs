@@ -143,6 +143,9 @@ pub struct EventConn {
     pub(super) stop: bool,
     /// Which half of a duplex link this is (on a duplex server).
     pub(super) direction: Option<Direction>,
+    /// Who the TLS peer is, once its handshake is done.
+    #[cfg(feature = "tls")]
+    pub(super) identity: Option<crate::tls::PeerIdentity>,
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) last_activity: Instant,
 }
@@ -196,6 +199,15 @@ impl EventConn {
     /// connection's id, which goes to its down half.
     pub fn direction(&self) -> Option<Direction> {
         self.direction
+    }
+
+    /// Who the peer is, from the certificate it presented over TLS
+    /// (feature `tls`; `None` without TLS or a client certificate). There in
+    /// every hook: a `pre_loop` that returns an error refuses the
+    /// connection.
+    #[cfg(feature = "tls")]
+    pub fn peer_identity(&self) -> Option<crate::tls::PeerIdentity> {
+        self.identity.clone()
     }
 
     /// Messages queued and not sent yet.

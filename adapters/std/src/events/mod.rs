@@ -185,7 +185,7 @@ fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>)
         due.extend(woken);
         for conn in new {
             let id = conn.id;
-            let served = Served::new(conn);
+            let mut served = Served::new(conn);
             match served.register(&poll) {
                 Ok(()) => {
                     conns.insert(id, served);

@@ -145,6 +145,8 @@ impl Served {
                 outbox: VecDeque::new(),
                 stop: false,
                 direction: None,
+                #[cfg(feature = "tls")]
+                identity: None,
                 mailbox,
                 last_activity: now,
             },
@@ -163,9 +165,14 @@ impl Served {
         }
     }
 
-    /// Makes the socket non-blocking and registers it with `poll`.
-    pub(super) fn register(&self, poll: &Poll) -> io::Result<()> {
-        let socket = &self.wire.socket;
+    /// Makes the socket non-blocking and registers it with `poll`; starts
+    /// TLS on it if the server serves TLS.
+    pub(super) fn register(&mut self, poll: &Poll) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(crate::tls::TlsSide::Server(config)) = &self.conn.cfg.tls {
+            self.wire.start_tls(config.clone())?;
+        }
+        let socket = self.wire.socket();
         socket.set_nonblocking(true)?;
         socket.set_nodelay(self.conn.cfg.nodelay)?;
         poll.registry().register(
@@ -203,6 +210,13 @@ impl Served {
                         return self.wait();
                     };
                     greeted?;
+                    #[cfg(feature = "tls")]
+                    {
+                        self.conn.identity = self
+                            .wire
+                            .peer_certificate()
+                            .and_then(crate::tls::PeerIdentity::from_certificate);
+                    }
                     self.task = Task::Idle;
                     if self.conn.cfg.duplex {
                         // A duplex server's connection opens with its hello,
@@ -640,8 +654,8 @@ impl Served {
         if catch_unwind(AssertUnwindSafe(|| handler.post_loop(conn, &result))).is_err() {
             log::error!("{id}: post_loop panicked");
         }
-        let _ = self.wire.flush();
-        let socket = &self.wire.socket;
+        self.wire.close();
+        let socket = self.wire.socket();
         if let Err(e) = poll
             .registry()
             .deregister(&mut SourceFd(&socket.as_raw_fd()))

@@ -1,5 +1,6 @@
-//! A connection's non-blocking socket, its read-ahead and its write
-//! buffer ([`Wire`]): the one place an event thread's bytes move.
+//! A connection's bytes on an event thread ([`Wire`]): its non-blocking
+//! socket, or a TLS session over it ([`Stream`]), with the read-ahead and
+//! the write buffer above. The one place an event thread's bytes move.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -24,34 +25,130 @@ const FRESH_LOOK: Duration = Duration::from_micros(50);
 /// go from the message itself.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// A connection's non-blocking socket with its read-ahead and write
-/// buffer: the one place its bytes move.
-pub(super) struct Wire {
+/// What carries a connection's bytes: its socket, or a TLS session over it
+/// (feature `tls`; rustls buffers at most 64 KiB of records to send).
+pub(super) struct Stream {
     pub(super) socket: Arc<TcpStream>,
-    pub(super) ahead: Box<[u8]>,
-    /// The unread bytes of `ahead`.
-    pub(super) start: usize,
-    pub(super) end: usize,
-    /// The peer closed its side.
-    pub(super) eof: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<Box<rustls::ServerConnection>>,
     /// When a read last found the socket empty, if no readiness event came
     /// since: until one does (any later byte brings one; readiness is
     /// edge-triggered), another read would find nothing, and is not made.
     emptied_at: Option<Instant>,
-    pub(super) out: Vec<u8>,
+}
+
+impl Stream {
+    /// A readiness event came: bytes may have arrived since the socket was
+    /// last found empty.
+    fn readable(&mut self) {
+        self.emptied_at = None;
+    }
+
+    /// Reads what is there into `buf`: `Some(0)` at the end of the stream,
+    /// `None` if nothing is there now.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls_read(&self.socket, tls, &mut self.emptied_at, buf);
+        }
+        if self.emptied_at.is_some() {
+            return Ok(None);
+        }
+        let read = retry(|| (&*self.socket).read(&mut *buf))?;
+        // A short read emptied the socket too.
+        if read.is_none_or(|n| n > 0 && n < buf.len()) {
+            self.emptied_at = Some(Instant::now());
+        }
+        Ok(read)
+    }
+
+    /// Writes some of `bytes`: how many went (to the socket, or into the
+    /// TLS session's records), `None` if none could now.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            let mut n = tls.writer().write(bytes)?;
+            if n == 0 && tls_flush(&self.socket, tls)? {
+                n = tls.writer().write(bytes)?;
+            }
+            return Ok((n > 0 || bytes.is_empty()).then_some(n));
+        }
+        match retry(|| (&*self.socket).write(bytes))? {
+            Some(0) if !bytes.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+            moved => Ok(moved),
+        }
+    }
+
+    /// Sends what the TLS session holds; false if the socket takes no more
+    /// now. (Nothing to do on a plain socket.)
+    fn flush(&mut self) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.tls {
+            return tls_flush(&self.socket, tls);
+        }
+        Ok(true)
+    }
+}
+
+/// A connection's stream with its read-ahead and write buffer.
+pub(super) struct Wire {
+    pub(super) stream: Stream,
+    ahead: Box<[u8]>,
+    /// The unread bytes of `ahead`.
+    start: usize,
+    end: usize,
+    /// The peer closed its side.
+    eof: bool,
+    out: Vec<u8>,
 }
 
 impl Wire {
     pub(super) fn new(socket: Arc<TcpStream>) -> Self {
         Self {
-            socket,
+            stream: Stream {
+                socket,
+                #[cfg(feature = "tls")]
+                tls: None,
+                emptied_at: None,
+            },
             ahead: vec![0; READ_AHEAD].into_boxed_slice(),
             start: 0,
             end: 0,
             eof: false,
-            emptied_at: None,
             out: Vec::new(),
         }
+    }
+
+    /// Carries the connection in TLS from its first byte, as a server with
+    /// `config`.
+    #[cfg(feature = "tls")]
+    pub(super) fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        let session = rustls::ServerConnection::new(config)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.stream.tls = Some(Box::new(session));
+        Ok(())
+    }
+
+    /// The certificate the TLS peer presented (verified by the
+    /// configuration's verifier), once the handshake is done.
+    #[cfg(feature = "tls")]
+    pub(super) fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        self.stream
+            .tls
+            .as_ref()?
+            .peer_certificates()?
+            .first()
+            .cloned()
+    }
+
+    /// The socket under the stream.
+    pub(super) fn socket(&self) -> &TcpStream {
+        &self.stream.socket
+    }
+
+    /// A readiness event came for the socket.
+    pub(super) fn readable(&mut self) {
+        self.stream.readable();
     }
 
     /// Does the machine's I/O: what moved, or `None` if it would block.
@@ -70,7 +167,7 @@ impl Wire {
             }
             if buf.len() >= READ_AHEAD {
                 // A large payload goes straight into its buffer.
-                return self.read_socket(buf);
+                return self.stream.read(buf);
             }
             if !self.fill()? {
                 return Ok(None);
@@ -85,7 +182,7 @@ impl Wire {
         Ok(Some(n))
     }
 
-    /// Reads what the socket has into the read-ahead; false if nothing was
+    /// Reads what the stream has into the read-ahead; false if nothing was
     /// there (the end of the stream counts as something).
     fn fill(&mut self) -> io::Result<bool> {
         if self.start > 0 {
@@ -96,9 +193,7 @@ impl Wire {
         if self.end == self.ahead.len() {
             return Ok(true);
         }
-        let (end, socket) = (self.end, &self.socket);
-        let read = Self::read_from(socket, &mut self.emptied_at, &mut self.ahead[end..])?;
-        match read {
+        match self.stream.read(&mut self.ahead[self.end..])? {
             None => Ok(false),
             Some(0) => {
                 self.eof = true;
@@ -111,42 +206,19 @@ impl Wire {
         }
     }
 
-    fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        Self::read_from(&self.socket, &mut self.emptied_at, buf)
-    }
-
-    /// One non-blocking read into `buf`, unless the socket was found empty
-    /// since its last readiness; a short read finds it empty too.
-    fn read_from(
-        socket: &TcpStream,
-        emptied_at: &mut Option<Instant>,
-        buf: &mut [u8],
-    ) -> io::Result<Option<usize>> {
-        if emptied_at.is_some() {
-            return Ok(None);
-        }
-        let read = retry(|| (&*socket).read(&mut *buf))?;
-        if read.is_none_or(|n| n > 0 && n < buf.len()) {
-            *emptied_at = Some(Instant::now());
-        }
-        Ok(read)
-    }
-
-    /// A readiness event came: bytes may have arrived since the socket was
-    /// last found empty.
-    pub(super) fn readable(&mut self) {
-        self.emptied_at = None;
-    }
-
     /// True when the peer has begun a message (or closed): bytes are here
     /// or in the socket. Looked for right before ours would go out: with a
     /// read of the socket, unless a read found it empty just now (within
     /// [`FRESH_LOOK`]: the echo of a message just read).
     pub(super) fn peer_has_begun(&mut self) -> io::Result<bool> {
         if self.start == self.end && !self.eof {
-            if self.emptied_at.is_some_and(|at| at.elapsed() > FRESH_LOOK) {
+            if self
+                .stream
+                .emptied_at
+                .is_some_and(|at| at.elapsed() > FRESH_LOOK)
+            {
                 // A readiness event may be on its way: look for ourselves.
-                self.emptied_at = None;
+                self.stream.readable();
             }
             self.fill()?;
         }
@@ -170,25 +242,104 @@ impl Wire {
             self.out.extend_from_slice(bytes);
             return Ok(Some(bytes.len()));
         }
-        match retry(|| (&*self.socket).write(bytes))? {
-            Some(0) => Err(io::ErrorKind::WriteZero.into()),
-            moved => Ok(moved),
-        }
+        self.stream.write(bytes)
     }
 
-    /// Writes the buffer out; false if the socket takes no more now.
+    /// Writes the buffer out (and what the TLS session holds); false if the
+    /// socket takes no more now.
     pub(super) fn flush(&mut self) -> io::Result<bool> {
         while !self.out.is_empty() {
-            match retry(|| (&*self.socket).write(&self.out))? {
+            match self.stream.write(&self.out)? {
                 None => return Ok(false),
-                Some(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Some(n) => {
                     self.out.drain(..n);
                 }
             }
         }
-        Ok(true)
+        self.stream.flush()
     }
+
+    /// Ends the stream: over TLS, close_notify goes out if the socket takes
+    /// it now (nothing is waited for).
+    pub(super) fn close(&mut self) {
+        let _ = self.flush();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &mut self.stream.tls {
+            tls.send_close_notify();
+            let _ = tls_flush(&self.stream.socket, tls);
+        }
+    }
+}
+
+/// Plaintext from the TLS session: what it has decrypted, else what the
+/// records the socket has now decrypt to (its own flight goes out first:
+/// the handshake talks both ways). `Some(0)` at the end of the stream, an
+/// `InvalidData` error carrying the `rustls::Error` when TLS fails (its
+/// alert is sent first).
+#[cfg(feature = "tls")]
+fn tls_read(
+    socket: &TcpStream,
+    tls: &mut rustls::ServerConnection,
+    emptied_at: &mut Option<Instant>,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    loop {
+        match tls.reader().read(buf) {
+            // 0: the peer's close_notify.
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Closed without close_notify: during the handshake a TLS
+            // failure, after it a close (the protocol's framing tells one
+            // mid-message from one between messages).
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                if tls.is_handshaking() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        rustls::Error::General(format!(
+                            "the peer closed during the handshake ({e})"
+                        )),
+                    ));
+                }
+                return Ok(Some(0));
+            }
+            Err(e) => return Err(e),
+        }
+        tls_flush(socket, tls)?;
+        if emptied_at.is_some() {
+            return Ok(None);
+        }
+        match tls.read_tls(&mut &*socket) {
+            // 0: the end of the stream, which the reader reports next.
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *emptied_at = Some(Instant::now());
+                return Ok(None);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = tls.process_new_packets() {
+            // The alert tells the peer why.
+            let _ = tls_flush(socket, tls);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
+/// Writes the TLS session's records out; false if the socket takes no more
+/// now.
+#[cfg(feature = "tls")]
+fn tls_flush(socket: &TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(&mut &*socket) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// A non-blocking call's bytes, `None` if it would block; retried when a

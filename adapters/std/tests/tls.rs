@@ -2,7 +2,8 @@
 //! chunked messages, a rejection, the connection limit's 0xFE and the
 //! peer's identity, with and without client certificates; and each way a
 //! handshake can fail, a typed error on both ends while the server goes on.
-//! Certificates are made here, at test time.
+//! Certificates are made here, at test time. Each server test runs twice:
+//! on a thread per connection, and on the event threads.
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tinyproto_std::rustls::pki_types::ServerName;
 use tinyproto_std::rustls::server::WebPkiClientVerifier;
 use tinyproto_std::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
-use tinyproto_std::{Client, Conn, Error, Handler, Server, StopHandle};
+use tinyproto_std::{Client, Conn, Error, EventConn, EventHandler, Handler, Server, StopHandle};
 use tinyproto_tests::pki::TestCa;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -73,26 +74,53 @@ fn tls_client(config: Arc<ClientConfig>, name: &str) -> Client {
 /// Each connection's end goes to `ends`.
 struct Tester(mpsc::Sender<String>);
 
-impl Handler for Tester {
-    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+impl Tester {
+    /// The reply to `msg`; `identity` is the peer's.
+    fn reply(msg: &[u8], identity: Option<tinyproto_std::PeerIdentity>) -> Vec<u8> {
         match msg {
-            b"whoami" => {
-                let identity = conn.peer_identity();
-                let name = identity.and_then(|i| i.common_name).unwrap_or_default();
-                conn.transmit(name.as_bytes())
-            }
-            b"big" => conn.transmit(&vec![0x5A; 1 << 20]),
-            other => conn.transmit(other),
+            b"whoami" => identity
+                .and_then(|i| i.common_name)
+                .unwrap_or_default()
+                .into_bytes(),
+            b"big" => vec![0x5A; 1 << 20],
+            other => other.to_vec(),
         }
     }
 
-    fn post_loop(&mut self, _conn: &mut Conn, result: &Result<(), Error>) {
+    fn ended(&self, result: &Result<(), Error>) {
         let _ = self.0.send(match result {
             Ok(()) => "ok".to_owned(),
             Err(e @ Error::Tls(_)) => format!("tls: {e}"),
             Err(e) => format!("other: {e}"),
         });
     }
+}
+
+impl Handler for Tester {
+    fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
+        conn.transmit(&Self::reply(msg, conn.peer_identity()))
+    }
+
+    fn post_loop(&mut self, _conn: &mut Conn, result: &Result<(), Error>) {
+        self.ended(result);
+    }
+}
+
+impl EventHandler for Tester {
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        conn.send(&Self::reply(msg, conn.peer_identity()))
+    }
+
+    fn post_loop(&mut self, _conn: &mut EventConn, result: &Result<(), Error>) {
+        self.ended(result);
+    }
+}
+
+/// How the server serves its connections.
+#[derive(Clone, Copy)]
+enum Serving {
+    Threads,
+    Events,
 }
 
 /// A TLS server running [`Tester`], and how each of its connections ended.
@@ -126,13 +154,20 @@ impl TlsServer {
 }
 
 /// Starts a TLS server with `config` (and `configure` for more).
-fn start(config: Arc<ServerConfig>, configure: impl FnOnce(&mut Server)) -> TlsServer {
+fn start(
+    serving: Serving,
+    config: Arc<ServerConfig>,
+    configure: impl FnOnce(&mut Server),
+) -> TlsServer {
     let (tx, ends) = mpsc::channel();
     let mut server = Server::new();
     let addr = server.add_addr("127.0.0.1:0").unwrap();
     server.set_tls(config);
     server.set_max_message_len(2 << 20);
-    server.set_conn_handler(move || Tester(tx.clone()));
+    match serving {
+        Serving::Threads => server.set_conn_handler(move || Tester(tx.clone())),
+        Serving::Events => server.set_event_handler(move || Tester(tx.clone())),
+    }
     configure(&mut server);
     let stop = server.stop_handle();
     let thread = thread::spawn(move || server.start());
@@ -154,8 +189,17 @@ fn assert_serves(addr: SocketAddr, client: &Client) {
 
 #[test]
 fn test_messages_rejection_and_connection_limit_over_tls() {
+    messages_rejection_and_connection_limit_over_tls(Serving::Threads);
+}
+
+#[test]
+fn test_messages_rejection_and_connection_limit_over_tls_on_event_threads() {
+    messages_rejection_and_connection_limit_over_tls(Serving::Events);
+}
+
+fn messages_rejection_and_connection_limit_over_tls(serving: Serving) {
     let ca = TestCa::new("test CA");
-    let server = start(server_config(&ca, None, false), |s| {
+    let server = start(serving, server_config(&ca, None, false), |s| {
         s.set_connection_limit(Some(1))
     });
     let addr = server.addr;
@@ -199,9 +243,18 @@ fn test_messages_rejection_and_connection_limit_over_tls() {
 
 #[test]
 fn test_mutual_tls_shows_the_client_identity_to_handlers() {
+    mutual_tls_shows_the_client_identity_to_handlers(Serving::Threads);
+}
+
+#[test]
+fn test_mutual_tls_shows_the_client_identity_to_handlers_on_event_threads() {
+    mutual_tls_shows_the_client_identity_to_handlers(Serving::Events);
+}
+
+fn mutual_tls_shows_the_client_identity_to_handlers(serving: Serving) {
     let ca = TestCa::new("server CA");
     let devices = TestCa::new("device CA");
-    let server = start(server_config(&ca, Some(&devices), false), |_| {});
+    let server = start(serving, server_config(&ca, Some(&devices), false), |_| {});
     let addr = server.addr;
     let client = tls_client(
         client_config(&ca, Some((&devices, "device 7"))),
@@ -248,9 +301,18 @@ fn test_mutual_tls_shows_the_client_identity_to_handlers() {
 
 #[test]
 fn test_handshake_failures_are_typed_on_both_ends() {
+    handshake_failures_are_typed_on_both_ends(Serving::Threads);
+}
+
+#[test]
+fn test_handshake_failures_are_typed_on_both_ends_on_event_threads() {
+    handshake_failures_are_typed_on_both_ends(Serving::Events);
+}
+
+fn handshake_failures_are_typed_on_both_ends(serving: Serving) {
     let ca = TestCa::new("test CA");
     let other = TestCa::new("other CA");
-    let server = start(server_config(&ca, None, false), |_| {});
+    let server = start(serving, server_config(&ca, None, false), |_| {});
     let addr = server.addr;
     // An untrusted CA, and a wrong server name.
     for client in [
@@ -266,7 +328,7 @@ fn test_handshake_failures_are_typed_on_both_ends() {
     server.finish();
 
     // An expired server certificate.
-    let server = start(server_config(&ca, None, true), |_| {});
+    let server = start(serving, server_config(&ca, None, true), |_| {});
     let addr = server.addr;
     match tls_client(client_config(&ca, None), "localhost").connect(addr) {
         Err(Error::Tls(e)) => assert!(e.to_string().contains("expired"), "{e}"),
@@ -278,8 +340,17 @@ fn test_handshake_failures_are_typed_on_both_ends() {
 
 #[test]
 fn test_plaintext_and_tls_peers_do_not_mix() {
+    plaintext_and_tls_peers_do_not_mix(Serving::Threads);
+}
+
+#[test]
+fn test_plaintext_and_tls_peers_do_not_mix_on_event_threads() {
+    plaintext_and_tls_peers_do_not_mix(Serving::Events);
+}
+
+fn plaintext_and_tls_peers_do_not_mix(serving: Serving) {
     let ca = TestCa::new("test CA");
-    let server = start(server_config(&ca, None, false), |_| {});
+    let server = start(serving, server_config(&ca, None, false), |_| {});
     let addr = server.addr;
     // A plaintext client on the TLS port: nothing of tinyproto comes back.
     let mut raw = common::raw(addr);
@@ -320,8 +391,17 @@ fn test_tls_error_is_not_recoverable() {
 /// by the greeting deadline, which covers the handshake.
 #[test]
 fn test_a_silent_peer_is_cut_by_the_greeting_deadline() {
+    a_silent_peer_is_cut_by_the_greeting_deadline(Serving::Threads);
+}
+
+#[test]
+fn test_a_silent_peer_is_cut_by_the_greeting_deadline_on_event_threads() {
+    a_silent_peer_is_cut_by_the_greeting_deadline(Serving::Events);
+}
+
+fn a_silent_peer_is_cut_by_the_greeting_deadline(serving: Serving) {
     let ca = TestCa::new("test CA");
-    let server = start(server_config(&ca, None, false), |s| {
+    let server = start(serving, server_config(&ca, None, false), |s| {
         s.set_timeouts(tinyproto_std::Timeouts::default().with_greeting(Duration::from_millis(500)))
     });
     let addr = server.addr;

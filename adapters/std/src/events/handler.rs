@@ -257,6 +257,11 @@ impl Outgoing {
         }
     }
 
+    /// True when it holds room in the memory budget.
+    pub(super) fn holds_room(&self) -> bool {
+        matches!(self, Outgoing::Own(_, Some(_)))
+    }
+
     /// Frees it (its room in the budget too), giving a large buffer's pages
     /// back to the system (see `release`).
     pub(super) fn release(self) {

@@ -26,6 +26,7 @@ mod wire;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -35,6 +36,7 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::connections::{lock, LoopEvent, Shared};
 use crate::error::Error;
+use crate::handler::panic_message;
 use crate::id::ConnId;
 use crate::sleep::Wake;
 
@@ -173,7 +175,7 @@ fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>)
             let id = ConnId(event.token().0 as u64);
             if let Some(served) = conns.get_mut(&id) {
                 // Bytes may have come since the socket was last found empty.
-                served.wire.readable();
+                served.wire.readable(event.is_read_closed());
                 due.push(id);
             }
         }
@@ -211,7 +213,11 @@ fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>)
             let Some(served) = conns.get_mut(&id) else {
                 continue; // ended already
             };
-            match served.drive() {
+            // A panic outside the hooks (a plugin's, say) ends only this
+            // connection, as on a thread of its own.
+            let driven = catch_unwind(AssertUnwindSafe(|| served.drive()))
+                .unwrap_or_else(|p| Some(Err(Error::Panicked(panic_message(&*p)))));
+            match driven {
                 None => served.schedule(&mut timers),
                 Some(result) => {
                     let served = conns.remove(&id).expect("looked up above");

@@ -203,6 +203,10 @@ impl Served {
                 return Err(Error::Timeout(which));
             }
         }
+        // A peer that stopped reading what we write.
+        if self.write_deadline().is_some_and(|at| now >= at) {
+            return Err(Error::Timeout(Deadline::Write));
+        }
         loop {
             match &mut self.task {
                 Task::Greet => {
@@ -282,10 +286,21 @@ impl Served {
     /// sends ours if nothing of the peer's is arriving, or reads the peer's
     /// length. `Some` to return from `advance`.
     fn between_messages(&mut self, now: Instant) -> Result<Option<Option<()>>, Error> {
-        let queued = std::mem::take(&mut self.conn.mailbox.lock().queued);
-        self.conn
-            .outbox
-            .extend(queued.into_iter().map(Outgoing::Queued));
+        // What other connections queued, as far as the outbox has room
+        // (the rest waits in the mailbox, whose room bounds theirs).
+        let room = self
+            .conn
+            .cfg
+            .queue_len
+            .max(1)
+            .saturating_sub(self.conn.outbox.len());
+        {
+            let mut inbox = self.conn.mailbox.lock();
+            let taken = inbox.queued.len().min(room);
+            self.conn
+                .outbox
+                .extend(inbox.queued.drain(..taken).map(Outgoing::Queued));
+        }
         if self.next_pass.is_some_and(|at| now >= at) {
             self.next_pass = self.conn.cfg.loop_pass_interval.map(|i| now + i);
             self.hook(|h, conn| h.loop_pass(conn))?;
@@ -306,6 +321,11 @@ impl Served {
             return Ok(None);
         }
         if !begun && stopping {
+            // What was written goes out before the close; a peer that does
+            // not read it has the write deadline.
+            if !self.wire.flush()? {
+                return Ok(Some(None));
+            }
             return Ok(Some(Some(())));
         }
         let Some(len) = run!(self, self.machine.next_length()) else {
@@ -373,8 +393,13 @@ impl Served {
                 self.task = Task::Accept { len, chunked };
                 true
             }
+            // Room held by this connection's own queued replies comes back
+            // only once they went, and they go only after this message:
+            // waiting for it would wait for the deadline.
             Ok(None)
-                if self.deadline.is_some_and(|(at, _)| now < at) && !self.conn.is_stopping() =>
+                if self.deadline.is_some_and(|(at, _)| now < at)
+                    && !self.conn.is_stopping()
+                    && !self.conn.outbox.iter().any(Outgoing::holds_room) =>
             {
                 self.retry_at = Some(now + BUDGET_RETRY);
                 false
@@ -382,6 +407,8 @@ impl Served {
             Ok(None) | Err(NoRoom::OverBudget | NoRoom::NoRoomInTime) => {
                 let why = if bytes > budget.limit() {
                     "larger than the whole budget"
+                } else if self.conn.outbox.iter().any(Outgoing::holds_room) {
+                    "no room, and its own replies, which hold some, go after it"
                 } else {
                     "no room in time"
                 };
@@ -595,13 +622,17 @@ impl Served {
         }
     }
 
-    /// About to wait for readiness: everything written goes out that can; a
-    /// write that cannot has the write deadline, if nothing else applies.
+    /// About to wait for readiness: everything written goes out that can
+    /// (what cannot has the write deadline).
     fn wait<T>(&mut self) -> Result<Option<T>, Error> {
-        if !self.wire.flush()? && self.deadline.is_none() {
-            self.arm(Deadline::Write, self.conn.cfg.timeouts.write);
-        }
+        self.wire.flush()?;
         Ok(None)
+    }
+
+    /// When the socket, taking nothing of what we write, has been stalled
+    /// too long.
+    fn write_deadline(&self) -> Option<Instant> {
+        Some(self.wire.stalled_since()? + self.conn.cfg.timeouts.write)
     }
 
     /// Sets deadline `which`, `after` from now, unless it is set already.
@@ -620,10 +651,14 @@ impl Served {
     /// Puts the connection's next timer in its thread's heap, unless an
     /// earlier one of its is there.
     pub(super) fn schedule(&mut self, timers: &mut BinaryHeap<Reverse<(Instant, ConnId)>>) {
+        // A loop pass runs between messages only: mid-message its time
+        // must not wake the thread over and over.
+        let pass = self.next_pass.filter(|_| matches!(self.task, Task::Idle));
         let next = [
             self.deadline.map(|(at, _)| at),
+            self.write_deadline(),
             self.retry_at,
-            self.next_pass,
+            pass,
         ]
         .into_iter()
         .flatten()

@@ -35,13 +35,30 @@ pub(super) struct Stream {
     /// since: until one does (any later byte brings one; readiness is
     /// edge-triggered), another read would find nothing, and is not made.
     emptied_at: Option<Instant>,
+    /// A readiness event said the peer closed its side: its bytes and the
+    /// end of the stream came together, and one event brings both. A short
+    /// read no longer means the socket is empty: the end is still to read.
+    closing: bool,
+    /// Since when the socket has taken none of what we write.
+    stalled_since: Option<Instant>,
 }
 
 impl Stream {
     /// A readiness event came: bytes may have arrived since the socket was
-    /// last found empty.
-    fn readable(&mut self) {
+    /// last found empty (and with them the end of the stream, if
+    /// `read_closed`).
+    fn readable(&mut self, read_closed: bool) {
         self.emptied_at = None;
+        self.closing |= read_closed;
+    }
+
+    /// Notes whether a write moved anything.
+    fn wrote(&mut self, moved: bool) {
+        if moved {
+            self.stalled_since = None;
+        } else if self.stalled_since.is_none() {
+            self.stalled_since = Some(Instant::now());
+        }
     }
 
     /// Reads what is there into `buf`: `Some(0)` at the end of the stream,
@@ -55,8 +72,8 @@ impl Stream {
             return Ok(None);
         }
         let read = retry(|| (&*self.socket).read(&mut *buf))?;
-        // A short read emptied the socket too.
-        if read.is_none_or(|n| n > 0 && n < buf.len()) {
+        // A short read emptied the socket too (unless the end is behind it).
+        if read.is_none_or(|n| n > 0 && n < buf.len() && !self.closing) {
             self.emptied_at = Some(Instant::now());
         }
         Ok(read)
@@ -65,6 +82,12 @@ impl Stream {
     /// Writes some of `bytes`: how many went (to the socket, or into the
     /// TLS session's records), `None` if none could now.
     fn write(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
+        let moved = self.write_now(bytes)?;
+        self.wrote(moved.is_some());
+        Ok(moved)
+    }
+
+    fn write_now(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &mut self.tls {
             let mut n = tls.writer().write(bytes)?;
@@ -84,7 +107,9 @@ impl Stream {
     fn flush(&mut self) -> io::Result<bool> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &mut self.tls {
-            return tls_flush(&self.socket, tls);
+            let flushed = tls_flush(&self.socket, tls)?;
+            self.wrote(flushed);
+            return Ok(flushed);
         }
         Ok(true)
     }
@@ -110,6 +135,8 @@ impl Wire {
                 #[cfg(feature = "tls")]
                 tls: None,
                 emptied_at: None,
+                closing: false,
+                stalled_since: None,
             },
             ahead: vec![0; READ_AHEAD].into_boxed_slice(),
             start: 0,
@@ -146,9 +173,16 @@ impl Wire {
         &self.stream.socket
     }
 
-    /// A readiness event came for the socket.
-    pub(super) fn readable(&mut self) {
-        self.stream.readable();
+    /// A readiness event came for the socket (saying the peer closed its
+    /// side, if `read_closed`).
+    pub(super) fn readable(&mut self, read_closed: bool) {
+        self.stream.readable(read_closed);
+    }
+
+    /// Since when the socket has taken none of what we write, if it is
+    /// stalled: what the write deadline counts from.
+    pub(super) fn stalled_since(&self) -> Option<Instant> {
+        self.stream.stalled_since
     }
 
     /// Does the machine's I/O: what moved, or `None` if it would block.
@@ -218,7 +252,7 @@ impl Wire {
                 .is_some_and(|at| at.elapsed() > FRESH_LOOK)
             {
                 // A readiness event may be on its way: look for ourselves.
-                self.stream.readable();
+                self.stream.emptied_at = None;
             }
             self.fill()?;
         }
@@ -260,13 +294,16 @@ impl Wire {
     }
 
     /// Ends the stream: over TLS, close_notify goes out if the socket takes
-    /// it now (nothing is waited for).
+    /// it now (nothing is waited for; a handshake that never completed gets
+    /// none, its alert went out when it failed).
     pub(super) fn close(&mut self) {
         let _ = self.flush();
         #[cfg(feature = "tls")]
         if let Some(tls) = &mut self.stream.tls {
-            tls.send_close_notify();
-            let _ = tls_flush(&self.stream.socket, tls);
+            if !tls.is_handshaking() {
+                tls.send_close_notify();
+                let _ = tls_flush(&self.stream.socket, tls);
+            }
         }
     }
 }

@@ -859,3 +859,238 @@ fn test_python_client_to_an_event_thread_server() {
     assert_eq!(*counts.results.lock().unwrap(), ["Ok(())"]);
     server.stop();
 }
+
+// ---- the other hooks ----
+
+/// Counts `loop_pass` calls; refuses messages by their length with a
+/// reason (over 100 bytes a recoverable one, exactly 13 one that ends the
+/// connection); on b"flood" sends b"flood" five times and reports which
+/// sends were queued; echoes the rest. Reports its end.
+struct Busy {
+    passes: Arc<AtomicUsize>,
+    events: mpsc::Sender<String>,
+}
+
+impl EventHandler for Busy {
+    fn loop_pass(&mut self, _: &mut EventConn) -> Result<(), Error> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn message_announced(&mut self, _: &EventConn, len: u32) -> Take {
+        match len {
+            13 => Take::Refuse(Error::handler("thirteen is unlucky")),
+            101.. => Take::Refuse(Error::Plugin("over the quota".into())),
+            _ => Take::Whole,
+        }
+    }
+
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        if msg != b"flood" {
+            return conn.send(msg);
+        }
+        let queued: Vec<String> = (0..5)
+            .map(|_| match conn.send(msg) {
+                Ok(()) => "queued".to_owned(),
+                Err(Error::QueueFull(id)) if id == conn.id() => "full".to_owned(),
+                Err(e) => format!("{e:?}"),
+            })
+            .collect();
+        let _ = self.events.send(queued.join(" "));
+        Ok(())
+    }
+
+    fn post_loop(&mut self, _: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self.events.send(match result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        });
+    }
+}
+
+/// `lifecycle.rs`'s, against the event threads: `loop_pass` runs after
+/// each message, and on an idle connection only if an interval is set.
+#[test]
+fn test_loop_pass_runs_on_messages_and_on_the_interval_only() {
+    for interval in [None, Some(Duration::from_millis(50))] {
+        let passes = Arc::new(AtomicUsize::new(0));
+        let (tx, _events) = mpsc::channel();
+        let mut server = Server::new();
+        let counter = passes.clone();
+        server.set_event_handler(move || Busy {
+            passes: counter.clone(),
+            events: tx.clone(),
+        });
+        server.set_loop_pass_interval(interval);
+        let mut running = Running::start(server);
+        let mut conn = Client::new().connect(running.addr).unwrap();
+        conn.transmit(b"one").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"one");
+        assert!(
+            wait_until(LONG, || passes.load(Ordering::SeqCst) >= 1),
+            "after a message"
+        );
+        let after_message = passes.load(Ordering::SeqCst);
+        match interval {
+            None => {
+                // Nothing can be waited on for "never": a bounded look.
+                thread::sleep(Duration::from_millis(400));
+                let idle = passes.load(Ordering::SeqCst) - after_message;
+                assert_eq!(idle, 0, "an idle connection was woken {idle} time(s)");
+            }
+            Some(_) => assert!(
+                wait_until(LONG, || passes.load(Ordering::SeqCst) >= after_message + 3),
+                "the interval never came round"
+            ),
+        }
+        conn.close();
+        running.stop.stop();
+        running.join();
+    }
+}
+
+/// `lifecycle.rs`'s, against the event threads: a refusal with a
+/// recoverable reason is a 0x00 and the connection goes on; with another,
+/// a 0x00 and the end of the connection, whose `post_loop` sees it.
+#[test]
+fn test_a_refusal_with_a_reason_goes_on_or_ends_the_connection() {
+    let (tx, events) = mpsc::channel();
+    let mut server = Server::new();
+    server.set_event_handler(move || Busy {
+        passes: Arc::default(),
+        events: tx.clone(),
+    });
+    let _running = Running::start(server);
+    let mut conn = Client::new().connect(_running.addr).unwrap();
+    match conn.transmit(&[0; 101]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 101 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    conn.transmit(b"fine").unwrap();
+    assert_eq!(
+        conn.receive().unwrap(),
+        b"fine",
+        "a recoverable reason: goes on"
+    );
+    match conn.transmit(&[0; 13]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 13 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let end = events.recv_timeout(LONG).expect("the connection ended");
+    assert_eq!(end, "thirteen is unlucky", "post_loop sees the reason");
+    match conn.receive() {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the close, got {other:?}"),
+    }
+}
+
+/// `EventConn::send` queues up to `queue_len` messages, then says
+/// `QueueFull` (recoverable: the hook goes on); what was queued goes out.
+#[test]
+fn test_send_beyond_the_queue_len_is_queue_full() {
+    let (tx, events) = mpsc::channel();
+    let mut server = Server::new();
+    server.set_queue_len(3);
+    server.set_event_handler(move || Busy {
+        passes: Arc::default(),
+        events: tx.clone(),
+    });
+    let _running = Running::start(server);
+    let mut conn = Client::new().connect(_running.addr).unwrap();
+    conn.transmit(b"flood").unwrap();
+    assert_eq!(
+        events.recv_timeout(LONG).unwrap(),
+        "queued queued queued full full"
+    );
+    for _ in 0..3 {
+        assert_eq!(conn.receive().unwrap(), b"flood");
+    }
+    conn.transmit(b"then").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"then", "only the three");
+    conn.close();
+    assert_eq!(events.recv_timeout(LONG).unwrap(), "ok");
+}
+
+/// A stop while a peer holds our message unanswered: after the drain
+/// timeout its socket is closed, its `post_loop` and `conn_shutdown` run
+/// with the error, and `start` returns.
+#[test]
+fn test_stop_closes_a_stuck_connection_after_the_drain_timeout() {
+    const DRAIN: Duration = Duration::from_millis(300);
+    let h = Harness::start_events(|s| s.set_drain_timeout(DRAIN));
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"stuck"), 0xFF);
+    // The echo's length, never answered.
+    assert_eq!(read_n(&mut s, 4), 5u32.to_be_bytes());
+    let start = Instant::now();
+    h.stop();
+    assert!(start.elapsed() >= DRAIN, "{:?}", start.elapsed());
+    let (_, outcome) = h.next_post_loop();
+    assert_ne!(outcome, Outcome::Ok);
+    let (_, e) = h.wait_event(LONG, |_, e| matches!(e, Event::Shutdown(_)));
+    assert_eq!(e, Event::Shutdown(outcome));
+    assert_eq!(read_to_close(&mut s), b"", "the socket was closed");
+}
+
+/// A peer's close that comes right behind its last bytes (in the same
+/// readiness event) is seen at once: mid-length, mid-payload and between
+/// messages, each ends its connection with the end of the stream, not at a
+/// deadline (the default ones are far longer than the bound here). The
+/// peer reads all it was sent first, so that its close is a FIN, not a
+/// reset. (On a thread per connection too, which shows the test sound.)
+#[test]
+#[ignore = "events.rs bug: a FIN that comes with the last bytes is never read (a short read counts as drained)"]
+fn test_a_close_right_behind_the_last_bytes_is_seen_at_once() {
+    close_right_behind_the_last_bytes(Mode::Events);
+}
+
+#[test]
+fn test_a_close_right_behind_the_last_bytes_is_seen_at_once_on_threads() {
+    close_right_behind_the_last_bytes(Mode::Threads);
+}
+
+fn close_right_behind_the_last_bytes(mode: Mode) {
+    const AT_ONCE: Duration = Duration::from_secs(5);
+    let h = Harness::start_in(mode, |_| {});
+    for round in 0..20 {
+        // Mid-length.
+        let mut s = raw(h.addr);
+        greet(&mut s);
+        s.write_all(&[0, 0]).unwrap();
+        drop(s);
+        let (_, ended) = h.wait_event(AT_ONCE, |_, e| matches!(e, Event::PostLoop(_)));
+        assert_eq!(
+            ended,
+            Event::PostLoop(Outcome::Eof(Phase::Length)),
+            "round {round}"
+        );
+        // Mid-payload.
+        let mut s = raw(h.addr);
+        greet(&mut s);
+        s.write_all(&9u32.to_be_bytes()).unwrap();
+        assert_eq!(read_n(&mut s, 1), [0xFF]);
+        s.write_all(&[1, 2]).unwrap();
+        drop(s);
+        let (_, ended) = h.wait_event(AT_ONCE, |_, e| matches!(e, Event::PostLoop(_)));
+        assert_eq!(
+            ended,
+            Event::PostLoop(Outcome::Eof(Phase::Payload)),
+            "round {round}"
+        );
+        // Between messages, right behind a message that needs no answer
+        // (an echo of nothing is still a message: take the echo first).
+        let mut s = raw(h.addr);
+        greet(&mut s);
+        assert_eq!(send_msg(&mut s, b""), 0xFF);
+        assert_eq!(recv_msg(&mut s), b"");
+        s.write_all(&[0, 0, 0]).unwrap();
+        drop(s);
+        let (_, ended) = h.wait_event(AT_ONCE, |_, e| matches!(e, Event::PostLoop(_)));
+        assert_eq!(
+            ended,
+            Event::PostLoop(Outcome::Eof(Phase::Length)),
+            "round {round}"
+        );
+    }
+}

@@ -1094,3 +1094,63 @@ fn close_right_behind_the_last_bytes(mode: Mode) {
         );
     }
 }
+
+// ---- plugins ----
+
+/// The plugins run on the event threads both ways: zlib on both sides, the
+/// messages whole and byte-exact, compressed on the wire; a handler that
+/// asks for chunks under plugins gets a refusal (0x00) and goes on.
+#[cfg(feature = "zlib")]
+#[test]
+fn test_plugins_run_both_ways_on_the_event_threads() {
+    use tinyproto_std::ZlibPlugin;
+    let tap = tinyproto_tests::WireTap::default();
+    let (tx, events) = mpsc::channel();
+    let mut server = Server::new();
+    server.register_plugin(ZlibPlugin::default());
+    server.register_plugin(tap.clone());
+    server.set_event_handler(move || ChunkChecker {
+        limit: 100,
+        offset: 0,
+        chunks: 0,
+        mismatch: None,
+        events: tx.clone(),
+    });
+    let _running = Running::start(server);
+    let mut client = Client::new();
+    client.register_plugin(ZlibPlugin::default());
+    let mut conn = client.connect(_running.addr).unwrap();
+    // Up to 100 bytes the checker asks for chunks: refused under plugins,
+    // and the connection goes on (to the next refusal).
+    for _ in 0..2 {
+        match conn.transmit(&pattern(100)) {
+            Err(Error::Protocol(tinyproto::Error::Rejected { .. })) => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    drop(conn);
+    assert_eq!(
+        next_starting(&events, "post_loop"),
+        "post_loop Ok after 0 bytes"
+    );
+
+    let mut server = Server::new();
+    server.register_plugin(ZlibPlugin::default());
+    server.register_plugin(tap.clone());
+    server.set_event_handler(|| events::on_message(|conn, msg| conn.send(msg)));
+    let _running = Running::start(server);
+    let mut conn = client.connect(_running.addr).unwrap();
+    for size in SIZES {
+        let msg = pattern(size);
+        conn.transmit(&msg).unwrap();
+        let echo = conn.receive().unwrap();
+        assert!(echo == msg, "the echo of {size} bytes differs");
+    }
+    let (sent, received) = (tap.sent.lock().unwrap(), tap.received.lock().unwrap());
+    assert_eq!((sent.len(), received.len()), (SIZES.len(), SIZES.len()));
+    // The 8 MiB pattern crossed compressed, both ways.
+    assert!(
+        sent[5] < 1 << 20 && received[5] < 1 << 20,
+        "{sent:?} {received:?}"
+    );
+}

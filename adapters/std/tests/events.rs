@@ -1154,3 +1154,42 @@ fn test_plugins_run_both_ways_on_the_event_threads() {
         "{sent:?} {received:?}"
     );
 }
+
+/// A stop while a message waits for room: it is answered 0x00 (no room
+/// will come in time) and its connection ends; the message in flight that
+/// holds the room is finished and answered.
+#[test]
+fn test_a_message_waiting_for_room_is_refused_at_a_stop() {
+    let h = Harness::start_events(|s| s.set_memory_budget(1000));
+    let mut first = raw(h.addr);
+    greet(&mut first);
+    first.write_all(&1000u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut first, 1), [0xFF]);
+    let mut second = raw(h.addr);
+    greet(&mut second);
+    second.write_all(&10u32.to_be_bytes()).unwrap();
+    // Waiting for room: it holds the message deadline, no status yet.
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut status = [0u8; 1];
+    let waited = std::io::Read::read(&mut second, &mut status);
+    assert!(waited.is_err(), "no status yet: {waited:?} {status:?}");
+    second.set_read_timeout(Some(LONG)).unwrap();
+
+    h.request_stop();
+    assert_eq!(read_to_close(&mut second), [0x00], "refused, then closed");
+    first.write_all(&[1; 1000]).unwrap();
+    assert_eq!(recv_msg(&mut first), [1; 1000]);
+    assert_eq!(read_to_close(&mut first), b"");
+    h.stop();
+    let posts: Vec<_> = h
+        .drain_events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::PostLoop(outcome) => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(posts, [Outcome::Ok, Outcome::Ok]);
+}

@@ -1193,3 +1193,117 @@ fn test_a_message_waiting_for_room_is_refused_at_a_stop() {
         .collect();
     assert_eq!(posts, [Outcome::Ok, Outcome::Ok]);
 }
+
+/// Panics in the hook named `.0`, on the first connection only; takes
+/// 3-byte messages in chunks and echoes; reports its end.
+struct PanicsIn(&'static str, Arc<AtomicUsize>, mpsc::Sender<Outcome>);
+
+impl PanicsIn {
+    fn maybe_panic(&self, hook: &str) {
+        if self.0 == hook && self.1.load(Ordering::SeqCst) == 1 {
+            panic!("{hook} panicked on purpose");
+        }
+    }
+}
+
+impl EventHandler for PanicsIn {
+    fn pre_loop(&mut self, _: &mut EventConn) -> Result<(), Error> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.maybe_panic("pre_loop");
+        Ok(())
+    }
+    fn loop_pass(&mut self, _: &mut EventConn) -> Result<(), Error> {
+        self.maybe_panic("loop_pass");
+        Ok(())
+    }
+    fn message_announced(&mut self, _: &EventConn, len: u32) -> Take {
+        self.maybe_panic("message_announced");
+        if len == 3 {
+            Take::Chunks
+        } else {
+            Take::Whole
+        }
+    }
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        self.maybe_panic("transmission_received");
+        conn.send(msg)
+    }
+    fn transmission_chunk(&mut self, _: &[u8]) -> Result<(), Error> {
+        self.maybe_panic("transmission_chunk");
+        Ok(())
+    }
+    fn transmission_complete(&mut self, conn: &mut EventConn, _: u32) -> Result<(), Error> {
+        self.maybe_panic("transmission_complete");
+        conn.send(b"chunks")
+    }
+    fn transmission_sent(&mut self, _: &mut EventConn, _: &[u8], _: &Result<(), Error>) {
+        self.maybe_panic("transmission_sent");
+    }
+    fn post_loop(&mut self, _: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self.2.send(result.into());
+        self.maybe_panic("post_loop");
+    }
+}
+
+/// A panic in any hook ends that connection only, with `Panicked` (one in
+/// `post_loop` is logged: `conn_shutdown` still runs), and the server
+/// serves the next connection.
+#[test]
+fn test_a_panic_in_any_hook_ends_only_its_connection() {
+    for hook in [
+        "pre_loop",
+        "message_announced",
+        "transmission_received",
+        "transmission_chunk",
+        "transmission_complete",
+        "transmission_sent",
+        "loop_pass",
+        "post_loop",
+    ] {
+        let (tx, ends) = mpsc::channel();
+        let counts = tinyproto_tests::Counts::default();
+        let made = Arc::new(AtomicUsize::new(0));
+        let mut server = Server::new();
+        server.set_hooks(counts.clone());
+        let shared = made.clone();
+        server.set_event_handler(move || PanicsIn(hook, shared.clone(), tx.clone()));
+        let _running = Running::start(server);
+        let mut s = raw(_running.addr);
+        greet(&mut s);
+        // A message taken whole, then one in chunks, each echoed.
+        let _ = (|| -> Option<()> {
+            for msg in [&b"whole"[..], b"abc"] {
+                s.write_all(&(msg.len() as u32).to_be_bytes()).ok()?;
+                let mut status = [0u8; 1];
+                std::io::Read::read_exact(&mut s, &mut status).ok()?;
+                if status != [0xFF] {
+                    return None;
+                }
+                s.write_all(msg).ok()?;
+                let mut len = [0u8; 4];
+                std::io::Read::read_exact(&mut s, &mut len).ok()?;
+                s.write_all(&[0xFF]).ok()?;
+                let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+                std::io::Read::read_exact(&mut s, &mut reply).ok()?;
+            }
+            drop(s);
+            Some(())
+        })();
+        let expected = if hook == "post_loop" {
+            Outcome::Ok
+        } else {
+            Outcome::Panicked
+        };
+        assert_eq!(ends.recv_timeout(LONG).unwrap(), expected, "{hook}");
+        assert!(
+            counts.wait_shutdowns(1, LONG),
+            "{hook}: conn_shutdown did not run"
+        );
+        // The next connection (whose hooks do not panic) is served.
+        let mut conn = Client::new().connect(_running.addr).unwrap();
+        conn.transmit(b"next").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"next", "{hook}");
+        conn.transmit(b"abc").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"chunks", "{hook}");
+    }
+}

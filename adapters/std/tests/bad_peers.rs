@@ -1,6 +1,8 @@
 //! Raw-socket peers, scripted byte by byte, misbehaving against a real
 //! server on 127.0.0.1. Each asserts what the misbehaving peer sees, what
-//! the handler's `post_loop` gets, and that the server serves on.
+//! the handler's `post_loop` gets, and that the server serves on; each
+//! against a server of each kind: a thread per connection (`threads::`)
+//! and the event threads (`events::`).
 
 mod common;
 
@@ -12,9 +14,43 @@ use common::*;
 use tinyproto::Phase;
 use tinyproto_std::{Client, ConnId, Deadline, Error, Timeouts};
 
-#[test]
-fn test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs() {
-    let h = Harness::start(|_| {});
+/// Each case as two tests, one per way of serving: `threads::<case>` and
+/// `events::<case>`; `events: #[attr]` marks the second only.
+macro_rules! in_both_modes {
+    ($($case:ident $(, events: #[$attr:meta])?;)*) => {
+        mod threads {
+            $(#[test]
+            fn $case() {
+                super::$case(super::Mode::Threads)
+            })*
+        }
+        mod events {
+            $($(#[$attr])?
+            #[test]
+            fn $case() {
+                super::$case(super::Mode::Events)
+            })*
+        }
+    };
+}
+
+in_both_modes! {
+    test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs;
+    test_unexpected_status_byte_breaks_only_that_connection;
+    test_close_mid_message_delivers_nothing, events: #[ignore = "events.rs bug: a FIN that comes with the last bytes is never read (a short read counts as drained), the connection waits for its message deadline"];
+    test_length_over_limit_answered_zero_and_connection_stays_usable;
+    test_connection_limit_answers_exactly_fe;
+    test_slowloris_is_cut_by_the_message_deadline;
+    test_peer_that_stops_reading_is_cut_by_the_write_timeout, events: #[ignore = "events.rs bug: a stalled write during a send is bounded by the message deadline (armed first), never by the write timeout"];
+    test_idle_timeout_closes_a_silent_connection;
+    test_flood_of_garbage_connections_then_normal_service, events: #[ignore = "events.rs bug: a FIN that comes with the last bytes is never read: closes mid-length or mid-payload wait for the 60 s message deadline"];
+    test_panicking_hook_frees_the_slot;
+    test_rejected_echo_is_not_a_failure;
+    test_reconnect_storm_every_peer_is_served;
+}
+
+fn test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let mut s = raw(h.addr);
     s.write_all(&[0x42]).unwrap();
     // The server greets, then closes on our bad byte.
@@ -26,9 +62,8 @@ fn test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs() {
     assert_serves(&h);
 }
 
-#[test]
-fn test_unexpected_status_byte_breaks_only_that_connection() {
-    let h = Harness::start(|_| {});
+fn test_unexpected_status_byte_breaks_only_that_connection(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let mut s = raw(h.addr);
     greet(&mut s);
     assert_eq!(send_msg(&mut s, b"ping"), 0xFF);
@@ -41,9 +76,8 @@ fn test_unexpected_status_byte_breaks_only_that_connection() {
     assert_serves(&h);
 }
 
-#[test]
-fn test_close_mid_message_delivers_nothing() {
-    let h = Harness::start(|_| {});
+fn test_close_mid_message_delivers_nothing(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let mut s = raw(h.addr);
     greet(&mut s);
     s.write_all(&10u32.to_be_bytes()).unwrap();
@@ -67,9 +101,8 @@ fn test_close_mid_message_delivers_nothing() {
     assert_serves(&h);
 }
 
-#[test]
-fn test_length_over_limit_answered_zero_and_connection_stays_usable() {
-    let h = Harness::start(|s| s.set_max_message_len(1024));
+fn test_length_over_limit_answered_zero_and_connection_stays_usable(mode: Mode) {
+    let h = Harness::start_in(mode, |s| s.set_max_message_len(1024));
     let mut s = raw(h.addr);
     greet(&mut s);
     assert_eq!(send_msg(&mut s, &[7; 1025]), 0x00);
@@ -94,9 +127,8 @@ fn test_length_over_limit_answered_zero_and_connection_stays_usable() {
     assert_eq!(conn.receive().unwrap(), b"after");
 }
 
-#[test]
-fn test_connection_limit_answers_exactly_fe() {
-    let h = Harness::start(|s| s.set_connection_limit(Some(2)));
+fn test_connection_limit_answers_exactly_fe(mode: Mode) {
+    let h = Harness::start_in(mode, |s| s.set_connection_limit(Some(2)));
     let mut a = raw(h.addr);
     greet(&mut a);
     let mut b = raw(h.addr);
@@ -127,9 +159,8 @@ fn test_connection_limit_answers_exactly_fe() {
     drop(b);
 }
 
-#[test]
-fn test_slowloris_is_cut_by_the_message_deadline() {
-    let h = Harness::start(|s| {
+fn test_slowloris_is_cut_by_the_message_deadline(mode: Mode) {
+    let h = Harness::start_in(mode, |s| {
         s.set_timeouts(
             Timeouts::default()
                 .with_message(Duration::from_secs(1))
@@ -178,9 +209,8 @@ fn test_slowloris_is_cut_by_the_message_deadline() {
     assert_serves(&h);
 }
 
-#[test]
-fn test_peer_that_stops_reading_is_cut_by_the_write_timeout() {
-    let h = Harness::start(|s| {
+fn test_peer_that_stops_reading_is_cut_by_the_write_timeout(mode: Mode) {
+    let h = Harness::start_in(mode, |s| {
         s.set_timeouts(Timeouts::default().with_write(Duration::from_millis(500)))
     });
     let mut s = raw(h.addr);
@@ -194,9 +224,8 @@ fn test_peer_that_stops_reading_is_cut_by_the_write_timeout() {
     assert_serves(&h);
 }
 
-#[test]
-fn test_idle_timeout_closes_a_silent_connection() {
-    let h = Harness::start(|s| {
+fn test_idle_timeout_closes_a_silent_connection(mode: Mode) {
+    let h = Harness::start_in(mode, |s| {
         s.set_timeouts(Timeouts::default().with_idle(Some(Duration::from_millis(500))))
     });
     let mut conn = Client::new().connect(h.addr).unwrap();
@@ -208,10 +237,9 @@ fn test_idle_timeout_closes_a_silent_connection() {
     assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Idle));
 }
 
-#[test]
-fn test_flood_of_garbage_connections_then_normal_service() {
+fn test_flood_of_garbage_connections_then_normal_service(mode: Mode) {
     const FLOOD: usize = 300;
-    let h = Harness::start(|s| {
+    let h = Harness::start_in(mode, |s| {
         s.set_timeouts(Timeouts::default().with_greeting(Duration::from_secs(5)))
     });
     let addr = h.addr;
@@ -271,9 +299,8 @@ fn test_flood_of_garbage_connections_then_normal_service() {
     assert_eq!(posts, inits, "every connection ran post_loop");
 }
 
-#[test]
-fn test_panicking_hook_frees_the_slot() {
-    let h = Harness::start(|s| s.set_connection_limit(Some(1)));
+fn test_panicking_hook_frees_the_slot(mode: Mode) {
+    let h = Harness::start_in(mode, |s| s.set_connection_limit(Some(1)));
     let mut s = raw(h.addr);
     greet(&mut s);
     assert_eq!(send_msg(&mut s, b"panic"), 0xFF);
@@ -287,9 +314,8 @@ fn test_panicking_hook_frees_the_slot() {
 
 /// A peer answering 0x00 to the echo of its own message: a normal answer of
 /// the protocol. The connection goes on and its next message is echoed.
-#[test]
-fn test_rejected_echo_is_not_a_failure() {
-    let h = Harness::start(|_| {});
+fn test_rejected_echo_is_not_a_failure(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let mut s = raw(h.addr);
     greet(&mut s);
     assert_eq!(send_msg(&mut s, b"not wanted back"), 0xFF);
@@ -304,11 +330,10 @@ fn test_rejected_echo_is_not_a_failure() {
 
 /// 2,000 peers connecting at once, each greeting and echoing one message:
 /// all are served, none lost. Bounded: every peer gives up after 60 s.
-#[test]
-fn test_reconnect_storm_every_peer_is_served() {
+fn test_reconnect_storm_every_peer_is_served(mode: Mode) {
     const PEERS: usize = 2_000;
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
-    let h = Harness::start(|_| {});
+    let h = Harness::start_in(mode, |_| {});
     let addr = h.addr;
     let peers: Vec<_> = (0..PEERS)
         .map(|i| {

@@ -1,5 +1,6 @@
-//! A real server on 127.0.0.1 with a recording handler, and raw-socket
-//! helpers for peers scripted byte by byte.
+//! A real server on 127.0.0.1 with a recording handler (on a thread per
+//! connection, or on the event threads), and raw-socket helpers for peers
+//! scripted byte by byte.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tinyproto::Phase;
 use tinyproto_std::{
-    Conn, ConnId, Connections, Context, Deadline, Error, Handler, Hooks, Server, StopHandle, Take,
+    Conn, ConnId, Connections, Context, Deadline, Error, EventConn, EventHandler, Handler, Hooks,
+    Server, StopHandle, Take,
 };
 
 pub use tinyproto_tests::wait_until;
@@ -52,6 +54,9 @@ pub enum Event {
     PreLoop,
     Received(Vec<u8>),
     PostLoop(Outcome),
+    /// A message this side sent (as queued) and its outcome: from
+    /// `EventHandler::transmission_sent` (event threads only).
+    Sent(Vec<u8>, Outcome),
     /// From the server hooks.
     Shutdown(Outcome),
 }
@@ -94,6 +99,56 @@ impl Handler for Recorder {
     }
 }
 
+/// The event threads' twin of [`Recorder`]: the same events and commands,
+/// replies queued with `EventConn::send`, and each message's outcome
+/// reported as [`Event::Sent`]. b"sleep" is not a command here (a hook on
+/// an event thread must not block): it is echoed like any other message.
+pub struct EventRecorder {
+    pub events: Sender<(ConnId, Event)>,
+}
+
+impl EventHandler for EventRecorder {
+    fn pre_loop(&mut self, conn: &mut EventConn) -> Result<(), Error> {
+        let _ = self.events.send((conn.id(), Event::PreLoop));
+        Ok(())
+    }
+
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        let _ = self.events.send((conn.id(), Event::Received(msg.to_vec())));
+        match msg {
+            b"panic" => panic!("a hook panicked on purpose"),
+            b"big" => conn.send(&vec![0x5A; 32 << 20]),
+            m if m.starts_with(b"all:") => {
+                let connections = conn.active_connections();
+                connections.broadcast(&m[4..], Some(conn.id()));
+                conn.send(b"sent")
+            }
+            _ => conn.send(msg),
+        }
+    }
+
+    fn transmission_sent(&mut self, conn: &mut EventConn, msg: &[u8], result: &Result<(), Error>) {
+        let _ = self
+            .events
+            .send((conn.id(), Event::Sent(msg.to_vec(), result.into())));
+    }
+
+    fn post_loop(&mut self, conn: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self
+            .events
+            .send((conn.id(), Event::PostLoop(result.into())));
+    }
+}
+
+/// How a server serves its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A thread per connection (`Server::set_conn_handler`, [`Recorder`]).
+    Threads,
+    /// The event threads (`Server::set_event_handler`, [`EventRecorder`]).
+    Events,
+}
+
 /// Counts the connection hooks and forwards `conn_shutdown`.
 #[derive(Clone)]
 pub struct Recording {
@@ -122,16 +177,33 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// Starts a server on 127.0.0.1:0 after `configure`.
+    /// Starts a server on 127.0.0.1:0 with a thread per connection
+    /// ([`Recorder`]) after `configure`.
     pub fn start(configure: impl FnOnce(&mut Server)) -> Self {
+        Self::start_in(Mode::Threads, configure)
+    }
+
+    /// Starts a server on 127.0.0.1:0 on the event threads
+    /// ([`EventRecorder`]) after `configure`.
+    pub fn start_events(configure: impl FnOnce(&mut Server)) -> Self {
+        Self::start_in(Mode::Events, configure)
+    }
+
+    /// Starts a server on 127.0.0.1:0 serving in `mode` after `configure`.
+    pub fn start_in(mode: Mode, configure: impl FnOnce(&mut Server)) -> Self {
         let (tx, events) = mpsc::channel();
         let inits = Arc::new(AtomicUsize::new(0));
         let mut server = Server::new();
         let addr = server.add_addr("127.0.0.1:0").expect("bind");
         let handler_tx = tx.clone();
-        server.set_conn_handler(move || Recorder {
-            events: handler_tx.clone(),
-        });
+        match mode {
+            Mode::Threads => server.set_conn_handler(move || Recorder {
+                events: handler_tx.clone(),
+            }),
+            Mode::Events => server.set_event_handler(move || EventRecorder {
+                events: handler_tx.clone(),
+            }),
+        }
         server.set_hooks(Recording {
             inits: inits.clone(),
             events: tx,

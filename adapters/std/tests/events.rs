@@ -1,0 +1,1309 @@
+//! What is particular to the event threads (`Server::set_event_handler`):
+//! whole messages of every size, a thousand connections at once, the
+//! outcome of each message sent, who may send when, messages queued from
+//! other threads, chunks, the memory budget, the deadlines, panics, the
+//! graceful stop, what `start` refuses, and the Python reference client.
+//! (The bad-peer suite runs against the event threads in `bad_peers.rs`.)
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tinyproto::Phase;
+use tinyproto_std::{
+    events, Client, Deadline, Error, EventConn, EventHandler, Server, StopHandle, Take, Timeouts,
+};
+use tinyproto_tests::pattern;
+
+/// Around the 64 KiB of a receive chunk, and well past it.
+const SIZES: [usize; 6] = [0, 1, 64 * 1024 - 1, 64 * 1024 + 1, 1 << 20, 8 << 20];
+
+/// What `Outcome::from` makes of `e`.
+fn other(e: Error) -> Outcome {
+    Outcome::from(&Err(e))
+}
+
+/// The next `Event::Sent` of the harness: the message and its outcome.
+fn next_sent(h: &Harness) -> (Vec<u8>, Outcome) {
+    match h.wait_event(LONG, |_, e| matches!(e, Event::Sent(..))) {
+        (_, Event::Sent(msg, outcome)) => (msg, outcome),
+        _ => unreachable!(),
+    }
+}
+
+// ---- whole messages ----
+
+#[test]
+fn test_echo_of_every_size_with_our_client_and_a_raw_blocking_connection() {
+    let h = Harness::start_events(|_| {});
+    let mut conn = Client::new().connect(h.addr).unwrap();
+    for size in SIZES {
+        let msg = pattern(size);
+        conn.transmit(&msg).unwrap();
+        let echo = conn.receive().unwrap();
+        assert_eq!(echo.len(), size);
+        assert!(echo == msg, "the echo of {size} bytes differs");
+    }
+    conn.close();
+    assert_eq!(h.next_post_loop().1, Outcome::Ok);
+
+    // The core's blocking driver, straight over a TcpStream.
+    let mut conn = tinyproto::blocking::Connection::from_std(raw(h.addr));
+    conn.set_max_message_len(8 << 20);
+    let mut buf = vec![0u8; 8 << 20];
+    for size in SIZES {
+        let msg = pattern(size);
+        conn.transmit(&msg).unwrap();
+        let echo = conn.receive(&mut buf).unwrap();
+        assert_eq!(echo.len(), size);
+        assert!(echo == msg, "the echo of {size} bytes differs");
+    }
+    drop(conn);
+    assert_eq!(h.next_post_loop().1, Outcome::Ok);
+}
+
+/// 1,000 connections open at once on a few client threads, each echoing
+/// several messages of its own; every reply is its own message.
+#[test]
+fn test_a_thousand_concurrent_connections_each_echo_their_own_messages() {
+    const CONNS: usize = 1_000;
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 5;
+    rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    let h = Harness::start_events(|_| {});
+    let addr = h.addr;
+    // All connected, then (once the server counts them all) all echo.
+    let connected = Arc::new(Barrier::new(THREADS + 1));
+    let counted = Arc::new(Barrier::new(THREADS + 1));
+    let message = |i: usize, round: usize| {
+        let mut msg = format!("{i}/{round}:").into_bytes();
+        msg.extend(pattern((i * 37 + round * 101) % 3000));
+        msg
+    };
+    let clients: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (connected, counted) = (connected.clone(), counted.clone());
+            thread::spawn(move || -> Result<usize, String> {
+                let mut client = Client::new();
+                client.set_timeout(Duration::from_secs(60));
+                let mine: Vec<usize> = (t..CONNS).step_by(THREADS).collect();
+                let conns: Result<Vec<_>, _> = mine.iter().map(|_| client.connect(addr)).collect();
+                connected.wait();
+                counted.wait();
+                let mut conns = conns.map_err(|e| format!("thread {t}: connect: {e}"))?;
+                let mut echoed = 0;
+                for round in 0..ROUNDS {
+                    // A message in flight on every connection of the thread.
+                    for (conn, &i) in conns.iter_mut().zip(&mine) {
+                        conn.transmit(&message(i, round))
+                            .map_err(|e| format!("{i}/{round}: transmit: {e}"))?;
+                    }
+                    for (conn, &i) in conns.iter_mut().zip(&mine) {
+                        let reply = conn
+                            .receive()
+                            .map_err(|e| format!("{i}/{round}: receive: {e}"))?;
+                        if reply != message(i, round) {
+                            return Err(format!(
+                                "{i}/{round}: a wrong reply of {} bytes",
+                                reply.len()
+                            ));
+                        }
+                        echoed += 1;
+                    }
+                }
+                Ok(echoed)
+            })
+        })
+        .collect();
+    connected.wait();
+    let all_counted = wait_until(LONG, || h.connections.len() == CONNS);
+    counted.wait();
+    assert!(all_counted, "{} connections counted", h.connections.len());
+    let mut echoed = 0;
+    for client in clients {
+        echoed += client.join().unwrap().unwrap();
+    }
+    assert_eq!(echoed, CONNS * ROUNDS);
+    h.wait_no_connections();
+    assert_eq!(h.inits.load(Ordering::SeqCst), CONNS);
+}
+
+// ---- the outcome of each message sent ----
+
+/// `transmission_sent` gets `Ok` for a message taken and `Rejected` for a
+/// 0x00, and the connection goes on after the rejection.
+#[test]
+fn test_transmission_sent_sees_ok_and_rejected_and_the_connection_goes_on() {
+    let h = Harness::start_events(|_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"taken"), 0xFF);
+    assert_eq!(recv_msg(&mut s), b"taken");
+    assert_eq!(next_sent(&h), (b"taken".to_vec(), Outcome::Ok));
+
+    assert_eq!(send_msg(&mut s, b"refused"), 0xFF);
+    assert_eq!(read_n(&mut s, 4), 7u32.to_be_bytes(), "the echo's length");
+    s.write_all(&[0x00]).unwrap();
+    let rejected = other(Error::Protocol(tinyproto::Error::Rejected { len: 7 }));
+    // (Our next length only once the 0x00 was read alone: right behind it,
+    // it would be a crossing.)
+    assert_eq!(next_sent(&h), (b"refused".to_vec(), rejected));
+
+    assert_eq!(send_msg(&mut s, b"after"), 0xFF);
+    assert_eq!(recv_msg(&mut s), b"after", "the connection went on");
+    assert_eq!(next_sent(&h), (b"after".to_vec(), Outcome::Ok));
+    drop(s);
+    assert_eq!(h.next_post_loop().1, Outcome::Ok);
+}
+
+// ---- who may send when ----
+
+/// The end of the peer's message and the length of its next come in one
+/// segment: when the echo is due, the peer's next message has begun, and is
+/// taken first (0xFF, not our length); then both echoes, in order.
+#[test]
+fn test_a_peer_message_that_began_when_our_echo_is_due_is_taken_first() {
+    let h = Harness::start_events(|_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0xFF]);
+    for i in 0..20u8 {
+        // The last byte of message i and the length of message i + 1.
+        s.write_all(&[i, 0, 0, 0, 1]).unwrap();
+        assert_eq!(
+            read_n(&mut s, 1),
+            [0xFF],
+            "message {} was taken before the echo of {i}",
+            i + 1
+        );
+    }
+    s.write_all(&[20]).unwrap();
+    for i in 0..=20u8 {
+        assert_eq!(recv_msg(&mut s), [i]);
+    }
+    for i in 0..=20u8 {
+        assert_eq!(next_sent(&h), (vec![i], Outcome::Ok));
+    }
+
+    // A message queued from another thread while the peer's is arriving
+    // goes out after it (and after its echo), never across it.
+    let id = h.connections.ids()[0];
+    s.write_all(&5u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0xFF]);
+    h.connections.send_to(id, b"from outside").unwrap();
+    s.write_all(b"hello").unwrap();
+    assert_eq!(recv_msg(&mut s), b"hello");
+    assert_eq!(recv_msg(&mut s), b"from outside");
+    drop(s);
+    assert_eq!(h.next_post_loop().1, Outcome::Ok);
+}
+
+/// Waits (bounded) until bytes of the peer's wait in `stream`, without
+/// moving them and without touching its timeouts.
+fn until_bytes_arrived(stream: &std::net::TcpStream) {
+    let mut byte = [0u8; 1];
+    let arrived = wait_until(LONG, || {
+        stream.set_nonblocking(true).unwrap();
+        let peeked = stream.peek(&mut byte);
+        stream.set_nonblocking(false).unwrap();
+        matches!(peeked, Ok(n) if n > 0)
+    });
+    assert!(arrived, "the peer's bytes never arrived");
+}
+
+/// `both_send.rs`'s, against the event threads: our client takes the
+/// server's echo (whose length it holds) before sending its next message.
+#[test]
+fn test_echo_ahead_of_our_next_message_is_taken_first_not_a_rejection() {
+    let h = Harness::start_events(|_| {});
+    let mut conn = Client::new().connect(h.addr).unwrap();
+    for i in 0..50u8 {
+        conn.transmit(&[i]).unwrap();
+        until_bytes_arrived(conn.tcp_stream());
+    }
+    for i in 0..50u8 {
+        assert_eq!(conn.receive().unwrap(), [i]);
+    }
+    assert_serves(&h);
+}
+
+/// `both_send.rs`'s, against the event threads: a length where the answer
+/// to ours is due is a `Conflict` that ends that connection at once.
+#[test]
+fn test_server_side_conflict_ends_only_that_connection_fast() {
+    let h = Harness::start_events(|_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"ping"), 0xFF);
+    assert_eq!(read_n(&mut s, 4), 4u32.to_be_bytes());
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        read_to_close(&mut s),
+        b"",
+        "no payload after a crossed length"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        h.next_post_loop().1,
+        other(Error::Protocol(tinyproto::Error::Conflict))
+    );
+    assert_serves(&h);
+}
+
+// ---- messages from other threads ----
+
+/// `Connections::send_to` and `broadcast` reach connections on the event
+/// threads, from a hook and from outside. No loop pass interval is set and
+/// the connections are idle: only the wake of the queue moves them.
+#[test]
+fn test_send_to_and_broadcast_reach_and_wake_event_connections() {
+    let h = Harness::start_events(|_| {});
+    let client = Client::new();
+    let mut a = client.connect(h.addr).unwrap();
+    let mut b = client.connect(h.addr).unwrap();
+    let mut c = client.connect(h.addr).unwrap();
+    assert!(wait_until(LONG, || h.connections.len() == 3));
+
+    a.transmit(b"all:news").unwrap();
+    assert_eq!(a.receive().unwrap(), b"sent");
+    assert_eq!(b.receive().unwrap(), b"news");
+    assert_eq!(c.receive().unwrap(), b"news");
+
+    let ids = h.connections.ids();
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        h.connections.send_to(*id, b"direct").unwrap();
+    }
+    for conn in [&mut a, &mut b, &mut c] {
+        assert_eq!(conn.receive().unwrap(), b"direct");
+    }
+    assert_eq!(h.connections.broadcast(b"all", None), 3);
+    for conn in [&mut a, &mut b, &mut c] {
+        assert_eq!(conn.receive().unwrap(), b"all");
+    }
+    // Many at once, each connection's in order.
+    for i in 0..100u32 {
+        for id in &ids {
+            h.connections.send_to(*id, &i.to_be_bytes()).unwrap();
+        }
+    }
+    for conn in [&mut a, &mut b, &mut c] {
+        for i in 0..100u32 {
+            assert_eq!(conn.receive().unwrap(), i.to_be_bytes());
+        }
+    }
+
+    let gone = ids[0];
+    drop((a, b, c));
+    h.wait_no_connections();
+    match h.connections.send_to(gone, b"late") {
+        Err(Error::UnknownConnection(id)) => assert_eq!(id, gone),
+        other => panic!("expected UnknownConnection, got {other:?}"),
+    }
+}
+
+// ---- chunks ----
+
+/// Takes messages up to `limit` in chunks and checks them against the
+/// pattern; reports each chunk's size, each completion and its end.
+struct ChunkChecker {
+    limit: u32,
+    offset: u64,
+    chunks: usize,
+    mismatch: Option<u64>,
+    events: mpsc::Sender<String>,
+}
+
+impl EventHandler for ChunkChecker {
+    fn message_announced(&mut self, _: &EventConn, len: u32) -> Take {
+        if len <= self.limit {
+            Take::Chunks
+        } else {
+            Take::Reject
+        }
+    }
+
+    fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        assert!(chunk.len() <= 64 * 1024, "chunks are bounded");
+        for (i, b) in chunk.iter().enumerate() {
+            let at = self.offset + i as u64;
+            if *b != (at % 251) as u8 && self.mismatch.is_none() {
+                self.mismatch = Some(at);
+            }
+        }
+        self.offset += chunk.len() as u64;
+        self.chunks += 1;
+        let _ = self.events.send(format!("chunk {}", chunk.len()));
+        Ok(())
+    }
+
+    fn transmission_complete(&mut self, conn: &mut EventConn, len: u32) -> Result<(), Error> {
+        let reply = match self.mismatch.take() {
+            Some(at) => format!("mismatch at {at}"),
+            None if u64::from(len) != self.offset => format!("{} bytes came", self.offset),
+            None => format!("{len} {}", self.chunks),
+        };
+        let _ = self.events.send(format!("complete {reply}"));
+        self.offset = 0;
+        self.chunks = 0;
+        conn.send(reply.as_bytes())
+    }
+
+    fn post_loop(&mut self, _: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self.events.send(format!(
+            "post_loop {:?} after {} bytes",
+            Outcome::from(result),
+            self.offset
+        ));
+    }
+}
+
+/// A server on the event threads, started on a thread of its own; stopped
+/// and joined (bounded) by `stop`.
+struct Running {
+    addr: SocketAddr,
+    stop: StopHandle,
+    thread: Option<thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    fn start(mut server: Server) -> Self {
+        let addr = server.add_addr("127.0.0.1:0").unwrap();
+        let stop = server.stop_handle();
+        let thread = Some(thread::spawn(move || server.start()));
+        Self { addr, stop, thread }
+    }
+
+    /// Waits (bounded) for `start` to return, and asserts it returned `Ok`.
+    fn join(&mut self) {
+        let thread = self.thread.take().expect("joined once");
+        assert!(
+            wait_until(LONG, || thread.is_finished()),
+            "start() did not return"
+        );
+        thread.join().unwrap().unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.stop();
+    }
+}
+
+/// The next event starting with `prefix` (chunk sizes are skipped unless
+/// asked for).
+fn next_starting(events: &mpsc::Receiver<String>, prefix: &str) -> String {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no {prefix:?}: {e}"));
+        if event.starts_with(prefix) {
+            return event;
+        }
+    }
+}
+
+/// Every chunk in order and one `transmission_complete` per message; a
+/// message refused over the limit moves nothing; a break-off mid message
+/// completes nothing and ends in `post_loop` with the error.
+#[test]
+fn test_chunks_come_in_order_and_complete_once_and_a_break_off_never_completes() {
+    let (tx, events) = mpsc::channel();
+    let mut server = Server::new();
+    server.set_max_message_len(tinyproto::MAX_MESSAGE_LEN);
+    server.set_event_handler(move || ChunkChecker {
+        limit: 32 << 20,
+        offset: 0,
+        chunks: 0,
+        mismatch: None,
+        events: tx.clone(),
+    });
+    let mut running = Running::start(server);
+    let mut conn = Client::new().connect(running.addr).unwrap();
+    for len in [20u32 << 20, 100, 0, 64 * 1024 + 1] {
+        conn.transmit_from(len, &mut Pattern::new(len.into()))
+            .unwrap();
+        let reply = String::from_utf8(conn.receive().unwrap()).unwrap();
+        let (got, chunks) = reply.split_once(' ').expect(&reply);
+        assert_eq!(got, len.to_string(), "{reply}");
+        let chunks: u64 = chunks.parse().expect(&reply);
+        assert!(chunks >= u64::from(len).div_ceil(64 * 1024), "{reply}");
+        assert_eq!(
+            next_starting(&events, "complete"),
+            format!("complete {reply}")
+        );
+    }
+    match conn.transmit_from(33 << 20, &mut Pattern::new(33 << 20)) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { .. })) => {}
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    conn.close();
+    assert_eq!(
+        next_starting(&events, "post_loop"),
+        "post_loop Ok after 0 bytes"
+    );
+    assert!(
+        events.try_iter().all(|e| !e.starts_with("complete")),
+        "one completion per message"
+    );
+
+    // A break-off: 10 bytes of 100, then the close (once they were taken).
+    let mut s = raw(running.addr);
+    greet(&mut s);
+    s.write_all(&100u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0xFF]);
+    s.write_all(&pattern(10)).unwrap();
+    let mut came = 0;
+    while came < 10 {
+        let chunk = next_starting(&events, "chunk ");
+        came += chunk["chunk ".len()..].parse::<usize>().unwrap();
+    }
+    drop(s);
+    assert_eq!(
+        next_starting(&events, "post_loop"),
+        format!(
+            "post_loop {:?} after 10 bytes",
+            Outcome::Eof(Phase::Payload)
+        )
+    );
+    running.stop.stop();
+    running.join();
+    assert!(
+        events.try_iter().all(|e| !e.starts_with("complete")),
+        "a break-off completed"
+    );
+}
+
+// ---- the memory budget ----
+
+#[test]
+fn test_message_larger_than_the_budget_is_refused_at_once() {
+    let h = Harness::start_events(|s| {
+        s.set_max_message_len(tinyproto::MAX_MESSAGE_LEN);
+        s.set_memory_budget(1 << 20);
+    });
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes())
+        .unwrap();
+    assert_eq!(read_n(&mut s, 1), [0x00], "refused");
+    s.write_all(&((1u32 << 20) + 1).to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0x00], "refused");
+    assert_eq!(
+        send_msg(&mut s, &[7; 1 << 20]),
+        0xFF,
+        "the whole budget fits"
+    );
+    assert_eq!(recv_msg(&mut s), [7; 1 << 20]);
+    drop(s);
+    assert_eq!(h.next_post_loop().1, Outcome::Ok);
+    assert_serves(&h);
+}
+
+/// While one connection holds the whole budget mid message, another's
+/// message waits for its 0xFF (the event thread serves on meanwhile), and
+/// gets it once the first is done.
+#[test]
+fn test_message_that_does_not_fit_waits_for_room() {
+    let h = Harness::start_events(|s| s.set_memory_budget(1000));
+    let mut first = raw(h.addr);
+    greet(&mut first);
+    first.write_all(&1000u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut first, 1), [0xFF], "the first fits");
+    let mut second = raw(h.addr);
+    greet(&mut second);
+    second.write_all(&10u32.to_be_bytes()).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut status = [0u8; 1];
+    let waited = std::io::Read::read(&mut second, &mut status);
+    assert!(
+        waited.is_err(),
+        "no status while the budget is full: {waited:?} {status:?}"
+    );
+    // Meanwhile a message of nothing (it takes no room) is served.
+    let mut third = raw(h.addr);
+    greet(&mut third);
+    assert_eq!(send_msg(&mut third, b""), 0xFF);
+    assert_eq!(recv_msg(&mut third), b"");
+    // The first message completes (and is echoed): its room comes back.
+    first.write_all(&[1; 1000]).unwrap();
+    assert_eq!(recv_msg(&mut first), [1; 1000]);
+    second.set_read_timeout(Some(LONG)).unwrap();
+    assert_eq!(read_n(&mut second, 1), [0xFF], "accepted once room came");
+    second.write_all(&[2; 10]).unwrap();
+    assert_eq!(recv_msg(&mut second), [2; 10]);
+
+    drop((first, second, third));
+    for _ in 0..3 {
+        assert_eq!(h.next_post_loop().1, Outcome::Ok);
+    }
+}
+
+// ---- deadlines ----
+
+/// The greeting, message and idle deadlines end their connections, not
+/// before their time, with the deadline in `post_loop`.
+#[test]
+fn test_greeting_message_and_idle_deadlines() {
+    const SHORT: Duration = Duration::from_millis(300);
+    const IDLE: Duration = Duration::from_millis(600);
+    let h = Harness::start_events(|s| {
+        s.set_timeouts(
+            Timeouts::default()
+                .with_greeting(SHORT)
+                .with_message(SHORT)
+                .with_idle(Some(IDLE)),
+        )
+    });
+    // A peer that never greets.
+    let start = Instant::now();
+    let mut g = raw(h.addr);
+    assert_eq!(read_to_close(&mut g), [0xFF]);
+    assert!(start.elapsed() >= SHORT, "{:?}", start.elapsed());
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Greeting));
+
+    // A peer that stops mid-payload.
+    let mut m = raw(h.addr);
+    greet(&mut m);
+    let start = Instant::now();
+    m.write_all(&10u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut m, 1), [0xFF]);
+    m.write_all(b"abc").unwrap();
+    assert_eq!(read_to_close(&mut m), b"");
+    assert!(start.elapsed() >= SHORT, "{:?}", start.elapsed());
+    let (id, outcome) = h.next_post_loop();
+    assert_eq!(outcome, Outcome::Timeout(Deadline::Message));
+    let delivered = h
+        .drain_events()
+        .into_iter()
+        .any(|(i, e)| i == id && matches!(e, Event::Received(_)));
+    assert!(!delivered, "a partial message was delivered");
+
+    // A peer that goes quiet after a message (the idle time counts from it).
+    let mut conn = Client::new().connect(h.addr).unwrap();
+    conn.transmit(b"one").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"one");
+    let start = Instant::now();
+    match conn.receive() {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the server to close, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() >= IDLE - Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(h.next_post_loop().1, Outcome::Timeout(Deadline::Idle));
+}
+
+// ---- panics ----
+
+/// A hook that panics ends its own connection only: the others, on the
+/// same event threads, serve on.
+#[test]
+fn test_a_panicking_hook_ends_only_its_connection() {
+    let h = Harness::start_events(|_| {});
+    let client = Client::new();
+    let mut others: Vec<_> = (0..6).map(|_| client.connect(h.addr).unwrap()).collect();
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"panic"), 0xFF);
+    assert_eq!(read_to_close(&mut s), b"");
+    assert_eq!(h.next_post_loop().1, Outcome::Panicked);
+    h.wait_event(LONG, |_, e| *e == Event::Shutdown(Outcome::Panicked));
+    for (i, conn) in others.iter_mut().enumerate() {
+        conn.transmit(format!("still {i}").as_bytes()).unwrap();
+        assert_eq!(conn.receive().unwrap(), format!("still {i}").as_bytes());
+    }
+    assert_serves(&h);
+}
+
+/// A factory that panics costs its connection (closed unanswered, with no
+/// `conn_init`), not the server.
+#[test]
+fn test_a_panicking_factory_costs_only_its_connection() {
+    let made = Arc::new(AtomicUsize::new(0));
+    let h = Harness::start_events(|s| {
+        let made = made.clone();
+        s.set_event_handler(move || {
+            if made.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("a factory panicked on purpose");
+            }
+            events::on_message(|conn, msg| conn.send(msg))
+        })
+    });
+    let mut s = raw(h.addr);
+    assert_eq!(read_to_close(&mut s), b"", "closed without a greeting");
+    assert_serves(&h);
+    assert_eq!(made.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        h.inits.load(Ordering::SeqCst),
+        1,
+        "conn_init for the served one only"
+    );
+}
+
+// ---- the graceful stop ----
+
+/// `lifecycle.rs`'s, against the event threads: idle connections end with
+/// `Ok`, the message in flight is finished and answered, every hook runs.
+#[test]
+fn test_graceful_stop_runs_post_loop_and_conn_shutdown_for_everyone() {
+    let h = Harness::start_events(|_| {});
+    let mut peers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = raw(h.addr);
+            greet(&mut s);
+            s
+        })
+        .collect();
+    let mut busy = raw(h.addr);
+    greet(&mut busy);
+    busy.write_all(&5u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut busy, 1), [0xFF]);
+    busy.write_all(b"he").unwrap();
+    assert!(wait_until(LONG, || h.connections.len() == 4));
+
+    h.request_stop();
+    busy.write_all(b"llo").unwrap();
+    assert_eq!(recv_msg(&mut busy), b"hello");
+    h.stop();
+    let events = h.drain_events();
+    let posts = events
+        .iter()
+        .filter(|(_, e)| *e == Event::PostLoop(Outcome::Ok))
+        .count();
+    let shutdowns = events
+        .iter()
+        .filter(|(_, e)| *e == Event::Shutdown(Outcome::Ok))
+        .count();
+    assert_eq!((posts, shutdowns), (4, 4), "{events:?}");
+    for p in &mut peers {
+        assert_eq!(read_to_close(p), b"");
+    }
+    assert_eq!(read_to_close(&mut busy), b"");
+}
+
+/// On b"stop" queues three messages (one of 1 MiB) and stops the server;
+/// on b"bye" queues b"bye" and ends its own connection. Reports each end.
+struct Farewell(mpsc::Sender<Outcome>);
+
+impl EventHandler for Farewell {
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        match msg {
+            b"stop" => {
+                conn.send(b"one")?;
+                conn.send(b"two")?;
+                conn.send(&pattern(1 << 20))?;
+                assert_eq!(conn.queued(), 3);
+                conn.loop_stop_handle().stop();
+            }
+            b"bye" => {
+                conn.send(b"bye")?;
+                assert!(!conn.is_stopping());
+                conn.stop();
+                assert!(conn.is_stopping());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn post_loop(&mut self, _: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self.0.send(result.into());
+    }
+}
+
+/// What a hook queued before a stop still goes out, whole and in order,
+/// before its connection ends; idle connections end with `Ok`; `start`
+/// returns.
+#[test]
+fn test_stop_still_delivers_what_was_queued() {
+    let (tx, ends) = mpsc::channel();
+    let mut server = Server::new();
+    server.set_event_handler(move || Farewell(tx.clone()));
+    let mut running = Running::start(server);
+    let mut idle: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = raw(running.addr);
+            greet(&mut s);
+            s
+        })
+        .collect();
+    let client = Client::new();
+
+    // One connection ends itself once its last message went out.
+    let mut bye = client.connect(running.addr).unwrap();
+    bye.transmit(b"bye").unwrap();
+    assert_eq!(bye.receive().unwrap(), b"bye");
+    match bye.receive() {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the close, got {other:?}"),
+    }
+    assert_eq!(ends.recv_timeout(LONG).unwrap(), Outcome::Ok);
+
+    // Another stops the server.
+    let mut conn = client.connect(running.addr).unwrap();
+    conn.transmit(b"stop").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"one");
+    assert_eq!(conn.receive().unwrap(), b"two");
+    assert!(
+        conn.receive().unwrap() == pattern(1 << 20),
+        "the 1 MiB message"
+    );
+    match conn.receive() {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the close, got {other:?}"),
+    }
+    running.join();
+    let outcomes: Vec<Outcome> = ends.try_iter().collect();
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Ok; 4],
+        "the stopping one and the idle ones"
+    );
+    for s in &mut idle {
+        assert_eq!(read_to_close(s), b"");
+    }
+}
+
+// ---- what start refuses ----
+
+#[test]
+fn test_start_refuses_event_handlers_on_duplex_servers() {
+    let mut server = Server::new();
+    server.add_addr("127.0.0.1:0").unwrap();
+    server.set_event_handler(|| ());
+    server.set_duplex(true);
+    let e = server.start().expect_err("duplex with an event handler");
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn test_start_refuses_event_handlers_on_tls_servers() {
+    use tinyproto_std::rustls::ServerConfig;
+    let ca = tinyproto_tests::pki::TestCa::new("test CA");
+    let cert = ca.issue(&["localhost"], "test server", false);
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(cert.chain(), cert.key_der())
+        .unwrap();
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_event_handler(|| ());
+    server.set_tls(Arc::new(config));
+    let e = server.start().expect_err("TLS with an event handler");
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    // Nothing was served: the listener was never polled, so nobody greets.
+    let mut s = raw(addr);
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(std::io::Read::read(&mut s, &mut byte).is_err(), "{byte:?}");
+}
+
+// ---- the reference client ----
+
+/// The interop scripts' server, on an event thread: echoes; on b"req"
+/// asks b"question", and answers the peer's b"answer" with b"got:answer".
+struct PyEcho;
+
+impl EventHandler for PyEcho {
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        match msg {
+            b"req" => conn.send(b"question"),
+            b"answer" => conn.send(b"got:answer"),
+            _ => conn.send(msg),
+        }
+    }
+}
+
+/// The Python reference client (`tinyproto` 3.0) through an event-thread
+/// server: every size, and a request answered by a question. Skipped as the
+/// interop tests skip (see `tinyproto_tests::python`).
+#[test]
+fn test_python_client_to_an_event_thread_server() {
+    let Some(py) = tinyproto_tests::python() else {
+        return;
+    };
+    let counts = tinyproto_tests::Counts::default();
+    let mut server = Server::new();
+    server.set_event_handler(|| PyEcho);
+    server.set_hooks(counts.clone());
+    let mut server = tinyproto_tests::RunningServer::start(server);
+    let port = server.addr.port().to_string();
+    let sizes = "0,1,5,65535,65537,1048576,8388608";
+    let mut client = tinyproto_tests::PyProcess::spawn(
+        &py,
+        "py_client.py",
+        &["--port", &port, "--sizes", sizes, "--req"],
+    );
+    let long = Duration::from_secs(120);
+    assert_eq!(client.client_ok(long), 7 + 1);
+    assert!(counts.wait_shutdowns(1, long), "conn_shutdown did not run");
+    assert_eq!(counts.inits.load(Ordering::SeqCst), 1);
+    assert_eq!(*counts.results.lock().unwrap(), ["Ok(())"]);
+    server.stop();
+}
+
+// ---- the other hooks ----
+
+/// Counts `loop_pass` calls; refuses messages by their length with a
+/// reason (over 100 bytes a recoverable one, exactly 13 one that ends the
+/// connection); on b"flood" sends b"flood" five times and reports which
+/// sends were queued; echoes the rest. Reports its end.
+struct Busy {
+    passes: Arc<AtomicUsize>,
+    events: mpsc::Sender<String>,
+}
+
+impl EventHandler for Busy {
+    fn loop_pass(&mut self, _: &mut EventConn) -> Result<(), Error> {
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn message_announced(&mut self, _: &EventConn, len: u32) -> Take {
+        match len {
+            13 => Take::Refuse(Error::handler("thirteen is unlucky")),
+            101.. => Take::Refuse(Error::Plugin("over the quota".into())),
+            _ => Take::Whole,
+        }
+    }
+
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        if msg != b"flood" {
+            return conn.send(msg);
+        }
+        let queued: Vec<String> = (0..5)
+            .map(|_| match conn.send(msg) {
+                Ok(()) => "queued".to_owned(),
+                Err(Error::QueueFull(id)) if id == conn.id() => "full".to_owned(),
+                Err(e) => format!("{e:?}"),
+            })
+            .collect();
+        let _ = self.events.send(queued.join(" "));
+        Ok(())
+    }
+
+    fn post_loop(&mut self, _: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self.events.send(match result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        });
+    }
+}
+
+/// `lifecycle.rs`'s, against the event threads: `loop_pass` runs after
+/// each message, and on an idle connection only if an interval is set.
+#[test]
+fn test_loop_pass_runs_on_messages_and_on_the_interval_only() {
+    for interval in [None, Some(Duration::from_millis(50))] {
+        let passes = Arc::new(AtomicUsize::new(0));
+        let (tx, _events) = mpsc::channel();
+        let mut server = Server::new();
+        let counter = passes.clone();
+        server.set_event_handler(move || Busy {
+            passes: counter.clone(),
+            events: tx.clone(),
+        });
+        server.set_loop_pass_interval(interval);
+        let mut running = Running::start(server);
+        let mut conn = Client::new().connect(running.addr).unwrap();
+        conn.transmit(b"one").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"one");
+        assert!(
+            wait_until(LONG, || passes.load(Ordering::SeqCst) >= 1),
+            "after a message"
+        );
+        let after_message = passes.load(Ordering::SeqCst);
+        match interval {
+            None => {
+                // Nothing can be waited on for "never": a bounded look.
+                thread::sleep(Duration::from_millis(400));
+                let idle = passes.load(Ordering::SeqCst) - after_message;
+                assert_eq!(idle, 0, "an idle connection was woken {idle} time(s)");
+            }
+            Some(_) => assert!(
+                wait_until(LONG, || passes.load(Ordering::SeqCst) >= after_message + 3),
+                "the interval never came round"
+            ),
+        }
+        conn.close();
+        running.stop.stop();
+        running.join();
+    }
+}
+
+/// `lifecycle.rs`'s, against the event threads: a refusal with a
+/// recoverable reason is a 0x00 and the connection goes on; with another,
+/// a 0x00 and the end of the connection, whose `post_loop` sees it.
+#[test]
+fn test_a_refusal_with_a_reason_goes_on_or_ends_the_connection() {
+    let (tx, events) = mpsc::channel();
+    let mut server = Server::new();
+    server.set_event_handler(move || Busy {
+        passes: Arc::default(),
+        events: tx.clone(),
+    });
+    let _running = Running::start(server);
+    let mut conn = Client::new().connect(_running.addr).unwrap();
+    match conn.transmit(&[0; 101]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 101 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    conn.transmit(b"fine").unwrap();
+    assert_eq!(
+        conn.receive().unwrap(),
+        b"fine",
+        "a recoverable reason: goes on"
+    );
+    match conn.transmit(&[0; 13]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 13 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let end = events.recv_timeout(LONG).expect("the connection ended");
+    assert_eq!(end, "thirteen is unlucky", "post_loop sees the reason");
+    match conn.receive() {
+        Err(e) if e.is_closed() => {}
+        other => panic!("expected the close, got {other:?}"),
+    }
+}
+
+/// `EventConn::send` queues up to `queue_len` messages, then says
+/// `QueueFull` (recoverable: the hook goes on); what was queued goes out.
+#[test]
+fn test_send_beyond_the_queue_len_is_queue_full() {
+    let (tx, events) = mpsc::channel();
+    let mut server = Server::new();
+    server.set_queue_len(3);
+    server.set_event_handler(move || Busy {
+        passes: Arc::default(),
+        events: tx.clone(),
+    });
+    let _running = Running::start(server);
+    let mut conn = Client::new().connect(_running.addr).unwrap();
+    conn.transmit(b"flood").unwrap();
+    assert_eq!(
+        events.recv_timeout(LONG).unwrap(),
+        "queued queued queued full full"
+    );
+    for _ in 0..3 {
+        assert_eq!(conn.receive().unwrap(), b"flood");
+    }
+    conn.transmit(b"then").unwrap();
+    assert_eq!(conn.receive().unwrap(), b"then", "only the three");
+    conn.close();
+    assert_eq!(events.recv_timeout(LONG).unwrap(), "ok");
+}
+
+/// A stop while a peer holds our message unanswered: after the drain
+/// timeout its socket is closed, its `post_loop` and `conn_shutdown` run
+/// with the error, and `start` returns.
+#[test]
+fn test_stop_closes_a_stuck_connection_after_the_drain_timeout() {
+    const DRAIN: Duration = Duration::from_millis(300);
+    let h = Harness::start_events(|s| s.set_drain_timeout(DRAIN));
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"stuck"), 0xFF);
+    // The echo's length, never answered.
+    assert_eq!(read_n(&mut s, 4), 5u32.to_be_bytes());
+    let start = Instant::now();
+    h.stop();
+    assert!(start.elapsed() >= DRAIN, "{:?}", start.elapsed());
+    let (_, outcome) = h.next_post_loop();
+    assert_ne!(outcome, Outcome::Ok);
+    let (_, e) = h.wait_event(LONG, |_, e| matches!(e, Event::Shutdown(_)));
+    assert_eq!(e, Event::Shutdown(outcome));
+    assert_eq!(read_to_close(&mut s), b"", "the socket was closed");
+}
+
+/// A peer's close that comes right behind its last bytes (in the same
+/// readiness event) is seen at once: mid-length, mid-payload and between
+/// messages, each ends its connection with the end of the stream, not at a
+/// deadline (the default ones are far longer than the bound here). The
+/// peer reads all it was sent first, so that its close is a FIN, not a
+/// reset. (On a thread per connection too, which shows the test sound.)
+#[test]
+#[ignore = "events.rs bug: a FIN that comes with the last bytes is never read (a short read counts as drained)"]
+fn test_a_close_right_behind_the_last_bytes_is_seen_at_once() {
+    close_right_behind_the_last_bytes(Mode::Events);
+}
+
+#[test]
+fn test_a_close_right_behind_the_last_bytes_is_seen_at_once_on_threads() {
+    close_right_behind_the_last_bytes(Mode::Threads);
+}
+
+fn close_right_behind_the_last_bytes(mode: Mode) {
+    const AT_ONCE: Duration = Duration::from_secs(5);
+    let h = Harness::start_in(mode, |_| {});
+    for round in 0..20 {
+        // Mid-length.
+        let mut s = raw(h.addr);
+        greet(&mut s);
+        s.write_all(&[0, 0]).unwrap();
+        drop(s);
+        let (_, ended) = h.wait_event(AT_ONCE, |_, e| matches!(e, Event::PostLoop(_)));
+        assert_eq!(
+            ended,
+            Event::PostLoop(Outcome::Eof(Phase::Length)),
+            "round {round}"
+        );
+        // Mid-payload.
+        let mut s = raw(h.addr);
+        greet(&mut s);
+        s.write_all(&9u32.to_be_bytes()).unwrap();
+        assert_eq!(read_n(&mut s, 1), [0xFF]);
+        s.write_all(&[1, 2]).unwrap();
+        drop(s);
+        let (_, ended) = h.wait_event(AT_ONCE, |_, e| matches!(e, Event::PostLoop(_)));
+        assert_eq!(
+            ended,
+            Event::PostLoop(Outcome::Eof(Phase::Payload)),
+            "round {round}"
+        );
+        // Between messages, right behind a message that needs no answer
+        // (an echo of nothing is still a message: take the echo first).
+        let mut s = raw(h.addr);
+        greet(&mut s);
+        assert_eq!(send_msg(&mut s, b""), 0xFF);
+        assert_eq!(recv_msg(&mut s), b"");
+        s.write_all(&[0, 0, 0]).unwrap();
+        drop(s);
+        let (_, ended) = h.wait_event(AT_ONCE, |_, e| matches!(e, Event::PostLoop(_)));
+        assert_eq!(
+            ended,
+            Event::PostLoop(Outcome::Eof(Phase::Length)),
+            "round {round}"
+        );
+    }
+}
+
+// ---- plugins ----
+
+/// The plugins run on the event threads both ways: zlib on both sides, the
+/// messages whole and byte-exact, compressed on the wire; a handler that
+/// asks for chunks under plugins gets a refusal (0x00) and goes on.
+#[cfg(feature = "zlib")]
+#[test]
+fn test_plugins_run_both_ways_on_the_event_threads() {
+    use tinyproto_std::ZlibPlugin;
+    let tap = tinyproto_tests::WireTap::default();
+    let (tx, events) = mpsc::channel();
+    let mut server = Server::new();
+    server.register_plugin(ZlibPlugin::default());
+    server.register_plugin(tap.clone());
+    server.set_event_handler(move || ChunkChecker {
+        limit: 100,
+        offset: 0,
+        chunks: 0,
+        mismatch: None,
+        events: tx.clone(),
+    });
+    let _running = Running::start(server);
+    let mut client = Client::new();
+    client.register_plugin(ZlibPlugin::default());
+    let mut conn = client.connect(_running.addr).unwrap();
+    // Up to 100 bytes the checker asks for chunks: refused under plugins,
+    // and the connection goes on (to the next refusal).
+    for _ in 0..2 {
+        match conn.transmit(&pattern(100)) {
+            Err(Error::Protocol(tinyproto::Error::Rejected { .. })) => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    drop(conn);
+    assert_eq!(
+        next_starting(&events, "post_loop"),
+        "post_loop Ok after 0 bytes"
+    );
+
+    let mut server = Server::new();
+    server.register_plugin(ZlibPlugin::default());
+    server.register_plugin(tap.clone());
+    server.set_event_handler(|| events::on_message(|conn, msg| conn.send(msg)));
+    let _running = Running::start(server);
+    let mut conn = client.connect(_running.addr).unwrap();
+    for size in SIZES {
+        let msg = pattern(size);
+        conn.transmit(&msg).unwrap();
+        let echo = conn.receive().unwrap();
+        assert!(echo == msg, "the echo of {size} bytes differs");
+    }
+    let (sent, received) = (tap.sent.lock().unwrap(), tap.received.lock().unwrap());
+    assert_eq!((sent.len(), received.len()), (SIZES.len(), SIZES.len()));
+    // The 8 MiB pattern crossed compressed, both ways.
+    assert!(
+        sent[5] < 1 << 20 && received[5] < 1 << 20,
+        "{sent:?} {received:?}"
+    );
+}
+
+/// A stop while a message waits for room: it is answered 0x00 (no room
+/// will come in time) and its connection ends; the message in flight that
+/// holds the room is finished and answered.
+#[test]
+fn test_a_message_waiting_for_room_is_refused_at_a_stop() {
+    let h = Harness::start_events(|s| s.set_memory_budget(1000));
+    let mut first = raw(h.addr);
+    greet(&mut first);
+    first.write_all(&1000u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut first, 1), [0xFF]);
+    let mut second = raw(h.addr);
+    greet(&mut second);
+    second.write_all(&10u32.to_be_bytes()).unwrap();
+    // Waiting for room: it holds the message deadline, no status yet.
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut status = [0u8; 1];
+    let waited = std::io::Read::read(&mut second, &mut status);
+    assert!(waited.is_err(), "no status yet: {waited:?} {status:?}");
+    second.set_read_timeout(Some(LONG)).unwrap();
+
+    h.request_stop();
+    assert_eq!(read_to_close(&mut second), [0x00], "refused, then closed");
+    first.write_all(&[1; 1000]).unwrap();
+    assert_eq!(recv_msg(&mut first), [1; 1000]);
+    assert_eq!(read_to_close(&mut first), b"");
+    h.stop();
+    let posts: Vec<_> = h
+        .drain_events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::PostLoop(outcome) => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(posts, [Outcome::Ok, Outcome::Ok]);
+}
+
+/// Panics in the hook named `.0`, on the first connection only; takes
+/// 3-byte messages in chunks and echoes; reports its end.
+struct PanicsIn(&'static str, Arc<AtomicUsize>, mpsc::Sender<Outcome>);
+
+impl PanicsIn {
+    fn maybe_panic(&self, hook: &str) {
+        if self.0 == hook && self.1.load(Ordering::SeqCst) == 1 {
+            panic!("{hook} panicked on purpose");
+        }
+    }
+}
+
+impl EventHandler for PanicsIn {
+    fn pre_loop(&mut self, _: &mut EventConn) -> Result<(), Error> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.maybe_panic("pre_loop");
+        Ok(())
+    }
+    fn loop_pass(&mut self, _: &mut EventConn) -> Result<(), Error> {
+        self.maybe_panic("loop_pass");
+        Ok(())
+    }
+    fn message_announced(&mut self, _: &EventConn, len: u32) -> Take {
+        self.maybe_panic("message_announced");
+        if len == 3 {
+            Take::Chunks
+        } else {
+            Take::Whole
+        }
+    }
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        self.maybe_panic("transmission_received");
+        conn.send(msg)
+    }
+    fn transmission_chunk(&mut self, _: &[u8]) -> Result<(), Error> {
+        self.maybe_panic("transmission_chunk");
+        Ok(())
+    }
+    fn transmission_complete(&mut self, conn: &mut EventConn, _: u32) -> Result<(), Error> {
+        self.maybe_panic("transmission_complete");
+        conn.send(b"chunks")
+    }
+    fn transmission_sent(&mut self, _: &mut EventConn, _: &[u8], _: &Result<(), Error>) {
+        self.maybe_panic("transmission_sent");
+    }
+    fn post_loop(&mut self, _: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self.2.send(result.into());
+        self.maybe_panic("post_loop");
+    }
+}
+
+/// A panic in any hook ends that connection only, with `Panicked` (one in
+/// `post_loop` is logged: `conn_shutdown` still runs), and the server
+/// serves the next connection.
+#[test]
+fn test_a_panic_in_any_hook_ends_only_its_connection() {
+    for hook in [
+        "pre_loop",
+        "message_announced",
+        "transmission_received",
+        "transmission_chunk",
+        "transmission_complete",
+        "transmission_sent",
+        "loop_pass",
+        "post_loop",
+    ] {
+        let (tx, ends) = mpsc::channel();
+        let counts = tinyproto_tests::Counts::default();
+        let made = Arc::new(AtomicUsize::new(0));
+        let mut server = Server::new();
+        server.set_hooks(counts.clone());
+        let shared = made.clone();
+        server.set_event_handler(move || PanicsIn(hook, shared.clone(), tx.clone()));
+        let _running = Running::start(server);
+        let mut s = raw(_running.addr);
+        greet(&mut s);
+        // A message taken whole, then one in chunks, each echoed.
+        let _ = (|| -> Option<()> {
+            for msg in [&b"whole"[..], b"abc"] {
+                s.write_all(&(msg.len() as u32).to_be_bytes()).ok()?;
+                let mut status = [0u8; 1];
+                std::io::Read::read_exact(&mut s, &mut status).ok()?;
+                if status != [0xFF] {
+                    return None;
+                }
+                s.write_all(msg).ok()?;
+                let mut len = [0u8; 4];
+                std::io::Read::read_exact(&mut s, &mut len).ok()?;
+                s.write_all(&[0xFF]).ok()?;
+                let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+                std::io::Read::read_exact(&mut s, &mut reply).ok()?;
+            }
+            drop(s);
+            Some(())
+        })();
+        let expected = if hook == "post_loop" {
+            Outcome::Ok
+        } else {
+            Outcome::Panicked
+        };
+        assert_eq!(ends.recv_timeout(LONG).unwrap(), expected, "{hook}");
+        assert!(
+            counts.wait_shutdowns(1, LONG),
+            "{hook}: conn_shutdown did not run"
+        );
+        // The next connection (whose hooks do not panic) is served.
+        let mut conn = Client::new().connect(_running.addr).unwrap();
+        conn.transmit(b"next").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"next", "{hook}");
+        conn.transmit(b"abc").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"chunks", "{hook}");
+    }
+}

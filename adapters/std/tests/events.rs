@@ -2,7 +2,8 @@
 //! whole messages of every size, a thousand connections at once, the
 //! outcome of each message sent, who may send when, messages queued from
 //! other threads, chunks, the memory budget, the deadlines, panics, the
-//! graceful stop, what `start` refuses, and the Python reference client.
+//! graceful stop, and the Python reference client. (TLS and duplex servers
+//! on the event threads: `tls.rs` and `hub.rs` run their tests both ways.)
 //! (The bad-peer suite runs against the event threads in `bad_peers.rs`.)
 
 mod common;
@@ -780,42 +781,6 @@ fn test_stop_still_delivers_what_was_queued() {
     }
 }
 
-// ---- what start refuses ----
-
-#[test]
-fn test_start_refuses_event_handlers_on_duplex_servers() {
-    let mut server = Server::new();
-    server.add_addr("127.0.0.1:0").unwrap();
-    server.set_event_handler(|| ());
-    server.set_duplex(true);
-    let e = server.start().expect_err("duplex with an event handler");
-    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
-}
-
-#[cfg(feature = "tls")]
-#[test]
-fn test_start_refuses_event_handlers_on_tls_servers() {
-    use tinyproto_std::rustls::ServerConfig;
-    let ca = tinyproto_tests::pki::TestCa::new("test CA");
-    let cert = ca.issue(&["localhost"], "test server", false);
-    let config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(cert.chain(), cert.key_der())
-        .unwrap();
-    let mut server = Server::new();
-    let addr = server.add_addr("127.0.0.1:0").unwrap();
-    server.set_event_handler(|| ());
-    server.set_tls(Arc::new(config));
-    let e = server.start().expect_err("TLS with an event handler");
-    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
-    // Nothing was served: the listener was never polled, so nobody greets.
-    let mut s = raw(addr);
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut byte = [0u8; 1];
-    assert!(std::io::Read::read(&mut s, &mut byte).is_err(), "{byte:?}");
-}
-
 // ---- the reference client ----
 
 /// The interop scripts' server, on an event thread: echoes; on b"req"
@@ -1040,7 +1005,6 @@ fn test_stop_closes_a_stuck_connection_after_the_drain_timeout() {
 /// peer reads all it was sent first, so that its close is a FIN, not a
 /// reset. (On a thread per connection too, which shows the test sound.)
 #[test]
-#[ignore = "events.rs bug: a FIN that comes with the last bytes is never read (a short read counts as drained)"]
 fn test_a_close_right_behind_the_last_bytes_is_seen_at_once() {
     close_right_behind_the_last_bytes(Mode::Events);
 }

@@ -4,11 +4,13 @@
 //! connections, a broadcast reaching every connection, the memory each
 //! connection costs; and that every one of the connections still echoes.
 //! Then the echo job (64 B request, 64 B reply, tokio clients) at 1, 100
-//! and 1,000 connections, against the tinyproto-std server, a raw tokio
-//! echo, a tokio-util `LengthDelimitedCodec` echo, and the core's two
-//! drivers with nothing around them: the async one on tokio, and the
-//! blocking one on a plain thread per connection (no look before a send, no
-//! deadlines, no reactor: what no thread-per-connection server can beat).
+//! and 1,000 connections, against the tinyproto-std server both ways (a
+//! thread per connection, `set_conn_handler`; the event threads,
+//! `set_event_handler`), a raw tokio echo, a tokio-util
+//! `LengthDelimitedCodec` echo, and the core's two drivers with nothing
+//! around them: the async one on tokio, and the blocking one on a plain
+//! thread per connection (no look before a send, no deadlines, no reactor:
+//! what no thread-per-connection server can beat).
 //!
 //! ```text
 //! cargo run --release -p tinyproto-std --example server_bench -- [--connections N] [--idle-secs S] [--echo-only]
@@ -16,7 +18,7 @@
 //!
 //! `--echo-against ADDR [--kind raw|codec] [--connections N]` runs the echo
 //! job's clients alone against a server already running (started with
-//! `--serve tinyproto|raw|tokio-raw|tokio-codec|tokio-tinyproto|thread-tinyproto`),
+//! `--serve tinyproto|tinyproto-events|raw|tokio-raw|tokio-codec|tokio-tinyproto|thread-tinyproto`),
 //! for `perf stat -p` or `strace -c -f -p` on the server.
 //!
 //! The servers run in a child process (this program started again with

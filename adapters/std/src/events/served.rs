@@ -241,7 +241,7 @@ impl Served {
                 Task::Decide(len) => {
                     let len = *len;
                     if !self.decide(len, now) {
-                        return Ok(None);
+                        return self.wait();
                     }
                 }
                 Task::Accept { len, chunked } => {

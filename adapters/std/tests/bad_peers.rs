@@ -47,6 +47,7 @@ in_both_modes! {
     test_panicking_hook_frees_the_slot;
     test_rejected_echo_is_not_a_failure;
     test_reconnect_storm_every_peer_is_served;
+    test_a_peer_that_splits_every_field_anywhere_gets_every_echo_whole;
 }
 
 fn test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs(mode: Mode) {
@@ -365,4 +366,70 @@ fn test_reconnect_storm_every_peer_is_served(mode: Mode) {
     );
     h.wait_no_connections();
     assert_eq!(h.inits.load(std::sync::atomic::Ordering::SeqCst), PEERS);
+}
+
+/// A deterministic xorshift: the same splits on every run.
+struct Splits(u64);
+
+impl Splits {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n.max(1) as u64) as usize
+    }
+}
+
+/// Writes `bytes` in pieces of random size (1 to 3,000 bytes, each its own
+/// segment: no delay), now and then after a pause of 200 µs.
+fn write_in_pieces(s: &mut std::net::TcpStream, bytes: &[u8], splits: &mut Splits) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = 1 + splits.below(rest.len().min(3000));
+        s.write_all(&rest[..n]).unwrap();
+        if splits.below(8) == 0 {
+            thread::sleep(Duration::from_micros(200));
+        }
+        rest = &rest[n..];
+    }
+}
+
+/// Every field cut anywhere (the length between any two of its bytes, the
+/// payload in pieces of any size), with pauses: the server resumes at each
+/// byte, and every message of 0 B to 70 kB comes back whole, in order.
+fn test_a_peer_that_splits_every_field_anywhere_gets_every_echo_whole(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    let mut splits = Splits(0x9E37_79B9_7F4A_7C15);
+    for round in 0..150usize {
+        let len = match splits.below(4) {
+            0 => 0,
+            1 => splits.below(16),
+            2 => splits.below(5_000),
+            _ => splits.below(70_000),
+        };
+        let msg: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+        write_in_pieces(&mut s, &(len as u32).to_be_bytes(), &mut splits);
+        assert_eq!(read_n(&mut s, 1), [0xFF], "round {round}: accepted");
+        write_in_pieces(&mut s, &msg, &mut splits);
+        // The echo: its length, our 0xFF, its payload.
+        assert_eq!(
+            read_n(&mut s, 4),
+            (len as u32).to_be_bytes(),
+            "round {round}"
+        );
+        s.write_all(&[0xFF]).unwrap();
+        assert!(
+            read_n(&mut s, len) == msg,
+            "round {round}: the echo of {len} bytes differs"
+        );
+    }
+    let ended: Vec<_> = h
+        .drain_events()
+        .into_iter()
+        .filter(|(_, e)| matches!(e, Event::PostLoop(_)))
+        .collect();
+    assert!(ended.is_empty(), "the connection went on: {ended:?}");
+    assert_serves(&h);
 }

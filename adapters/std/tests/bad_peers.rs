@@ -48,6 +48,7 @@ in_both_modes! {
     test_rejected_echo_is_not_a_failure;
     test_reconnect_storm_every_peer_is_served;
     test_a_peer_that_splits_every_field_anywhere_gets_every_echo_whole;
+    test_a_half_closed_peer_gets_its_reply_and_the_end_is_reported;
 }
 
 fn test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs(mode: Mode) {
@@ -431,5 +432,20 @@ fn test_a_peer_that_splits_every_field_anywhere_gets_every_echo_whole(mode: Mode
         .filter(|(_, e)| matches!(e, Event::PostLoop(_)))
         .collect();
     assert!(ended.is_empty(), "the connection went on: {ended:?}");
+    assert_serves(&h);
+}
+
+/// A peer that closes its sending side right after its message: nothing of
+/// its is arriving, so the reply still goes (its length reaches the peer),
+/// and the connection ends where the peer's status was due, with the end of
+/// the stream.
+fn test_a_half_closed_peer_gets_its_reply_and_the_end_is_reported(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"hello"), 0xFF);
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_to_close(&mut s), 5u32.to_be_bytes());
+    assert_eq!(h.next_post_loop().1, Outcome::Eof(Phase::Status));
     assert_serves(&h);
 }

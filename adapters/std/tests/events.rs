@@ -512,6 +512,34 @@ fn test_message_larger_than_the_budget_is_refused_at_once() {
     assert_serves(&h);
 }
 
+/// An echo keeps its message's room until it is sent, and it is sent only
+/// after a message of the peer's that has begun: such a message, finding no
+/// room, is refused at once (waiting would wait for the message deadline),
+/// the echo goes, and with its room back the same message is taken.
+#[test]
+fn test_a_message_behind_an_echo_holding_the_room_is_refused_at_once() {
+    let h = Harness::start_events(|s| s.set_memory_budget(1000));
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    s.write_all(&600u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0xFF]);
+    // Its payload and the next length in one write: the next message has
+    // begun when the echo is due.
+    let mut bytes = vec![7u8; 600];
+    bytes.extend(600u32.to_be_bytes());
+    s.write_all(&bytes).unwrap();
+    let asked = Instant::now();
+    assert_eq!(read_n(&mut s, 1), [0x00], "no room: its own echo holds it");
+    assert!(
+        asked.elapsed() < Timeouts::default().message / 2,
+        "refused at once, not at the message deadline: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(recv_msg(&mut s), [7u8; 600]);
+    assert_eq!(send_msg(&mut s, &[8u8; 600]), 0xFF, "the room is back");
+    assert_eq!(recv_msg(&mut s), [8u8; 600]);
+}
+
 /// While one connection holds the whole budget mid message, another's
 /// message waits for its 0xFF (the event thread serves on meanwhile), and
 /// gets it once the first is done.
@@ -1270,4 +1298,36 @@ fn test_a_panic_in_any_hook_ends_only_its_connection() {
         conn.transmit(b"abc").unwrap();
         assert_eq!(conn.receive().unwrap(), b"chunks", "{hook}");
     }
+}
+
+// ---- duplex links ----
+
+/// On a duplex server the handler of an up half cannot send on it
+/// (`Error::UpHalf`); `send_to` with its id reaches the client's down half.
+#[test]
+fn test_an_up_half_refuses_sends_and_send_to_reaches_its_down_half() {
+    let (tx, sends) = mpsc::channel();
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_duplex(true);
+    server.set_event_handler(move || {
+        let tx = tx.clone();
+        events::on_message(move |conn, msg| {
+            let _ = tx.send((conn.direction(), format!("{:?}", conn.send(msg))));
+            conn.active_connections().send_to(conn.id(), msg)
+        })
+    });
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    let link = Client::new().connect_duplex(addr).expect("a duplex link");
+    let (mut up, mut down) = link.split();
+    up.transmit(b"ping").unwrap();
+    assert_eq!(down.receive().unwrap(), b"ping", "through send_to");
+    let (direction, sent) = sends.recv_timeout(LONG).expect("the hook ran");
+    assert_eq!(direction, Some(tinyproto_std::Direction::Up));
+    assert_eq!(sent, format!("{:?}", Err::<(), _>(Error::UpHalf)));
+    up.close();
+    down.close();
+    stop.stop();
+    thread.join().unwrap().unwrap();
 }

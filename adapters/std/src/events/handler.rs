@@ -82,7 +82,8 @@ pub trait EventHandler: Send + 'static {
     /// once the peer accepted it and it was written; a rejection
     /// (`Error::Protocol(tinyproto::Error::Rejected { .. })`) or a plugin's
     /// refusal, after which the connection goes on. A failure that ends the
-    /// connection goes to `post_loop` instead.
+    /// connection goes to `post_loop` instead, and so do the messages still
+    /// queued then: they are dropped, and `post_loop` says why.
     fn transmission_sent(&mut self, conn: &mut EventConn, msg: &[u8], result: &Result<(), Error>) {
         let _ = (conn, msg, result);
     }

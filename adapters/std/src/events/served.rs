@@ -203,10 +203,7 @@ impl Served {
                 return Err(Error::Timeout(which));
             }
         }
-        // A peer that stopped reading what we write.
-        if self.write_deadline().is_some_and(|at| now >= at) {
-            return Err(Error::Timeout(Deadline::Write));
-        }
+
         loop {
             match &mut self.task {
                 Task::Greet => {
@@ -324,7 +321,7 @@ impl Served {
             // What was written goes out before the close; a peer that does
             // not read it has the write deadline.
             if !self.wire.flush()? {
-                return Ok(Some(None));
+                return self.wait().map(Some);
             }
             return Ok(Some(Some(())));
         }
@@ -622,10 +619,15 @@ impl Served {
         }
     }
 
-    /// About to wait for readiness: everything written goes out that can
-    /// (what cannot has the write deadline).
+    /// About to wait for readiness: everything written goes out that can.
+    /// A write that has made no progress for the write timeout ends the
+    /// connection: judged here, after the drive tried it again (readiness
+    /// reports room only once much of it is free, a write takes less).
     fn wait<T>(&mut self) -> Result<Option<T>, Error> {
         self.wire.flush()?;
+        if self.write_deadline().is_some_and(|at| Instant::now() >= at) {
+            return Err(Error::Timeout(Deadline::Write));
+        }
         Ok(None)
     }
 

@@ -40,7 +40,23 @@ pub(super) struct Stream {
     /// read no longer means the socket is empty: the end is still to read.
     closing: bool,
     /// Since when the socket has taken none of what we write.
-    stalled_since: Option<Instant>,
+    stalled: Stall,
+}
+
+/// Since when a connection's writes have made no progress (`None`: they
+/// are not stalled).
+#[derive(Debug, Default)]
+struct Stall(Option<Instant>);
+
+impl Stall {
+    /// Notes whether a write moved anything.
+    fn note(&mut self, moved: bool) {
+        if moved {
+            self.0 = None;
+        } else if self.0.is_none() {
+            self.0 = Some(Instant::now());
+        }
+    }
 }
 
 impl Stream {
@@ -52,21 +68,18 @@ impl Stream {
         self.closing |= read_closed;
     }
 
-    /// Notes whether a write moved anything.
-    fn wrote(&mut self, moved: bool) {
-        if moved {
-            self.stalled_since = None;
-        } else if self.stalled_since.is_none() {
-            self.stalled_since = Some(Instant::now());
-        }
-    }
-
     /// Reads what is there into `buf`: `Some(0)` at the end of the stream,
     /// `None` if nothing is there now.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &mut self.tls {
-            return tls_read(&self.socket, tls, &mut self.emptied_at, buf);
+            return tls_read(
+                &self.socket,
+                tls,
+                &mut self.emptied_at,
+                &mut self.stalled,
+                buf,
+            );
         }
         if self.emptied_at.is_some() {
             return Ok(None);
@@ -83,7 +96,7 @@ impl Stream {
     /// TLS session's records), `None` if none could now.
     fn write(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
         let moved = self.write_now(bytes)?;
-        self.wrote(moved.is_some());
+        self.stalled.note(moved.is_some());
         Ok(moved)
     }
 
@@ -91,7 +104,9 @@ impl Stream {
         #[cfg(feature = "tls")]
         if let Some(tls) = &mut self.tls {
             let mut n = tls.writer().write(bytes)?;
-            if n == 0 && tls_flush(&self.socket, tls)? {
+            if n == 0 {
+                // Its records are full: what of them goes out makes room.
+                tls_flush(&self.socket, tls, &mut self.stalled)?;
                 n = tls.writer().write(bytes)?;
             }
             return Ok((n > 0 || bytes.is_empty()).then_some(n));
@@ -107,9 +122,7 @@ impl Stream {
     fn flush(&mut self) -> io::Result<bool> {
         #[cfg(feature = "tls")]
         if let Some(tls) = &mut self.tls {
-            let flushed = tls_flush(&self.socket, tls)?;
-            self.wrote(flushed);
-            return Ok(flushed);
+            return tls_flush(&self.socket, tls, &mut self.stalled);
         }
         Ok(true)
     }
@@ -136,7 +149,7 @@ impl Wire {
                 tls: None,
                 emptied_at: None,
                 closing: false,
-                stalled_since: None,
+                stalled: Stall::default(),
             },
             ahead: vec![0; READ_AHEAD].into_boxed_slice(),
             start: 0,
@@ -182,7 +195,7 @@ impl Wire {
     /// Since when the socket has taken none of what we write, if it is
     /// stalled: what the write deadline counts from.
     pub(super) fn stalled_since(&self) -> Option<Instant> {
-        self.stream.stalled_since
+        self.stream.stalled.0
     }
 
     /// Does the machine's I/O: what moved, or `None` if it would block.
@@ -240,8 +253,9 @@ impl Wire {
         }
     }
 
-    /// True when the peer has begun a message (or closed): bytes are here
-    /// or in the socket. Looked for right before ours would go out: with a
+    /// True when the peer has begun a message: bytes are here or in the
+    /// socket (its close is not a message: ours still goes, and fails as on
+    /// a thread of its own). Looked for right before ours would go out: with a
     /// read of the socket, unless a read found it empty just now (within
     /// [`FRESH_LOOK`]: the echo of a message just read).
     pub(super) fn peer_has_begun(&mut self) -> io::Result<bool> {
@@ -256,7 +270,7 @@ impl Wire {
             }
             self.fill()?;
         }
-        Ok(self.start < self.end || self.eof)
+        Ok(self.start < self.end)
     }
 
     /// The core's [`zero_answer_is_a_length`](tinyproto::zero_answer_is_a_length)
@@ -302,7 +316,7 @@ impl Wire {
         if let Some(tls) = &mut self.stream.tls {
             if !tls.is_handshaking() {
                 tls.send_close_notify();
-                let _ = tls_flush(&self.stream.socket, tls);
+                let _ = tls_flush(&self.stream.socket, tls, &mut self.stream.stalled);
             }
         }
     }
@@ -318,6 +332,7 @@ fn tls_read(
     socket: &TcpStream,
     tls: &mut rustls::ServerConnection,
     emptied_at: &mut Option<Instant>,
+    stalled: &mut Stall,
     buf: &mut [u8],
 ) -> io::Result<Option<usize>> {
     loop {
@@ -341,7 +356,7 @@ fn tls_read(
             }
             Err(e) => return Err(e),
         }
-        tls_flush(socket, tls)?;
+        tls_flush(socket, tls, stalled)?;
         if emptied_at.is_some() {
             return Ok(None);
         }
@@ -357,25 +372,33 @@ fn tls_read(
         }
         if let Err(e) = tls.process_new_packets() {
             // The alert tells the peer why.
-            let _ = tls_flush(socket, tls);
+            let _ = tls_flush(socket, tls, stalled);
             return Err(io::Error::new(io::ErrorKind::InvalidData, e));
         }
     }
 }
 
 /// Writes the TLS session's records out; false if the socket takes no more
-/// now.
+/// now. Any byte that goes is progress; nothing left to send is no stall.
 #[cfg(feature = "tls")]
-fn tls_flush(socket: &TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<bool> {
+fn tls_flush(
+    socket: &TcpStream,
+    tls: &mut rustls::ServerConnection,
+    stalled: &mut Stall,
+) -> io::Result<bool> {
     while tls.wants_write() {
         match tls.write_tls(&mut &*socket) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Ok(_) => stalled.note(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                stalled.note(false);
+                return Ok(false);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
+    stalled.note(true);
     Ok(true)
 }
 

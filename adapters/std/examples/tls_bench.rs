@@ -1,6 +1,7 @@
 //! What TLS costs a tinyproto-std user: handshakes per second, the echo job
 //! (64 B request and reply) and 1 MiB messages, over TLS beside plaintext
-//! in the same run, both ends on this crate's public API, loopback.
+//! in the same run, both ends on this crate's public API, loopback; the
+//! server on a thread per connection, then on the event threads.
 //!
 //! ```text
 //! cargo run --release -p tinyproto-std --features tls --example tls_bench
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tinyproto_std::rustls::pki_types::ServerName;
 use tinyproto_std::rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tinyproto_std::{Client, Conn, Error, Handler, Server, Take};
+use tinyproto_std::{Client, Conn, Error, EventConn, EventHandler, Handler, Server, Take};
 use tinyproto_tests::pki::TestCa;
 
 /// Sequential connections timed for the handshake rate.
@@ -33,37 +34,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "TLS beside plaintext: tinyproto-std on both ends, loopback, release, TLS 1.3, ECDSA P-256"
     );
+    // [threads plaintext, threads TLS, events plaintext, events TLS]
     let mut rows = Vec::new();
-    for tls in [false, true] {
-        let (addr, stop, thread) = serve(tls.then(|| server_tls.clone()))?;
-        let mut client = Client::new();
-        client.set_timeout(Duration::from_secs(30));
-        if tls {
-            client.set_tls(client_tls.clone(), ServerName::try_from("localhost")?);
+    for events in [false, true] {
+        for tls in [false, true] {
+            let (addr, stop, thread) = serve(events, tls.then(|| server_tls.clone()))?;
+            let mut client = Client::new();
+            client.set_timeout(Duration::from_secs(30));
+            if tls {
+                client.set_tls(client_tls.clone(), ServerName::try_from("localhost")?);
+            }
+            let handshakes = handshake_rate(&client, addr)?;
+            let echoes = echo_rate(&client, addr)?;
+            let mb = throughput(&client, addr)?;
+            rows.push([handshakes, echoes, mb]);
+            stop.stop();
+            thread.join().map_err(|_| "server panicked")??;
         }
-        let handshakes = handshake_rate(&client, addr)?;
-        let echoes = echo_rate(&client, addr)?;
-        let mb = throughput(&client, addr)?;
-        rows.push((handshakes, echoes, mb));
-        stop.stop();
-        thread.join().map_err(|_| "server panicked")??;
     }
-    let ((plain_hs, plain_echo, plain_mb), (tls_hs, tls_echo, tls_mb)) = (rows[0], rows[1]);
     println!();
-    println!("| measure | plaintext | TLS | TLS/plaintext |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| connections + greetings per second ({HANDSHAKES} sequential; TLS: with the handshake) | {plain_hs:.0} | {tls_hs:.0} | {:.2} |",
-        tls_hs / plain_hs
-    );
-    println!(
-        "| echo job, 64 B request and reply, {ECHO_CONNECTIONS} connections, replies/s | {plain_echo:.0} | {tls_echo:.0} | {:.2} |",
-        tls_echo / plain_echo
-    );
-    println!(
-        "| 1 MiB messages one way, back to back, MB/s | {plain_mb:.0} | {tls_mb:.0} | {:.2} |",
-        tls_mb / plain_mb
-    );
+    println!("| measure | threads: plaintext | threads: TLS | TLS/plaintext | event threads: plaintext | event threads: TLS | TLS/plaintext |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let measures = [
+        format!(
+            "connections + greetings per second ({HANDSHAKES} sequential; TLS: with the handshake)"
+        ),
+        format!("echo job, 64 B request and reply, {ECHO_CONNECTIONS} connections, replies/s"),
+        "1 MiB messages one way, back to back, MB/s".to_owned(),
+    ];
+    for (i, measure) in measures.iter().enumerate() {
+        let [tp, tt, ep, et] = [rows[0][i], rows[1][i], rows[2][i], rows[3][i]];
+        println!(
+            "| {measure} | {tp:.0} | {tt:.0} | {:.2} | {ep:.0} | {et:.0} | {:.2} |",
+            tt / tp,
+            et / ep
+        );
+    }
     Ok(())
 }
 
@@ -82,24 +88,36 @@ fn configs() -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), Box<dyn std::erro
     Ok((Arc::new(server), Arc::new(client)))
 }
 
-/// Echoes small messages; takes large ones in chunks and answers "ok".
+/// Echoes small messages; takes large ones in chunks and drops them.
 struct Bench;
 
-impl Handler for Bench {
-    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
+impl Bench {
+    fn take(len: u32) -> Take {
         if len > 64 * 1024 {
             Take::Chunks
         } else {
             Take::Whole
         }
     }
+}
+
+impl Handler for Bench {
+    fn message_announced(&mut self, _conn: &Conn, len: u32) -> Take {
+        Self::take(len)
+    }
 
     fn transmission_received(&mut self, conn: &mut Conn, msg: &[u8]) -> Result<(), Error> {
         conn.transmit(msg)
     }
+}
 
-    fn transmission_complete(&mut self, _conn: &mut Conn, _len: u32) -> Result<(), Error> {
-        Ok(())
+impl EventHandler for Bench {
+    fn message_announced(&mut self, _conn: &EventConn, len: u32) -> Take {
+        Self::take(len)
+    }
+
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        conn.send(msg)
     }
 }
 
@@ -109,13 +127,20 @@ type Serving = (
     thread::JoinHandle<std::io::Result<()>>,
 );
 
-fn serve(tls: Option<Arc<ServerConfig>>) -> Result<Serving, Box<dyn std::error::Error>> {
+fn serve(
+    events: bool,
+    tls: Option<Arc<ServerConfig>>,
+) -> Result<Serving, Box<dyn std::error::Error>> {
     let mut server = Server::new();
     let addr = server.add_addr("127.0.0.1:0")?;
     if let Some(tls) = tls {
         server.set_tls(tls);
     }
-    server.set_conn_handler(|| Bench);
+    if events {
+        server.set_event_handler(|| Bench);
+    } else {
+        server.set_conn_handler(|| Bench);
+    }
     let stop = server.stop_handle();
     Ok((addr, stop, thread::spawn(move || server.start())))
 }

@@ -11,7 +11,7 @@ use crate::config::shared_methods;
 use crate::conn::Conn;
 use crate::duplex::Duplex;
 use crate::error::{Deadline, Error};
-use crate::event_loop::Runner;
+use crate::event_loop::{Handlers, Runner};
 use crate::id::ConnId;
 
 /// A tinyproto client (the reference's `TinyProtoClient`).
@@ -111,8 +111,17 @@ impl Client {
     }
 
     /// Connects, exchanges the greeting, and runs the connection's loop with
-    /// a new handler on a thread of its own. Returns the connection's id.
+    /// a new handler on a thread of its own (with an
+    /// [`set_event_handler`](Self::set_event_handler) handler: on the event
+    /// threads). Returns the connection's id once greeted; a greeting that
+    /// fails is the error, and no hook runs.
     pub fn connect_to(&mut self, addr: impl ToSocketAddrs) -> Result<ConnId, Error> {
+        if let Handlers::Events(factory) = &self.runner.handlers {
+            let factory = factory.clone();
+            let connected = self.open(addr)?;
+            let cfg = Arc::new(self.runner.settings.conn.clone());
+            return self.runner.connect_on_events(factory, connected, cfg);
+        }
         let conn = self.connect(addr)?;
         let id = conn.id();
         let ctx = self.runner.context();

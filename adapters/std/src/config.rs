@@ -163,6 +163,24 @@ macro_rules! shared_methods {
                 .set_factory(::std::sync::Arc::new(move || Box::new(factory())));
         }
 
+        /// Serves every connection (a client's: every
+        /// [`connect_to`](crate::Client::connect_to) connection) on a few
+        /// event threads (one per core) with a handler from `factory`,
+        /// instead of a thread per connection: for many busy connections, at
+        /// a fraction of the CPU (see the [`events`](crate::events) module).
+        /// Its hooks must not wait: replies are queued with
+        /// [`EventConn::send`](crate::EventConn::send). Replaces
+        /// [`set_conn_handler`](Self::set_conn_handler)'s factory (and the
+        /// other way round).
+        pub fn set_event_handler<H, F>(&mut self, factory: F)
+        where
+            H: $crate::EventHandler,
+            F: Fn() -> H + Send + Sync + 'static,
+        {
+            self.runner
+                .set_event_factory(::std::sync::Arc::new(move || Box::new(factory())));
+        }
+
         /// Sets the hooks of the loop ([`start`](Self::start)).
         pub fn set_hooks(&mut self, hooks: impl $crate::Hooks) {
             self.runner.set_hooks(Box::new(hooks));

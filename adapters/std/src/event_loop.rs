@@ -10,7 +10,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Settings};
@@ -295,14 +295,48 @@ impl Runner {
             stop: self.stop_handle(),
         };
         let hooks = &mut self.hooks;
-        let served = self
-            .pool
-            .serve_on_events((stream, peer), cfg.clone(), owner, handler, |id| {
-                log::debug!("{id}: accepted {peer}");
-                call_hook("conn_init", || hooks.conn_init(ctx, id, peer));
-            });
+        let served =
+            self.pool
+                .serve_on_events((stream, peer), cfg.clone(), owner, handler, None, |id| {
+                    log::debug!("{id}: accepted {peer}");
+                    call_hook("conn_init", || hooks.conn_init(ctx, id, peer));
+                });
         if let Err(e) = served {
             log::error!("{peer}: not served: {e}");
+        }
+    }
+
+    /// A client's connection over `stream` on the event threads with a new
+    /// handler: returns once its greeting is done (its id), or failed (the
+    /// error; no hook runs then, as for a connection that never started).
+    pub(crate) fn connect_on_events(
+        &mut self,
+        factory: EventFactory,
+        connected: (TcpStream, SocketAddr),
+        cfg: Arc<Config>,
+    ) -> Result<ConnId, Error> {
+        let handler = catch_unwind(AssertUnwindSafe(|| factory()))
+            .map_err(|p| Error::Panicked(format!("handler factory: {}", panic_message(&*p))))?;
+        let owner = Owner {
+            connections: self.active_connections(),
+            stop: self.stop_handle(),
+        };
+        let (told, greeted) = mpsc::channel();
+        let id = self
+            .pool
+            .serve_on_events(connected, cfg, owner, handler, Some(told), |_| {})?;
+        // The connection always answers: greeted, failed, or its greeting
+        // deadline ran out (or its thread dropped it, closing the channel).
+        match greeted.recv() {
+            Ok(Ok(())) => Ok(id),
+            Ok(Err(e)) => {
+                self.pool.abandon(id);
+                Err(e)
+            }
+            Err(mpsc::RecvError) => {
+                self.pool.abandon(id);
+                Err(Error::Io(std::io::Error::other("the event thread stopped")))
+            }
         }
     }
 

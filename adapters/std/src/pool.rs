@@ -180,15 +180,17 @@ impl Pool {
     }
 
     /// Registers a connection over `stream` and hands it to an event thread
-    /// (started on first use) with `handler`, `before_start` first.
+    /// (started on first use) with `handler`, `before_start` first; its id.
+    /// `caller` is told how its greeting went (a client's `connect_to`).
     pub(crate) fn serve_on_events(
         &mut self,
         (stream, peer): (TcpStream, SocketAddr),
         cfg: SharedConfig,
         owner: Owner,
         handler: Box<dyn EventHandler>,
+        caller: Option<Sender<Result<(), Error>>>,
         before_start: impl FnOnce(ConnId),
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<ConnId> {
         if self.event_threads.is_none() {
             self.event_threads = Some(EventThreads::start(
                 self.shared.clone(),
@@ -230,8 +232,16 @@ impl Pool {
             owner,
             handler,
             mailbox,
+            caller,
         });
-        Ok(())
+        Ok(id)
+    }
+
+    /// Forgets connection `id` (on the event threads, whose greeting
+    /// failed): its end is not a connection's end, and is not reported.
+    pub(crate) fn abandon(&mut self, id: ConnId) {
+        self.evented.remove(&id);
+        self.abandoned.insert(id);
     }
 
     /// The next event, waiting until `until` (`None`: until one comes). An

@@ -111,22 +111,6 @@ impl Server {
 
     shared_methods!();
 
-    /// Serves every connection on a few event threads (one per core) with
-    /// a handler from `factory`, instead of a thread per connection: for
-    /// many busy connections, at a fraction of the CPU (see the
-    /// [`events`](crate::events) module). Its hooks must not wait: replies
-    /// are queued with [`EventConn::send`](crate::EventConn::send).
-    /// Replaces [`set_conn_handler`](Self::set_conn_handler)'s factory (and
-    /// the other way round).
-    pub fn set_event_handler<H, F>(&mut self, factory: F)
-    where
-        H: crate::EventHandler,
-        F: Fn() -> H + Send + Sync + 'static,
-    {
-        self.runner
-            .set_event_factory(std::sync::Arc::new(move || Box::new(factory())));
-    }
-
     /// Runs the server until stopped: accepts connections, runs one thread
     /// per connection, then stops gracefully (no new accepts; connections
     /// finish the message in flight and end, their `post_loop` and

@@ -1331,3 +1331,104 @@ fn test_an_up_half_refuses_sends_and_send_to_reaches_its_down_half() {
     stop.stop();
     thread.join().unwrap().unwrap();
 }
+
+// ---- a client's connections ----
+
+/// Sends `hello <n>` once greeted, checks its echo, and ends.
+struct Caller {
+    n: usize,
+    echoed: mpsc::Sender<(usize, bool)>,
+    hooks: Arc<AtomicUsize>,
+}
+
+impl EventHandler for Caller {
+    fn pre_loop(&mut self, conn: &mut EventConn) -> Result<(), Error> {
+        self.hooks.fetch_add(1, Ordering::SeqCst);
+        conn.send(format!("hello {}", self.n).as_bytes())
+    }
+
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        let _ = self
+            .echoed
+            .send((self.n, msg == format!("hello {}", self.n).as_bytes()));
+        conn.stop();
+        Ok(())
+    }
+
+    fn post_loop(&mut self, _: &mut EventConn, _: &Result<(), Error>) {
+        self.hooks.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A client's event handler: `Client::connect_to` returns once greeted,
+/// every connection runs on the event threads, and each ends as it chose.
+#[test]
+fn test_a_client_runs_its_connections_on_the_event_threads() {
+    const CONNS: usize = 50;
+    let h = Harness::start_in(Mode::Threads, |_| {});
+    let (echoed, echoes) = mpsc::channel();
+    let hooks = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut client = Client::new();
+    {
+        let (echoed, hooks) = (echoed.clone(), hooks.clone());
+        client.set_event_handler(move || Caller {
+            n: next.fetch_add(1, Ordering::SeqCst),
+            echoed: echoed.clone(),
+            hooks: hooks.clone(),
+        });
+    }
+    let ids: Vec<_> = (0..CONNS)
+        .map(|_| client.connect_to(h.addr).expect("connected and greeted"))
+        .collect();
+    let mut seen = [false; CONNS];
+    for _ in 0..CONNS {
+        let (n, right) = echoes.recv_timeout(LONG).expect("an echo");
+        assert!(right, "connection {n}: a wrong echo");
+        seen[n] = true;
+    }
+    assert!(seen.iter().all(|s| *s), "every connection echoed");
+    for id in ids {
+        assert!(
+            matches!(client.join(id, LONG), Some(Ok(()))),
+            "{id} ended as it chose"
+        );
+    }
+    assert_eq!(
+        hooks.load(Ordering::SeqCst),
+        2 * CONNS,
+        "pre_loop and post_loop each once"
+    );
+    drop(echoed);
+}
+
+/// A greeting that fails (a full server's 0xFE) is `connect_to`'s error,
+/// and no hook of the connection runs, as on a thread of its own.
+#[test]
+fn test_a_client_connect_to_a_full_server_is_an_error_and_runs_no_hook() {
+    let h = Harness::start_events(|s| s.set_connection_limit(Some(1)));
+    let mut first = raw(h.addr);
+    greet(&mut first);
+    assert!(wait_until(LONG, || h.connections.len() == 1));
+    let (echoed, _echoes) = mpsc::channel();
+    let hooks = Arc::new(AtomicUsize::new(0));
+    let mut client = Client::new();
+    {
+        let hooks = hooks.clone();
+        client.set_event_handler(move || Caller {
+            n: 0,
+            echoed: echoed.clone(),
+            hooks: hooks.clone(),
+        });
+    }
+    match client.connect_to(h.addr) {
+        Err(Error::Protocol(tinyproto::Error::ConnectionLimit)) => {}
+        other => panic!("expected the connection limit, got {other:?}"),
+    }
+    client.close_all();
+    assert_eq!(hooks.load(Ordering::SeqCst), 0, "no hook ran");
+    drop(first);
+    // Its slot is free once the server saw the close.
+    h.wait_no_connections();
+    assert_serves(&h);
+}

@@ -415,3 +415,47 @@ fn a_silent_peer_is_cut_by_the_greeting_deadline(serving: Serving) {
     assert_serves(addr, &tls_client(client_config(&ca, None), "localhost"));
     server.finish();
 }
+
+/// Records the server's name once greeted, and its echo of `hello`.
+struct TlsCaller(mpsc::Sender<(Option<String>, Vec<u8>)>, Option<String>);
+
+impl EventHandler for TlsCaller {
+    fn pre_loop(&mut self, conn: &mut EventConn) -> Result<(), Error> {
+        self.1 = conn.peer_identity().and_then(|i| i.common_name);
+        conn.send(b"hello")
+    }
+
+    fn transmission_received(&mut self, conn: &mut EventConn, msg: &[u8]) -> Result<(), Error> {
+        let _ = self.0.send((self.1.take(), msg.to_vec()));
+        conn.stop();
+        Ok(())
+    }
+}
+
+/// A client's connections on the event threads run TLS too: the handshake
+/// within the greeting, the server's identity in the hooks; a server whose
+/// certificate the client does not trust is `connect_to`'s TLS error.
+#[test]
+fn test_a_client_on_event_threads_speaks_tls() {
+    let ca = TestCa::new("test CA");
+    let server = start(Serving::Events, server_config(&ca, None, false), |_| {});
+    let (tx, rx) = mpsc::channel();
+    let mut client = tls_client(client_config(&ca, None), "localhost");
+    client.set_event_handler(move || TlsCaller(tx.clone(), None));
+    let id = client.connect_to(server.addr).expect("greeted over TLS");
+    let (name, echo) = rx.recv_timeout(LONG).expect("an echo");
+    assert_eq!(name.as_deref(), Some("test server"));
+    assert_eq!(echo, b"hello");
+    assert!(matches!(client.join(id, LONG), Some(Ok(()))));
+    assert_eq!(server.end(), "ok");
+
+    let other = TestCa::new("other CA");
+    let mut stranger = tls_client(client_config(&other, None), "localhost");
+    stranger.set_event_handler(|| ());
+    match stranger.connect_to(server.addr) {
+        Err(Error::Tls(_)) => {}
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    server.assert_tls_end();
+    server.finish();
+}

@@ -83,7 +83,7 @@ impl Lane {
     }
 }
 
-/// The event threads of a server, each with its readiness set.
+/// The event threads of a server or client, each with its readiness set.
 pub(crate) struct EventThreads {
     lanes: Vec<Arc<Lane>>,
     threads: Vec<JoinHandle<()>>,
@@ -227,7 +227,10 @@ fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>)
         }
         if stopping {
             for (_, served) in conns.drain() {
-                let stopped = io::Error::new(io::ErrorKind::ConnectionAborted, "server stopped");
+                let stopped = io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "its server or client stopped",
+                );
                 served.end(Err(Error::Io(stopped)), &poll, shared, events);
             }
             return;

@@ -64,6 +64,9 @@ pub(crate) struct NewConn {
     pub(crate) owner: Owner,
     pub(crate) handler: Box<dyn EventHandler>,
     pub(crate) mailbox: Arc<Mailbox>,
+    /// A client's `connect_to`, waiting for the greeting's outcome (no hook
+    /// runs for a connection whose greeting failed: the caller is told).
+    pub(crate) caller: Option<Sender<Result<(), Error>>>,
 }
 
 /// What a connection is doing.
@@ -113,6 +116,8 @@ pub(super) struct Served {
     taken_while_due: usize,
     /// A duplex server's connection: its first message is its hello.
     hello_due: bool,
+    /// Who waits for the greeting's outcome (a client's `connect_to`).
+    caller: Option<Sender<Result<(), Error>>>,
 }
 
 impl Served {
@@ -125,6 +130,7 @@ impl Served {
             owner,
             handler,
             mailbox,
+            caller,
         } = new;
         let local = stream
             .local_addr()
@@ -162,6 +168,7 @@ impl Served {
             scheduled: None,
             taken_while_due: 0,
             hello_due: false,
+            caller,
         }
     }
 
@@ -169,8 +176,8 @@ impl Served {
     /// TLS on it if the server serves TLS.
     pub(super) fn register(&mut self, poll: &Poll) -> io::Result<()> {
         #[cfg(feature = "tls")]
-        if let Some(crate::tls::TlsSide::Server(config)) = &self.conn.cfg.tls {
-            self.wire.start_tls(config.clone())?;
+        if let Some(side) = &self.conn.cfg.tls {
+            self.wire.start_tls(side)?;
         }
         let socket = self.wire.socket();
         socket.set_nonblocking(true)?;
@@ -211,6 +218,9 @@ impl Served {
                         return self.wait();
                     };
                     greeted?;
+                    if let Some(caller) = self.caller.take() {
+                        let _ = caller.send(Ok(()));
+                    }
                     #[cfg(feature = "tls")]
                     {
                         self.conn.identity = self
@@ -687,10 +697,23 @@ impl Served {
             Ok(()) => log::debug!("{id} ({peer}) ended"),
             Err(e) => log::info!("{id} ({peer}) ended: {e}"),
         }
-        let Self { handler, conn, .. } = &mut self;
-        if catch_unwind(AssertUnwindSafe(|| handler.post_loop(conn, &result))).is_err() {
-            log::error!("{id}: post_loop panicked");
-        }
+        let result = match self.caller.take() {
+            // Not greeted: the caller of `connect_to` gets the error, and no
+            // hook runs, as for a connection that never started.
+            Some(caller) => {
+                let told = io::Error::other("its greeting failed: connect_to returned the error");
+                // A normal end here is the peer's close before its greeting.
+                let _ = caller.send(result.and(Err(protocol(tinyproto::Error::Closed))));
+                Err(Error::Io(told))
+            }
+            None => {
+                let Self { handler, conn, .. } = &mut self;
+                if catch_unwind(AssertUnwindSafe(|| handler.post_loop(conn, &result))).is_err() {
+                    log::error!("{id}: post_loop panicked");
+                }
+                result
+            }
+        };
         self.wire.close();
         let socket = self.wire.socket();
         if let Err(e) = poll

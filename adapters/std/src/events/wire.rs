@@ -30,7 +30,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
 pub(super) struct Stream {
     pub(super) socket: Arc<TcpStream>,
     #[cfg(feature = "tls")]
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<rustls::Connection>>,
     /// When a read last found the socket empty, if no readiness event came
     /// since: until one does (any later byte brings one; readiness is
     /// edge-triggered), another read would find nothing, and is not made.
@@ -159,12 +159,19 @@ impl Wire {
         }
     }
 
-    /// Carries the connection in TLS from its first byte, as a server with
-    /// `config`.
+    /// Carries the connection in TLS from its first byte, as `side` says
+    /// (a server's configuration, or a client's and the server's name).
     #[cfg(feature = "tls")]
-    pub(super) fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
-        let session = rustls::ServerConnection::new(config)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    pub(super) fn start_tls(&mut self, side: &crate::tls::TlsSide) -> io::Result<()> {
+        let session: rustls::Connection = match side {
+            crate::tls::TlsSide::Server(config) => {
+                rustls::ServerConnection::new(config.clone()).map(Into::into)
+            }
+            crate::tls::TlsSide::Client(config, name) => {
+                rustls::ClientConnection::new(config.clone(), name.clone()).map(Into::into)
+            }
+        }
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.stream.tls = Some(Box::new(session));
         Ok(())
     }
@@ -330,7 +337,7 @@ impl Wire {
 #[cfg(feature = "tls")]
 fn tls_read(
     socket: &TcpStream,
-    tls: &mut rustls::ServerConnection,
+    tls: &mut rustls::Connection,
     emptied_at: &mut Option<Instant>,
     stalled: &mut Stall,
     buf: &mut [u8],
@@ -383,7 +390,7 @@ fn tls_read(
 #[cfg(feature = "tls")]
 fn tls_flush(
     socket: &TcpStream,
-    tls: &mut rustls::ServerConnection,
+    tls: &mut rustls::Connection,
     stalled: &mut Stall,
 ) -> io::Result<bool> {
     while tls.wants_write() {

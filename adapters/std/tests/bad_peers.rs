@@ -14,26 +14,6 @@ use common::*;
 use tinyproto::Phase;
 use tinyproto_std::{Client, ConnId, Deadline, Error, Timeouts};
 
-/// Each case as two tests, one per way of serving: `threads::<case>` and
-/// `events::<case>`; `events: #[attr]` marks the second only.
-macro_rules! in_both_modes {
-    ($($case:ident $(, events: #[$attr:meta])?;)*) => {
-        mod threads {
-            $(#[test]
-            fn $case() {
-                super::$case(super::Mode::Threads)
-            })*
-        }
-        mod events {
-            $($(#[$attr])?
-            #[test]
-            fn $case() {
-                super::$case(super::Mode::Events)
-            })*
-        }
-    };
-}
-
 in_both_modes! {
     test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs;
     test_unexpected_status_byte_breaks_only_that_connection;

@@ -1,6 +1,7 @@
 //! Both sides may send: a message of the peer's that has begun when ours is
 //! due is taken first (never read as a rejection), and two lengths that do
-//! cross are a `Conflict` that closes the connection at once, on loopback.
+//! cross are a `Conflict` that closes the connection at once, on loopback;
+//! the server's side on a thread per connection and on the event threads.
 
 mod common;
 
@@ -25,9 +26,13 @@ fn until_bytes_arrived(stream: &TcpStream) {
     assert!(arrived, "the peer's bytes never arrived");
 }
 
-#[test]
-fn test_echo_ahead_of_our_next_message_is_taken_first_not_a_rejection() {
-    let h = Harness::start(|_| {});
+in_both_modes! {
+    test_echo_ahead_of_our_next_message_is_taken_first_not_a_rejection;
+    test_server_side_conflict_ends_only_that_connection_fast;
+}
+
+fn test_echo_ahead_of_our_next_message_is_taken_first_not_a_rejection(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let mut conn = Client::new().connect(h.addr).unwrap();
     conn.transmit(b"a").unwrap();
     // The echo of "a" is in our socket before the length of "b" goes out.
@@ -125,9 +130,8 @@ fn test_a_lone_zero_is_still_a_rejection_and_the_connection_goes_on() {
     assert_eq!(peer.join().unwrap(), b"ok");
 }
 
-#[test]
-fn test_server_side_conflict_ends_only_that_connection_fast() {
-    let h = Harness::start(|_| {});
+fn test_server_side_conflict_ends_only_that_connection_fast(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let mut s = raw(h.addr);
     greet(&mut s);
     assert_eq!(send_msg(&mut s, b"ping"), 0xFF);

@@ -206,111 +206,6 @@ fn test_a_peer_message_that_began_when_our_echo_is_due_is_taken_first() {
     assert_eq!(h.next_post_loop().1, Outcome::Ok);
 }
 
-/// Waits (bounded) until bytes of the peer's wait in `stream`, without
-/// moving them and without touching its timeouts.
-fn until_bytes_arrived(stream: &std::net::TcpStream) {
-    let mut byte = [0u8; 1];
-    let arrived = wait_until(LONG, || {
-        stream.set_nonblocking(true).unwrap();
-        let peeked = stream.peek(&mut byte);
-        stream.set_nonblocking(false).unwrap();
-        matches!(peeked, Ok(n) if n > 0)
-    });
-    assert!(arrived, "the peer's bytes never arrived");
-}
-
-/// `both_send.rs`'s, against the event threads: our client takes the
-/// server's echo (whose length it holds) before sending its next message.
-#[test]
-fn test_echo_ahead_of_our_next_message_is_taken_first_not_a_rejection() {
-    let h = Harness::start_events(|_| {});
-    let mut conn = Client::new().connect(h.addr).unwrap();
-    for i in 0..50u8 {
-        conn.transmit(&[i]).unwrap();
-        until_bytes_arrived(conn.tcp_stream());
-    }
-    for i in 0..50u8 {
-        assert_eq!(conn.receive().unwrap(), [i]);
-    }
-    assert_serves(&h);
-}
-
-/// `both_send.rs`'s, against the event threads: a length where the answer
-/// to ours is due is a `Conflict` that ends that connection at once.
-#[test]
-fn test_server_side_conflict_ends_only_that_connection_fast() {
-    let h = Harness::start_events(|_| {});
-    let mut s = raw(h.addr);
-    greet(&mut s);
-    assert_eq!(send_msg(&mut s, b"ping"), 0xFF);
-    assert_eq!(read_n(&mut s, 4), 4u32.to_be_bytes());
-    s.write_all(&3u32.to_be_bytes()).unwrap();
-    let start = Instant::now();
-    assert_eq!(
-        read_to_close(&mut s),
-        b"",
-        "no payload after a crossed length"
-    );
-    assert!(start.elapsed() < Duration::from_secs(5));
-    assert_eq!(
-        h.next_post_loop().1,
-        other(Error::Protocol(tinyproto::Error::Conflict))
-    );
-    assert_serves(&h);
-}
-
-// ---- messages from other threads ----
-
-/// `Connections::send_to` and `broadcast` reach connections on the event
-/// threads, from a hook and from outside. No loop pass interval is set and
-/// the connections are idle: only the wake of the queue moves them.
-#[test]
-fn test_send_to_and_broadcast_reach_and_wake_event_connections() {
-    let h = Harness::start_events(|_| {});
-    let client = Client::new();
-    let mut a = client.connect(h.addr).unwrap();
-    let mut b = client.connect(h.addr).unwrap();
-    let mut c = client.connect(h.addr).unwrap();
-    assert!(wait_until(LONG, || h.connections.len() == 3));
-
-    a.transmit(b"all:news").unwrap();
-    assert_eq!(a.receive().unwrap(), b"sent");
-    assert_eq!(b.receive().unwrap(), b"news");
-    assert_eq!(c.receive().unwrap(), b"news");
-
-    let ids = h.connections.ids();
-    assert_eq!(ids.len(), 3);
-    for id in &ids {
-        h.connections.send_to(*id, b"direct").unwrap();
-    }
-    for conn in [&mut a, &mut b, &mut c] {
-        assert_eq!(conn.receive().unwrap(), b"direct");
-    }
-    assert_eq!(h.connections.broadcast(b"all", None), 3);
-    for conn in [&mut a, &mut b, &mut c] {
-        assert_eq!(conn.receive().unwrap(), b"all");
-    }
-    // Many at once, each connection's in order.
-    for i in 0..100u32 {
-        for id in &ids {
-            h.connections.send_to(*id, &i.to_be_bytes()).unwrap();
-        }
-    }
-    for conn in [&mut a, &mut b, &mut c] {
-        for i in 0..100u32 {
-            assert_eq!(conn.receive().unwrap(), i.to_be_bytes());
-        }
-    }
-
-    let gone = ids[0];
-    drop((a, b, c));
-    h.wait_no_connections();
-    match h.connections.send_to(gone, b"late") {
-        Err(Error::UnknownConnection(id)) => assert_eq!(id, gone),
-        other => panic!("expected UnknownConnection, got {other:?}"),
-    }
-}
-
 // ---- chunks ----
 
 /// Takes messages up to `limit` in chunks and checks them against the
@@ -488,30 +383,6 @@ fn test_chunks_come_in_order_and_complete_once_and_a_break_off_never_completes()
 
 // ---- the memory budget ----
 
-#[test]
-fn test_message_larger_than_the_budget_is_refused_at_once() {
-    let h = Harness::start_events(|s| {
-        s.set_max_message_len(tinyproto::MAX_MESSAGE_LEN);
-        s.set_memory_budget(1 << 20);
-    });
-    let mut s = raw(h.addr);
-    greet(&mut s);
-    s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes())
-        .unwrap();
-    assert_eq!(read_n(&mut s, 1), [0x00], "refused");
-    s.write_all(&((1u32 << 20) + 1).to_be_bytes()).unwrap();
-    assert_eq!(read_n(&mut s, 1), [0x00], "refused");
-    assert_eq!(
-        send_msg(&mut s, &[7; 1 << 20]),
-        0xFF,
-        "the whole budget fits"
-    );
-    assert_eq!(recv_msg(&mut s), [7; 1 << 20]);
-    drop(s);
-    assert_eq!(h.next_post_loop().1, Outcome::Ok);
-    assert_serves(&h);
-}
-
 /// An echo keeps its message's room until it is sent, and it is sent only
 /// after a message of the peer's that has begun: such a message, finding no
 /// room, is refused at once (waiting would wait for the message deadline),
@@ -538,47 +409,6 @@ fn test_a_message_behind_an_echo_holding_the_room_is_refused_at_once() {
     assert_eq!(recv_msg(&mut s), [7u8; 600]);
     assert_eq!(send_msg(&mut s, &[8u8; 600]), 0xFF, "the room is back");
     assert_eq!(recv_msg(&mut s), [8u8; 600]);
-}
-
-/// While one connection holds the whole budget mid message, another's
-/// message waits for its 0xFF (the event thread serves on meanwhile), and
-/// gets it once the first is done.
-#[test]
-fn test_message_that_does_not_fit_waits_for_room() {
-    let h = Harness::start_events(|s| s.set_memory_budget(1000));
-    let mut first = raw(h.addr);
-    greet(&mut first);
-    first.write_all(&1000u32.to_be_bytes()).unwrap();
-    assert_eq!(read_n(&mut first, 1), [0xFF], "the first fits");
-    let mut second = raw(h.addr);
-    greet(&mut second);
-    second.write_all(&10u32.to_be_bytes()).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut status = [0u8; 1];
-    let waited = std::io::Read::read(&mut second, &mut status);
-    assert!(
-        waited.is_err(),
-        "no status while the budget is full: {waited:?} {status:?}"
-    );
-    // Meanwhile a message of nothing (it takes no room) is served.
-    let mut third = raw(h.addr);
-    greet(&mut third);
-    assert_eq!(send_msg(&mut third, b""), 0xFF);
-    assert_eq!(recv_msg(&mut third), b"");
-    // The first message completes (and is echoed): its room comes back.
-    first.write_all(&[1; 1000]).unwrap();
-    assert_eq!(recv_msg(&mut first), [1; 1000]);
-    second.set_read_timeout(Some(LONG)).unwrap();
-    assert_eq!(read_n(&mut second, 1), [0xFF], "accepted once room came");
-    second.write_all(&[2; 10]).unwrap();
-    assert_eq!(recv_msg(&mut second), [2; 10]);
-
-    drop((first, second, third));
-    for _ in 0..3 {
-        assert_eq!(h.next_post_loop().1, Outcome::Ok);
-    }
 }
 
 // ---- deadlines ----
@@ -686,45 +516,6 @@ fn test_a_panicking_factory_costs_only_its_connection() {
 }
 
 // ---- the graceful stop ----
-
-/// `lifecycle.rs`'s, against the event threads: idle connections end with
-/// `Ok`, the message in flight is finished and answered, every hook runs.
-#[test]
-fn test_graceful_stop_runs_post_loop_and_conn_shutdown_for_everyone() {
-    let h = Harness::start_events(|_| {});
-    let mut peers: Vec<_> = (0..3)
-        .map(|_| {
-            let mut s = raw(h.addr);
-            greet(&mut s);
-            s
-        })
-        .collect();
-    let mut busy = raw(h.addr);
-    greet(&mut busy);
-    busy.write_all(&5u32.to_be_bytes()).unwrap();
-    assert_eq!(read_n(&mut busy, 1), [0xFF]);
-    busy.write_all(b"he").unwrap();
-    assert!(wait_until(LONG, || h.connections.len() == 4));
-
-    h.request_stop();
-    busy.write_all(b"llo").unwrap();
-    assert_eq!(recv_msg(&mut busy), b"hello");
-    h.stop();
-    let events = h.drain_events();
-    let posts = events
-        .iter()
-        .filter(|(_, e)| *e == Event::PostLoop(Outcome::Ok))
-        .count();
-    let shutdowns = events
-        .iter()
-        .filter(|(_, e)| *e == Event::Shutdown(Outcome::Ok))
-        .count();
-    assert_eq!((posts, shutdowns), (4, 4), "{events:?}");
-    for p in &mut peers {
-        assert_eq!(read_to_close(p), b"");
-    }
-    assert_eq!(read_to_close(&mut busy), b"");
-}
 
 /// On b"stop" queues three messages (one of 1 MiB) and stops the server;
 /// on b"bye" queues b"bye" and ends its own connection. Reports each end.

@@ -52,9 +52,13 @@ fn test_start_without_address_fails() {
     assert!(Server::new().start().is_err());
 }
 
-#[test]
-fn test_graceful_stop_runs_post_loop_and_conn_shutdown_for_everyone() {
-    let h = Harness::start(|_| {});
+in_both_modes! {
+    test_graceful_stop_runs_post_loop_and_conn_shutdown_for_everyone;
+    test_registry_broadcast_and_send_to;
+}
+
+fn test_graceful_stop_runs_post_loop_and_conn_shutdown_for_everyone(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let mut peers: Vec<_> = (0..3)
         .map(|_| {
             let mut s = raw(h.addr);
@@ -107,22 +111,22 @@ fn test_stop_closes_a_stuck_connection_after_the_drain_timeout() {
     assert_eq!(read_to_close(&mut s), b"", "the socket was closed");
 }
 
-#[test]
-fn test_registry_broadcast_and_send_to() {
-    let h = Harness::start(|_| {});
+/// `Connections::send_to` and `broadcast` reach connections, from a hook
+/// and from outside. No loop pass interval is set and the connections are
+/// idle: only the wake of the queue moves them.
+fn test_registry_broadcast_and_send_to(mode: Mode) {
+    let h = Harness::start_in(mode, |_| {});
     let client = Client::new();
     let mut a = client.connect(h.addr).unwrap();
     let mut b = client.connect(h.addr).unwrap();
     let mut c = client.connect(h.addr).unwrap();
     assert!(wait_until(LONG, || h.connections.len() == 3));
 
-    // From inside a handler: "all:<text>" goes to everyone else.
     a.transmit(b"all:news").unwrap();
     assert_eq!(a.receive().unwrap(), b"sent");
     assert_eq!(b.receive().unwrap(), b"news");
     assert_eq!(c.receive().unwrap(), b"news");
 
-    // From outside (the server's registry): to one connection by id.
     let ids = h.connections.ids();
     assert_eq!(ids.len(), 3);
     for id in &ids {
@@ -134,6 +138,17 @@ fn test_registry_broadcast_and_send_to() {
     assert_eq!(h.connections.broadcast(b"all", None), 3);
     for conn in [&mut a, &mut b, &mut c] {
         assert_eq!(conn.receive().unwrap(), b"all");
+    }
+    // Many at once, each connection's in order.
+    for i in 0..100u32 {
+        for id in &ids {
+            h.connections.send_to(*id, &i.to_be_bytes()).unwrap();
+        }
+    }
+    for conn in [&mut a, &mut b, &mut c] {
+        for i in 0..100u32 {
+            assert_eq!(conn.receive().unwrap(), i.to_be_bytes());
+        }
     }
 
     let gone = ids[0];

@@ -1,8 +1,9 @@
 //! The memory budget as a peer sees it: a message larger than the whole
 //! budget is answered 0x00 at once, one that does not fit yet waits for
 //! its status byte until room comes, and chunked handlers take only their
-//! chunk buffer from it. (What the server's memory does is measured in a
-//! process of its own, in the CLI's `tests/memory.rs`.)
+//! chunk buffer from it; on a thread per connection and on the event
+//! threads. (What the server's memory does is measured in a process of its
+//! own, in the CLI's `tests/memory.rs`.)
 
 mod common;
 
@@ -15,9 +16,13 @@ use tinyproto_std::{Client, Error};
 /// No wait of these tests is longer.
 const WAIT: Duration = Duration::from_secs(30);
 
-#[test]
-fn test_message_larger_than_the_budget_is_refused_at_once() {
-    let h = Harness::start(|s| {
+in_both_modes! {
+    test_message_larger_than_the_budget_is_refused_at_once;
+    test_message_that_does_not_fit_waits_for_room;
+}
+
+fn test_message_larger_than_the_budget_is_refused_at_once(mode: Mode) {
+    let h = Harness::start_in(mode, |s| {
         s.set_max_message_len(tinyproto::MAX_MESSAGE_LEN);
         s.set_memory_budget(1 << 20);
     });
@@ -26,6 +31,8 @@ fn test_message_larger_than_the_budget_is_refused_at_once() {
     s.write_all(&tinyproto::MAX_MESSAGE_LEN.to_be_bytes())
         .unwrap();
     assert_eq!(read_n(&mut s, 1), [0x00], "refused");
+    s.write_all(&((1u32 << 20) + 1).to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut s, 1), [0x00], "one byte over: refused");
     assert_eq!(
         send_msg(&mut s, &[7; 1 << 20]),
         0xFF,
@@ -38,9 +45,8 @@ fn test_message_larger_than_the_budget_is_refused_at_once() {
 /// While one message holds the whole budget, the next waits for its 0xFF,
 /// and gets it once the first is done; a client's `receive` has a budget
 /// too and says why it refused.
-#[test]
-fn test_message_that_does_not_fit_waits_for_room() {
-    let h = Harness::start(|s| s.set_memory_budget(1000));
+fn test_message_that_does_not_fit_waits_for_room(mode: Mode) {
+    let h = Harness::start_in(mode, |s| s.set_memory_budget(1000));
     let mut first = raw(h.addr);
     greet(&mut first);
     first.write_all(&1000u32.to_be_bytes()).unwrap();

@@ -456,3 +456,26 @@ pub fn assert_serves(h: &Harness) {
     assert_eq!(send_msg(&mut s, b"still here"), 0xFF);
     assert_eq!(recv_msg(&mut s), b"still here");
 }
+
+/// Each case as two tests, one per way of serving: `threads::<case>` and
+/// `events::<case>`; `events: #[attr]` marks the second only.
+#[allow(unused_macros)] // not every test file has cases for both
+macro_rules! in_both_modes {
+    ($($case:ident $(, events: #[$attr:meta])?;)*) => {
+        mod threads {
+            $(#[test]
+            fn $case() {
+                super::$case(super::Mode::Threads)
+            })*
+        }
+        mod events {
+            $($(#[$attr])?
+            #[test]
+            fn $case() {
+                super::$case(super::Mode::Events)
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use in_both_modes;

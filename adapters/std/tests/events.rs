@@ -1,10 +1,11 @@
-//! What is particular to the event threads (`Server::set_event_handler`):
-//! whole messages of every size, a thousand connections at once, the
-//! outcome of each message sent, who may send when, messages queued from
-//! other threads, chunks, the memory budget, the deadlines, panics, the
-//! graceful stop, and the Python reference client. (TLS and duplex servers
-//! on the event threads: `tls.rs` and `hub.rs` run their tests both ways.)
-//! (The bad-peer suite runs against the event threads in `bad_peers.rs`.)
+//! What is particular to the event threads (`Server::set_event_handler`,
+//! `Client::set_event_handler`): whole messages of every size, a thousand
+//! connections at once, the outcome of each message sent, who may send
+//! when, chunks, the memory budget behind a queued echo, the deadlines,
+//! panics, the stop, plugins, up halves, a client's connections, and the
+//! Python reference client. The cases shared with a thread per connection
+//! run both ways where they are (`bad_peers.rs`, `both_send.rs`,
+//! `lifecycle.rs`, `memory.rs`, `hub.rs`, `tls.rs`).
 
 mod common;
 

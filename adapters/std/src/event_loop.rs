@@ -164,7 +164,9 @@ impl Runner {
         let id = conn.id();
         let peer = conn.peer_addr();
         let Handlers::Threads(factory) = &self.handlers else {
-            log::error!("{id}: event handlers serve a server's accepted connections only");
+            log::error!(
+                "{id}: an event handler runs on the event threads, not a thread of its own"
+            );
             return false;
         };
         let handler = match catch_unwind(AssertUnwindSafe(|| factory())) {
@@ -315,6 +317,13 @@ impl Runner {
         connected: (TcpStream, SocketAddr),
         cfg: Arc<Config>,
     ) -> Result<ConnId, Error> {
+        if crate::events::on_event_thread() {
+            // Its greeting would wait for this very thread.
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "connect_to waits for the greeting: call it from a thread of your own, not from an event hook",
+            )));
+        }
         let handler = catch_unwind(AssertUnwindSafe(|| factory()))
             .map_err(|p| Error::Panicked(format!("handler factory: {}", panic_message(&*p))))?;
         let owner = Owner {

@@ -224,7 +224,7 @@ impl Pool {
         );
         self.evented.insert(id);
         before_start(id);
-        lane.hand_over(NewConn {
+        let handed = lane.hand_over(NewConn {
             id,
             stream,
             peer,
@@ -234,6 +234,12 @@ impl Pool {
             mailbox,
             caller,
         });
+        if !handed {
+            // Its thread has ended: the connection never starts.
+            self.shared.conns().remove(&id);
+            self.evented.remove(&id);
+            return Err(std::io::Error::other("its event thread has ended"));
+        }
         Ok(id)
     }
 

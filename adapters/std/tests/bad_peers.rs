@@ -29,6 +29,7 @@ in_both_modes! {
     test_reconnect_storm_every_peer_is_served;
     test_a_peer_that_splits_every_field_anywhere_gets_every_echo_whole;
     test_a_half_closed_peer_gets_its_reply_and_the_end_is_reported;
+    test_a_slow_but_steady_reader_is_not_cut_by_the_write_timeout;
 }
 
 fn test_wrong_greeting_byte_is_a_typed_error_and_post_loop_runs(mode: Mode) {
@@ -428,4 +429,34 @@ fn test_a_half_closed_peer_gets_its_reply_and_the_end_is_reported(mode: Mode) {
     assert_eq!(read_to_close(&mut s), 5u32.to_be_bytes());
     assert_eq!(h.next_post_loop().1, Outcome::Eof(Phase::Status));
     assert_serves(&h);
+}
+
+/// A peer that reads a large reply slowly but steadily (128 KiB every
+/// 100 ms, over 4 s) is not cut by a 2 s write timeout: the timeout bounds a
+/// write that makes no progress, not a whole reply.
+fn test_a_slow_but_steady_reader_is_not_cut_by_the_write_timeout(mode: Mode) {
+    let h = Harness::start_in(mode, |s| {
+        s.set_timeouts(Timeouts::default().with_write(Duration::from_secs(2)))
+    });
+    let mut s = raw(h.addr);
+    greet(&mut s);
+    assert_eq!(send_msg(&mut s, b"big"), 0xFF);
+    assert_eq!(read_n(&mut s, 4), (32u32 << 20).to_be_bytes());
+    s.write_all(&[0xFF]).unwrap();
+    for round in 0..40 {
+        thread::sleep(Duration::from_millis(100));
+        assert!(
+            read_n(&mut s, 128 * 1024).iter().all(|b| *b == 0x5A),
+            "round {round}: the reply's bytes"
+        );
+        let ended: Vec<_> = h
+            .drain_events()
+            .into_iter()
+            .filter(|(_, e)| matches!(e, Event::PostLoop(_)))
+            .collect();
+        assert!(
+            ended.is_empty(),
+            "round {round}: cut while reading: {ended:?}"
+        );
+    }
 }

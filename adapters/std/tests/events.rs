@@ -1224,3 +1224,37 @@ fn test_a_client_connect_to_a_full_server_is_an_error_and_runs_no_hook() {
     h.wait_no_connections();
     assert_serves(&h);
 }
+
+/// `connect_to` waits for the greeting, which an event thread drives: called
+/// from an event hook it would wait for its own thread. It says so at once
+/// (`WouldBlock`), and the thread serves on.
+#[test]
+fn test_connect_to_from_an_event_hook_is_refused_at_once() {
+    let target = Harness::start_events(|_| {});
+    let client = Arc::new(std::sync::Mutex::new(Client::new()));
+    client.lock().unwrap().set_event_handler(|| ());
+    let to = target.addr;
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_event_handler(move || {
+        let client = client.clone();
+        events::on_message(move |conn, _| {
+            let outcome = client.lock().unwrap().connect_to(to);
+            let kind = match outcome {
+                Err(Error::Io(e)) => format!("{:?}", e.kind()),
+                other => format!("{other:?}"),
+            };
+            conn.send(kind.as_bytes())
+        })
+    });
+    let stop = server.stop_handle();
+    let thread = thread::spawn(move || server.start());
+    let mut conn = Client::new().connect(addr).unwrap();
+    for _ in 0..4 {
+        conn.transmit(b"connect").unwrap();
+        assert_eq!(conn.receive().unwrap(), b"WouldBlock");
+    }
+    conn.close();
+    stop.stop();
+    thread.join().unwrap().unwrap();
+}

@@ -459,3 +459,78 @@ fn test_a_client_on_event_threads_speaks_tls() {
     server.assert_tls_end();
     server.finish();
 }
+
+/// Answers every message with 32 MiB, and reports its end.
+struct Big(mpsc::Sender<String>);
+
+impl EventHandler for Big {
+    fn transmission_received(&mut self, conn: &mut EventConn, _: &[u8]) -> Result<(), Error> {
+        conn.send(&vec![0x5A; 32 << 20])
+    }
+
+    fn post_loop(&mut self, _: &mut EventConn, result: &Result<(), Error>) {
+        let _ = self.0.send(format!("{result:?}"));
+    }
+}
+
+/// A TLS event-thread server of [`Big`] with write timeout `write`; a
+/// plain rustls client on it, greeted, with the 32 MiB reply's length read
+/// and accepted.
+fn big_reply_over_tls(
+    write: Duration,
+) -> (
+    rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    mpsc::Receiver<String>,
+    StopHandle,
+) {
+    let ca = TestCa::new("test CA");
+    let (tx, ends) = mpsc::channel();
+    let mut server = Server::new();
+    let addr = server.add_addr("127.0.0.1:0").unwrap();
+    server.set_tls(server_config(&ca, None, false));
+    server.set_timeouts(tinyproto_std::Timeouts::default().with_write(write));
+    server.set_event_handler(move || Big(tx.clone()));
+    let stop = server.stop_handle();
+    thread::spawn(move || server.start());
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(LONG)).unwrap();
+    let session = rustls::ClientConnection::new(
+        client_config(&ca, None),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut s = rustls::StreamOwned::new(session, tcp);
+    let read = |s: &mut rustls::StreamOwned<_, _>, n: usize| {
+        let mut buf = vec![0u8; n];
+        std::io::Read::read_exact(s, &mut buf).unwrap();
+        buf
+    };
+    s.write_all(&[0xFF]).unwrap();
+    assert_eq!(read(&mut s, 1), [0xFF]);
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    assert_eq!(read(&mut s, 1), [0xFF]);
+    s.write_all(b"x").unwrap();
+    assert_eq!(read(&mut s, 4), (32u32 << 20).to_be_bytes());
+    s.write_all(&[0xFF]).unwrap();
+    (s, ends, stop)
+}
+
+/// Over TLS on the event threads, a peer that stops reading is cut by the
+/// write timeout; one that reads slowly but steadily is not.
+#[test]
+fn test_tls_write_timeout_on_event_threads_cuts_a_stalled_peer_only() {
+    let (_stalled, ends, stop) = big_reply_over_tls(Duration::from_millis(500));
+    let end = ends.recv_timeout(LONG).expect("the stalled peer is cut");
+    assert!(end.contains("Timeout(Write)"), "{end}");
+    stop.stop();
+
+    let (mut slow, ends, stop) = big_reply_over_tls(Duration::from_secs(2));
+    for round in 0..40 {
+        thread::sleep(Duration::from_millis(100));
+        let mut buf = vec![0u8; 128 * 1024];
+        std::io::Read::read_exact(&mut slow, &mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == 0x5A), "round {round}");
+        assert!(ends.try_recv().is_err(), "round {round}: cut while reading");
+    }
+    stop.stop();
+}

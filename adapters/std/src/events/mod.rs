@@ -23,6 +23,7 @@ mod handler;
 mod served;
 mod wire;
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::io;
@@ -34,7 +35,7 @@ use std::time::Instant;
 
 use mio::{Events, Poll, Token, Waker};
 
-use crate::connections::{lock, LoopEvent, Shared};
+use crate::connections::{lock, Ended, LoopEvent, Shared};
 use crate::error::Error;
 use crate::handler::panic_message;
 use crate::id::ConnId;
@@ -54,6 +55,8 @@ struct Pending {
     /// Connections whose mailbox changed (a queued message, a stop).
     woken: Vec<ConnId>,
     stopping: bool,
+    /// The thread has ended: nothing handed over would be served.
+    closed: bool,
 }
 
 /// One event thread's door: its pending work and the waker of its
@@ -77,9 +80,19 @@ impl Lane {
         Wake::new(move || lane.post(|p| p.woken.push(id)))
     }
 
-    /// Hands a registered connection to the thread.
-    pub(crate) fn hand_over(&self, conn: NewConn) {
-        self.post(|p| p.new.push(conn));
+    /// Hands a registered connection to the thread; false (the connection
+    /// dropped, never started) if the thread has ended.
+    pub(crate) fn hand_over(&self, conn: NewConn) -> bool {
+        let mut pending = lock(&self.pending);
+        if pending.closed {
+            return false;
+        }
+        pending.new.push(conn);
+        drop(pending);
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake an event thread: {e}");
+        }
+        true
     }
 }
 
@@ -144,9 +157,57 @@ impl Drop for EventThreads {
     }
 }
 
+thread_local! {
+    /// True on an event thread.
+    static ON_EVENT_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True when the calling thread is an event thread: a call that waits for
+/// a connection's progress would wait for its own thread.
+pub(crate) fn on_event_thread() -> bool {
+    ON_EVENT_THREAD.with(Cell::get)
+}
+
+/// Closes an event thread's lane when the thread ends, a panic included:
+/// the connections handed over and not taken end (a waiting `connect_to`
+/// is told, as its sender goes).
+struct Closing<'a> {
+    lane: &'a Lane,
+    shared: &'a Shared,
+    events: &'a Sender<LoopEvent>,
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        let new = {
+            let mut pending = lock(&self.lane.pending);
+            pending.closed = true;
+            std::mem::take(&mut pending.new)
+        };
+        for conn in new {
+            let (id, peer) = (conn.id, conn.peer);
+            self.shared.conns().remove(&id);
+            let stopped =
+                io::Error::new(io::ErrorKind::ConnectionAborted, "its event thread ended");
+            let _ = self.events.send(LoopEvent::Ended(Ended {
+                id,
+                peer,
+                result: Err(Error::Io(stopped)),
+            }));
+        }
+    }
+}
+
 /// An event thread: waits for readiness, a lane's news or the next timer,
 /// and drives each connection concerned until its I/O would block.
 fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>) {
+    ON_EVENT_THREAD.with(|on| on.set(true));
+    // However the thread ends: no more hand-overs, and those not taken yet end.
+    let _closing = Closing {
+        lane,
+        shared,
+        events,
+    };
     let mut conns: HashMap<ConnId, Served> = HashMap::new();
     // Each connection's earliest timer; entries whose time moved are stale.
     let mut timers: BinaryHeap<Reverse<(Instant, ConnId)>> = BinaryHeap::new();
@@ -183,6 +244,7 @@ fn run(mut poll: Poll, lane: &Lane, shared: &Shared, events: &Sender<LoopEvent>)
             new,
             woken,
             stopping,
+            closed: _, // set only once this loop is over
         } = std::mem::take(&mut *lock(&lane.pending));
         due.extend(woken);
         for conn in new {

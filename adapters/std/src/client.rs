@@ -114,7 +114,10 @@ impl Client {
     /// a new handler on a thread of its own (with an
     /// [`set_event_handler`](Self::set_event_handler) handler: on the event
     /// threads). Returns the connection's id once greeted; a greeting that
-    /// fails is the error, and no hook runs.
+    /// fails is the error, and no hook runs. With an event handler, it is
+    /// not for an event hook (the greeting it waits for is driven by an
+    /// event thread): there it says `Error::Io` with
+    /// `ErrorKind::WouldBlock` at once.
     pub fn connect_to(&mut self, addr: impl ToSocketAddrs) -> Result<ConnId, Error> {
         if let Handlers::Events(factory) = &self.runner.handlers {
             let factory = factory.clone();

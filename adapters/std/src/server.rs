@@ -1,6 +1,6 @@
-//! The threaded [`Server`]: listeners, one thread per connection, the
-//! connection limit, the graceful stop; its loop and hooks are the
-//! client's too (`event_loop`).
+//! The [`Server`]: listeners, its connections (a thread each, or the event
+//! threads), the connection limit, the graceful stop; its loop and hooks
+//! are the client's too (`event_loop`).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -111,8 +111,10 @@ impl Server {
 
     shared_methods!();
 
-    /// Runs the server until stopped: accepts connections, runs one thread
-    /// per connection, then stops gracefully (no new accepts; connections
+    /// Runs the server until stopped: accepts connections, runs a thread per
+    /// connection (or serves them on the event threads, with an
+    /// [`set_event_handler`](Self::set_event_handler) handler), then stops
+    /// gracefully (no new accepts; connections
     /// finish the message in flight and end, their `post_loop` and
     /// `conn_shutdown` run; after the drain timeout the rest are closed).
     /// Sleeps in between: accepting is immediate, nothing polls.

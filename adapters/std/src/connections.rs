@@ -76,6 +76,25 @@ pub(crate) struct Entry {
     pub(crate) half: Half,
 }
 
+impl Entry {
+    /// A new connection's entry: on a duplex server, no half until its
+    /// hello came.
+    pub(crate) fn new(
+        mailbox: Arc<Mailbox>,
+        stream: Arc<TcpStream>,
+        peer: SocketAddr,
+        duplex: bool,
+    ) -> Self {
+        let half = if duplex { Half::Pending } else { Half::Plain };
+        Self {
+            mailbox,
+            stream,
+            peer,
+            half,
+        }
+    }
+}
+
 /// State shared by a server or client, its reactor and its connection threads.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {

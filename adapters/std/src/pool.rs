@@ -13,7 +13,6 @@ use crate::config::SharedConfig;
 use crate::conn::{Attached, Conn, Owner};
 use crate::conn_loop::run_connection;
 use crate::connections::{Ended, Entry, LoopEvent, Shared, StopHandle};
-use crate::duplex::Half;
 use crate::error::{Deadline, Error};
 use crate::events::{EventHandler, EventThreads, NewConn};
 use crate::handler::Handler;
@@ -121,19 +120,13 @@ impl Pool {
         let id = conn.id();
         let peer = conn.peer_addr();
         let mailbox = Arc::new(Mailbox::new(queue_len, self.shared.draining_flag()));
-        self.shared.conns().insert(
-            id,
-            Entry {
-                mailbox: mailbox.clone(),
-                stream: conn.shared_socket(),
-                peer,
-                half: if conn.config().duplex {
-                    Half::Pending
-                } else {
-                    Half::Plain
-                },
-            },
+        let entry = Entry::new(
+            mailbox.clone(),
+            conn.shared_socket(),
+            peer,
+            conn.config().duplex,
         );
+        self.shared.conns().insert(id, entry);
         // Registered first, so that nothing sent to every connection misses
         // it; then this side's greeting goes out at once (a client's greeting
         // need not wait for the thread to start; a no-op if greeted already).
@@ -209,19 +202,8 @@ impl Pool {
             lane.wake_for(id),
         ));
         let stream = Arc::new(stream);
-        self.shared.conns().insert(
-            id,
-            Entry {
-                mailbox: mailbox.clone(),
-                stream: stream.clone(),
-                peer,
-                half: if cfg.duplex {
-                    Half::Pending
-                } else {
-                    Half::Plain
-                },
-            },
-        );
+        let entry = Entry::new(mailbox.clone(), stream.clone(), peer, cfg.duplex);
+        self.shared.conns().insert(id, entry);
         self.evented.insert(id);
         before_start(id);
         let handed = lane.hand_over(NewConn {

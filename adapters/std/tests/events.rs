@@ -213,9 +213,7 @@ fn test_a_peer_message_that_began_when_our_echo_is_due_is_taken_first() {
 /// pattern; reports each chunk's size, each completion and its end.
 struct ChunkChecker {
     limit: u32,
-    offset: u64,
-    chunks: usize,
-    mismatch: Option<u64>,
+    check: PatternChunks,
     events: mpsc::Sender<String>,
 }
 
@@ -229,28 +227,14 @@ impl EventHandler for ChunkChecker {
     }
 
     fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        assert!(chunk.len() <= 64 * 1024, "chunks are bounded");
-        for (i, b) in chunk.iter().enumerate() {
-            let at = self.offset + i as u64;
-            if *b != (at % 251) as u8 && self.mismatch.is_none() {
-                self.mismatch = Some(at);
-            }
-        }
-        self.offset += chunk.len() as u64;
-        self.chunks += 1;
+        self.check.take(chunk);
         let _ = self.events.send(format!("chunk {}", chunk.len()));
         Ok(())
     }
 
     fn transmission_complete(&mut self, conn: &mut EventConn, len: u32) -> Result<(), Error> {
-        let reply = match self.mismatch.take() {
-            Some(at) => format!("mismatch at {at}"),
-            None if u64::from(len) != self.offset => format!("{} bytes came", self.offset),
-            None => format!("{len} {}", self.chunks),
-        };
+        let reply = self.check.finish(len);
         let _ = self.events.send(format!("complete {reply}"));
-        self.offset = 0;
-        self.chunks = 0;
         conn.send(reply.as_bytes())
     }
 
@@ -258,7 +242,7 @@ impl EventHandler for ChunkChecker {
         let _ = self.events.send(format!(
             "post_loop {:?} after {} bytes",
             Outcome::from(result),
-            self.offset
+            self.check.offset
         ));
     }
 }
@@ -321,9 +305,7 @@ fn test_chunks_come_in_order_and_complete_once_and_a_break_off_never_completes()
     server.set_max_message_len(tinyproto::MAX_MESSAGE_LEN);
     server.set_event_handler(move || ChunkChecker {
         limit: 32 << 20,
-        offset: 0,
-        chunks: 0,
-        mismatch: None,
+        check: PatternChunks::default(),
         events: tx.clone(),
     });
     let mut running = Running::start(server);
@@ -895,9 +877,7 @@ fn test_plugins_run_both_ways_on_the_event_threads() {
     server.register_plugin(tap.clone());
     server.set_event_handler(move || ChunkChecker {
         limit: 100,
-        offset: 0,
-        chunks: 0,
-        mismatch: None,
+        check: PatternChunks::default(),
         events: tx.clone(),
     });
     let _running = Running::start(server);

@@ -373,13 +373,48 @@ impl Read for Pattern {
     }
 }
 
+/// Where chunks of a message stand against the pattern (`i % 251`), for
+/// chunked handlers of either kind.
+#[derive(Default)]
+pub struct PatternChunks {
+    /// Bytes of the message so far.
+    pub offset: u64,
+    chunks: usize,
+    mismatch: Option<u64>,
+}
+
+impl PatternChunks {
+    /// Checks the next chunk (at most 64 KiB).
+    pub fn take(&mut self, chunk: &[u8]) {
+        assert!(chunk.len() <= 64 * 1024, "chunks are bounded");
+        for (i, b) in chunk.iter().enumerate() {
+            let at = self.offset + i as u64;
+            if *b != (at % 251) as u8 && self.mismatch.is_none() {
+                self.mismatch = Some(at);
+            }
+        }
+        self.offset += chunk.len() as u64;
+        self.chunks += 1;
+    }
+
+    /// The verdict on the whole message of `len` bytes, "<len> <chunks>"
+    /// when it is right, and a fresh start for the next.
+    pub fn finish(&mut self, len: u32) -> String {
+        let verdict = match self.mismatch {
+            Some(at) => format!("mismatch at {at}"),
+            None if u64::from(len) != self.offset => format!("{} bytes came", self.offset),
+            None => format!("{len} {}", self.chunks),
+        };
+        *self = Self::default();
+        verdict
+    }
+}
+
 /// Checks chunks against the pattern; replies "<len> <chunks>" or
 /// "mismatch at <offset>".
 pub struct Checker {
     limit: u32,
-    offset: u64,
-    chunks: usize,
-    mismatch: Option<u64>,
+    check: PatternChunks,
     events: mpsc::Sender<String>,
 }
 
@@ -393,26 +428,13 @@ impl Handler for Checker {
     }
 
     fn transmission_chunk(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        assert!(chunk.len() <= 64 * 1024, "chunks are bounded");
-        for (i, b) in chunk.iter().enumerate() {
-            let at = self.offset + i as u64;
-            if *b != (at % 251) as u8 && self.mismatch.is_none() {
-                self.mismatch = Some(at);
-            }
-        }
-        self.offset += chunk.len() as u64;
-        self.chunks += 1;
+        self.check.take(chunk);
         Ok(())
     }
 
     fn transmission_complete(&mut self, conn: &mut Conn, len: u32) -> Result<(), Error> {
-        assert_eq!(u64::from(len), self.offset);
-        let reply = match self.mismatch.take() {
-            Some(at) => format!("mismatch at {at}"),
-            None => format!("{len} {}", self.chunks),
-        };
-        self.offset = 0;
-        self.chunks = 0;
+        assert_eq!(u64::from(len), self.check.offset);
+        let reply = self.check.finish(len);
         conn.transmit(reply.as_bytes())
     }
 
@@ -420,7 +442,7 @@ impl Handler for Checker {
         let _ = self.events.send(format!(
             "post_loop {:?} after {} bytes",
             Outcome::from(result),
-            self.offset
+            self.check.offset
         ));
     }
 }
@@ -439,9 +461,7 @@ pub fn checker_server(
     server.set_max_message_len(tinyproto::MAX_MESSAGE_LEN);
     server.set_conn_handler(move || Checker {
         limit,
-        offset: 0,
-        chunks: 0,
-        mismatch: None,
+        check: PatternChunks::default(),
         events: tx.clone(),
     });
     let stop = server.stop_handle();

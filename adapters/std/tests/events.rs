@@ -729,22 +729,7 @@ fn test_a_refusal_with_a_reason_goes_on_or_ends_the_connection() {
     });
     let _running = Running::start(server);
     let mut conn = Client::new().connect(_running.addr).unwrap();
-    match conn.transmit(&[0; 101]) {
-        Err(Error::Protocol(tinyproto::Error::Rejected { len: 101 })) => {}
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-    conn.transmit(b"fine").unwrap();
-    assert_eq!(
-        conn.receive().unwrap(),
-        b"fine",
-        "a recoverable reason: goes on"
-    );
-    match conn.transmit(&[0; 13]) {
-        Err(Error::Protocol(tinyproto::Error::Rejected { len: 13 })) => {}
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-    let end = events.recv_timeout(LONG).expect("the connection ended");
-    assert_eq!(end, "thirteen is unlucky", "post_loop sees the reason");
+    refusals_with_a_reason(&mut conn, &events);
     match conn.receive() {
         Err(e) if e.is_closed() => {}
         other => panic!("expected the close, got {other:?}"),
@@ -925,21 +910,8 @@ fn test_plugins_run_both_ways_on_the_event_threads() {
 #[test]
 fn test_a_message_waiting_for_room_is_refused_at_a_stop() {
     let h = Harness::start_events(|s| s.set_memory_budget(1000));
-    let mut first = raw(h.addr);
-    greet(&mut first);
-    first.write_all(&1000u32.to_be_bytes()).unwrap();
-    assert_eq!(read_n(&mut first, 1), [0xFF]);
-    let mut second = raw(h.addr);
-    greet(&mut second);
-    second.write_all(&10u32.to_be_bytes()).unwrap();
     // Waiting for room: it holds the message deadline, no status yet.
-    second
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut status = [0u8; 1];
-    let waited = std::io::Read::read(&mut second, &mut status);
-    assert!(waited.is_err(), "no status yet: {waited:?} {status:?}");
-    second.set_read_timeout(Some(LONG)).unwrap();
+    let (mut first, mut second) = second_message_waiting_for_room(h.addr);
 
     h.request_stop();
     assert_eq!(read_to_close(&mut second), [0x00], "refused, then closed");

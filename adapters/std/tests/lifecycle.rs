@@ -625,22 +625,7 @@ fn test_a_refusal_with_a_reason_goes_on_or_ends_the_connection() {
     let stop = server.stop_handle();
     let thread = thread::spawn(move || server.start());
     let mut conn = Client::new().connect(addr).unwrap();
-    match conn.transmit(&[0; 101]) {
-        Err(Error::Protocol(tinyproto::Error::Rejected { len: 101 })) => {}
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-    conn.transmit(b"fine").unwrap();
-    assert_eq!(
-        conn.receive().unwrap(),
-        b"fine",
-        "a recoverable reason: goes on"
-    );
-    match conn.transmit(&[0; 13]) {
-        Err(Error::Protocol(tinyproto::Error::Rejected { len: 13 })) => {}
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-    let end = ends.recv_timeout(LONG).expect("the connection ended");
-    assert_eq!(end, "thirteen is unlucky", "post_loop sees the reason");
+    refusals_with_a_reason(&mut conn, &ends);
     // A plain client connection reaches its client's registry, which holds
     // only connect_to connections.
     assert!(conn.active_connections().is_empty());

@@ -47,26 +47,10 @@ fn test_message_larger_than_the_budget_is_refused_at_once(mode: Mode) {
 /// too and says why it refused.
 fn test_message_that_does_not_fit_waits_for_room(mode: Mode) {
     let h = Harness::start_in(mode, |s| s.set_memory_budget(1000));
-    let mut first = raw(h.addr);
-    greet(&mut first);
-    first.write_all(&1000u32.to_be_bytes()).unwrap();
-    assert_eq!(read_n(&mut first, 1), [0xFF], "the first fits");
-    let mut second = raw(h.addr);
-    greet(&mut second);
-    second.write_all(&10u32.to_be_bytes()).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut status = [0u8; 1];
-    let waited = std::io::Read::read(&mut second, &mut status);
-    assert!(
-        waited.is_err(),
-        "no status while the budget is full: {waited:?} {status:?}"
-    );
+    let (mut first, mut second) = second_message_waiting_for_room(h.addr);
     // The first message completes (and is echoed): its room comes back.
     first.write_all(&[1; 1000]).unwrap();
     assert_eq!(recv_msg(&mut first), [1; 1000]);
-    second.set_read_timeout(Some(WAIT)).unwrap();
     assert_eq!(read_n(&mut second, 1), [0xFF], "accepted once room came");
     second.write_all(&[2; 10]).unwrap();
     assert_eq!(recv_msg(&mut second), [2; 10]);

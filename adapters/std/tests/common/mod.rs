@@ -499,3 +499,51 @@ macro_rules! in_both_modes {
 }
 #[allow(unused_imports)]
 pub(crate) use in_both_modes;
+
+/// Against a server with a memory budget of 1,000 bytes: a first peer's
+/// 1,000-byte message is accepted (its payload not sent yet) and holds the
+/// whole budget; a second peer's 10-byte message waits, no status byte
+/// after 300 ms. Returns both peers, the second's read timeout `LONG` again.
+pub fn second_message_waiting_for_room(addr: SocketAddr) -> (TcpStream, TcpStream) {
+    let mut first = raw(addr);
+    greet(&mut first);
+    first.write_all(&1000u32.to_be_bytes()).unwrap();
+    assert_eq!(read_n(&mut first, 1), [0xFF], "the first fits");
+    let mut second = raw(addr);
+    greet(&mut second);
+    second.write_all(&10u32.to_be_bytes()).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut status = [0u8; 1];
+    let waited = second.read(&mut status);
+    assert!(
+        waited.is_err(),
+        "no status while the budget is full: {waited:?} {status:?}"
+    );
+    second.set_read_timeout(Some(LONG)).unwrap();
+    (first, second)
+}
+
+/// Against a handler that refuses a 101-byte message with a recoverable
+/// reason, a 13-byte one with "thirteen is unlucky" (which its `post_loop`
+/// reports on `ends`), and echoes the rest: after the first the connection
+/// goes on, the second ends it with its reason.
+pub fn refusals_with_a_reason(conn: &mut Conn, ends: &Receiver<String>) {
+    match conn.transmit(&[0; 101]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 101 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    conn.transmit(b"fine").unwrap();
+    assert_eq!(
+        conn.receive().unwrap(),
+        b"fine",
+        "a recoverable reason: goes on"
+    );
+    match conn.transmit(&[0; 13]) {
+        Err(Error::Protocol(tinyproto::Error::Rejected { len: 13 })) => {}
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let end = ends.recv_timeout(LONG).expect("the connection ended");
+    assert_eq!(end, "thirteen is unlucky", "post_loop sees the reason");
+}
